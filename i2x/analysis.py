@@ -1,0 +1,133 @@
+"""Steps 2-7 end to end over one training history, with no I/O and no tracking.
+
+:func:`analyse` takes a way to load each checkpoint's model, the analysis images and
+the explain config; it returns arrays and records. :mod:`i2x.workflow` does the files,
+pictures and MLflow around it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from i2x.config import ExplainConfig
+from i2x.errors import I2XError
+from i2x.intensity import Intensities, compute_intensities
+from i2x.models import Classifier
+from i2x.patterns import GroupFit, fit_group_betas, learning_groups
+from i2x.prototypes import Prototypes, fit_prototypes
+from i2x.saliency import saliency_pass
+from i2x.structure import Structure, build_structure
+
+MIN_CHECKPOINTS = 3
+
+
+@dataclass
+class Analysis:
+    """Everything the explanation is built from.
+
+    Attributes:
+        maps: ``(T, N, h, w)`` float32 grid saliency.
+        probs: ``(T, N, M)`` float32 softmax confidences.
+        preds: ``(T, N)`` argmax of probs.
+        protos: prototypes of the final model.
+        intensities: P, presence, dP, dY.
+        groups: ``(T-1, N)`` HDBSCAN labels.
+        fits: one ridge fit per (interval, group).
+        structure: the step-7 structure.
+        timings: seconds per stage.
+    """
+
+    maps: torch.Tensor
+    probs: torch.Tensor
+    preds: np.ndarray
+    protos: Prototypes
+    intensities: Intensities
+    groups: np.ndarray
+    fits: list[GroupFit]
+    structure: Structure
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def analyse(
+    n_checkpoints: int,
+    load_model: Callable[[int], Classifier],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    cfg: ExplainConfig,
+    seed: int,
+    device: torch.device,
+    layer: str | None = None,
+    progress: bool = True,
+) -> Analysis:
+    """Run the I2X analysis over ``n_checkpoints`` checkpoints (the last is the final model).
+
+    Args:
+        load_model: ``t -> model`` for checkpoint index t (loaded lazily, one at a time).
+        images: ``(N, C, H, W)`` uint8 analysis images; labels: ``(N,)``.
+        layer: target layer; defaults to the model's declared one.
+
+    Raises:
+        I2XError: fewer than 3 checkpoints, a bad target layer, K too large.
+    """
+    if n_checkpoints < MIN_CHECKPOINTS:
+        raise I2XError(f"the run has {n_checkpoints} checkpoint(s); I2X needs at least {MIN_CHECKPOINTS} (train with more train.checkpoint_fractions or epochs)")
+    timings: dict[str, float] = {}
+    maps, probs = [], []
+    features = None
+    tick = time.perf_counter()
+    for t in tqdm(range(n_checkpoints), desc="saliency", unit="ckpt", disable=not progress):
+        model = load_model(t).to(device)
+        target = layer or model.target_layer
+        final = t == n_checkpoints - 1
+        out = saliency_pass(model, target, images, labels, method=cfg.method, target=cfg.target,
+                            normalize=cfg.normalize, batch_size=cfg.batch_size, keep_features=final, device=device)
+        if final and cfg.method != "gradcam":
+            # Prototypes always come from the plain target-layer activations.
+            out_feats = saliency_pass(model, target, images, labels, method="gradcam", batch_size=cfg.batch_size, keep_features=True, device=device)
+            features = out_feats.features
+        elif final:
+            features = out.features
+        maps.append(out.maps)
+        probs.append(out.probs)
+        del model
+    maps_t, probs_t = torch.stack(maps), torch.stack(probs)
+    timings["saliency"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    assert features is not None
+    protos = fit_prototypes(
+        features, labels, num_classes, cfg.n_prototypes, cfg.pca_components, cfg.fit_max_locations,
+        cfg.n_exemplars, seed, tuple(images.shape[-2:]), cfg.kmeans_n_init,
+    )
+    timings["prototypes"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    intens = compute_intensities(maps_t, probs_t, protos.assignment, protos.k)
+    timings["intensity"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    groups = learning_groups(intens.dy, cfg.min_cluster_size, cfg.patterns_max_dim, seed, progress=progress)
+    timings["patterns"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    fits = fit_group_betas(intens.dp, intens.dy, groups, cfg.ridge_lambda, cfg.r2_holdout, cfg.min_group_for_r2, seed)
+    timings["regression"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    y = labels.numpy()
+    preds = probs_t.argmax(2).numpy()
+    structure = build_structure(
+        fits, groups, intens.presence, protos.coverage, y, preds,
+        shared_coverage=cfg.shared_coverage, specialised_purity=cfg.specialised_purity,
+        separation_ratio=cfg.separation_ratio, top_drivers=cfg.top_drivers,
+        uncertain_threshold=cfg.uncertain_threshold, include_noise=cfg.evidence_includes_noise,
+    )
+    timings["structure"] = time.perf_counter() - tick
+    return Analysis(maps_t, probs_t, preds, protos, intens, groups, fits, structure, timings)

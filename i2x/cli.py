@@ -1,0 +1,102 @@
+"""The ``i2x`` command: one subcommand per stage; MLproject entry points call it too.
+
+Each command is thin: parse, resolve the config, open the MLflow run, call the stage
+functions, log. User mistakes print ``i2x: error: <one line>`` and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from i2x.config import Config, available_configs, load_config, parse_overrides
+from i2x.errors import I2XError
+
+EXIT_USAGE = 2
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    from i2x.data import DATASETS
+
+    p.add_argument("--dataset", default="", help=f"one of {', '.join(sorted(DATASETS))} (default: the config's)")
+    p.add_argument("--config", default="", help=f"a YAML path or one of {', '.join(available_configs())} (default: the dataset's)")
+    p.add_argument("--data-dir", default="", help="local data root (default: $I2X_DATA_DIR, else ./data with download)")
+    p.add_argument("--seed", type=int, default=-1, help="random seed (default: the config's)")
+    p.add_argument("--overrides", default="", help="key=value,key=value, e.g. train.epochs=5,explain.n_prototypes=64")
+
+
+def resolve(args: argparse.Namespace) -> Config:
+    """Config from ``--config`` / ``--dataset`` / ``--data-dir`` / ``--seed`` / ``--overrides``.
+
+    The named config defaults to the dataset's own (``configs/<dataset>.yaml``), then mnist.
+    """
+    from i2x.data import DATASETS
+
+    if args.dataset and args.dataset not in DATASETS:
+        raise I2XError(f"unknown dataset '{args.dataset}'; choose one of {', '.join(sorted(DATASETS))}")
+    name = args.config or (args.dataset if args.dataset in available_configs() else "") or "mnist"
+    overrides: dict[str, str] = {}
+    if args.dataset:
+        overrides["data.name"] = args.dataset
+    if args.data_dir:
+        overrides["data.root"] = args.data_dir
+    if args.seed is not None and args.seed >= 0:
+        overrides["seed"] = str(args.seed)
+    overrides.update(parse_overrides(args.overrides))
+    return load_config(name, overrides)
+
+
+def cmd_not_yet(stage: str) -> None:
+    raise I2XError(f"'{stage}' is not implemented yet in this version of i2x; run 'i2x train' and 'i2x explain' for now")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="i2x",
+        description="I2X: structured explanations of image classifiers from their training history.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser("train", help="train a classifier with dense-early checkpoints (tracked in MLflow)")
+    _add_run_args(p)
+    p = sub.add_parser("explain", help="Grad-CAM at every checkpoint, prototypes, and the I2X explanation")
+    _add_run_args(p)
+    p.add_argument("--run-id", default="", help="the training run to explain (MLflow run id)")
+    p.add_argument("--checkpoints", default="", help="or: a local folder of ckpt-*.pt files of one run")
+    p = sub.add_parser("main", help="train, then explain (what `mlflow run .` does)")
+    _add_run_args(p)
+    sub.add_parser("tune", help="I2X-guided fine-tuning with Optuna (not implemented yet)")
+    sub.add_parser("report", help="regenerate a run's HTML report (not implemented yet)")
+    sub.add_parser("services", help="start the local MLflow/S3/dashboard stack (not implemented yet)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "train":
+            from i2x.workflow import train_run
+
+            train_run(args)
+        elif args.command == "explain":
+            from i2x.workflow import explain_run
+
+            explain_run(args)
+        elif args.command == "main":
+            from i2x.workflow import run_main
+
+            run_main(args)
+        elif args.command in ("tune", "report", "services"):
+            cmd_not_yet(args.command)
+        else:
+            parser.print_help()
+            return EXIT_USAGE
+    except I2XError as exc:
+        print(f"i2x: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

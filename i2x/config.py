@@ -1,0 +1,359 @@
+"""Frozen, typed configuration loaded from ``configs/*.yaml`` plus ``key=value`` overrides.
+
+Every choice that ``shared/I2X_METHOD.md`` marks as OURS is a field here with its
+default, and the fully resolved config is logged to MLflow and stored in every
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from i2x.errors import I2XError
+
+CONFIG_DIR_ENV = "I2X_CONFIG_DIR"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data set, where it lives, and how it is split.
+
+    Attributes:
+        name: a key of :data:`i2x.data.DATASETS`.
+        root: a local root; empty means ``$I2X_DATA_DIR``, then ``./data``.
+        download: let torchvision download when the root lacks the files.
+        image_size: square side the images are resized to; 0 keeps the native size.
+        val_fraction: share of the training set held out for validation (tuning
+            selects on it; the test set is never used for tuning).
+        train_limit: use a seeded, stratified subset of this many training images
+            (0 = all). For quick configs only.
+        test_limit: the same for the test set.
+        analysis_size: size of the seeded, stratified analysis subset (drawn from the
+            training portion) that the explanation runs on.
+        augment: random crop (pad 4) and horizontal flip while training.
+        synthetic_per_class: images per class and split for the ``synthetic`` set.
+    """
+
+    name: str = "mnist"
+    root: str = ""
+    download: bool = True
+    image_size: int = 0
+    val_fraction: float = 0.1
+    train_limit: int = 0
+    test_limit: int = 0
+    analysis_size: int = 1000
+    augment: bool = False
+    synthetic_per_class: int = 300
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which architecture.
+
+    Attributes:
+        name: a key of :data:`i2x.models.MODELS`.
+        width: base channel count of the compact CNN (ignored by the ResNets).
+    """
+
+    name: str = "cnn"
+    width: int = 16
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training and the checkpoint schedule (METHOD step 1).
+
+    Attributes:
+        checkpoint_fractions: fractions of epoch 1 at which to checkpoint (OURS: the
+            paper only says "selected checkpoints"; learning moves fast early, so the
+            schedule is dense at the start).
+        checkpoint_every_epoch: also checkpoint at the end of every epoch.
+        device: ``auto`` (cuda when available), ``cpu`` or ``cuda``.
+        num_threads: torch intra-op threads; 0 keeps torch's default.
+    """
+
+    epochs: int = 3
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_schedule: str = "onecycle"
+    checkpoint_fractions: tuple[float, ...] = (0.1, 0.25, 0.5)
+    checkpoint_every_epoch: bool = True
+    device: str = "auto"
+    eval_batch_size: int = 1000
+    log_every: int = 20
+    num_threads: int = 0
+
+
+@dataclass(frozen=True)
+class ExplainConfig:
+    """Steps 2-7 of the method. Every field is an OURS choice unless noted.
+
+    Attributes:
+        method: saliency method, a key of :data:`i2x.saliency.CAM_METHODS` (PAPER: gradcam).
+        target: ``label`` explains the true class, ``pred`` the predicted one.
+        normalize: ``minmax`` (ReLU then min-max per map, as pytorch-grad-cam) or ``none``.
+        pca_components: PCA size before K-Means.
+        n_prototypes: K. PAPER: 32 for MNIST, 128 for CIFAR-10.
+        fit_max_locations: K-Means/PCA fit on at most this many random locations.
+        kmeans_n_init: K-Means restarts.
+        n_exemplars: exemplar patches kept per prototype.
+        min_cluster_size: HDBSCAN min cluster size; 0 means max(10, N/200).
+        patterns_max_dim: PCA-reduce dY to this many dims before HDBSCAN when M is larger.
+        ridge_lambda: the ridge penalty lambda.
+        r2_holdout: share of each group held out for the faithfulness R^2.
+        min_group_for_r2: groups smaller than this get no held-out R^2.
+        evidence_includes_noise: let HDBSCAN noise (group -1) contribute to evidence.
+        shared_coverage: presence share that makes a prototype shared by a class.
+        specialised_purity: share of a group's members that must be of class c.
+        separation_ratio: a pair counts as separated once its confusion count stays
+            at or below this fraction of its peak.
+        top_drivers: prototypes listed per pair separation.
+        uncertain_threshold: u_k at or above which k is uncertain.
+        overlay_per_class: samples per class drawn in the saliency overlays.
+        batch_size: images per saliency/feature batch.
+    """
+
+    method: str = "gradcam"
+    target: str = "label"
+    normalize: str = "minmax"
+    pca_components: int = 32
+    n_prototypes: int = 32
+    fit_max_locations: int = 200_000
+    kmeans_n_init: int = 3
+    n_exemplars: int = 8
+    min_cluster_size: int = 0
+    patterns_max_dim: int = 16
+    ridge_lambda: float = 1.0
+    r2_holdout: float = 0.2
+    min_group_for_r2: int = 10
+    evidence_includes_noise: bool = True
+    shared_coverage: float = 0.8
+    specialised_purity: float = 0.5
+    separation_ratio: float = 0.25
+    top_drivers: int = 3
+    uncertain_threshold: float = 0.3
+    overlay_per_class: int = 2
+    batch_size: int = 500
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole resolved configuration of a run."""
+
+    seed: int = 0
+    work_dir: str = "mlruns/i2x-work"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    explain: ExplainConfig = field(default_factory=ExplainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (tuples become lists), safe for YAML, JSON and torch.save."""
+        return _plain(dataclasses.asdict(self))
+
+    def flat(self) -> dict[str, Any]:
+        """``{"train.lr": 0.05, "run.seed": 0, ...}``, the form logged as MLflow params.
+
+        Top-level keys get a ``run.`` prefix: ``mlflow run`` logs its own ``seed`` param,
+        and MLflow refuses a second value for the same key.
+        """
+        out: dict[str, Any] = {}
+        for key, value in self.to_dict().items():
+            if isinstance(value, dict):
+                out.update({f"{key}.{k}": v for k, v in value.items()})
+            else:
+                out[f"run.{key}"] = value
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def config_dir() -> Path:
+    """The folder of named configs: ``$I2X_CONFIG_DIR`` or the repo's ``configs/``."""
+    env = os.environ.get(CONFIG_DIR_ENV)
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[1] / "configs"
+
+
+def available_configs() -> list[str]:
+    return sorted(p.stem for p in config_dir().glob("*.yaml"))
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """A path as given, or a name under ``configs/`` (with or without ``.yaml``)."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
+        return candidate
+    named = config_dir() / f"{candidate.stem if candidate.suffix else name_or_path}.yaml"
+    if named.is_file():
+        return named
+    raise I2XError(
+        f"config '{name_or_path}' not found: give a YAML path or one of "
+        f"{', '.join(available_configs()) or '(none)'} from {config_dir()}"
+    )
+
+
+def _section_types() -> dict[str, type]:
+    hints = typing.get_type_hints(Config)
+    return {name: hints[name] for name in ("data", "model", "train", "explain")}
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check and convert ``value`` to ``annotation``; one-line error naming ``key``."""
+    origin = typing.get_origin(annotation)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value) if value is not None else ""
+        if value is None:
+            return ""
+    elif origin is tuple:
+        (item_type, _ellipsis) = typing.get_args(annotation)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if isinstance(value, (list, tuple)):
+            return tuple(_coerce(key, v, item_type) for v in value)
+    elif isinstance(annotation, types.UnionType):
+        for option in typing.get_args(annotation):
+            try:
+                return _coerce(key, value, option)
+            except I2XError:
+                continue
+    type_name = getattr(annotation, "__name__", str(annotation))
+    raise I2XError(f"config key '{key}' expects {type_name}, got {value!r}")
+
+
+def _apply(config: Config, updates: dict[str, Any], source: str) -> Config:
+    """Return ``config`` with dotted ``updates`` applied, type-checked."""
+    sections = _section_types()
+    top_hints = typing.get_type_hints(Config)
+    per_section: dict[str, dict[str, Any]] = {}
+    top: dict[str, Any] = {}
+    for key, value in updates.items():
+        head, _, tail = key.partition(".")
+        if head in sections and tail:
+            hints = typing.get_type_hints(sections[head])
+            if tail not in hints:
+                raise I2XError(
+                    f"unknown config key '{key}' in {source}; keys of '{head}': "
+                    f"{', '.join(hints)}"
+                )
+            per_section.setdefault(head, {})[tail] = _coerce(key, value, hints[tail])
+        elif head in top_hints and head not in sections and not tail:
+            top[head] = _coerce(key, value, top_hints[head])
+        else:
+            valid = [k for k in top_hints if k not in sections] + [f"{s}.*" for s in sections]
+            raise I2XError(f"unknown config key '{key}' in {source}; valid keys: {', '.join(valid)}")
+    replaced = {
+        name: dataclasses.replace(getattr(config, name), **values)
+        for name, values in per_section.items()
+    }
+    return dataclasses.replace(config, **top, **replaced)
+
+
+def _flatten_yaml(tree: Any, path: Path) -> dict[str, Any]:
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise I2XError(f"config file {path} must hold a mapping of sections, got {type(tree).__name__}")
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            for sub, sub_value in value.items():
+                flat[f"{key}.{sub}"] = sub_value
+        else:
+            flat[str(key)] = value
+    return flat
+
+
+_OVERRIDE_SPLIT = re.compile(r",(?=\s*[A-Za-z_][\w.]*\s*=)")
+
+
+def parse_overrides(text: str | None) -> dict[str, str]:
+    """Parse ``"a.b=1,c.d=[0.1,0.2]"``; a comma only splits before the next ``key=``."""
+    if not text or not text.strip():
+        return {}
+    out: dict[str, str] = {}
+    for item in _OVERRIDE_SPLIT.split(text.strip()):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise I2XError(f"override '{item}' is not key=value (example: train.epochs=5)")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        return raw
+
+
+def load_config(
+    name_or_path: str = "mnist",
+    overrides: dict[str, Any] | str | None = None,
+) -> Config:
+    """Load a named or path config, then apply overrides.
+
+    Args:
+        name_or_path: ``mnist``, ``configs/smoke.yaml``, ...
+        overrides: ``{"train.epochs": "2"}`` or the string form ``"train.epochs=2,seed=1"``.
+            String values are parsed as YAML scalars/lists, then type-checked.
+
+    Returns:
+        The frozen, resolved :class:`Config`.
+    """
+    path = resolve_config_path(name_or_path)
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise I2XError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    config = _apply(Config(), _flatten_yaml(tree, path), str(path))
+    return apply_overrides(config, overrides) if overrides else config
+
+
+def apply_overrides(config: Config, overrides: dict[str, Any] | str) -> Config:
+    """``config`` with ``key=value`` overrides (string values parsed as YAML, then type-checked)."""
+    if isinstance(overrides, str):
+        overrides = parse_overrides(overrides)
+    parsed = {k: _parse_value(v) if isinstance(v, str) else v for k, v in overrides.items()}
+    return _apply(config, parsed, "overrides") if parsed else config
+
+
+def config_from_dict(tree: dict[str, Any]) -> Config:
+    """Rebuild a :class:`Config` from :meth:`Config.to_dict` output (e.g. a checkpoint)."""
+    return _apply(Config(), _flatten_yaml(tree, Path("<checkpoint>")), "checkpoint config")

@@ -1,0 +1,414 @@
+"""Data sets (a registry), seeded splits, and batching.
+
+Every data set is loaded once into memory as a ``uint8`` tensor ``(N, C, H, W)``:
+the supported sets are small images (MNIST 47 MB, CIFAR-10 150 MB), and on a 2-core
+CPU decoding files every epoch would cost more than training. Models take float
+pixels in [0, 1] and normalise inside (see :mod:`i2x.models`), so saliency and
+perturbations work on plain pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from i2x.config import DataConfig
+from i2x.errors import I2XError
+
+DATA_DIR_ENV = "I2X_DATA_DIR"
+CACHE_DIR_ENV = "I2X_CACHE_DIR"
+
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)
+
+
+@dataclass(frozen=True)
+class RawSplits:
+    """What a loader returns: both official splits as uint8 tensors."""
+
+    train_x: torch.Tensor  # (N, C, H, W) uint8
+    train_y: torch.Tensor  # (N,) int64
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DataBundle:
+    """A loaded data set with its seeded splits.
+
+    Attributes:
+        train_x / train_y: the official training set, ``(N, C, H, W)`` uint8 / ``(N,)``.
+        test_x / test_y: the official test set (never used for tuning).
+        fit_idx: indices into ``train_x`` used to fit the model.
+        val_idx: indices into ``train_x`` held out for validation.
+        analysis_idx: seeded, stratified subset of ``fit_idx`` that the explanation uses.
+        mean / std: per-channel statistics of the fit split, in [0, 1] pixel units.
+    """
+
+    name: str
+    classes: tuple[str, ...]
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    fit_idx: torch.Tensor
+    val_idx: torch.Tensor
+    analysis_idx: torch.Tensor
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def channels(self) -> int:
+        return int(self.train_x.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train_x.shape[-1])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+Loader = Callable[[DataConfig, Path | None], RawSplits]
+DATASETS: dict[str, Loader] = {}
+
+
+def register_dataset(name: str) -> Callable[[Loader], Loader]:
+    """Register a loader under ``name``; the CLI and MLproject choices come from here."""
+
+    def wrap(fn: Loader) -> Loader:
+        DATASETS[name] = fn
+        return fn
+
+    return wrap
+
+
+def data_root(cfg: DataConfig) -> Path | None:
+    """``cfg.root``, else ``$I2X_DATA_DIR``, else None (torchvision default ``./data``)."""
+    root = cfg.root or os.environ.get(DATA_DIR_ENV, "")
+    return Path(root).expanduser() if root else None
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_DIR_ENV, Path.home() / ".cache" / "i2x"))
+
+
+def _from_torchvision(cls: type, root: Path | None, download: bool, name: str, hint: str) -> RawSplits:
+    where = root or Path("data")
+    try:
+        train = cls(str(where), train=True, download=download)
+        test = cls(str(where), train=False, download=download)
+    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
+        raise I2XError(
+            f"{name} not found under {where.resolve()} ({str(exc).splitlines()[0]}); "
+            f"{hint}, or set data_dir / {DATA_DIR_ENV}"
+        ) from exc
+    except OSError as exc:  # download failed: offline
+        raise I2XError(
+            f"{name} not found under {where.resolve()} and the download failed "
+            f"({type(exc).__name__}); {hint}, or set data_dir / {DATA_DIR_ENV}"
+        ) from exc
+
+    def as_tensor(ds: object) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.as_tensor(np.asarray(ds.data))  # type: ignore[attr-defined]
+        x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+        return x.contiguous(), torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)  # type: ignore[attr-defined]
+
+    (trx, try_), (tex, tey) = as_tensor(train), as_tensor(test)
+    return RawSplits(trx, try_, tex, tey, tuple(str(c).split(" - ")[0] for c in train.classes))
+
+
+@register_dataset("mnist")
+def _load_mnist(cfg: DataConfig, root: Path | None) -> RawSplits:
+    from torchvision.datasets import MNIST
+
+    hint = "put torchvision's MNIST/raw/ IDX files there (e.g. data_dir=../shared/datasets)"
+    return _from_torchvision(MNIST, root, cfg.download, "MNIST", hint)
+
+
+@register_dataset("fashion-mnist")
+def _load_fashion(cfg: DataConfig, root: Path | None) -> RawSplits:
+    from torchvision.datasets import FashionMNIST
+
+    hint = "put torchvision's FashionMNIST/raw/ IDX files there"
+    return _from_torchvision(FashionMNIST, root, cfg.download, "FashionMNIST", hint)
+
+
+@register_dataset("cifar10")
+def _load_cifar10(cfg: DataConfig, root: Path | None) -> RawSplits:
+    """CIFAR-10 from torchvision's pickles, an ImageFolder tree, or the JPEG tarball.
+
+    Looked for under the root, in this order: ``cifar-10-batches-py/`` (torchvision),
+    ``train/`` + ``test/`` or ``cifar10-jpeg/{train,test}`` (ImageFolder trees), then
+    ``cifar10-jpeg.tar.gz`` (unpacked once into the cache dir). Without any of them,
+    torchvision downloads when ``download`` is on.
+    """
+    from torchvision.datasets import CIFAR10
+
+    base = root or Path("data")
+    if (base / "cifar-10-batches-py").is_dir():
+        return _from_torchvision(CIFAR10, base, False, "CIFAR-10", "")
+    for tree in (base, base / "cifar10-jpeg"):
+        if (tree / "train").is_dir() and (tree / "test").is_dir():
+            return _load_tree(tree, cfg.image_size or 32)
+    tarball = base / "cifar10-jpeg.tar.gz"
+    if tarball.is_file():
+        return _load_tree(_unpack(tarball) / "cifar10-jpeg", cfg.image_size or 32)
+    hint = (
+        "put torchvision's cifar-10-batches-py/, an ImageFolder train/ + test/ tree or "
+        "cifar10-jpeg.tar.gz there (e.g. data_dir=../shared/datasets)"
+    )
+    return _from_torchvision(CIFAR10, base, cfg.download, "CIFAR-10", hint)
+
+
+@register_dataset("imagefolder")
+def _load_imagefolder(cfg: DataConfig, root: Path | None) -> RawSplits:
+    """Any user tree ``<root>/train/<class>/*`` and ``<root>/test/<class>/*``."""
+    if root is None or not (root / "train").is_dir() or not (root / "test").is_dir():
+        raise I2XError(
+            f"imagefolder needs data_dir with train/<class>/* and test/<class>/* "
+            f"(searched {root.resolve() if root else 'no data_dir given'})"
+        )
+    return _load_tree(root, cfg.image_size or 32)
+
+
+@register_dataset("synthetic")
+def _load_synthetic(cfg: DataConfig, root: Path | None) -> RawSplits:
+    """Generated shapes with a planted mark; see :func:`make_synthetic`."""
+    size = cfg.image_size or 32
+    trx, try_, _ = make_synthetic(cfg.synthetic_per_class, seed=1, size=size)
+    tex, tey, _ = make_synthetic(max(cfg.synthetic_per_class // 3, 10), seed=2, size=size)
+    return RawSplits(trx, try_, tex, tey, SYNTHETIC_CLASSES)
+
+
+SYNTHETIC_CLASSES = ("bar", "bar+mark", "column", "diagonal")
+SYNTHETIC_MARK_REGION = 12  # the mark lies inside the top-left 12x12 pixels
+
+
+def make_synthetic(
+    per_class: int, seed: int, size: int = 32
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A data set with known ground truth, for tests and the smoke config.
+
+    Class ``bar`` is a horizontal bar in the lower half; ``bar+mark`` is the same
+    plus a planted 5x5 ring mark inside the top-left 12x12 region, and nothing else
+    tells the two apart. ``column`` is a vertical bar on the right, ``diagonal`` a
+    diagonal line. Background is seeded noise.
+
+    Returns:
+        images ``(4*per_class, 1, size, size)`` uint8, labels ``(4*per_class,)``,
+        mark boxes ``(4*per_class, 4)`` as ``(y0, x0, y1, x1)``, -1 where there is none.
+    """
+    gen = np.random.default_rng(seed)
+    n = 4 * per_class
+    images = gen.integers(0, 60, size=(n, size, size)).astype(np.float32)
+    labels = np.repeat(np.arange(4), per_class)
+    boxes = np.full((n, 4), -1, dtype=np.int64)
+    half = size // 2
+    for i, label in enumerate(labels):
+        if label in (0, 1):
+            row = gen.integers(half + 2, size - 4)
+            x0 = gen.integers(0, size // 4)
+            images[i, row : row + 2, x0 : x0 + size // 2 + gen.integers(4, size // 4)] = 230
+        if label == 1:
+            y, x = gen.integers(1, SYNTHETIC_MARK_REGION - 5, size=2)
+            images[i, y : y + 5, x : x + 5] = 255
+            images[i, y + 1 : y + 4, x + 1 : x + 4] = 0
+            boxes[i] = (y, x, y + 5, x + 5)
+        elif label == 2:
+            col = gen.integers(half + 2, size - 4)
+            y0 = gen.integers(0, size // 4)
+            images[i, y0 : y0 + size // 2 + gen.integers(4, size // 4), col : col + 2] = 230
+        elif label == 3:
+            offset = gen.integers(-6, 7)
+            for t in range(size):
+                c = t + offset
+                if 0 <= c < size - 1:
+                    images[i, t, c : c + 2] = 230
+    order = gen.permutation(n)
+    x = torch.from_numpy(np.clip(images, 0, 255).astype(np.uint8)[order]).unsqueeze(1)
+    return x, torch.from_numpy(labels[order]).long(), torch.from_numpy(boxes[order])
+
+
+def _unpack(tarball: Path) -> Path:
+    """Unpack ``tarball`` once into the cache dir, atomically (temp dir, then rename)."""
+    digest = hashlib.sha1(f"{tarball.resolve()}:{tarball.stat().st_size}".encode()).hexdigest()[:12]
+    target = cache_dir() / f"{tarball.name.split('.')[0]}-{digest}"
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".unpack-"))
+    try:
+        with tarfile.open(tarball) as tar:
+            tar.extractall(tmp, filter="data")
+        tmp.rename(target)
+    except FileExistsError:  # another process won the race; use its copy
+        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _load_tree(tree: Path, size: int) -> RawSplits:
+    train_x, train_y, classes = _read_image_folder(tree / "train", size, None)
+    test_x, test_y, _ = _read_image_folder(tree / "test", size, classes)
+    return RawSplits(train_x, train_y, test_x, test_y, classes)
+
+
+def _read_image_folder(
+    folder: Path, size: int, classes: tuple[str, ...] | None
+) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
+    """Decode a ``<class>/*`` tree into uint8 tensors, cached as ``.npz`` by listing hash."""
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    found = tuple(sorted(d.name for d in folder.iterdir() if d.is_dir()))
+    if not found:
+        raise I2XError(f"no class folders in {folder}: expected {folder}/<class>/<image>")
+    if classes is not None and found != classes:
+        raise I2XError(f"class folders of {folder} {list(found)} differ from train's {list(classes)}")
+    files = [
+        (p, label)
+        for label, name in enumerate(found)
+        for p in sorted((folder / name).iterdir())
+        if p.suffix.lower() in IMG_EXTENSIONS
+    ]
+    if not files:
+        raise I2XError(f"no images found under {folder} (extensions {', '.join(IMG_EXTENSIONS)})")
+    listing = hashlib.sha1()
+    for p, _ in files:
+        st = p.stat()
+        listing.update(f"{p}:{st.st_size}:{st.st_mtime_ns}".encode())
+    listing.update(str(size).encode())
+    cached = cache_dir() / "decoded" / f"{listing.hexdigest()}.npz"
+    if cached.is_file():
+        with np.load(cached) as npz:
+            return torch.from_numpy(npz["x"]), torch.from_numpy(npz["y"]), found
+
+    with Image.open(files[0][0]) as first:
+        mode = "L" if first.mode in ("L", "1", "I;16") else "RGB"
+    channels = 1 if mode == "L" else 3
+    x = np.empty((len(files), channels, size, size), dtype=np.uint8)
+    from tqdm.auto import tqdm
+
+    for i, (path, _) in enumerate(tqdm(files, desc=f"decode {folder.name}", unit="img", leave=False)):
+        try:
+            with Image.open(path) as img:
+                img = img.convert(mode)
+                if img.size != (size, size):
+                    img = img.resize((size, size), Image.BILINEAR)
+                arr = np.asarray(img, dtype=np.uint8)
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            raise I2XError(f"corrupt or unreadable image {path}: {exc}; remove or replace it") from exc
+        x[i] = arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+    y = np.array([label for _, label in files], dtype=np.int64)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(f".tmp{os.getpid()}.npz")
+    np.savez(tmp, x=x, y=y)
+    os.replace(tmp, cached)
+    return torch.from_numpy(x), torch.from_numpy(y), found
+
+
+def _stratified_subset(labels: torch.Tensor, count: int, gen: torch.Generator) -> torch.Tensor:
+    """Positions into ``labels`` of a seeded subset with class proportions kept."""
+    if count <= 0 or count >= len(labels):
+        return torch.arange(len(labels))
+    chosen = []
+    classes = torch.unique(labels)
+    for c in classes:
+        members = torch.nonzero(labels == c).flatten()
+        take = max(1, round(count * len(members) / len(labels)))
+        chosen.append(members[torch.randperm(len(members), generator=gen)[:take]])
+    return torch.sort(torch.cat(chosen)).values
+
+
+def load_data(cfg: DataConfig, seed: int) -> DataBundle:
+    """Load ``cfg.name`` and carve the seeded validation and analysis subsets.
+
+    Raises:
+        I2XError: unknown data set, missing data offline, or a corrupt image.
+    """
+    if cfg.name not in DATASETS:
+        raise I2XError(f"unknown dataset '{cfg.name}'; choose one of {', '.join(sorted(DATASETS))}")
+    if not 0.0 < cfg.val_fraction < 1.0:
+        raise I2XError(f"data.val_fraction must be in (0, 1), got {cfg.val_fraction}")
+    raw = DATASETS[cfg.name](cfg, data_root(cfg))
+    gen = torch.Generator().manual_seed(seed)
+    train_x, train_y = raw.train_x, raw.train_y
+    if cfg.train_limit:
+        keep = _stratified_subset(train_y, cfg.train_limit, gen)
+        train_x, train_y = train_x[keep].contiguous(), train_y[keep].contiguous()
+    test_x, test_y = raw.test_x, raw.test_y
+    if cfg.test_limit:
+        keep = _stratified_subset(test_y, cfg.test_limit, gen)
+        test_x, test_y = test_x[keep].contiguous(), test_y[keep].contiguous()
+    if cfg.image_size and train_x.shape[-1] != cfg.image_size:
+        train_x, test_x = (_resize(t, cfg.image_size) for t in (train_x, test_x))
+
+    val_mask = torch.zeros(len(train_y), dtype=torch.bool)
+    val_mask[_stratified_subset(train_y, round(cfg.val_fraction * len(train_y)), gen)] = True
+    fit_idx = torch.nonzero(~val_mask).flatten()
+    val_idx = torch.nonzero(val_mask).flatten()
+    analysis_idx = fit_idx[_stratified_subset(train_y[fit_idx], cfg.analysis_size, gen)]
+
+    pixels = train_x[fit_idx].float().div_(255)
+    mean = pixels.mean(dim=(0, 2, 3))
+    std = pixels.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return DataBundle(
+        name=cfg.name,
+        classes=raw.classes,
+        train_x=train_x,
+        train_y=train_y,
+        test_x=test_x,
+        test_y=test_y,
+        fit_idx=fit_idx,
+        val_idx=val_idx,
+        analysis_idx=analysis_idx,
+        mean=tuple(round(float(m), 6) for m in mean),
+        std=tuple(round(float(s), 6) for s in std),
+    )
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    out = torch.nn.functional.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True)
+    return out.round().clamp(0, 255).to(torch.uint8)
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 ``(B, C, H, W)`` -> float pixels in [0, 1]."""
+    return x.float().div_(255.0)
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Seeded random crop (reflect-padded by ``pad``) and horizontal flip of a float batch."""
+    b, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+    flip = torch.rand(b, generator=gen) < 0.5
+    out = torch.empty_like(x)
+    for i in range(b):
+        crop = padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w]
+        out[i] = crop.flip(-1) if flip[i] else crop
+    return out
+
+
+def iterate(
+    x: torch.Tensor, y: torch.Tensor, batch_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """In-order float batches of ``x`` (uint8) and ``y``, for evaluation."""
+    for start in range(0, len(y), batch_size):
+        yield to_float(x[start : start + batch_size]), y[start : start + batch_size]

@@ -1,0 +1,145 @@
+"""Classifiers (a registry), each declaring its Grad-CAM / prototype target layer.
+
+Models take float pixels in [0, 1] and normalise inside, so a checkpoint carries its
+own input statistics and the saliency and perturbation code works on plain pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from i2x.config import ModelConfig
+from i2x.errors import I2XError
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` per channel, with the statistics stored as buffers."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(list(mean)).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(list(std)).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class Classifier(nn.Module):
+    """``net(normalize(x))`` plus the dotted name of the target layer inside it.
+
+    Attributes:
+        target_layer: dotted module path (``model.get_submodule(target_layer)``) of the
+            last convolutional block; Grad-CAM and the prototypes both read it.
+        arch: the registry name that built it.
+    """
+
+    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float], target: str, arch: str):
+        super().__init__()
+        self.normalize = Normalize(mean, std)
+        self.net = net
+        self.target_layer = f"net.{target}"
+        self.arch = arch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalize(x))
+
+
+def _conv_bn(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+
+class CompactCNN(nn.Module):
+    """Three blocks of two 3x3 convs; the grid is the input size / 4 (7x7 on MNIST).
+
+    About 0.1 M parameters at width 16: fast on a 2-core CPU, 99% on MNIST in a few epochs.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 16) -> None:
+        super().__init__()
+        w = width
+        self.block1 = nn.Sequential(*_conv_bn(in_channels, w), *_conv_bn(w, w), nn.MaxPool2d(2))
+        self.block2 = nn.Sequential(*_conv_bn(w, 2 * w), *_conv_bn(2 * w, 2 * w), nn.MaxPool2d(2))
+        self.block3 = nn.Sequential(*_conv_bn(2 * w, 4 * w), *_conv_bn(4 * w, 4 * w))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4 * w, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.block3(self.block2(self.block1(x)))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def _small_resnet(builder: Callable[..., nn.Module], in_channels: int, num_classes: int) -> nn.Module:
+    """torchvision ResNet for small images: 3x3 stride-1 stem and no max-pool."""
+    net = builder(num_classes=num_classes)
+    net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    net.maxpool = nn.Identity()
+    return net
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    build: Callable[[ModelConfig, int, int], nn.Module]
+    target: str  # target layer inside the bare net
+
+
+def _resnet18(cfg: ModelConfig, cin: int, m: int) -> nn.Module:
+    from torchvision.models import resnet18
+
+    return _small_resnet(resnet18, cin, m)
+
+
+def _resnet50(cfg: ModelConfig, cin: int, m: int) -> nn.Module:
+    from torchvision.models import resnet50
+
+    return _small_resnet(resnet50, cin, m)
+
+
+MODELS: dict[str, ModelSpec] = {
+    "cnn": ModelSpec(lambda cfg, cin, m: CompactCNN(cin, m, cfg.width), "block3"),
+    "resnet18": ModelSpec(_resnet18, "layer4"),
+    "resnet50": ModelSpec(_resnet50, "layer4"),
+}
+
+
+def build_model(
+    cfg: ModelConfig,
+    in_channels: int,
+    num_classes: int,
+    mean: Sequence[float] = (0.0,),
+    std: Sequence[float] = (1.0,),
+) -> Classifier:
+    """Build ``cfg.name`` for images with ``in_channels`` channels and ``num_classes`` classes."""
+    if cfg.name not in MODELS:
+        raise I2XError(f"unknown model '{cfg.name}'; choose one of {', '.join(sorted(MODELS))}")
+    if len(mean) != in_channels:
+        mean, std = (list(mean) * in_channels)[:in_channels], (list(std) * in_channels)[:in_channels]
+    spec = MODELS[cfg.name]
+    return Classifier(spec.build(cfg, in_channels, num_classes), mean, std, spec.target, cfg.name)
+
+
+def target_module(model: nn.Module, name: str) -> nn.Module:
+    """The module at dotted path ``name``; a one-line error listing valid names otherwise."""
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        convs = [n for n, m in model.named_modules() if n and len(list(m.children())) > 0][-6:]
+        raise I2XError(
+            f"target layer '{name}' does not exist in {type(model).__name__}; "
+            f"candidates include: {', '.join(convs)}"
+        ) from None
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """``load_state_dict`` with a one-line error when the architectures differ."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = next((ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()), str(exc))
+        raise I2XError(
+            f"checkpoint {source} does not fit model '{getattr(model, 'arch', type(model).__name__)}' "
+            f"({first[:160]}); use the config/model it was trained with"
+        ) from None

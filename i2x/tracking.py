@@ -1,0 +1,162 @@
+"""Everything that talks to MLflow lives here; the algorithm never imports mlflow.
+
+Tracking URI: ``$MLFLOW_TRACKING_URI`` when set, else ``sqlite:///mlruns/mlflow.db``
+(MLflow 3 refuses a plain ``./mlruns`` file store); artifacts then go under ``mlruns/``.
+Under ``mlflow run`` the launcher already created the run and passes ``MLFLOW_RUN_ID``,
+which :func:`open_run` adopts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from i2x.errors import I2XError
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+DEFAULT_EXPERIMENT = "i2x"
+
+# Tag keys, one place.
+TAG_STAGE = "i2x.stage"
+TAG_DATASET = "i2x.dataset"
+TAG_MODEL = "i2x.model"
+TAG_COMMIT = "mlflow.source.git.commit"
+TAG_TRAIN_RUN = "i2x.train_run_id"
+TAG_PARENT = "mlflow.parentRunId"
+TAG_RESUMED_FROM = "i2x.resumed_from_step"
+TAG_WORK_DIR = "i2x.work_dir"
+
+
+def configure() -> str:
+    """Set the tracking URI (env wins) and return it."""
+    import mlflow
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def git_commit(cwd: Path | None = None) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd or Path(__file__).parent, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+@contextlib.contextmanager
+def open_run(run_name: str, tags: dict[str, str], nested: bool = False) -> Iterator[Any]:
+    """Start (or adopt ``MLFLOW_RUN_ID``) a run; mark it FAILED if an exception escapes.
+
+    The experiment is ``$MLFLOW_EXPERIMENT_NAME`` / ``$MLFLOW_EXPERIMENT_ID`` when set
+    (``mlflow run`` sets the id), else ``i2x``.
+    """
+    import mlflow
+
+    configure()
+    if not os.environ.get("MLFLOW_RUN_ID") and not os.environ.get("MLFLOW_EXPERIMENT_ID") and not nested:
+        mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT))
+    run = mlflow.start_run(run_name=None if os.environ.get("MLFLOW_RUN_ID") and not nested else run_name, nested=nested)
+    mlflow.set_tags({**tags, TAG_COMMIT: tags.get(TAG_COMMIT, git_commit())})
+    try:
+        yield run
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    mlflow.end_run(status="FINISHED")
+
+
+def log_params(params: dict[str, Any]) -> None:
+    """Log params; values are stringified, lists joined, MLflow's 6000-char cap respected."""
+    import mlflow
+
+    clean = {k: (",".join(map(str, v)) if isinstance(v, (list, tuple)) else v) for k, v in params.items()}
+    mlflow.log_params({k: str(v)[:6000] for k, v in clean.items()})
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    import mlflow
+
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+
+def log_artifact(path: Path, artifact_path: str | None = None) -> None:
+    import mlflow
+
+    mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+def log_text(text: str, artifact_file: str) -> None:
+    import mlflow
+
+    mlflow.log_text(text, artifact_file)
+
+
+def log_json(payload: Any, artifact_file: str) -> None:
+    log_text(json.dumps(payload, indent=2, sort_keys=True), artifact_file)
+
+
+def set_tags(tags: dict[str, str]) -> None:
+    import mlflow
+
+    mlflow.set_tags(tags)
+
+
+def active_run_id() -> str:
+    import mlflow
+
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("no active MLflow run")
+    return run.info.run_id
+
+
+def get_run(run_id: str) -> Any:
+    """The run, or a one-line error when the id does not exist in this tracking store."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    uri = configure()
+    try:
+        return MlflowClient().get_run(run_id)
+    except MlflowException:
+        raise I2XError(f"MLflow run '{run_id}' does not exist in {uri}; check the id in the MLflow UI or set MLFLOW_TRACKING_URI") from None
+
+
+def download_artifacts(run_id: str, artifact_path: str, dst: Path) -> Path:
+    """Download a run's artifact (file or folder) into ``dst``; returns the local path."""
+    from mlflow.artifacts import download_artifacts as _download
+
+    dst.mkdir(parents=True, exist_ok=True)
+    return Path(_download(run_id=run_id, artifact_path=artifact_path, dst_path=str(dst)))
+
+
+def list_artifacts(run_id: str, path: str | None = None) -> list[str]:
+    from mlflow.tracking import MlflowClient
+
+    return [a.path for a in MlflowClient().list_artifacts(run_id, path)]
+
+
+def mark_superseded(run_id: str, by: str) -> None:
+    """A run that was killed stays RUNNING; when a resume takes over, end it as KILLED."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    try:
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_tag(run_id, "i2x.resumed_by", by)
+            client.set_terminated(run_id, status="KILLED")
+    except Exception:  # noqa: BLE001 - the old run may live in another store; resuming must not fail on it
+        return
+
+
+def scratch_dir(prefix: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f"i2x-{prefix}-"))

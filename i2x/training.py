@@ -1,0 +1,243 @@
+"""Seeded, resumable training with the dense-early checkpoint schedule.
+
+Determinism and exact resume come from deriving every random draw from
+``(seed, epoch)`` or ``(seed, step)``: the data order of an epoch is a permutation
+seeded by the epoch, the augmentation of a batch is seeded by its step, and the
+learning rate is a pure function of the step. A run killed after checkpoint ``s``
+reloads weights and optimizer state and replays exactly the same batches from
+``s + 1``, so it ends with bit-identical weights on the same machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from i2x.checkpoints import (
+    CHECKPOINT_FORMAT,
+    CheckpointInfo,
+    checkpoint_name,
+    checkpoint_steps,
+    epoch_of,
+    list_checkpoints,
+    read_checkpoint,
+    save_checkpoint,
+    steps_per_epoch,
+    write_index,
+)
+from i2x.config import Config
+from i2x.data import DataBundle, augment, iterate, to_float
+from i2x.errors import I2XError
+from i2x.models import Classifier, build_model, load_weights
+
+MetricsFn = Callable[[int, dict[str, float]], None]
+CheckpointFn = Callable[[Path, CheckpointInfo], None]
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` leaves behind."""
+
+    model: Classifier
+    checkpoints: list[CheckpointInfo]
+    folder: Path
+    resumed_from: int
+    final_metrics: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise I2XError("train.device=cuda but no CUDA device is visible; use train.device=auto or cpu")
+    if name not in ("cpu", "cuda"):
+        raise I2XError(f"train.device must be auto, cpu or cuda, got '{name}'")
+    return torch.device(name)
+
+
+def fingerprint(config: Config) -> str:
+    """Hash of everything that changes the trained weights (not the explain section)."""
+    d = config.to_dict()
+    train = {k: v for k, v in d["train"].items() if k not in ("log_every", "eval_batch_size")}
+    key = json.dumps({"seed": d["seed"], "data": d["data"], "model": d["model"], "train": train}, sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def run_folder(config: Config) -> Path:
+    """Local folder that holds this config's checkpoints; the same config resumes there."""
+    return Path(config.work_dir) / f"train-{config.data.name}-{config.model.name}-{fingerprint(config)}"
+
+
+def lr_at(step: int, total: int, config: Config) -> float:
+    """Learning rate for optimizer step ``step`` (0-based), a pure function of the step."""
+    base, kind = config.train.lr, config.train.lr_schedule
+    if kind == "constant":
+        return base
+    progress = step / max(1, total)
+    if kind == "cosine":
+        return base * 0.5 * (1 + math.cos(math.pi * progress))
+    if kind == "onecycle":  # linear warm-up over 15%, cosine down to base/1000
+        warm = 0.15
+        if progress < warm:
+            return base * (0.04 + 0.96 * progress / warm)
+        return base * (0.001 + 0.999 * 0.5 * (1 + math.cos(math.pi * (progress - warm) / (1 - warm))))
+    raise I2XError(f"train.lr_schedule must be onecycle, cosine or constant, got '{kind}'")
+
+
+def make_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
+    t = config.train
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=t.momentum > 0)
+    if t.optimizer == "adam":
+        return torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    raise I2XError(f"train.optimizer must be sgd or adam, got '{t.optimizer}'")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device) -> dict[str, float]:
+    """Accuracy and mean cross-entropy of ``model`` on uint8 images ``x``."""
+    model.eval()
+    correct, loss, n = 0, 0.0, 0
+    for xb, yb in iterate(x, y, batch_size):
+        logits = model(xb.to(device))
+        yb = yb.to(device)
+        loss += float(nn.functional.cross_entropy(logits, yb, reduction="sum"))
+        correct += int((logits.argmax(1) == yb).sum())
+        n += len(yb)
+    return {"accuracy": correct / max(n, 1), "loss": loss / max(n, 1)}
+
+
+def checkpoint_payload(
+    model: Classifier, optimizer: torch.optim.Optimizer, step: int, spe: int, metrics: dict[str, float], config: Config, data: DataBundle
+) -> dict[str, Any]:
+    """Everything needed to resume or analyse, in ``weights_only``-safe types."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "epoch": epoch_of(step, spe),
+        "steps_per_epoch": spe,
+        "metrics": metrics,
+        "config": config.to_dict(),
+        "arch": model.arch,
+        "target_layer": model.target_layer,
+        "data": {
+            "name": data.name,
+            "classes": list(data.classes),
+            "channels": data.channels,
+            "image_size": data.image_size,
+            "mean": list(data.mean),
+            "std": list(data.std),
+        },
+    }
+
+
+def train(
+    config: Config,
+    data: DataBundle,
+    folder: Path | None = None,
+    on_metrics: MetricsFn | None = None,
+    on_checkpoint: CheckpointFn | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``config.model`` on ``data``, checkpointing on the schedule; resume if possible.
+
+    Args:
+        config: resolved config.
+        data: from :func:`i2x.data.load_data`.
+        folder: where checkpoints go; defaults to :func:`run_folder`. Existing
+            checkpoints there are resumed from.
+        on_metrics: called ``(step, metrics)`` every ``train.log_every`` steps and at checkpoints.
+        on_checkpoint: called with each new checkpoint file after it is written.
+
+    Returns:
+        A :class:`TrainResult` with the final model and the checkpoint index.
+    """
+    folder = folder or run_folder(config)
+    device = resolve_device(config.train.device)
+    if config.train.num_threads:
+        torch.set_num_threads(config.train.num_threads)
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, data.channels, data.num_classes, data.mean, data.std).to(device)
+    optimizer = make_optimizer(model, config)
+
+    n_fit = len(data.fit_idx)
+    bs = config.train.batch_size
+    spe = steps_per_epoch(n_fit, bs)
+    total = spe * config.train.epochs
+    schedule = checkpoint_steps(spe, config.train.epochs, config.train.checkpoint_fractions, config.train.checkpoint_every_epoch)
+
+    index: list[CheckpointInfo] = []
+    start = 0
+    existing = list_checkpoints(folder)
+    if existing:
+        payload = read_checkpoint(existing[-1])
+        load_weights(model, payload["model"], str(existing[-1]))
+        optimizer.load_state_dict(payload["optimizer"])
+        start = int(payload["step"])
+        index_path = folder / "index.json"
+        if index_path.is_file():
+            index = [CheckpointInfo(**row) for row in json.loads(index_path.read_text()) if row["step"] <= start]
+
+    fit_x, fit_y = data.train_x[data.fit_idx], data.train_y[data.fit_idx]
+    val_x, val_y = data.train_x[data.val_idx], data.train_y[data.val_idx]
+    window_loss, window_correct, window_n = 0.0, 0, 0
+    bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+    model.train()
+    perm: torch.Tensor | None = None
+    for step in range(start, total):
+        epoch, pos = divmod(step, spe)
+        if perm is None or pos == 0:
+            perm = torch.randperm(n_fit, generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
+        idx = perm[pos * bs : (pos + 1) * bs]
+        xb = to_float(fit_x[idx])
+        if config.data.augment:
+            xb = augment(xb, torch.Generator().manual_seed(config.seed * 1_000_003 + step))
+        xb, yb = xb.to(device), fit_y[idx].to(device)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, total, config)
+        logits = model(xb)
+        loss = nn.functional.cross_entropy(logits, yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+        done = step + 1
+        window_loss += float(loss.detach()) * len(yb)
+        window_correct += int((logits.argmax(1) == yb).sum())
+        window_n += len(yb)
+        bar.update(1)
+        if done % config.train.log_every == 0 or done in schedule:
+            metrics = {"loss": window_loss / window_n, "accuracy": window_correct / window_n, "lr": optimizer.param_groups[0]["lr"]}
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['accuracy']:.3f}")
+            if on_metrics:
+                on_metrics(done, metrics)
+            window_loss, window_correct, window_n = 0.0, 0, 0
+        if done in schedule:
+            val = evaluate(model, val_x, val_y, config.train.eval_batch_size, device)
+            metrics = {"val_accuracy": val["accuracy"], "val_loss": val["loss"]}
+            model.train()
+            path = folder / checkpoint_name(done)
+            save_checkpoint(path, checkpoint_payload(model, optimizer, done, spe, metrics, config, data))
+            info = CheckpointInfo(step=done, epoch=epoch_of(done, spe), metrics=metrics, file=path.name)
+            index = [row for row in index if row.step != done] + [info]
+            write_index(folder, index)
+            if on_metrics:
+                on_metrics(done, metrics)
+            if on_checkpoint:
+                on_checkpoint(path, info)
+    bar.close()
+    model.eval()
+    test = evaluate(model, data.test_x, data.test_y, config.train.eval_batch_size, device)
+    final = {"test_accuracy": test["accuracy"], "test_loss": test["loss"]}
+    return TrainResult(model=model, checkpoints=index, folder=folder, resumed_from=start, final_metrics=final)

@@ -1,0 +1,114 @@
+"""All drawing (matplotlib, Agg). Compute code never draws; these take arrays and records."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_training(checkpoints: Sequence[Any], history: Sequence[tuple[int, dict[str, float]]], path: Path) -> Path:
+    """Training dynamics: loss and accuracy per logged step, validation accuracy per checkpoint,
+    checkpoints marked as vertical lines."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 3.6))
+    train_pts = [(s, m) for s, m in history if "loss" in m]
+    if train_pts:
+        steps = [s for s, _ in train_pts]
+        ax_loss.plot(steps, [m["loss"] for _, m in train_pts], label="train loss")
+        ax_acc.plot(steps, [m["accuracy"] for _, m in train_pts], label="train accuracy", alpha=0.7)
+    ck_steps = [c.step for c in checkpoints]
+    ax_loss.plot(ck_steps, [c.metrics.get("val_loss", np.nan) for c in checkpoints], "o-", label="val loss")
+    ax_acc.plot(ck_steps, [c.metrics.get("val_accuracy", np.nan) for c in checkpoints], "o-", label="val accuracy")
+    for ax in (ax_loss, ax_acc):
+        for s in ck_steps:
+            ax.axvline(s, color="grey", lw=0.6, ls=":")
+        ax.set_xlabel("optimizer step (dotted: checkpoints)")
+        ax.legend(loc="best", fontsize=8)
+    ax_loss.set_title("loss")
+    ax_acc.set_title("accuracy")
+    return _save(fig, path)
+
+
+def _show_image(ax: Any, img: np.ndarray) -> None:
+    """``img``: (C, H, W) uint8."""
+    if img.shape[0] == 1:
+        ax.imshow(img[0], cmap="gray", vmin=0, vmax=255)
+    else:
+        ax.imshow(img.transpose(1, 2, 0))
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_overlays(
+    images: np.ndarray, heat: np.ndarray, labels: np.ndarray, conf: np.ndarray, classes: Sequence[str], title: str, path: Path, cols: int
+) -> Path:
+    """Saliency overlays: one row per class, ``cols`` samples each.
+
+    Args:
+        images: ``(n, C, H, W)`` uint8, ordered class by class.
+        heat: ``(n, H, W)`` maps in [0, 1] at image size.
+        conf: ``(n,)`` confidence in the true class.
+    """
+    rows = max(1, int(np.ceil(len(images) / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 1.55 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i in range(len(images)):
+        ax = axes.flat[i]
+        ax.axis("on")
+        _show_image(ax, images[i])
+        ax.imshow(heat[i], cmap="jet", alpha=0.45, vmin=0, vmax=1)
+        ax.set_title(f"{classes[labels[i]]} p={conf[i]:.2f}", fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def plot_gallery(
+    images: np.ndarray,
+    prototypes: Sequence[dict[str, Any]],
+    classes: Sequence[str],
+    title: str,
+    path: Path,
+) -> Path:
+    """Prototype gallery: per prototype its exemplar patches and coverage per class.
+
+    Args:
+        images: the analysis images ``(N, C, H, W)`` uint8 (exemplars index into them).
+        prototypes: rows of the explanation's ``prototypes`` list (one page of them).
+    """
+    n_ex = max((len(p["exemplars"]) for p in prototypes), default=1) or 1
+    rows = max(1, len(prototypes))
+    fig = plt.figure(figsize=(1.0 * n_ex + 3.2, 1.05 * rows + 0.4))
+    grid = fig.add_gridspec(rows, n_ex + 3)
+    for r, proto in enumerate(prototypes):
+        for j, ex in enumerate(proto["exemplars"]):
+            ax = fig.add_subplot(grid[r, j])
+            y0, x0, y1, x1 = ex["box"]
+            _show_image(ax, images[ex["sample"]][:, y0:y1, x0:x1])
+            if j == 0:
+                role = "U " if proto["uncertain"] else ""
+                role += "S " if proto["shared_by"] else ""
+                role += "Sp" if proto["specialised_for"] else ""
+                ax.set_ylabel(f"P{proto['id']} {role}", fontsize=8, rotation=0, ha="right", va="center")
+        ax = fig.add_subplot(grid[r, n_ex:])
+        cov = [proto["coverage"][c] for c in classes]
+        ax.bar(range(len(classes)), cov, color="tab:blue")
+        ax.set_ylim(0, 1)
+        ax.set_yticks([])
+        ax.set_xticks(range(len(classes)))
+        ax.set_xticklabels(classes if r == rows - 1 else [], fontsize=6, rotation=90)
+    fig.suptitle(title + "  (U uncertain, S shared, Sp specialised; bars: share of each class's samples containing it)", fontsize=8)
+    return _save(fig, path)

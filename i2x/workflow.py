@@ -1,0 +1,276 @@
+"""Stage orchestration behind the CLI and MLproject entry points: files, pictures, MLflow.
+
+Each function resolves the config, opens one MLflow run, calls the pure stage
+functions and logs what they return under the artifact contract:
+
+- train: ``checkpoints/ckpt-<step:08d>.pt``, ``checkpoints/index.json``,
+  ``config/resolved.yaml``, ``report/training.png``;
+- explain: ``explanation/explanation.json``, ``saliency/ckpt-<step:08d>.png``,
+  ``saliency/maps.npz``, ``prototypes/gallery*.png``, ``prototypes/prototypes.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from i2x import tracking
+from i2x.config import Config, apply_overrides, config_from_dict, load_config, parse_overrides
+from i2x.errors import I2XError
+
+GALLERY_PAGE = 32  # prototypes per gallery page: 128 tiles in one figure are unreadable
+
+
+def _train_config(args: argparse.Namespace) -> Config:
+    from i2x.cli import resolve
+
+    return resolve(args)
+
+
+def train_run(args: argparse.Namespace) -> str:
+    """Train with checkpoints, tracked in MLflow; resumes from local checkpoints. Returns the run id."""
+    from i2x.checkpoints import list_checkpoints
+    from i2x.data import load_data
+    from i2x.training import run_folder, train
+    from i2x.viz import plot_training
+
+    config = _train_config(args)
+    data = load_data(config.data, config.seed)
+    folder = run_folder(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    ledger = folder / "runs.json"
+    previous = json.loads(ledger.read_text()) if ledger.is_file() else []
+    tags = {
+        tracking.TAG_STAGE: "train",
+        tracking.TAG_DATASET: config.data.name,
+        tracking.TAG_MODEL: config.model.name,
+        tracking.TAG_WORK_DIR: str(folder.resolve()),
+    }
+    with tracking.open_run(f"train-{config.data.name}-{config.model.name}", tags) as run:
+        run_id = run.info.run_id
+        ledger.write_text(json.dumps(previous + [run_id]))
+        for old in previous:
+            tracking.mark_superseded(old, by=run_id)
+        tracking.log_params(config.flat())
+        tracking.log_text(config.to_yaml(), "config/resolved.yaml")
+        existing = list_checkpoints(folder)
+        if existing:
+            tracking.set_tags({tracking.TAG_RESUMED_FROM: existing[-1].name})
+            for path in existing:
+                tracking.log_artifact(path, "checkpoints")
+        history: list[tuple[int, dict[str, float]]] = []
+
+        def on_metrics(step: int, metrics: dict[str, float]) -> None:
+            history.append((step, metrics))
+            tracking.log_metrics(metrics, step=step)
+
+        def on_checkpoint(path: Path, _info: object) -> None:
+            tracking.log_artifact(path, "checkpoints")
+
+        result = train(config, data, folder, on_metrics=on_metrics, on_checkpoint=on_checkpoint)
+        tracking.log_artifact(folder / "index.json", "checkpoints")
+        tracking.log_metrics(result.final_metrics)
+        scratch = tracking.scratch_dir("train")
+        try:
+            plot_training(result.checkpoints, history, scratch / "training.png")
+            tracking.log_artifact(scratch / "training.png", "report")
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        print(f"i2x train: run {run_id} FINISHED, test accuracy {result.final_metrics['test_accuracy']:.4f}, "
+              f"{len(result.checkpoints)} checkpoints in {folder}")
+    return run_id
+
+
+def _explain_config(train_cfg: Config, args: argparse.Namespace) -> Config:
+    """The training run's config, with the explain section (and analysis size) taken from
+    ``--config`` when given, then ``--overrides``, ``--data-dir`` and ``--seed`` applied."""
+    cfg = train_cfg
+    if args.config:
+        chosen = load_config(args.config)
+        cfg = dataclasses.replace(cfg, explain=chosen.explain, data=dataclasses.replace(cfg.data, analysis_size=chosen.data.analysis_size))
+    extra = {}
+    if args.data_dir:
+        extra["data.root"] = args.data_dir
+    extra.update(parse_overrides(args.overrides))
+    return apply_overrides(cfg, extra)
+
+
+def _checkpoint_files(args: argparse.Namespace, scratch: Path) -> tuple[list[Path], str | None]:
+    from i2x.checkpoints import list_checkpoints
+
+    if args.run_id:
+        tracking.get_run(args.run_id)
+        names = [p for p in tracking.list_artifacts(args.run_id, "checkpoints") if p.endswith(".pt")]
+        if not names:
+            raise I2XError(f"run {args.run_id} has no checkpoints/ckpt-*.pt artifacts; is it an i2x train run?")
+        local = tracking.download_artifacts(args.run_id, "checkpoints", scratch)
+        return list_checkpoints(local), args.run_id
+    if args.checkpoints:
+        folder = Path(args.checkpoints)
+        if not folder.is_dir():
+            raise I2XError(f"--checkpoints {folder} is not a folder of ckpt-*.pt files")
+        return list_checkpoints(folder), None
+    raise I2XError("say which training run to explain: --run-id RUN_ID or --checkpoints FOLDER")
+
+
+def explain_run(args: argparse.Namespace) -> str:
+    """Explain a finished training run; returns the explain run id."""
+    from i2x.analysis import MIN_CHECKPOINTS, analyse
+    from i2x.checkpoints import model_from_checkpoint, read_checkpoint, step_of
+    from i2x.data import load_data
+    from i2x.explanation import build_document, dumps, validate
+    from i2x.training import resolve_device
+
+    scratch = tracking.scratch_dir("explain")
+    try:
+        files, train_run_id = _checkpoint_files(args, scratch)
+        if len(files) < MIN_CHECKPOINTS:
+            raise I2XError(f"found {len(files)} checkpoint(s); I2X needs at least {MIN_CHECKPOINTS} (train with more train.checkpoint_fractions or epochs)")
+        final = read_checkpoint(files[-1])
+        config = _explain_config(config_from_dict(final["config"]), args)
+        data = load_data(config.data, config.seed)
+        images = data.train_x[data.analysis_idx]
+        labels = data.train_y[data.analysis_idx]
+        device = resolve_device(config.train.device)
+        payloads = [final if i == len(files) - 1 else None for i in range(len(files))]
+
+        def load_model(t: int) -> torch.nn.Module:
+            payload = payloads[t] or read_checkpoint(files[t])
+            return model_from_checkpoint(payload, str(files[t]))
+
+        infos = []
+        for path in files:
+            payload = read_checkpoint(path)
+            infos.append({"step": step_of(path), "epoch": float(payload["epoch"]), "val_accuracy": payload["metrics"].get("val_accuracy")})
+
+        tags = {
+            tracking.TAG_STAGE: "explain",
+            tracking.TAG_DATASET: config.data.name,
+            tracking.TAG_MODEL: config.model.name,
+            tracking.TAG_TRAIN_RUN: train_run_id or "",
+        }
+        with tracking.open_run(f"explain-{config.data.name}-{config.model.name}", tags) as run:
+            tracking.log_params(config.flat())
+            tracking.log_text(config.to_yaml(), "config/resolved.yaml")
+            analysis = analyse(len(files), load_model, images, labels, data.num_classes, config.explain, config.seed, device)
+            h, w = analysis.maps.shape[-2:]
+            doc = build_document(
+                run={"train_run_id": train_run_id, "explain_run_id": run.info.run_id, "dataset": config.data.name,
+                     "model": config.model.name, "target_layer": final["target_layer"], "grid": [int(h), int(w)],
+                     "image_size": [int(images.shape[-2]), int(images.shape[-1])], "method": config.explain.method},
+                config=config.to_dict(),
+                classes=list(data.classes),
+                checkpoints=infos,
+                protos=analysis.protos,
+                analysis_index=data.analysis_idx.numpy(),
+                groups=analysis.groups,
+                fits=analysis.fits,
+                structure=analysis.structure,
+                labels=labels.numpy(),
+            )
+            doc["run"].pop("explain_run_id")  # run ids differ between runs; keep the doc reproducible
+            validate(doc)
+            out = scratch / "out"
+            _write_outputs(out, doc, dumps(doc), analysis, images, labels, data.classes, infos, config)
+            for sub in ("explanation", "saliency", "prototypes"):
+                for path in sorted((out / sub).iterdir()):
+                    tracking.log_artifact(path, sub)
+            metrics = doc["metrics"]
+            tracking.log_metrics({
+                "mean_r2_heldout": metrics["mean_r2_heldout"] if metrics["mean_r2_heldout"] is not None else float("nan"),
+                "n_uncertain": metrics["n_uncertain"],
+                "noise_share": metrics["noise_share"],
+                **{f"time_{k}_s": v for k, v in analysis.timings.items()},
+            })
+            print(f"i2x explain: run {run.info.run_id} FINISHED: {metrics['n_uncertain']} uncertain prototype(s), "
+                  f"mean held-out R^2 {metrics['mean_r2_heldout']}, HDBSCAN noise {metrics['noise_share']:.2f}")
+            return run.info.run_id
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def overlay_samples(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """A fixed, seeded set of analysis positions, ``per_class`` per class, class by class."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        chosen.extend(sorted(rng.choice(members, size=min(per_class, len(members)), replace=False)))
+    return np.asarray(chosen, dtype=np.int64)
+
+
+def _write_outputs(out: Path, doc: dict, text: str, analysis, images: torch.Tensor, labels: torch.Tensor, classes, infos, config: Config) -> None:  # noqa: ANN001
+    """Write every explain artifact into ``out/{explanation,saliency,prototypes}``."""
+    from i2x.checkpoints import atomic_write_text
+    from i2x.saliency import upsample
+    from i2x.viz import plot_gallery, plot_overlays
+
+    for sub in ("explanation", "saliency", "prototypes"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "explanation" / "explanation.json", text)
+    atomic_write_text(out / "prototypes" / "prototypes.json", json.dumps(doc["prototypes"], indent=2, sort_keys=True))
+    tmp = out / "saliency" / ".maps.tmp.npz"
+    np.savez_compressed(
+        tmp,
+        maps=analysis.maps.numpy().astype(np.float16),
+        probs=analysis.probs.numpy().astype(np.float32),
+        intensities=analysis.intensities.p.astype(np.float16),
+        presence=analysis.intensities.presence,
+        assignment=analysis.protos.assignment.astype(np.int16),
+        groups=analysis.groups.astype(np.int16),
+        labels=labels.numpy().astype(np.int16),
+        steps=np.asarray([c["step"] for c in infos], dtype=np.int64),
+    )
+    os.replace(tmp, out / "saliency" / "maps.npz")
+
+    y = labels.numpy()
+    chosen = overlay_samples(y, config.explain.overlay_per_class, config.seed)
+    size = tuple(images.shape[-2:])
+    for t, info in enumerate(infos):
+        heat = upsample(analysis.maps[t, chosen], size).numpy()
+        conf = analysis.probs[t, chosen, y[chosen]].numpy()
+        plot_overlays(images[chosen].numpy(), heat, y[chosen], conf, classes,
+                      f"Grad-CAM at checkpoint {t} (step {info['step']}, epoch {info['epoch']:.2f})",
+                      out / "saliency" / f"ckpt-{info['step']:08d}.png", cols=config.explain.overlay_per_class * 2 if len(classes) <= 4 else config.explain.overlay_per_class)
+
+    order = sorted(doc["prototypes"], key=lambda p: (not p["uncertain"], not p["shared_by"], not p["specialised_for"], -p["n_samples"], p["id"]))
+    pages = [order[i : i + GALLERY_PAGE] for i in range(0, len(order), GALLERY_PAGE)]
+    for i, page in enumerate(pages):
+        name = "gallery.png" if i == 0 else f"gallery-{i + 1}.png"
+        plot_gallery(images.numpy(), page, classes, f"Prototypes (page {i + 1}/{len(pages)})", out / "prototypes" / name)
+
+
+def run_main(args: argparse.Namespace) -> None:
+    """``mlflow run .``: train, then explain, each as a child run of this one.
+
+    Children are started with ``mlflow.projects.run(..., env_manager="local")``: this
+    process already runs in the project's environment, and an inner run without an
+    explicit env manager would try to build a new one (MLflow issues #11849, #6611).
+    """
+    import mlflow
+
+    params = {"dataset": args.dataset, "config": args.config, "data_dir": args.data_dir,
+              "seed": args.seed, "overrides": args.overrides}
+    root = Path(__file__).resolve().parents[1]
+    from mlflow.exceptions import ExecutionException
+
+    def stage(entry_point: str, extra: dict[str, str]) -> str:
+        try:
+            submitted = mlflow.projects.run(str(root), entry_point=entry_point, parameters={**params, **extra},
+                                            env_manager="local", synchronous=True)
+        except ExecutionException as exc:
+            raise I2XError(f"stage '{entry_point}' failed ({str(exc).splitlines()[0]}); its error is printed above") from None
+        tracking.set_tags({f"i2x.{entry_point}_run": submitted.run_id})
+        return submitted.run_id
+
+    with tracking.open_run("i2x-main", {tracking.TAG_STAGE: "main"}):
+        train_id = stage("train", {})
+        explain_id = stage("explain", {"run_id": train_id})
+        print(f"i2x main: train run {train_id}, explain run {explain_id}")
