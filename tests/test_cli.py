@@ -1,0 +1,62 @@
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import ROOT, cli_env
+
+
+def run_cli(tmp_path, *args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "i2x.cli", *args], cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_lists_the_stages(tmp_path):
+    out = run_cli(tmp_path, "--help")
+    assert out.returncode == 0
+    for sub in ("train", "explain", "tune", "report", "services", "main"):
+        assert sub in out.stdout
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["train", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+        (["train", "--config", "smoke", "--overrides", "model.name=vgg"], "unknown model 'vgg'"),
+        (["train", "--config", "smoke", "--overrides", "train.epochz=1"], "unknown config key 'train.epochz'"),
+        (["train", "--config", "nope"], "config 'nope' not found"),
+        (["tune"], "'tune' is not implemented yet"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, fragment):
+    out = run_cli(tmp_path, *args)
+    assert out.returncode == 2
+    lines = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]
+    assert lines[-1].startswith("i2x: error: ") and fragment in lines[-1]
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_mlflow_run_train_entry_point_smoke(tmp_path):
+    env = cli_env(tmp_path, I2X_CONFIG_DIR=str(ROOT / "configs"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "train", "-P", "config=smoke",
+         "-P", f"overrides=work_dir={tmp_path / 'work'}", "--env-manager", "local"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    client = MlflowClient()
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "FINISHED"
+    ckpts = [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")]
+    assert len([p for p in ckpts if p.endswith(".pt")]) >= 4
+    assert "checkpoints/index.json" in ckpts
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "config")] == ["config/resolved.yaml"]
+    assert len(client.get_metric_history(run.info.run_id, "loss")) >= 3
+    assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) >= 4
+    tags = run.data.tags
+    assert tags["i2x.dataset"] == "synthetic" and tags["i2x.model"] == "cnn" and "mlflow.source.git.commit" in tags
+    assert run.data.params["train.epochs"] == "2"

@@ -1,0 +1,78 @@
+import pytest
+
+from i2x.config import (
+    Config,
+    ExplainConfig,
+    apply_overrides,
+    available_configs,
+    config_from_dict,
+    load_config,
+    parse_overrides,
+)
+from i2x.errors import I2XError
+
+
+def test_named_configs_load_and_differ():
+    names = available_configs()
+    assert {"mnist", "cifar10", "smoke", "fashion-mnist", "imagefolder"} <= set(names)
+    mnist, cifar = load_config("mnist"), load_config("cifar10")
+    assert mnist.data.name == "mnist" and mnist.explain.n_prototypes == 32  # paper: K=32 on MNIST
+    assert cifar.data.name == "cifar10" and cifar.explain.n_prototypes == 128  # paper: K=128 on CIFAR-10
+    assert cifar.model.name == "resnet18"
+
+
+def test_typed_overrides_apply():
+    cfg = load_config("mnist", "train.epochs=5,explain.ridge_lambda=2,seed=7,train.checkpoint_fractions=[0.2,0.4],data.augment=true")
+    assert cfg.train.epochs == 5 and isinstance(cfg.train.epochs, int)
+    assert cfg.explain.ridge_lambda == 2.0 and isinstance(cfg.explain.ridge_lambda, float)
+    assert cfg.seed == 7
+    assert cfg.train.checkpoint_fractions == (0.2, 0.4)
+    assert cfg.data.augment is True
+
+
+def test_override_split_keeps_commas_inside_lists():
+    assert parse_overrides("a.b=[1,2],c.d=3") == {"a.b": "[1,2]", "c.d": "3"}
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("train.epochz=3", "unknown config key 'train.epochz'"),
+        ("nosection=3", "unknown config key 'nosection'"),
+        ("train.epochs=three", "config key 'train.epochs' expects int"),
+        ("train.lr=fast", "config key 'train.lr' expects float"),
+        ("data.augment=maybe", "config key 'data.augment' expects bool"),
+    ],
+)
+def test_bad_override_is_one_line_naming_the_key(override, fragment):
+    with pytest.raises(I2XError) as err:
+        load_config("mnist", override)
+    assert fragment in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_key_in_yaml_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  epochs: 2\n  learning_rate: 0.1\n")
+    with pytest.raises(I2XError, match="unknown config key 'train.learning_rate'"):
+        load_config(str(path))
+
+
+def test_missing_config_lists_choices():
+    with pytest.raises(I2XError, match="config 'nope' not found.*smoke"):
+        load_config("nope")
+
+
+def test_round_trip_through_checkpoint_dict():
+    cfg = load_config("smoke", "explain.n_prototypes=9")
+    again = config_from_dict(cfg.to_dict())
+    assert again == cfg
+    assert "run.seed" in cfg.flat() and "explain.n_prototypes" in cfg.flat()
+
+
+def test_config_is_frozen():
+    cfg = Config()
+    with pytest.raises(AttributeError):
+        cfg.seed = 3  # type: ignore[misc]
+    assert apply_overrides(cfg, {"seed": "3"}).seed == 3
+    assert ExplainConfig().uncertain_threshold == 0.3

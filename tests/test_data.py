@@ -1,0 +1,110 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from i2x.config import DataConfig
+from i2x.data import DATASETS, load_data, make_synthetic
+from i2x.errors import I2XError
+
+from .conftest import ROOT, SHARED_DATASETS, cli_env
+
+
+def _write_tree(root: Path, per_class: int = 4, size: int = 12) -> None:
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for cls in ("cat", "dog"):
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+
+
+def test_registry_lists_all_sources():
+    assert {"mnist", "fashion-mnist", "cifar10", "imagefolder", "synthetic"} <= set(DATASETS)
+
+
+def test_splits_are_seeded_disjoint_and_stratified():
+    cfg = DataConfig(name="synthetic", synthetic_per_class=50, analysis_size=40, val_fraction=0.2)
+    a, b = load_data(cfg, seed=3), load_data(cfg, seed=3)
+    assert torch.equal(a.val_idx, b.val_idx) and torch.equal(a.analysis_idx, b.analysis_idx)
+    assert not set(a.val_idx.tolist()) & set(a.fit_idx.tolist())
+    assert set(a.analysis_idx.tolist()) <= set(a.fit_idx.tolist())
+    assert len(a.val_idx) == 40
+    counts = torch.bincount(a.train_y[a.analysis_idx], minlength=4)
+    assert counts.tolist() == [10, 10, 10, 10]
+    c = load_data(cfg, seed=4)
+    assert not torch.equal(a.val_idx, c.val_idx)
+
+
+def test_synthetic_mark_is_the_only_difference_between_bar_classes():
+    x, y, boxes = make_synthetic(20, seed=0)
+    assert x.dtype == torch.uint8 and x.shape == (80, 1, 32, 32)
+    assert (boxes[y == 1] >= 0).all() and (boxes[y != 1] == -1).all()
+    assert (boxes[y == 1][:, 2] <= 12).all() and (boxes[y == 1][:, 3] <= 12).all()
+
+
+def test_imagefolder_tree_loads(tmp_path, monkeypatch):
+    monkeypatch.setenv("I2X_CACHE_DIR", str(tmp_path / "cache"))
+    _write_tree(tmp_path / "tree")
+    data = load_data(DataConfig(name="imagefolder", root=str(tmp_path / "tree"), image_size=16, val_fraction=0.25, analysis_size=4), seed=0)
+    assert data.classes == ("cat", "dog")
+    assert data.train_x.shape == (8, 3, 16, 16) and data.test_x.shape == (8, 3, 16, 16)
+
+
+def test_corrupt_image_names_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("I2X_CACHE_DIR", str(tmp_path / "cache"))
+    _write_tree(tmp_path / "tree")
+    bad = tmp_path / "tree" / "train" / "dog" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    with pytest.raises(I2XError) as err:
+        load_data(DataConfig(name="imagefolder", root=str(tmp_path / "tree")), seed=0)
+    assert str(bad) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_imagefolder_without_tree_says_what_to_do(tmp_path):
+    with pytest.raises(I2XError, match="train/<class>"):
+        load_data(DataConfig(name="imagefolder", root=str(tmp_path)), seed=0)
+
+
+def test_missing_mnist_offline_is_one_line_with_the_path(tmp_path):
+    with pytest.raises(I2XError) as err:
+        load_data(DataConfig(name="mnist", root=str(tmp_path), download=False), seed=0)
+    msg = str(err.value)
+    assert str(tmp_path) in msg and "data_dir" in msg and "\n" not in msg
+
+
+def test_missing_data_cli_exits_nonzero_with_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "i2x.cli", "train", "--dataset", "mnist", "--data-dir", str(tmp_path / "empty"),
+         "--overrides", "data.download=false"],
+        cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("i2x: error: MNIST not found under") and str(tmp_path / "empty") in last
+
+
+@pytest.mark.skipif(not (SHARED_DATASETS / "MNIST" / "raw").is_dir(), reason="needs ../shared/datasets")
+def test_real_mnist_from_shared_copy():
+    data = load_data(DataConfig(name="mnist", root=str(SHARED_DATASETS), download=False, analysis_size=100), seed=0)
+    assert data.train_x.shape == (60000, 1, 28, 28) and data.test_x.shape == (10000, 1, 28, 28)
+    assert data.classes == tuple(str(d) for d in range(10))
+    assert abs(data.mean[0] - 0.1307) < 0.002  # MNIST's well-known mean
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED_DATASETS / "cifar10-jpeg.tar.gz").is_file(), reason="needs ../shared/datasets")
+def test_real_cifar10_from_shared_tarball(tmp_path, monkeypatch):
+    monkeypatch.setenv("I2X_CACHE_DIR", str(tmp_path / "cache"))
+    data = load_data(DataConfig(name="cifar10", root=str(SHARED_DATASETS), download=False, analysis_size=100), seed=0)
+    assert data.train_x.shape == (50000, 3, 32, 32) and data.test_x.shape == (10000, 3, 32, 32)
+    assert data.classes == ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+    assert torch.bincount(data.test_y).tolist() == [1000] * 10
+    # unpacked once, atomically: a second load reuses the cache
+    assert len(list((tmp_path / "cache").glob("cifar10-*"))) == 1
+    assert ROOT.exists()

@@ -1,0 +1,51 @@
+import pytest
+import torch
+
+from i2x.checkpoints import model_from_checkpoint
+from i2x.config import ModelConfig, load_config
+from i2x.errors import I2XError
+from i2x.models import MODELS, build_model, target_module
+
+
+@pytest.mark.parametrize("name, channels, size, grid", [("cnn", 1, 28, 7), ("cnn", 3, 32, 8), ("resnet18", 1, 28, 4), ("resnet18", 3, 32, 4), ("resnet50", 3, 32, 4)])
+def test_models_shapes_and_target_layer_grid(name, channels, size, grid):
+    model = build_model(ModelConfig(name=name), channels, 10).eval()
+    seen = {}
+    layer = target_module(model, model.target_layer)
+
+    def hook(_m, _i, out):
+        seen["shape"] = out.shape
+
+    handle = layer.register_forward_hook(hook)
+    with torch.no_grad():
+        out = model(torch.rand(2, channels, size, size))
+    handle.remove()
+    assert out.shape == (2, 10)
+    assert seen["shape"][-2:] == (grid, grid)
+
+
+def test_resnet_has_small_image_stem():
+    model = build_model(ModelConfig(name="resnet18"), 3, 10)
+    assert model.net.conv1.kernel_size == (3, 3) and model.net.conv1.stride == (1, 1)
+    assert isinstance(model.net.maxpool, torch.nn.Identity)
+
+
+def test_unknown_model_and_layer_errors():
+    with pytest.raises(I2XError, match="unknown model 'vgg'.*cnn"):
+        build_model(ModelConfig(name="vgg"), 3, 10)
+    model = build_model(ModelConfig(name="cnn"), 1, 10)
+    with pytest.raises(I2XError, match="target layer 'net.block9' does not exist"):
+        target_module(model, "net.block9")
+    assert set(MODELS) == {"cnn", "resnet18", "resnet50"}
+
+
+def test_checkpoint_from_another_architecture_is_refused(smoke_run):
+    from i2x.checkpoints import list_checkpoints, read_checkpoint
+
+    config, _, result = smoke_run
+    payload = read_checkpoint(list_checkpoints(result.folder)[-1])
+    with pytest.raises(I2XError, match="holds model 'cnn' but the config asks for 'resnet18'"):
+        model_from_checkpoint(payload, "ckpt", expect=load_config("smoke", "model.name=resnet18"))
+    payload["model"] = {k: v for k, v in payload["model"].items() if "block3" not in k}
+    with pytest.raises(I2XError, match="does not fit model 'cnn'"):
+        model_from_checkpoint(payload, "ckpt")
