@@ -102,6 +102,8 @@ class ExplainConfig:
 
     Attributes:
         method: saliency method, a key of :data:`i2x.saliency.CAM_METHODS` (PAPER: gradcam).
+        target_layer: dotted module name of the layer to explain; empty means the model's
+            declared last conv block (the method's choice).
         target: ``label`` explains the true class, ``pred`` the predicted one.
         normalize: ``minmax`` (ReLU then min-max per map, as pytorch-grad-cam) or ``none``.
         pca_components: PCA size before K-Means.
@@ -113,7 +115,8 @@ class ExplainConfig:
         patterns_max_dim: PCA-reduce dY to this many dims before HDBSCAN when M is larger.
         ridge_lambda: the ridge penalty lambda.
         r2_holdout: share of each group held out for the faithfulness R^2.
-        min_group_for_r2: groups smaller than this get no held-out R^2.
+        min_group_for_r2: groups smaller than this get no held-out R^2 (a 20% hold-out
+            of fewer than 6 samples says nothing). The reported mean is size-weighted.
         evidence_includes_noise: let HDBSCAN noise (group -1) contribute to evidence.
         shared_coverage: presence share that makes a prototype shared by a class.
         specialised_purity: share of a group's members that must be of class c.
@@ -126,6 +129,7 @@ class ExplainConfig:
     """
 
     method: str = "gradcam"
+    target_layer: str = ""
     target: str = "label"
     normalize: str = "minmax"
     pca_components: int = 32
@@ -137,7 +141,7 @@ class ExplainConfig:
     patterns_max_dim: int = 16
     ridge_lambda: float = 1.0
     r2_holdout: float = 0.2
-    min_group_for_r2: int = 10
+    min_group_for_r2: int = 30
     evidence_includes_noise: bool = True
     shared_coverage: float = 0.8
     specialised_purity: float = 0.5

@@ -146,7 +146,8 @@ def build_document(
         return {"prototype": s.prototype, "pair": [name(s.pair[0]), name(s.pair[1])], "score": _r(s.score),
                 "oscillation": _r(s.oscillation), "share": _r(s.share), "d": [_r(v) for v in s.d]}
 
-    r2s = [f.r2 for f in fits if f.r2 is not None]
+    scored = [(f.r2, len(f.members)) for f in fits if f.r2 is not None]
+    mean_r2 = sum(r * n for r, n in scored) / sum(n for _, n in scored) if scored else None
     noise = float((groups == NOISE).mean())
     return {
         "schema": SCHEMA_ID,
@@ -165,7 +166,7 @@ def build_document(
         "scores": [score_row(s) for s in structure.scores],
         "uncertain": [score_row(s) for s in structure.uncertain],
         "metrics": {
-            "mean_r2_heldout": _r(float(np.mean(r2s))) if r2s else None,
+            "mean_r2_heldout": _r(mean_r2),
             "n_uncertain": len(structure.uncertain),
             "noise_share": _r(noise),
             "n_prototypes": protos.k,

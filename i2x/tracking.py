@@ -150,12 +150,32 @@ def mark_superseded(run_id: str, by: str) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
+    from mlflow.exceptions import MlflowException
+
     try:
-        if client.get_run(run_id).info.status == "RUNNING":
-            client.set_tag(run_id, "i2x.resumed_by", by)
-            client.set_terminated(run_id, status="KILLED")
-    except Exception:  # noqa: BLE001 - the old run may live in another store; resuming must not fail on it
-        return
+        run = client.get_run(run_id)
+    except MlflowException:
+        return  # the old run lives in another tracking store; nothing to close here
+    if run.info.status == "RUNNING":
+        client.set_tag(run_id, "i2x.resumed_by", by)
+        client.set_terminated(run_id, status="KILLED")
+
+
+def run_entry_point(project: Path, entry_point: str, parameters: dict[str, Any]) -> str:
+    """Run another entry point of this project as a child of the active run; returns its id.
+
+    ``env_manager="local"`` is explicit: this process already runs in the project's
+    environment, and an inner run without it builds a fresh one (MLflow #11849, #6611).
+    """
+    import mlflow
+    from mlflow.exceptions import ExecutionException
+
+    try:
+        submitted = mlflow.projects.run(str(project), entry_point=entry_point, parameters=parameters,
+                                        env_manager="local", synchronous=True)
+    except ExecutionException as exc:
+        raise I2XError(f"stage '{entry_point}' failed ({str(exc).splitlines()[0]}); its error is printed above") from None
+    return submitted.run_id
 
 
 def scratch_dir(prefix: str) -> Path:

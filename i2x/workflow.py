@@ -159,11 +159,12 @@ def explain_run(args: argparse.Namespace) -> str:
         with tracking.open_run(f"explain-{config.data.name}-{config.model.name}", tags) as run:
             tracking.log_params(config.flat())
             tracking.log_text(config.to_yaml(), "config/resolved.yaml")
-            analysis = analyse(len(files), load_model, images, labels, data.num_classes, config.explain, config.seed, device)
+            analysis = analyse(len(files), load_model, images, labels, data.num_classes, config.explain, config.seed, device,
+                               layer=config.explain.target_layer or None)
             h, w = analysis.maps.shape[-2:]
             doc = build_document(
                 run={"train_run_id": train_run_id, "explain_run_id": run.info.run_id, "dataset": config.data.name,
-                     "model": config.model.name, "target_layer": final["target_layer"], "grid": [int(h), int(w)],
+                     "model": config.model.name, "target_layer": config.explain.target_layer or final["target_layer"], "grid": [int(h), int(w)],
                      "image_size": [int(images.shape[-2]), int(images.shape[-1])], "method": config.explain.method},
                 config=config.to_dict(),
                 classes=list(data.classes),
@@ -254,21 +255,13 @@ def run_main(args: argparse.Namespace) -> None:
     process already runs in the project's environment, and an inner run without an
     explicit env manager would try to build a new one (MLflow issues #11849, #6611).
     """
-    import mlflow
-
     params = {"dataset": args.dataset, "config": args.config, "data_dir": args.data_dir,
               "seed": args.seed, "overrides": args.overrides}
     root = Path(__file__).resolve().parents[1]
-    from mlflow.exceptions import ExecutionException
-
     def stage(entry_point: str, extra: dict[str, str]) -> str:
-        try:
-            submitted = mlflow.projects.run(str(root), entry_point=entry_point, parameters={**params, **extra},
-                                            env_manager="local", synchronous=True)
-        except ExecutionException as exc:
-            raise I2XError(f"stage '{entry_point}' failed ({str(exc).splitlines()[0]}); its error is printed above") from None
-        tracking.set_tags({f"i2x.{entry_point}_run": submitted.run_id})
-        return submitted.run_id
+        run_id = tracking.run_entry_point(root, entry_point, {**params, **extra})
+        tracking.set_tags({f"i2x.{entry_point}_run": run_id})
+        return run_id
 
     with tracking.open_run("i2x-main", {tracking.TAG_STAGE: "main"}):
         train_id = stage("train", {})

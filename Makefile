@@ -1,0 +1,46 @@
+# Two commands for a fresh machine (see README):
+#   make run    create .venv, install, then `mlflow run . -P dataset=$(DATASET)`
+#   make test   create .venv, install with dev extras, then run the test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATASET ?= mnist
+# Local data: the offline copies next to the repo when present, else torchvision downloads into ./data.
+DATA_DIR ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared/datasets),)
+export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: run run-isolated test install ui lint bench clean-work
+
+$(BIN)/.installed: pyproject.toml requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+run: install
+	mkdir -p mlruns
+	$(BIN)/mlflow run . -P dataset=$(DATASET) -P data_dir=$(DATA_DIR) --env-manager local
+
+# The same job in the environment MLflow builds from python_env.yaml (first build: minutes).
+run-isolated: install
+	mkdir -p mlruns
+	$(BIN)/mlflow run . -P dataset=$(DATASET) -P data_dir=$(DATA_DIR)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check i2x pipelines tests bench
+
+ui: install
+	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
+
+bench: install
+	$(BIN)/python bench/train_mnist.py
+
+clean-work:
+	rm -rf mlruns/i2x-work

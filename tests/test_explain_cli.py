@@ -1,0 +1,95 @@
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from i2x.checkpoints import list_checkpoints
+
+from .conftest import ROOT, cli_env
+
+
+def explain(tmp_path, *args):
+    return subprocess.run([sys.executable, "-m", "i2x.cli", "explain", *args], cwd=tmp_path, env=cli_env(tmp_path),
+                          capture_output=True, text=True, timeout=600)
+
+
+def assert_one_line_error(proc, fragment):
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("i2x: error: ") and fragment in last, last
+    assert "Traceback" not in proc.stderr
+
+
+def test_unknown_run_id(tmp_path):
+    assert_one_line_error(explain(tmp_path, "--run-id", "0123456789abcdef0123456789abcdef"), "does not exist")
+
+
+def test_fewer_than_three_checkpoints(tmp_path, smoke_run):
+    _, _, result = smoke_run
+    folder = tmp_path / "two"
+    folder.mkdir()
+    for path in list_checkpoints(result.folder)[:2]:
+        shutil.copy(path, folder / path.name)
+    assert_one_line_error(explain(tmp_path, "--checkpoints", str(folder)), "found 2 checkpoint(s); I2X needs at least 3")
+
+
+def test_k_larger_than_locations(tmp_path, smoke_run):
+    _, _, result = smoke_run
+    proc = explain(tmp_path, "--checkpoints", str(result.folder), "--overrides", "explain.n_prototypes=1000000")
+    assert_one_line_error(proc, "explain.n_prototypes=1000000 is larger than the")
+
+
+def test_target_layer_that_does_not_exist(tmp_path, smoke_run):
+    _, _, result = smoke_run
+    proc = explain(tmp_path, "--checkpoints", str(result.folder), "--overrides", "explain.target_layer=net.block7")
+    assert_one_line_error(proc, "target layer 'net.block7' does not exist")
+
+
+def test_no_source_given(tmp_path):
+    assert_one_line_error(explain(tmp_path), "--run-id RUN_ID or --checkpoints FOLDER")
+
+
+@pytest.mark.slow
+def test_mlflow_run_main_smoke_trains_then_explains(tmp_path):
+    env = cli_env(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", str(ROOT), "-P", "config=smoke", "-P", f"overrides=work_dir={tmp_path / 'work'}",
+         "--env-manager", "local"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from i2x.explanation import validate
+
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    client = MlflowClient()
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    by_stage = {r.data.tags.get("i2x.stage"): r for r in runs}
+    assert set(by_stage) == {"main", "train", "explain"}
+    assert all(r.info.status == "FINISHED" for r in runs)
+    main, train, expl = by_stage["main"], by_stage["train"], by_stage["explain"]
+    assert train.data.tags["mlflow.parentRunId"] == main.info.run_id == expl.data.tags["mlflow.parentRunId"]
+    assert expl.data.tags["i2x.train_run_id"] == train.info.run_id
+
+    def listing(run, path):
+        return {a.path for a in client.list_artifacts(run.info.run_id, path)}
+
+    steps = sorted(int(p.split("-")[1].split(".")[0]) for p in listing(train, "checkpoints") if p.endswith(".pt"))
+    saliency = listing(expl, "saliency")
+    assert {f"saliency/ckpt-{s:08d}.png" for s in steps} | {"saliency/maps.npz"} == saliency
+    assert {"prototypes/gallery.png", "prototypes/prototypes.json"} <= listing(expl, "prototypes")
+    local = mlflow.artifacts.download_artifacts(run_id=expl.info.run_id, artifact_path="explanation/explanation.json", dst_path=str(tmp_path / "dl"))
+    doc = json.loads(open(local).read())
+    validate(doc)
+    assert doc["run"]["train_run_id"] == train.info.run_id
+    for metric in ("mean_r2_heldout", "n_uncertain", "noise_share"):
+        assert metric in expl.data.metrics
+    import numpy as np
+
+    npz = np.load(mlflow.artifacts.download_artifacts(run_id=expl.info.run_id, artifact_path="saliency/maps.npz", dst_path=str(tmp_path / "dl2")))
+    assert npz["maps"].dtype == np.float16 and npz["maps"].shape[0] == len(steps)
