@@ -53,26 +53,33 @@ def _show_image(ax: Any, img: np.ndarray) -> None:
 
 
 def plot_overlays(
-    images: np.ndarray, heat: np.ndarray, labels: np.ndarray, conf: np.ndarray, classes: Sequence[str], title: str, path: Path, cols: int
+    images: np.ndarray, heat: np.ndarray, labels: np.ndarray, conf: np.ndarray, classes: Sequence[str], title: str, path: Path, per_class: int
 ) -> Path:
-    """Saliency overlays: one row per class, ``cols`` samples each.
+    """Saliency overlays: one column per class, ``per_class`` samples down each column.
 
     Args:
         images: ``(n, C, H, W)`` uint8, ordered class by class.
         heat: ``(n, H, W)`` maps in [0, 1] at image size.
         conf: ``(n,)`` confidence in the true class.
     """
-    rows = max(1, int(np.ceil(len(images) / cols)))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 1.55 * rows), squeeze=False)
+    present = list(dict.fromkeys(int(c) for c in labels))
+    fig, axes = plt.subplots(per_class, len(present), figsize=(1.45 * len(present), 1.6 * per_class + 0.3), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for i in range(len(images)):
-        ax = axes.flat[i]
+    row_of: dict[int, int] = {}
+    for i, label in enumerate(labels):
+        col = present.index(int(label))
+        row = row_of.get(col, 0)
+        row_of[col] = row + 1
+        if row >= per_class:
+            continue
+        ax = axes[row, col]
         ax.axis("on")
         _show_image(ax, images[i])
         ax.imshow(heat[i], cmap="jet", alpha=0.45, vmin=0, vmax=1)
-        ax.set_title(f"{classes[labels[i]]} p={conf[i]:.2f}", fontsize=7)
-    fig.suptitle(title, fontsize=9)
+        ax.set_title(f"{classes[label]}\np={conf[i]:.2f}" if row == 0 else f"p={conf[i]:.2f}", fontsize=7)
+    fig.suptitle(title + "  (p: confidence in the true class)", fontsize=9)
+    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -91,8 +98,9 @@ def plot_gallery(
     """
     n_ex = max((len(p["exemplars"]) for p in prototypes), default=1) or 1
     rows = max(1, len(prototypes))
-    fig = plt.figure(figsize=(1.0 * n_ex + 3.2, 1.05 * rows + 0.4))
-    grid = fig.add_gridspec(rows, n_ex + 3)
+    height = 1.05 * rows + 0.6
+    fig = plt.figure(figsize=(1.0 * n_ex + 3.2, height))
+    grid = fig.add_gridspec(rows, n_ex + 3, top=1 - 0.45 / height, bottom=0.5 / height)
     for r, proto in enumerate(prototypes):
         for j, ex in enumerate(proto["exemplars"]):
             ax = fig.add_subplot(grid[r, j])
@@ -110,5 +118,6 @@ def plot_gallery(
         ax.set_yticks([])
         ax.set_xticks(range(len(classes)))
         ax.set_xticklabels(classes if r == rows - 1 else [], fontsize=6, rotation=90)
-    fig.suptitle(title + "  (U uncertain, S shared, Sp specialised; bars: share of each class's samples containing it)", fontsize=8)
+    fig.suptitle(title + "\nU uncertain, S shared, Sp specialised; bars: share of each class's samples containing it",
+                 fontsize=8, y=1 - 0.05 / height)
     return _save(fig, path)

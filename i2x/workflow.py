@@ -239,7 +239,7 @@ def _write_outputs(out: Path, doc: dict, text: str, analysis, images: torch.Tens
         conf = analysis.probs[t, chosen, y[chosen]].numpy()
         plot_overlays(images[chosen].numpy(), heat, y[chosen], conf, classes,
                       f"Grad-CAM at checkpoint {t} (step {info['step']}, epoch {info['epoch']:.2f})",
-                      out / "saliency" / f"ckpt-{info['step']:08d}.png", cols=config.explain.overlay_per_class * 2 if len(classes) <= 4 else config.explain.overlay_per_class)
+                      out / "saliency" / f"ckpt-{info['step']:08d}.png", per_class=config.explain.overlay_per_class)
 
     order = sorted(doc["prototypes"], key=lambda p: (not p["uncertain"], not p["shared_by"], not p["specialised_for"], -p["n_samples"], p["id"]))
     pages = [order[i : i + GALLERY_PAGE] for i in range(0, len(order), GALLERY_PAGE)]
