@@ -48,7 +48,7 @@ def resolve(args: argparse.Namespace) -> Config:
 
 
 def cmd_not_yet(stage: str) -> None:
-    raise I2XError(f"'{stage}' is not implemented yet in this version of i2x; run 'i2x train' and 'i2x explain' for now")
+    raise I2XError(f"'{stage}' is not implemented yet in this version of i2x; run 'i2x train', 'i2x explain' and 'i2x tune' for now")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,9 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(p)
     p.add_argument("--run-id", default="", help="the training run to explain (MLflow run id)")
     p.add_argument("--checkpoints", default="", help="or: a local folder of ckpt-*.pt files of one run")
-    p = sub.add_parser("main", help="train, then explain (what `mlflow run .` does)")
+    p = sub.add_parser("main", help="train, then explain, then tune (what `mlflow run .` does)")
     _add_run_args(p)
-    sub.add_parser("tune", help="I2X-guided fine-tuning with Optuna (not implemented yet)")
+    p = sub.add_parser("tune", help="I2X-guided fine-tuning: an Optuna study, controls and a test-set summary")
+    _add_run_args(p)
+    p.add_argument("--run-id", default="", help="the explain run whose uncertainty scores guide the study")
+    p.add_argument("--study", default="", help="study name (default: tune.study_name, else i2x-<explain run id>)")
+    p.add_argument("--storage", default="", help="Optuna storage URL: sqlite:///..., postgresql://..., journal:<path> (default: tune.storage, else sqlite:///mlruns/optuna.db)")
+    p.add_argument("--worker", action="store_true", help="join the running study --study on --storage and run trials")
     sub.add_parser("report", help="regenerate a run's HTML report (not implemented yet)")
     sub.add_parser("services", help="start the local MLflow/S3/dashboard stack (not implemented yet)")
     return parser
@@ -87,7 +92,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from i2x.workflow import run_main
 
             run_main(args)
-        elif args.command in ("tune", "report", "services"):
+        elif args.command == "tune":
+            from i2x.workflow import tune_run
+
+            tune_run(args)
+        elif args.command in ("report", "services"):
             cmd_not_yet(args.command)
         else:
             parser.print_help()

@@ -134,9 +134,14 @@ def get_run(run_id: str) -> Any:
 def download_artifacts(run_id: str, artifact_path: str, dst: Path) -> Path:
     """Download a run's artifact (file or folder) into ``dst``; returns the local path."""
     from mlflow.artifacts import download_artifacts as _download
+    from mlflow.exceptions import MlflowException
 
     dst.mkdir(parents=True, exist_ok=True)
-    return Path(_download(run_id=run_id, artifact_path=artifact_path, dst_path=str(dst)))
+    try:
+        return Path(_download(run_id=run_id, artifact_path=artifact_path, dst_path=str(dst)))
+    except MlflowException as exc:
+        raise I2XError(f"run {run_id} has no artifact '{artifact_path}' ({str(exc).splitlines()[0][:120]}); "
+                       "was it made by this stage of i2x? re-run that stage") from None
 
 
 def list_artifacts(run_id: str, path: str | None = None) -> list[str]:
@@ -176,6 +181,42 @@ def run_entry_point(project: Path, entry_point: str, parameters: dict[str, Any])
     except ExecutionException as exc:
         raise I2XError(f"stage '{entry_point}' failed ({str(exc).splitlines()[0]}); its error is printed above") from None
     return submitted.run_id
+
+
+@contextlib.contextmanager
+def trial_run(parent_run_id: str, number: int, params: dict[str, Any]) -> Iterator[Any]:
+    """A nested MLflow run for one Optuna trial (any process: the parent is given by id).
+
+    Yields ``log_epoch(epoch, val_accuracy)``. The run ends FINISHED, KILLED (pruned,
+    with tag ``optuna.state=PRUNED``) or FAILED. Logged by hand: optuna-integration's
+    MLflowCallback is deprecated and serialises trials.
+    """
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    run = client.create_run(experiment_id, run_name=f"trial-{number}", tags={
+        TAG_PARENT: parent_run_id, TAG_STAGE: "tune-trial", "optuna.trial_number": str(number)})
+    run_id = run.info.run_id
+    for key, value in params.items():
+        client.log_param(run_id, key, ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value)
+
+    def log_epoch(epoch: int, acc: float) -> None:
+        client.log_metric(run_id, "val_accuracy", acc, step=epoch)
+
+    try:
+        yield log_epoch
+    except optuna.TrialPruned:
+        client.set_tag(run_id, "optuna.state", "PRUNED")
+        client.set_terminated(run_id, status="KILLED")
+        raise
+    except BaseException:
+        client.set_tag(run_id, "optuna.state", "FAIL")
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_tag(run_id, "optuna.state", "COMPLETE")
+    client.set_terminated(run_id, status="FINISHED")
 
 
 def scratch_dir(prefix: str) -> Path:

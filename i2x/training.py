@@ -93,12 +93,14 @@ def lr_at(step: int, total: int, config: Config) -> float:
     raise I2XError(f"train.lr_schedule must be onecycle, cosine or constant, got '{kind}'")
 
 
-def make_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, config: Config, lr: float | None = None) -> torch.optim.Optimizer:
+    """The configured optimizer; ``lr`` overrides ``train.lr`` (fine-tuning uses its own)."""
     t = config.train
+    lr = t.lr if lr is None else lr
     if t.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=t.momentum > 0)
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=t.momentum > 0)
     if t.optimizer == "adam":
-        return torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=t.weight_decay)
     raise I2XError(f"train.optimizer must be sgd or adam, got '{t.optimizer}'")
 
 
@@ -114,6 +116,16 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
         correct += int((logits.argmax(1) == yb).sum())
         n += len(yb)
     return {"accuracy": correct / max(n, 1), "loss": loss / max(n, 1)}
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, xb: torch.Tensor, yb: torch.Tensor) -> tuple[float, int]:
+    """One SGD step on a batch; returns the batch loss and the number of correct predictions."""
+    logits = model(xb)
+    loss = nn.functional.cross_entropy(logits, yb)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach()), int((logits.argmax(1) == yb).sum())
 
 
 def checkpoint_payload(
@@ -206,15 +218,11 @@ def train(
         xb, yb = xb.to(device), fit_y[idx].to(device)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, total, config)
-        logits = model(xb)
-        loss = nn.functional.cross_entropy(logits, yb)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss, correct = train_step(model, optimizer, xb, yb)
 
         done = step + 1
-        window_loss += float(loss.detach()) * len(yb)
-        window_correct += int((logits.argmax(1) == yb).sum())
+        window_loss += loss * len(yb)
+        window_correct += correct
         window_n += len(yb)
         bar.update(1)
         if done % config.train.log_every == 0 or done in schedule:

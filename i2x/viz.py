@@ -121,3 +121,55 @@ def plot_gallery(
     fig.suptitle(title + "\nU uncertain, S shared, Sp specialised; bars: share of each class's samples containing it",
                  fontsize=8, y=1 - 0.05 / height)
     return _save(fig, path)
+
+
+def plot_strategies(summary: dict[str, Any], order: Sequence[str], path: Path) -> Path:
+    """Test accuracy and focal-pair confusions per strategy: mean +- std and every seed."""
+    names = [n for n in order if n in summary["strategies"]]
+    rows = [summary["strategies"][n] for n in names]
+    fig, (ax_acc, ax_foc) = plt.subplots(1, 2, figsize=(10, 3.4))
+    x = np.arange(len(names))
+    colors = ["tab:green", "tab:purple", "tab:grey", "tab:orange"][: len(names)]
+    for ax, key, label in ((ax_acc, "accuracy", "test accuracy (%)"), (ax_foc, "focal_confusions", f"{summary['focal_pair']} confusions (test)")):
+        scale = 100 if key == "accuracy" else 1
+        means = [scale * np.mean(r[key]) for r in rows]
+        stds = [scale * (np.std(r[key], ddof=1) if len(r[key]) > 1 else 0) for r in rows]
+        ax.bar(x, means, yerr=stds, color=colors, alpha=0.6, capsize=4)
+        for i, r in enumerate(rows):
+            ax.plot([i] * len(r[key]), [scale * v for v in r[key]], "k.", ms=5)
+        ax.set_xticks(x)
+        ax.set_xticklabels(names, fontsize=8)
+        ax.set_ylabel(label)
+        lo = min(scale * min(r[key]) for r in rows)
+        hi = max(scale * max(r[key]) for r in rows)
+        pad = max(0.5 * (hi - lo), 0.5 if key == "accuracy" else 1)
+        ax.set_ylim(max(0, lo - pad), hi + pad)
+    fig.suptitle("Fine-tuning strategies on the test set (bars: mean +- std over seeds; dots: seeds)", fontsize=9)
+    return _save(fig, path)
+
+
+def plot_optuna(study: Any, out: Path) -> list[Path]:
+    """Optuna's own figures: optimisation history, parameter importances, Pareto front
+    (two objectives). A figure Optuna cannot draw yet (too few trials) is skipped with a
+    note file that says why."""
+    import warnings
+
+    import optuna.visualization.matplotlib as ov
+    from optuna.exceptions import ExperimentalWarning
+
+    warnings.filterwarnings("ignore", category=ExperimentalWarning)
+    two = len(study.directions) > 1
+    figures = {"optimization_history.png": lambda: ov.plot_optimization_history(study, target=(lambda t: t.values[0]) if two else None, target_name="val accuracy"),
+               "param_importances.png": lambda: ov.plot_param_importances(study, target=(lambda t: t.values[0]) if two else None)}
+    if two:
+        figures["pareto_front.png"] = lambda: ov.plot_pareto_front(study, target_names=["val accuracy", "target-pair confusions"])
+    written = []
+    for name, draw in figures.items():
+        try:
+            ax = draw()
+        except (ValueError, RuntimeError) as exc:  # e.g. importances need 2+ completed trials
+            (out / f"{name}.skipped.txt").write_text(f"{name} not drawn: {exc}\n")
+            continue
+        fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+        written.append(_save(fig, out / name))
+    return written

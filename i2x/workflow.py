@@ -88,13 +88,14 @@ def train_run(args: argparse.Namespace) -> str:
     return run_id
 
 
-def _explain_config(train_cfg: Config, args: argparse.Namespace) -> Config:
-    """The training run's config, with the explain section (and analysis size) taken from
-    ``--config`` when given, then ``--overrides``, ``--data-dir`` and ``--seed`` applied."""
+def _stage_config(train_cfg: Config, args: argparse.Namespace) -> Config:
+    """The training run's config, with the explain and tune sections (and the analysis
+    size) taken from ``--config`` when given, then ``--overrides`` and ``--data-dir``."""
     cfg = train_cfg
     if args.config:
         chosen = load_config(args.config)
-        cfg = dataclasses.replace(cfg, explain=chosen.explain, data=dataclasses.replace(cfg.data, analysis_size=chosen.data.analysis_size))
+        cfg = dataclasses.replace(cfg, explain=chosen.explain, tune=chosen.tune,
+                                  data=dataclasses.replace(cfg.data, analysis_size=chosen.data.analysis_size))
     extra = {}
     if args.data_dir:
         extra["data.root"] = args.data_dir
@@ -134,7 +135,7 @@ def explain_run(args: argparse.Namespace) -> str:
         if len(files) < MIN_CHECKPOINTS:
             raise I2XError(f"found {len(files)} checkpoint(s); I2X needs at least {MIN_CHECKPOINTS} (train with more train.checkpoint_fractions or epochs)")
         final = read_checkpoint(files[-1])
-        config = _explain_config(config_from_dict(final["config"]), args)
+        config = _stage_config(config_from_dict(final["config"]), args)
         data = load_data(config.data, config.seed)
         images = data.train_x[data.analysis_idx]
         labels = data.train_y[data.analysis_idx]
@@ -230,6 +231,9 @@ def _write_outputs(out: Path, doc: dict, text: str, analysis, images: torch.Tens
         steps=np.asarray([c["step"] for c in infos], dtype=np.int64),
     )
     os.replace(tmp, out / "saliency" / "maps.npz")
+    tmp = out / "prototypes" / ".centers.tmp.npz"
+    np.savez(tmp, pca_mean=analysis.protos.pca_mean, pca_components=analysis.protos.pca_components, centers=analysis.protos.centers)
+    os.replace(tmp, out / "prototypes" / "centers.npz")
 
     y = labels.numpy()
     chosen = overlay_samples(y, config.explain.overlay_per_class, config.seed)
@@ -249,7 +253,7 @@ def _write_outputs(out: Path, doc: dict, text: str, analysis, images: torch.Tens
 
 
 def run_main(args: argparse.Namespace) -> None:
-    """``mlflow run .``: train, then explain, each as a child run of this one.
+    """``mlflow run .``: train, then explain, then tune, each as a child run of this one.
 
     Children are started with ``mlflow.projects.run(..., env_manager="local")``: this
     process already runs in the project's environment, and an inner run without an
@@ -266,4 +270,145 @@ def run_main(args: argparse.Namespace) -> None:
     with tracking.open_run("i2x-main", {tracking.TAG_STAGE: "main"}):
         train_id = stage("train", {})
         explain_id = stage("explain", {"run_id": train_id})
-        print(f"i2x main: train run {train_id}, explain run {explain_id}")
+        tune_id = stage("tune", {"run_id": explain_id})
+        print(f"i2x main: train run {train_id}, explain run {explain_id}, tune run {tune_id}")
+
+
+def _tune_context(explain_run_id: str, args: argparse.Namespace, scratch: Path, config_dict: dict | None = None):  # noqa: ANN202
+    """Everything a trial needs, rebuilt from an explain run (the same in every worker)."""
+    from i2x.checkpoints import model_from_checkpoint, read_checkpoint
+    from i2x.data import load_data
+    from i2x.models import build_model
+    from i2x.training import resolve_device
+    from i2x.tuning import TuneContext, assign_images, load_prototypes
+
+    run = tracking.get_run(explain_run_id)
+    train_run_id = run.data.tags.get(tracking.TAG_TRAIN_RUN, "")
+    if run.data.tags.get(tracking.TAG_STAGE) != "explain" or not train_run_id:
+        raise I2XError(f"run {explain_run_id} is not an i2x explain run of a tracked training run; pass the explain run id")
+    doc = json.loads(tracking.download_artifacts(explain_run_id, "explanation/explanation.json", scratch).read_text())
+    protos = load_prototypes(tracking.download_artifacts(explain_run_id, "prototypes/centers.npz", scratch))
+    last = sorted(p for p in tracking.list_artifacts(train_run_id, "checkpoints") if p.endswith(".pt"))[-1]
+    final = read_checkpoint(tracking.download_artifacts(train_run_id, last, scratch))
+    config = config_from_dict(config_dict) if config_dict else _stage_config(config_from_dict(final["config"]), args)
+    data = load_data(config.data, config.seed)
+    device = resolve_device(config.train.device)
+    model = model_from_checkpoint(final, last).to(device)
+    cache = Path(config.work_dir) / f"tune-{explain_run_id}" / "assignment.pt"
+    if cache.is_file():
+        assignment = torch.load(cache, weights_only=True)
+    else:
+        from i2x.checkpoints import save_checkpoint
+
+        assignment = assign_images(model, doc["run"]["target_layer"], data.train_x, protos, config.explain.batch_size, device)
+        save_checkpoint(cache, assignment)  # atomic
+    meta = final["data"]
+
+    def build() -> torch.nn.Module:
+        return build_model(config.model, meta["channels"], len(meta["classes"]), meta["mean"], meta["std"])
+
+    ctx = TuneContext(config=config, data=data, build=build, state=final["model"], assignment=assignment,
+                      scores=doc["scores"], device=device)
+    return ctx, doc
+
+
+def _track(parent_run_id: str):  # noqa: ANN202
+    import contextlib
+
+    @contextlib.contextmanager
+    def track(trial, plan):  # noqa: ANN001, ANN202
+        params = {**trial.params, "targets": list(plan.targets) or "none"}
+        with tracking.trial_run(parent_run_id, trial.number, params) as log_epoch:
+            yield log_epoch
+
+    return track
+
+
+def tune_run(args: argparse.Namespace) -> str:
+    """The Optuna study for an explain run, then the controls and the test-set summary."""
+    if args.worker:
+        return tune_worker(args)
+    from i2x.tuning import (
+        DEFAULT_STORAGE,
+        STRATEGIES,
+        best_trial,
+        evaluate_strategies,
+        open_study,
+        plan_from_params,
+        redact,
+        run_study,
+        strategy_plans,
+        summarize,
+        summary_markdown,
+        target_pairs,
+        target_prototypes,
+    )
+    from i2x.viz import plot_optuna, plot_strategies
+
+    if not args.run_id:
+        raise I2XError("say which explain run to tune from: --run-id EXPLAIN_RUN_ID (or join a study with --worker)")
+    scratch = tracking.scratch_dir("tune")
+    try:
+        ctx, doc = _tune_context(args.run_id, args, scratch)
+        config = ctx.config
+        name = args.study or config.tune.study_name or f"i2x-{args.run_id[:12]}"
+        url = args.storage or config.tune.storage or DEFAULT_STORAGE
+        tags = {tracking.TAG_STAGE: "tune", tracking.TAG_DATASET: config.data.name, tracking.TAG_MODEL: config.model.name,
+                "i2x.explain_run_id": args.run_id, "optuna.study_name": name, "optuna.storage": redact(url)}
+        with tracking.open_run(f"tune-{config.data.name}-{config.model.name}", tags) as parent:
+            tracking.log_params(config.flat())
+            study = open_study(name, url, config)
+            study.set_user_attr("explain_run_id", args.run_id)
+            study.set_user_attr("mlflow_parent_run_id", parent.info.run_id)
+            study.set_user_attr("config", config.to_dict())
+            run_study(study, ctx, _track(parent.info.run_id))
+            best = best_trial(study)
+            tuned = plan_from_params(best.params, ctx)
+            plans = strategy_plans(tuned, ctx, config.explain.uncertain_threshold, config.seed)
+            pairs = target_pairs(ctx, tuned.targets + plans["paper"].targets)
+            if not pairs:
+                pairs = target_pairs(ctx, target_prototypes(ctx.scores, 1, 0.0))
+            focal = f"{ctx.data.classes[pairs[0][0]]}<->{ctx.data.classes[pairs[0][1]]}"
+            results = evaluate_strategies(ctx, plans, config.tune.seeds, pairs)
+            summary = summarize(results, plans, focal, {"number": best.number, "params": best.params, "values": best.values})
+            summary["study"] = {"name": name, "storage": redact(url), "n_trials": len(study.trials)}
+            text = summary_markdown(summary)
+            out = scratch / "tuning"
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+            (out / "summary.md").write_text(f"# I2X-guided fine-tuning: {config.data.name} / {config.model.name}\n\n{text}")
+            plot_strategies(summary, list(STRATEGIES), out / "strategies.png")
+            plot_optuna(study, out)
+            for path in sorted(out.iterdir()):
+                tracking.log_artifact(path, "tuning")
+            for strategy, row in summary["strategies"].items():
+                key = strategy.replace("->", "_").replace("-", "_")
+                tracking.log_metrics({f"{key}_test_accuracy": row["accuracy_mean"], f"{key}_focal_confusions": row["focal_mean"]})
+            print(f"i2x tune: run {parent.info.run_id} FINISHED, study '{name}' ({len(study.trials)} trials)\n\n{text}")
+            return parent.info.run_id
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def tune_worker(args: argparse.Namespace) -> str:
+    """Join a running study by name: run trials until the study holds ``n_trials``."""
+    import optuna
+
+    from i2x.tuning import DEFAULT_STORAGE, run_study, storage_for
+
+    if not args.study:
+        raise I2XError("--worker needs --study NAME (and --storage URL unless it is the default)")
+    url = args.storage or DEFAULT_STORAGE
+    try:
+        study = optuna.load_study(study_name=args.study, storage=storage_for(url, 30))
+    except KeyError:
+        raise I2XError(f"no study '{args.study}' in {url}; start it with 'i2x tune --run-id ...' first") from None
+    attrs = study.user_attrs
+    scratch = tracking.scratch_dir("tune-worker")
+    try:
+        ctx, _ = _tune_context(attrs["explain_run_id"], args, scratch, config_dict=attrs["config"])
+        run_study(study, ctx, _track(attrs["mlflow_parent_run_id"]))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print(f"i2x tune --worker: study '{args.study}' done")
+    return attrs["mlflow_parent_run_id"]
