@@ -87,7 +87,7 @@ def finetune(
 
 
 @torch.no_grad()
-def test_report(model: nn.Module, data: DataBundle, pairs: list[tuple[int, int]], device: torch.device, batch_size: int = 1000) -> dict:
+def evaluate_on_test(model: nn.Module, data: DataBundle, pairs: list[tuple[int, int]], device: torch.device, batch_size: int = 1000) -> dict:
     """Test accuracy and, per class pair, confusions summed over both directions."""
     model.eval()
     preds = torch.cat([model(xb.to(device)).argmax(1).cpu() for xb, _ in iterate(data.test_x, data.test_y, batch_size)])

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from i2x.config import Config
 from i2x.data import DataBundle, to_float
 from i2x.errors import I2XError
-from i2x.finetune import EpochFn, finetune, test_report
+from i2x.finetune import EpochFn, evaluate_on_test, finetune
 from i2x.models import target_module
 from i2x.perturbation import Plan
 from i2x.prototypes import Prototypes
@@ -259,7 +259,7 @@ def evaluate_strategies(ctx: TuneContext, plans: dict[str, Plan], seeds: int, pa
         model = ctx.fresh_model()
         seed = ctx.config.seed + s
         finetune(model, ctx.data, ctx.assignment, plans[name], ctx.config, seed, ctx.device)
-        report = test_report(model, ctx.data, pairs, ctx.device)
+        report = evaluate_on_test(model, ctx.data, pairs, ctx.device)
         report["seed"] = seed
         results[name].append(report)
         if on_result:

@@ -51,7 +51,7 @@ def test_no_source_given(tmp_path):
 
 
 @pytest.mark.slow
-def test_mlflow_run_main_smoke_trains_then_explains(tmp_path):
+def test_mlflow_run_main_smoke_trains_explains_and_tunes(tmp_path):
     env = cli_env(tmp_path)
     proc = subprocess.run(
         [sys.executable, "-m", "mlflow", "run", str(ROOT), "-P", "config=smoke", "-P", f"overrides=work_dir={tmp_path / 'work'}",
@@ -70,8 +70,8 @@ def test_mlflow_run_main_smoke_trains_then_explains(tmp_path):
     client = MlflowClient()
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     by_stage = {r.data.tags.get("i2x.stage"): r for r in runs}
-    assert set(by_stage) == {"main", "train", "explain"}
-    assert all(r.info.status == "FINISHED" for r in runs)
+    assert set(by_stage) == {"main", "train", "explain", "tune", "tune-trial"}
+    assert all(r.info.status in ("FINISHED", "KILLED") for r in runs)  # KILLED = a pruned trial
     main, train, expl = by_stage["main"], by_stage["train"], by_stage["explain"]
     assert train.data.tags["mlflow.parentRunId"] == main.info.run_id == expl.data.tags["mlflow.parentRunId"]
     assert expl.data.tags["i2x.train_run_id"] == train.info.run_id
@@ -90,6 +90,16 @@ def test_mlflow_run_main_smoke_trains_then_explains(tmp_path):
     for metric in ("mean_r2_heldout", "n_uncertain", "noise_share"):
         assert metric in expl.data.metrics
     import numpy as np
+
+    tune = by_stage["tune"]
+    assert tune.data.tags["mlflow.parentRunId"] == main.info.run_id and tune.info.status == "FINISHED"
+    trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == tune.info.run_id]
+    assert len(trials) >= 3 and all("optuna.trial_number" in r.data.tags for r in trials)
+    summary = json.loads(open(mlflow.artifacts.download_artifacts(run_id=tune.info.run_id, artifact_path="tuning/summary.json",
+                                                                 dst_path=str(tmp_path / "dl3"))).read())
+    assert set(summary["strategies"]) == {"tuned", "paper", "full->full", "random-target"}
+    assert all(len(s["seeds"]) == 2 and len(s["accuracy"]) == 2 for s in summary["strategies"].values())
+    assert {"tuning/summary.md", "tuning/strategies.png", "tuning/optimization_history.png"} <= listing(tune, "tuning")
 
     npz = np.load(mlflow.artifacts.download_artifacts(run_id=expl.info.run_id, artifact_path="saliency/maps.npz", dst_path=str(tmp_path / "dl2")))
     assert npz["maps"].dtype == np.float16 and npz["maps"].shape[0] == len(steps)

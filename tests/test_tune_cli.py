@@ -1,0 +1,140 @@
+"""The tune stage as users run it: real subprocesses, a real PostgreSQL server, SIGKILL."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from .conftest import cli_env
+
+pytestmark = pytest.mark.slow
+PG = "postgresql://postgres@127.0.0.1:5432"
+
+
+def cli(env, cwd, *args, timeout=900):
+    return subprocess.run([sys.executable, "-m", "i2x.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def explained(tmp_path_factory):
+    """A smoke train run and its explain run in a private MLflow store."""
+    root = tmp_path_factory.mktemp("tune")
+    env = cli_env(root)
+    work = f"work_dir={root / 'work'}"
+    out = cli(env, root, "train", "--config", "smoke", "--overrides", work)
+    assert out.returncode == 0, out.stderr[-2000:]
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    client = MlflowClient()
+    (train,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    out = cli(env, root, "explain", "--run-id", train.info.run_id, "--config", "smoke", "--overrides", work)
+    assert out.returncode == 0, out.stderr[-2000:]
+    explain = next(r for r in client.search_runs([train.info.experiment_id]) if r.data.tags.get("i2x.stage") == "explain")
+    return root, env, explain.info.run_id, client
+
+
+@pytest.fixture
+def pg_database():
+    """A fresh database on the local PostgreSQL server, dropped afterwards."""
+    import psycopg
+
+    name = f"i2x_test_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield f"{PG}/{name}"
+    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def _finished(study):
+    return [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+
+
+def test_two_workers_on_postgresql_share_one_study(explained, pg_database):
+    import optuna
+
+    from i2x.config import load_config
+    from i2x.tuning import open_study
+
+    root, env, explain_id, client = explained
+    n = 4
+    config = load_config("smoke", {"work_dir": str(root / "work"), "tune.n_trials": str(n)})
+    parent = client.create_run(client.get_run(explain_id).info.experiment_id, run_name="tune-parent", tags={"i2x.stage": "tune"})
+    study = open_study("shared", pg_database, config)
+    study.set_user_attr("explain_run_id", explain_id)
+    study.set_user_attr("mlflow_parent_run_id", parent.info.run_id)
+    study.set_user_attr("config", config.to_dict())
+
+    cmd = [sys.executable, "-m", "i2x.cli", "tune", "--worker", "--study", "shared", "--storage", pg_database]
+    workers = [subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [w.communicate(timeout=900) for w in workers]
+    assert all(w.returncode == 0 for w in workers), [o[1][-1500:] for o in outs]
+
+    study = optuna.load_study(study_name="shared", storage=pg_database)
+    finished = _finished(study)
+    # MaxTrialsCallback stops each worker once n trials are finished; a trial the other
+    # worker had already started still completes, so at most n + (workers - 1).
+    assert n <= len(finished) <= n + 1
+    assert not [t for t in study.trials if t.state.name in ("RUNNING", "WAITING", "FAIL")]
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers))
+    runs = client.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    by_number = {}
+    for run in runs:
+        by_number.setdefault(int(run.data.tags["optuna.trial_number"]), []).append(run)
+    assert sorted(by_number) == sorted(t.number for t in finished)
+    assert all(len(v) == 1 for v in by_number.values())
+    assert all(r.data.tags["optuna.state"] in ("COMPLETE", "PRUNED") for r in runs)
+
+
+def test_killed_study_resumes_and_keeps_completed_trials(explained, tmp_path):
+    import optuna
+
+    root, env, explain_id, client = explained
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    args = ["tune", "--run-id", explain_id, "--config", "smoke", "--storage", storage, "--study", "resume",
+            "--overrides", f"work_dir={root / 'work'},tune.n_trials=5,tune.heartbeat_s=2"]
+    proc = subprocess.Popen([sys.executable, "-m", "i2x.cli", *args], cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    before = []
+    while time.time() < deadline:
+        try:
+            study = optuna.load_study(study_name="resume", storage=storage)
+            before = [(t.number, t.values) for t in study.trials if t.state.name == "COMPLETE"]
+            running = [t for t in study.trials if t.state.name == "RUNNING"]
+            if before and running:
+                break
+        except KeyError:
+            pass
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert before, "the kill must land after a completed trial"
+    study = optuna.load_study(study_name="resume", storage=storage)
+    assert len(_finished(study)) < 5, "the kill must land before the study finished"
+
+    time.sleep(5)  # past the heartbeat grace period (2 x 2 s): the killed trial is stale
+    out = cli(env, root, *args)
+    assert out.returncode == 0, out.stderr[-2000:]
+    study = optuna.load_study(study_name="resume", storage=storage)
+    assert len(_finished(study)) >= 5
+    after = {t.number: t.values for t in study.trials if t.state.name == "COMPLETE"}
+    for number, values in before:
+        assert after[number] == values
+    assert "| tuned |" in out.stdout and ("GAIN" in out.stdout)
+
+
+def test_tune_needs_an_explain_run(explained):
+    root, env, explain_id, client = explained
+    train_id = client.get_run(explain_id).data.tags["i2x.train_run_id"]
+    out = cli(env, root, "tune", "--run-id", train_id)
+    assert out.returncode == 2
+    assert "is not an i2x explain run" in out.stderr.strip().splitlines()[-1]
+    out = cli(env, root, "tune", "--worker", "--study", "nope", "--storage", f"sqlite:///{root}/none.db")
+    assert out.returncode == 2 and "no study 'nope'" in out.stderr.strip().splitlines()[-1]
