@@ -71,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", default="", help="study name (default: tune.study_name, else i2x-<explain run id>)")
     p.add_argument("--storage", default="", help="Optuna storage URL: sqlite:///..., postgresql://..., journal:<path> (default: tune.storage, else sqlite:///mlruns/optuna.db)")
     p.add_argument("--worker", action="store_true", help="join the running study --study on --storage and run trials")
-    sub.add_parser("report", help="regenerate a run's HTML report (not implemented yet)")
+    p = sub.add_parser("report", help="regenerate the HTML report of an explain or tune run")
+    p.add_argument("--run-id", default="", help="the explain or tune run")
+    p.add_argument("--out", default="", help="write the report into this folder instead of logging it to the run")
     sub.add_parser("services", help="start the local MLflow/S3/dashboard stack (not implemented yet)")
     return parser
 
@@ -96,7 +98,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from i2x.workflow import tune_run
 
             tune_run(args)
-        elif args.command in ("report", "services"):
+        elif args.command == "report":
+            from i2x.workflow import report_run
+
+            report_run(args)
+        elif args.command == "services":
             cmd_not_yet(args.command)
         else:
             parser.print_help()

@@ -94,6 +94,13 @@ def log_artifact(path: Path, artifact_path: str | None = None) -> None:
     mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
+def log_artifact_to(run_id: str, path: Path, artifact_path: str | None = None) -> None:
+    """Log into a given (possibly finished) run, not the active one."""
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient().log_artifact(run_id, str(path), artifact_path)
+
+
 def log_text(text: str, artifact_file: str) -> None:
     import mlflow
 

@@ -173,3 +173,152 @@ def plot_optuna(study: Any, out: Path) -> list[Path]:
         fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
         written.append(_save(fig, out / name))
     return written
+
+
+def _patch(images: np.ndarray, ex: dict[str, Any]) -> np.ndarray:
+    y0, x0, y1, x1 = ex["box"]
+    return images[ex["sample"]][:, y0:y1, x0:x1]
+
+
+def plot_class_prototypes(images: np.ndarray, doc: dict[str, Any], path: Path, per_class: int = 4) -> Path:
+    """For each class, its strongest shared and specialised prototypes: one exemplar patch
+    each, labelled with the role, evidence toward the class and coverage."""
+    protos = {p["id"]: p for p in doc["prototypes"]}
+    rows = doc["class_structure"]
+    fig, axes = plt.subplots(len(rows), per_class, figsize=(1.7 * per_class + 1.2, 1.35 * len(rows)), squeeze=False)
+    for r, cls in enumerate(rows):
+        items = [("shared", s) for s in sorted(cls["shared"], key=lambda s: -(s["evidence"] or 0))]
+        items += [("specialised", s) for s in sorted(cls["specialised"], key=lambda s: -(s["evidence"] or 0))]
+        for c in range(per_class):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(items):
+                ax.axis("off")
+                if c == 0:
+                    ax.text(0.5, 0.5, "no shared or\nspecialised\nprototype", ha="center", va="center", fontsize=7, transform=ax.transAxes)
+                    ax.axis("on")
+                    ax.set_xticks([])
+                    ax.set_yticks([])
+            else:
+                role, item = items[c]
+                proto = protos[item["prototype"]]
+                if proto["exemplars"]:
+                    _show_image(ax, _patch(images, proto["exemplars"][0]))
+                ax.set_title(f"P{item['prototype']} {role}\nev {item['evidence']:+.3f}, cov {100 * (item['coverage'] or 0):.0f}%", fontsize=6.5)
+            if c == 0:
+                ax.set_ylabel(cls["name"], fontsize=8, rotation=0, ha="right", va="center")
+    fig.suptitle("Each class's shared and specialised prototypes (ev: evidence toward the class; cov: share of its samples containing it)", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_saliency_over_training(images: np.ndarray, maps: np.ndarray, samples: Sequence[int], labels: np.ndarray,
+                                classes: Sequence[str], steps: Sequence[int], path: Path, max_cols: int = 9) -> Path:
+    """Fixed samples (rows) across checkpoints (columns), Grad-CAM upsampled for the picture.
+
+    Args:
+        maps: ``(T, N, h, w)`` grid maps.
+    """
+    import torch
+
+    t = maps.shape[0]
+    cols = np.unique(np.linspace(0, t - 1, min(t, max_cols)).round().astype(int))
+    size = images.shape[-2:]
+    fig, axes = plt.subplots(len(samples), len(cols) + 1, figsize=(1.25 * (len(cols) + 1), 1.3 * len(samples)), squeeze=False)
+    for r, i in enumerate(samples):
+        _show_image(axes[r, 0], images[i])
+        axes[r, 0].set_ylabel(classes[labels[i]], fontsize=7, rotation=0, ha="right", va="center")
+        if r == 0:
+            axes[r, 0].set_title("image", fontsize=7)
+        grid = torch.from_numpy(maps[cols, i].astype(np.float32))
+        up = torch.nn.functional.interpolate(grid[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0].numpy()
+        for c, col in enumerate(cols):
+            ax = axes[r, c + 1]
+            _show_image(ax, images[i])
+            ax.imshow(up[c], cmap="jet", alpha=0.5, vmin=0, vmax=max(float(up[c].max()), 1e-6))
+            if r == 0:
+                ax.set_title(f"ckpt {col}\nstep {steps[col]}", fontsize=6.5)
+    fig.suptitle("Where the model looks, checkpoint by checkpoint (Grad-CAM toward the true class)", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_beta_heatmaps(interval_beta: np.ndarray, prototype_ids: Sequence[int], classes: Sequence[str], steps: Sequence[int],
+                       path: Path, max_panels: int = 8) -> Path:
+    """beta (prototype x class) per interval on one shared, symmetric colour scale.
+
+    Args:
+        interval_beta: ``(T-1, K, M)``; only ``prototype_ids`` rows are drawn.
+    """
+    t = interval_beta.shape[0]
+    panels = np.unique(np.linspace(0, t - 1, min(t, max_panels)).round().astype(int))
+    sub = interval_beta[:, list(prototype_ids)]
+    vmax = float(np.abs(sub).max()) or 1.0
+    cols = min(4, len(panels))
+    rows = int(np.ceil(len(panels) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols + 1, 0.16 * len(prototype_ids) * rows + 1.2 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    im = None
+    for a, i in zip(axes.flat, panels, strict=False):
+        a.axis("on")
+        im = a.imshow(sub[i], cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto")
+        a.set_title(f"steps {steps[i]}->{steps[i + 1]}", fontsize=7)
+        a.set_xticks(range(len(classes)))
+        a.set_xticklabels(classes, rotation=90, fontsize=6)
+        a.set_yticks(range(len(prototype_ids)))
+        a.set_yticklabels([f"P{k}" for k in prototype_ids], fontsize=5.5)
+    if im is not None:
+        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="beta: confidence change per unit saliency change")
+    fig.suptitle("How each prototype's saliency moved each class's confidence, interval by interval (red: toward the class)", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_progression(progression: Sequence[dict[str, Any]], steps: Sequence[int], path: Path, top: int = 8) -> Path:
+    """Confusion count per checkpoint of the most confused pairs, separation checkpoint marked."""
+    chosen = sorted(progression, key=lambda p: -max(p["confusions"]))[:top]
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    x = np.arange(len(steps))
+    for p in chosen:
+        (line,) = ax.plot(x, p["confusions"], "o-", ms=3, label=f"{p['pair'][0]} / {p['pair'][1]}")
+        if p["separated_at"] is not None:
+            s = p["separated_at"]
+            ax.plot([s], [p["confusions"][s]], "*", ms=12, color=line.get_color())
+    ax.set_xticks(x)
+    ax.set_xticklabels([f"{i}\n{s}" for i, s in enumerate(steps)], fontsize=6)
+    ax.set_xlabel("checkpoint (and step); star: separated from here on")
+    ax.set_ylabel("confusions on the analysis set")
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(f"The {len(chosen)} most confused class pairs over training", fontsize=9)
+    return _save(fig, path)
+
+
+def plot_uncertain(images: np.ndarray, doc: dict[str, Any], steps: Sequence[int], path: Path, top: int = 6) -> Path | None:
+    """Each uncertain prototype's oscillation d_t = beta[k,a] - beta[k,b] with its patches."""
+    rows = doc["uncertain"][:top]
+    if not rows:
+        return None
+    protos = {p["id"]: p for p in doc["prototypes"]}
+    fig, axes = plt.subplots(len(rows), 4, figsize=(10, 1.7 * len(rows)), squeeze=False,
+                             gridspec_kw={"width_ratios": [4, 1, 1, 1]})
+    for r, u in enumerate(rows):
+        ax = axes[r, 0]
+        d = [v if v is not None else np.nan for v in u["d"]]
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.plot(range(len(d)), d, "o-", color="tab:red")
+        ax.set_title(f"P{u['prototype']}: toward {u['pair'][0]} (+) or {u['pair'][1]} (-); u={u['score']:.2f}", fontsize=8)
+        ax.set_xticks(range(len(d)))
+        ax.set_xticklabels([f"{steps[i]}->{steps[i + 1]}" for i in range(len(d))], fontsize=5.5, rotation=45)
+        for c in range(3):
+            a = axes[r, c + 1]
+            a.set_xticks([])
+            a.set_yticks([])
+            exs = protos[u["prototype"]]["exemplars"]
+            if c < len(exs):
+                _show_image(a, _patch(images, exs[c]))
+            else:
+                a.axis("off")
+    fig.suptitle("Uncertain prototypes: the sign flips show the pull switching between the two classes", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)

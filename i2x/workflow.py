@@ -181,7 +181,11 @@ def explain_run(args: argparse.Namespace) -> str:
             validate(doc)
             out = scratch / "out"
             _write_outputs(out, doc, dumps(doc), analysis, images, labels, data.classes, infos, config)
-            for sub in ("explanation", "saliency", "prototypes"):
+            from i2x.report import explain_report
+
+            with np.load(out / "saliency" / "maps.npz") as npz:
+                explain_report(doc, dict(npz), out / "report", seed=config.seed)
+            for sub in ("explanation", "saliency", "prototypes", "report"):
                 for path in sorted((out / sub).iterdir()):
                     tracking.log_artifact(path, sub)
             metrics = doc["metrics"]
@@ -229,6 +233,8 @@ def _write_outputs(out: Path, doc: dict, text: str, analysis, images: torch.Tens
         groups=analysis.groups.astype(np.int16),
         labels=labels.numpy().astype(np.int16),
         steps=np.asarray([c["step"] for c in infos], dtype=np.int64),
+        images=images.numpy(),
+        interval_beta=analysis.structure.interval_beta.astype(np.float32),
     )
     os.replace(tmp, out / "saliency" / "maps.npz")
     tmp = out / "prototypes" / ".centers.tmp.npz"
@@ -381,6 +387,11 @@ def tune_run(args: argparse.Namespace) -> str:
             plot_optuna(study, out)
             for path in sorted(out.iterdir()):
                 tracking.log_artifact(path, "tuning")
+            from i2x.report import tune_report
+
+            tune_report(summary, scratch / "report")
+            for path in sorted((scratch / "report").iterdir()):
+                tracking.log_artifact(path, "report")
             for strategy, row in summary["strategies"].items():
                 key = strategy.replace("->", "_").replace("-", "_")
                 tracking.log_metrics({f"{key}_test_accuracy": row["accuracy_mean"], f"{key}_focal_confusions": row["focal_mean"]})
@@ -412,3 +423,34 @@ def tune_worker(args: argparse.Namespace) -> str:
         shutil.rmtree(scratch, ignore_errors=True)
     print(f"i2x tune --worker: study '{args.study}' done")
     return attrs["mlflow_parent_run_id"]
+
+
+def report_run(args: argparse.Namespace) -> Path:
+    """Regenerate the report of an explain or tune run, into ``--out`` or back into the run."""
+    from i2x.report import explain_report, tune_report
+
+    if not args.run_id:
+        raise I2XError("say which run to report on: --run-id RUN_ID (an explain or tune run)")
+    run = tracking.get_run(args.run_id)
+    stage = run.data.tags.get(tracking.TAG_STAGE)
+    scratch = tracking.scratch_dir("report")
+    try:
+        out = Path(args.out) if args.out else scratch / "report"
+        if stage == "explain":
+            doc = json.loads(tracking.download_artifacts(args.run_id, "explanation/explanation.json", scratch).read_text())
+            with np.load(tracking.download_artifacts(args.run_id, "saliency/maps.npz", scratch)) as npz:
+                index = explain_report(doc, dict(npz), out, seed=int(doc["config"].get("seed", 0)))
+        elif stage == "tune":
+            summary = json.loads(tracking.download_artifacts(args.run_id, "tuning/summary.json", scratch).read_text())
+            index = tune_report(summary, out)
+        else:
+            raise I2XError(f"run {args.run_id} is a '{stage}' run; reports are made for explain and tune runs")
+        if not args.out:
+            for path in sorted(out.iterdir()):
+                tracking.log_artifact_to(args.run_id, path, "report")
+            print(f"i2x report: logged report/index.html to run {args.run_id}")
+        else:
+            print(f"i2x report: wrote {index}")
+        return index
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

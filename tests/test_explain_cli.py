@@ -100,6 +100,9 @@ def test_mlflow_run_main_smoke_trains_explains_and_tunes(tmp_path):
     assert set(summary["strategies"]) == {"tuned", "paper", "full->full", "random-target"}
     assert all(len(s["seeds"]) == 2 and len(s["accuracy"]) == 2 for s in summary["strategies"].values())
     assert {"tuning/summary.md", "tuning/strategies.png", "tuning/optimization_history.png"} <= listing(tune, "tuning")
+    assert {"report/index.html", "report/strategies.png"} <= listing(tune, "report")
+    assert {"report/index.html", "report/class_prototypes.png", "report/saliency_over_training.png", "report/beta_heatmap.png",
+            "report/progression.png", "report/gallery-1.png"} <= listing(expl, "report")
 
     npz = np.load(mlflow.artifacts.download_artifacts(run_id=expl.info.run_id, artifact_path="saliency/maps.npz", dst_path=str(tmp_path / "dl2")))
     assert npz["maps"].dtype == np.float16 and npz["maps"].shape[0] == len(steps)

@@ -138,3 +138,16 @@ def test_tune_needs_an_explain_run(explained):
     assert "is not an i2x explain run" in out.stderr.strip().splitlines()[-1]
     out = cli(env, root, "tune", "--worker", "--study", "nope", "--storage", f"sqlite:///{root}/none.db")
     assert out.returncode == 2 and "no study 'nope'" in out.stderr.strip().splitlines()[-1]
+
+
+def test_report_command_regenerates_into_a_folder_or_the_run(explained, tmp_path):
+    root, env, explain_id, client = explained
+    out = cli(env, root, "report", "--run-id", explain_id, "--out", str(tmp_path / "rep"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "oscillates between" in (tmp_path / "rep" / "index.html").read_text() or "No prototype oscillates" in (tmp_path / "rep" / "index.html").read_text()
+    out = cli(env, root, "report", "--run-id", explain_id)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "report/index.html" in {a.path for a in client.list_artifacts(explain_id, "report")}
+    train_id = client.get_run(explain_id).data.tags["i2x.train_run_id"]
+    bad = cli(env, root, "report", "--run-id", train_id)
+    assert bad.returncode == 2 and "reports are made for explain and tune runs" in bad.stderr.strip().splitlines()[-1]
