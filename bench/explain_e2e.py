@@ -68,6 +68,12 @@ def main() -> None:
 
     t0 = time.perf_counter()
     _write_outputs(out, doc, dumps(doc), analysis, images, labels, data.classes, infos, config)
+    import numpy as np
+
+    from i2x.report import explain_report
+
+    with np.load(out / "saliency" / "maps.npz") as npz:
+        explain_report(doc, dict(npz), out / "report", seed=config.seed)
     times["figures"] = time.perf_counter() - t0
     dev = torch.cuda.get_device_name(0) if device.type == "cuda" else f"CPU x{torch.get_num_threads()}"
     print(f"\n== {config.data.name} / {config.model.name} on {dev}; {len(files)} checkpoints, N={len(labels)}, K={config.explain.n_prototypes}")

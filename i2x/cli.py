@@ -47,8 +47,28 @@ def resolve(args: argparse.Namespace) -> Config:
     return load_config(name, overrides)
 
 
-def cmd_not_yet(stage: str) -> None:
-    raise I2XError(f"'{stage}' is not implemented yet in this version of i2x; run 'i2x train', 'i2x explain' and 'i2x tune' for now")
+def cmd_services(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from i2x import services
+
+    if args.action == "compose":
+        print(services.compose_yaml(), end="")
+        return
+    root = Path(args.root)
+    if args.action == "down":
+        print(f"stopped: {', '.join(services.down(root)) or 'nothing was running'}")
+        return
+    stack = services.local_stack(root, args.backend_store_uri, args.study_storage, args.s3_port, args.mlflow_port, args.dashboard_port)
+    if args.action == "status":
+        for name, state in services.status(root, stack).items():
+            print(f"{name:10s} {state}")
+        return
+    urls = services.up(root, stack)
+    print(f"S3 (SeaweedFS):   {urls['s3']}  bucket '{services.BUCKET}'")
+    print(f"MLflow server:    {urls['mlflow']}  (artifacts proxied to s3://{services.BUCKET}/{services.MLFLOW_PREFIX})")
+    print(f"optuna-dashboard: {urls['dashboard']}")
+    print(f"\nexport MLFLOW_TRACKING_URI={urls['mlflow']}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,7 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="regenerate the HTML report of an explain or tune run")
     p.add_argument("--run-id", default="", help="the explain or tune run")
     p.add_argument("--out", default="", help="write the report into this folder instead of logging it to the run")
-    sub.add_parser("services", help="start the local MLflow/S3/dashboard stack (not implemented yet)")
+    p = sub.add_parser("services", help="the local stack without docker: S3 (SeaweedFS), MLflow server, optuna-dashboard")
+    p.add_argument("action", choices=["up", "down", "status", "compose"], help="compose prints docker/docker-compose.yml")
+    p.add_argument("--root", default="mlruns/stack", help="folder for the services' data and logs")
+    p.add_argument("--backend-store-uri", default="", help="MLflow backend (default SQLite under --root; a postgresql:// URL works)")
+    p.add_argument("--study-storage", default="", help="Optuna storage for the dashboard (default SQLite under --root)")
+    p.add_argument("--s3-port", type=int, default=8333)
+    p.add_argument("--mlflow-port", type=int, default=5000)
+    p.add_argument("--dashboard-port", type=int, default=8080)
     return parser
 
 
@@ -103,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             report_run(args)
         elif args.command == "services":
-            cmd_not_yet(args.command)
+            cmd_services(args)
         else:
             parser.print_help()
             return EXIT_USAGE

@@ -61,9 +61,13 @@ def statements(doc: dict[str, Any]) -> dict[str, list[str]]:
     if rho is not None:
         out["progression"].append(f"Pairs whose classes have more distinct prototypes {'were' if rho < 0 else 'were not'} separated "
                                   f"earlier (Spearman {rho:+.2f}; the paper expects a negative value).")
-    for u in doc["uncertain"]:
+    shown = 10
+    for u in doc["uncertain"][:shown]:
         out["uncertain"].append(f"P{u['prototype']} oscillates between {u['pair'][0]} and {u['pair'][1]} "
                                 f"(uncertainty {u['score']:.2f}: its pull changed sign {100 * u['oscillation']:.0f}% of the time, weighted).")
+    if len(doc["uncertain"]) > shown:
+        out["uncertain"].append(f"... and {len(doc['uncertain']) - shown} more uncertain prototypes, listed with their scores in "
+                                "explanation/explanation.json.")
     if not doc["uncertain"]:
         out["uncertain"].append("No prototype oscillates enough to count as uncertain at this threshold.")
     m = doc["metrics"]

@@ -33,10 +33,22 @@ TAG_RESUMED_FROM = "i2x.resumed_from_step"
 TAG_WORK_DIR = "i2x.work_dir"
 
 
+# boto3 >= 1.36 sends CRC checksum headers some S3 servers reject; send them only when
+# required. Retries are bounded so an outage ends in an error, not a hang.
+_S3_ENV_DEFAULTS = {
+    "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+    "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
+    "AWS_MAX_ATTEMPTS": "3",
+    "AWS_RETRY_MODE": "standard",
+}
+
+
 def configure() -> str:
-    """Set the tracking URI (env wins) and return it."""
+    """Set the tracking URI (env wins) and the S3 client defaults; return the URI."""
     import mlflow
 
+    for key, value in _S3_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -88,23 +100,55 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
 
+@contextlib.contextmanager
+def _upload(what: str, local: Path | None = None) -> Iterator[None]:
+    """Turn an artifact-store failure (S3 down, bad credentials) into one actionable line."""
+    from mlflow.exceptions import MlflowException
+
+    upload_errors: tuple[type[BaseException], ...] = (MlflowException, OSError)
+    try:
+        import boto3.exceptions
+        import botocore.exceptions
+
+        upload_errors += (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, boto3.exceptions.Boto3Error)
+    except ImportError:
+        pass
+    try:
+        yield
+    except upload_errors as exc:
+        import mlflow
+
+        run = mlflow.active_run()
+        where = run.info.artifact_uri if run else "the artifact store"
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        kept = f"; local files are kept in {local}" if local else ""
+        raise I2XError(f"uploading {what} to {where} failed ({type(exc).__name__}: {first}){kept}; "
+                       "fix the store or its credentials and re-run the same command: finished stages are not redone") from None
+
+
 def log_artifact(path: Path, artifact_path: str | None = None) -> None:
+    """Log a file; an upload failure becomes a one-line :class:`I2XError`. S3 writes an
+    object under its final key only once the upload is complete, so a failure never
+    leaves a partial artifact that looks whole."""
     import mlflow
 
-    mlflow.log_artifact(str(path), artifact_path=artifact_path)
+    with _upload(f"{artifact_path or ''}/{Path(path).name}".lstrip("/"), Path(path).parent):
+        mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
 def log_artifact_to(run_id: str, path: Path, artifact_path: str | None = None) -> None:
     """Log into a given (possibly finished) run, not the active one."""
     from mlflow.tracking import MlflowClient
 
-    MlflowClient().log_artifact(run_id, str(path), artifact_path)
+    with _upload(f"{artifact_path or ''}/{Path(path).name}".lstrip("/"), Path(path).parent):
+        MlflowClient().log_artifact(run_id, str(path), artifact_path)
 
 
 def log_text(text: str, artifact_file: str) -> None:
     import mlflow
 
-    mlflow.log_text(text, artifact_file)
+    with _upload(artifact_file):
+        mlflow.log_text(text, artifact_file)
 
 
 def log_json(payload: Any, artifact_file: str) -> None:

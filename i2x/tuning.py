@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import statistics
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from optuna.exceptions import ExperimentalWarning
 from tqdm.auto import tqdm
 
 from i2x.config import Config
@@ -27,6 +29,8 @@ from i2x.perturbation import Plan
 from i2x.prototypes import Prototypes
 
 DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
+
+warnings.filterwarnings("ignore", category=ExperimentalWarning)  # heartbeat & retry are stable in practice
 STRATEGIES = ("tuned", "paper", "full->full", "random-target")
 TrackFn = Callable[[Any, Plan], contextlib.AbstractContextManager[EpochFn]]
 
@@ -251,19 +255,31 @@ def strategy_plans(tuned: Plan, ctx: TuneContext, uncertain_threshold: float, se
 
 
 def evaluate_strategies(ctx: TuneContext, plans: dict[str, Plan], seeds: int, pairs: list[tuple[int, int]],
-                        on_result: Callable[[str, int, dict], None] | None = None) -> dict[str, list[dict]]:
-    """Fine-tune every strategy with seeds ``seed, seed+1, ...`` and evaluate on the test set."""
+                        cache: Path | None = None) -> dict[str, list[dict]]:
+    """Fine-tune every strategy with seeds ``seed, seed+1, ...`` and evaluate on the test set.
+
+    Each finished (strategy, seed) is saved to ``cache`` (atomically), so a re-run after a
+    crash or a failed upload redoes only what is missing.
+    """
+    import json
+
+    from i2x.checkpoints import atomic_write_text
+
+    done: dict[str, dict] = json.loads(cache.read_text()) if cache and cache.is_file() else {}
     results: dict[str, list[dict]] = {name: [] for name in plans}
     jobs = [(name, s) for s in range(seeds) for name in plans]
     for name, s in tqdm(jobs, desc="controls", unit="run"):
-        model = ctx.fresh_model()
         seed = ctx.config.seed + s
-        finetune(model, ctx.data, ctx.assignment, plans[name], ctx.config, seed, ctx.device)
-        report = evaluate_on_test(model, ctx.data, pairs, ctx.device)
-        report["seed"] = seed
-        results[name].append(report)
-        if on_result:
-            on_result(name, seed, report)
+        key = f"{name}|{seed}|{plans[name]}|{pairs}"
+        if key not in done:
+            model = ctx.fresh_model()
+            finetune(model, ctx.data, ctx.assignment, plans[name], ctx.config, seed, ctx.device)
+            report = evaluate_on_test(model, ctx.data, pairs, ctx.device)
+            report["seed"] = seed
+            done[key] = report
+            if cache:
+                atomic_write_text(cache, json.dumps(done))
+        results[name].append(done[key])
     return results
 
 

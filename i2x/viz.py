@@ -180,11 +180,14 @@ def _patch(images: np.ndarray, ex: dict[str, Any]) -> np.ndarray:
     return images[ex["sample"]][:, y0:y1, x0:x1]
 
 
-def plot_class_prototypes(images: np.ndarray, doc: dict[str, Any], path: Path, per_class: int = 4) -> Path:
-    """For each class, its strongest shared and specialised prototypes: one exemplar patch
-    each, labelled with the role, evidence toward the class and coverage."""
+def plot_class_prototypes(images: np.ndarray, doc: dict[str, Any], path: Path, per_class: int = 4) -> Path | None:
+    """For each class that has any, its strongest shared and specialised prototypes: one
+    exemplar patch each, labelled with the role, evidence toward the class and coverage.
+    Returns None when no class has one (the report then says so in words)."""
     protos = {p["id"]: p for p in doc["prototypes"]}
-    rows = doc["class_structure"]
+    rows = [c for c in doc["class_structure"] if c["shared"] or c["specialised"]]
+    if not rows:
+        return None
     fig, axes = plt.subplots(len(rows), per_class, figsize=(1.7 * per_class + 1.2, 1.35 * len(rows)), squeeze=False)
     for r, cls in enumerate(rows):
         items = [("shared", s) for s in sorted(cls["shared"], key=lambda s: -(s["evidence"] or 0))]
@@ -195,11 +198,6 @@ def plot_class_prototypes(images: np.ndarray, doc: dict[str, Any], path: Path, p
             ax.set_yticks([])
             if c >= len(items):
                 ax.axis("off")
-                if c == 0:
-                    ax.text(0.5, 0.5, "no shared or\nspecialised\nprototype", ha="center", va="center", fontsize=7, transform=ax.transAxes)
-                    ax.axis("on")
-                    ax.set_xticks([])
-                    ax.set_yticks([])
             else:
                 role, item = items[c]
                 proto = protos[item["prototype"]]

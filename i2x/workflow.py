@@ -157,34 +157,46 @@ def explain_run(args: argparse.Namespace) -> str:
             tracking.TAG_MODEL: config.model.name,
             tracking.TAG_TRAIN_RUN: train_run_id or "",
         }
+        out = _explain_folder(config, files)
         with tracking.open_run(f"explain-{config.data.name}-{config.model.name}", tags) as run:
             tracking.log_params(config.flat())
             tracking.log_text(config.to_yaml(), "config/resolved.yaml")
-            analysis = analyse(len(files), load_model, images, labels, data.num_classes, config.explain, config.seed, device,
-                               layer=config.explain.target_layer or None)
-            h, w = analysis.maps.shape[-2:]
-            doc = build_document(
-                run={"train_run_id": train_run_id, "explain_run_id": run.info.run_id, "dataset": config.data.name,
-                     "model": config.model.name, "target_layer": config.explain.target_layer or final["target_layer"], "grid": [int(h), int(w)],
-                     "image_size": [int(images.shape[-2]), int(images.shape[-1])], "method": config.explain.method},
-                config=config.to_dict(),
-                classes=list(data.classes),
-                checkpoints=infos,
-                protos=analysis.protos,
-                analysis_index=data.analysis_idx.numpy(),
-                groups=analysis.groups,
-                fits=analysis.fits,
-                structure=analysis.structure,
-                labels=labels.numpy(),
-            )
-            doc["run"].pop("explain_run_id")  # run ids differ between runs; keep the doc reproducible
-            validate(doc)
-            out = scratch / "out"
-            _write_outputs(out, doc, dumps(doc), analysis, images, labels, data.classes, infos, config)
-            from i2x.report import explain_report
+            timings: dict[str, float] = {}
+            if (out / "COMPLETE").is_file():
+                print(f"i2x explain: reusing the finished analysis in {out} (same checkpoints and explain config)")
+                doc = json.loads((out / "explanation" / "explanation.json").read_text())
+            else:
+                analysis = analyse(len(files), load_model, images, labels, data.num_classes, config.explain, config.seed, device,
+                                   layer=config.explain.target_layer or None)
+                timings = analysis.timings
+                h, w = analysis.maps.shape[-2:]
+                doc = build_document(
+                    run={"train_run_id": train_run_id, "dataset": config.data.name, "model": config.model.name,
+                         "target_layer": config.explain.target_layer or final["target_layer"], "grid": [int(h), int(w)],
+                         "image_size": [int(images.shape[-2]), int(images.shape[-1])], "method": config.explain.method},
+                    config=config.to_dict(),
+                    classes=list(data.classes),
+                    checkpoints=infos,
+                    protos=analysis.protos,
+                    analysis_index=data.analysis_idx.numpy(),
+                    groups=analysis.groups,
+                    fits=analysis.fits,
+                    structure=analysis.structure,
+                    labels=labels.numpy(),
+                )
+                validate(doc)
+                # Written next to the checkpoints and kept: an upload failure loses nothing, and
+                # a re-run with the same checkpoints and config only uploads.
+                partial = out.with_name(out.name + ".partial")
+                shutil.rmtree(partial, ignore_errors=True)
+                _write_outputs(partial, doc, dumps(doc), analysis, images, labels, data.classes, infos, config)
+                from i2x.report import explain_report
 
-            with np.load(out / "saliency" / "maps.npz") as npz:
-                explain_report(doc, dict(npz), out / "report", seed=config.seed)
+                with np.load(partial / "saliency" / "maps.npz") as npz:
+                    explain_report(doc, dict(npz), partial / "report", seed=config.seed)
+                (partial / "COMPLETE").write_text("")
+                shutil.rmtree(out, ignore_errors=True)
+                partial.rename(out)
             for sub in ("explanation", "saliency", "prototypes", "report"):
                 for path in sorted((out / sub).iterdir()):
                     tracking.log_artifact(path, sub)
@@ -193,13 +205,28 @@ def explain_run(args: argparse.Namespace) -> str:
                 "mean_r2_heldout": metrics["mean_r2_heldout"] if metrics["mean_r2_heldout"] is not None else float("nan"),
                 "n_uncertain": metrics["n_uncertain"],
                 "noise_share": metrics["noise_share"],
-                **{f"time_{k}_s": v for k, v in analysis.timings.items()},
+                **{f"time_{k}_s": v for k, v in timings.items()},
             })
             print(f"i2x explain: run {run.info.run_id} FINISHED: {metrics['n_uncertain']} uncertain prototype(s), "
                   f"mean held-out R^2 {metrics['mean_r2_heldout']}, HDBSCAN noise {metrics['noise_share']:.2f}")
             return run.info.run_id
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _explain_folder(config: Config, files: list[Path]) -> Path:
+    """Local folder of an analysis, keyed by the checkpoints' contents and everything in the
+    config that changes the explanation (so a re-run after a failed upload reuses it)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode())
+    with open(files[-1], "rb") as fh:
+        digest.update(hashlib.file_digest(fh, "sha256").digest())
+    d = config.to_dict()
+    digest.update(json.dumps({"explain": d["explain"], "analysis": d["data"]["analysis_size"], "seed": d["seed"]}, sort_keys=True).encode())
+    return Path(config.work_dir) / f"explain-{config.data.name}-{digest.hexdigest()[:12]}"
 
 
 def overlay_samples(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
@@ -300,7 +327,7 @@ def _tune_context(explain_run_id: str, args: argparse.Namespace, scratch: Path, 
     data = load_data(config.data, config.seed)
     device = resolve_device(config.train.device)
     model = model_from_checkpoint(final, last).to(device)
-    cache = Path(config.work_dir) / f"tune-{explain_run_id}" / "assignment.pt"
+    cache = Path(config.work_dir) / f"assignment-{explain_run_id}.pt"
     if cache.is_file():
         assignment = torch.load(cache, weights_only=True)
     else:
@@ -357,7 +384,13 @@ def tune_run(args: argparse.Namespace) -> str:
     try:
         ctx, doc = _tune_context(args.run_id, args, scratch)
         config = ctx.config
-        name = args.study or config.tune.study_name or f"i2x-{args.run_id[:12]}"
+        # Keyed by the explanation's content and the tune config, not by run ids: a re-run
+        # of the same pipeline (after a crash or a failed upload) resumes the same study.
+        import hashlib
+
+        stable = {k: v for k, v in doc.items() if k not in doc.get("timestamp_fields", [])}
+        key = hashlib.sha256((json.dumps(stable, sort_keys=True) + json.dumps(config.to_dict()["tune"], sort_keys=True)).encode()).hexdigest()[:12]
+        name = args.study or config.tune.study_name or f"i2x-{config.data.name}-{key}"
         url = args.storage or config.tune.storage or DEFAULT_STORAGE
         tags = {tracking.TAG_STAGE: "tune", tracking.TAG_DATASET: config.data.name, tracking.TAG_MODEL: config.model.name,
                 "i2x.explain_run_id": args.run_id, "optuna.study_name": name, "optuna.storage": redact(url)}
@@ -375,11 +408,12 @@ def tune_run(args: argparse.Namespace) -> str:
             if not pairs:
                 pairs = target_pairs(ctx, target_prototypes(ctx.scores, 1, 0.0))
             focal = f"{ctx.data.classes[pairs[0][0]]}<->{ctx.data.classes[pairs[0][1]]}"
-            results = evaluate_strategies(ctx, plans, config.tune.seeds, pairs)
+            local = Path(config.work_dir) / f"tune-{config.data.name}-{key}"
+            results = evaluate_strategies(ctx, plans, config.tune.seeds, pairs, cache=local / "controls.json")
             summary = summarize(results, plans, focal, {"number": best.number, "params": best.params, "values": best.values})
             summary["study"] = {"name": name, "storage": redact(url), "n_trials": len(study.trials)}
             text = summary_markdown(summary)
-            out = scratch / "tuning"
+            out = local / "tuning"  # kept locally: a failed upload loses nothing
             out.mkdir(parents=True, exist_ok=True)
             (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
             (out / "summary.md").write_text(f"# I2X-guided fine-tuning: {config.data.name} / {config.model.name}\n\n{text}")
@@ -389,8 +423,8 @@ def tune_run(args: argparse.Namespace) -> str:
                 tracking.log_artifact(path, "tuning")
             from i2x.report import tune_report
 
-            tune_report(summary, scratch / "report")
-            for path in sorted((scratch / "report").iterdir()):
+            tune_report(summary, local / "report")
+            for path in sorted((local / "report").iterdir()):
                 tracking.log_artifact(path, "report")
             for strategy, row in summary["strategies"].items():
                 key = strategy.replace("->", "_").replace("-", "_")

@@ -1,0 +1,250 @@
+"""The team stack, defined once: a local stack without docker (``i2x services up``) and the
+docker compose file for users with an engine (``i2x services compose``) come from the
+same specs here, so their ports, commands and volumes cannot drift apart.
+
+Local stack, each on 127.0.0.1 with its data under one folder:
+  - SeaweedFS (``weed mini``) as the S3 store, telemetry off;
+  - an MLflow tracking server (SQLite, or PostgreSQL when a URL is given) that proxies
+    artifacts to ``s3://<bucket>/mlflow`` and holds the S3 credentials;
+  - optuna-dashboard on the study storage.
+Credentials are read from ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from i2x.errors import I2XError
+
+S3_PORT = 8333
+MLFLOW_PORT = 5000
+DASHBOARD_PORT = 8080
+BUCKET = "i2x"
+MLFLOW_PREFIX = "mlflow"
+POSTGRES_DB = "i2x"
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    port: int
+    command: list[str]
+    health: str  # URL that answers (any HTTP status below 500) once the service is up
+    env: dict[str, str]
+
+
+def _bin(name: str) -> str:
+    """An executable of this environment (the venv's bin), else from PATH."""
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else (shutil.which(name) or name)
+
+
+def mlflow_server_args(backend_uri: str, artifacts_destination: str, host: str, port: int) -> list[str]:
+    """``mlflow server`` in proxied-artifact mode: clients need only the tracking URI."""
+    return ["server", "--backend-store-uri", backend_uri, "--artifacts-destination", artifacts_destination,
+            "--serve-artifacts", "--host", host, "--port", str(port), "--workers", "2"]
+
+
+def dashboard_args(storage: str, host: str, port: int) -> list[str]:
+    return [storage, "--host", host, "--port", str(port)]
+
+
+def local_stack(root: Path, backend_uri: str = "", study_storage: str = "", s3_port: int = S3_PORT,
+                mlflow_port: int = MLFLOW_PORT, dashboard_port: int = DASHBOARD_PORT) -> list[Service]:
+    """The three services of the native stack, rooted at ``root``."""
+    key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if not key or not secret:
+        raise I2XError("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment (any values for the local stack) "
+                       "before 'i2x services up'; they are read from there only")
+    root = root.resolve()
+    backend_uri = backend_uri or f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"
+    study_storage = study_storage or f"sqlite:///{root / 'optuna' / 'optuna.db'}"
+    s3_url = f"http://127.0.0.1:{s3_port}"
+    s3_env = {"MLFLOW_S3_ENDPOINT_URL": s3_url, "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+              "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required"}
+    base = s3_port + 1000  # weed's other listeners, kept off the usual ports
+    weed = [_bin("weed"), "mini", f"-dir={root / 's3'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            f"-s3.port={s3_port}", f"-master.port={base + 1}", f"-volume.port={base + 2}", f"-filer.port={base + 3}",
+            f"-admin.port={base + 4}", "-admin.ui=false", "-webdav=false", "-master.telemetry=false",
+            f"-s3.config={root / 's3-identities.json'}", f"-bucket={BUCKET}"]
+    return [
+        Service("s3", s3_port, weed, f"{s3_url}/", {}),
+        Service("mlflow", mlflow_port,
+                [_bin("mlflow"), *mlflow_server_args(backend_uri, f"s3://{BUCKET}/{MLFLOW_PREFIX}", "127.0.0.1", mlflow_port)],
+                f"http://127.0.0.1:{mlflow_port}/health", s3_env),
+        Service("dashboard", dashboard_port, [_bin("optuna-dashboard"), *dashboard_args(study_storage, "127.0.0.1", dashboard_port)],
+                f"http://127.0.0.1:{dashboard_port}/", {}),
+    ]
+
+
+def _write_identities(root: Path) -> None:
+    """The S3 server's own config of who may sign requests (0600, in the stack's folder)."""
+    config = {"identities": [{"name": "i2x", "credentials": [{"accessKey": os.environ["AWS_ACCESS_KEY_ID"],
+                                                             "secretKey": os.environ["AWS_SECRET_ACCESS_KEY"]}],
+                              "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
+    path = root / "s3-identities.json"
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_text(json.dumps(config))
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except urllib.error.HTTPError as exc:
+        return exc.code < 500
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def up(root: Path, services: list[Service], timeout: float = 90) -> dict[str, str]:
+    """Start every service (its own process session, logs under ``root/logs``), wait for
+    health, and return their URLs. Already-running services are left as they are."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "logs").mkdir(exist_ok=True)
+    for sub in ("s3", "mlflow", "optuna"):
+        (root / sub).mkdir(exist_ok=True)
+    _write_identities(root)
+    pids = _read_pids(root)
+    for svc in services:
+        if svc.name in pids and _alive(pids[svc.name]):
+            continue
+        log = open(root / "logs" / f"{svc.name}.log", "ab")  # noqa: SIM115 - handed to the child
+        proc = subprocess.Popen(svc.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, **svc.env}, cwd=root)
+        pids[svc.name] = proc.pid
+        _write_pids(root, pids)
+        deadline = time.time() + timeout
+        while not _healthy(svc.health):
+            if proc.poll() is not None:
+                raise I2XError(f"service {svc.name} exited with {proc.returncode} at start; see {root / 'logs' / (svc.name + '.log')}")
+            if time.time() > deadline:
+                raise I2XError(f"service {svc.name} not healthy at {svc.health} after {timeout:.0f} s; see {root / 'logs'}")
+            time.sleep(0.5)
+    return {svc.name: svc.health.rsplit("/", 1)[0] if svc.name != "mlflow" else f"http://127.0.0.1:{svc.port}" for svc in services}
+
+
+def down(root: Path, timeout: float = 20) -> list[str]:
+    """Stop the services started by :func:`up` (SIGTERM, then SIGKILL)."""
+    pids = _read_pids(root)
+    stopped = []
+    for name, pid in pids.items():
+        if not _alive(pid):
+            continue
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.time() + timeout
+        while _alive(pid) and time.time() < deadline:
+            time.sleep(0.2)
+        if _alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+        stopped.append(name)
+    _write_pids(root, {})
+    return stopped
+
+
+def status(root: Path, services: list[Service]) -> dict[str, str]:
+    pids = _read_pids(root)
+    return {svc.name: ("up" if _healthy(svc.health) else "down") + (f" (pid {pids[svc.name]})" if svc.name in pids else "")
+            for svc in services}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:  # a zombie child counts as dead
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    except ChildProcessError:
+        return True
+
+
+def _read_pids(root: Path) -> dict[str, int]:
+    path = root / "pids.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _write_pids(root: Path, pids: dict[str, int]) -> None:
+    (root / "pids.json").write_text(json.dumps(pids))
+
+
+def compose_spec() -> dict[str, Any]:
+    """docker-compose.yml for users with a docker engine: MinIO (+ bucket creation),
+    PostgreSQL, the MLflow server (PostgreSQL backend, proxied MinIO artifacts),
+    optuna-dashboard (PostgreSQL storage) and a scalable ``worker``. Credentials come
+    from ``.env`` (see ``docker/.env.example``)."""
+    pg = "postgresql://${POSTGRES_USER}:${POSTGRES_PASSWORD}@postgres:5432"
+    s3_env = {"MLFLOW_S3_ENDPOINT_URL": "http://minio:9000", "AWS_ACCESS_KEY_ID": "${MINIO_ROOT_USER}",
+              "AWS_SECRET_ACCESS_KEY": "${MINIO_ROOT_PASSWORD}", "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+              "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required"}
+    healthy = {"condition": "service_healthy"}
+    return {
+        "name": "i2x",
+        "services": {
+            "minio": {
+                "image": "minio/minio:RELEASE.2025-04-22T22-12-26Z",
+                "command": ["server", "/data", "--console-address", ":9001"],
+                "environment": {"MINIO_ROOT_USER": "${MINIO_ROOT_USER}", "MINIO_ROOT_PASSWORD": "${MINIO_ROOT_PASSWORD}"},
+                "ports": [f"{S3_PORT}:9000", "9001:9001"],
+                "volumes": ["minio-data:/data"],
+                "healthcheck": {"test": ["CMD", "mc", "ready", "local"], "interval": "5s", "timeout": "5s", "retries": 10},
+            },
+            "create-bucket": {
+                "image": "minio/mc:RELEASE.2025-04-16T18-13-26Z",
+                "depends_on": {"minio": healthy},
+                "entrypoint": ["/bin/sh", "-c", "mc alias set store http://minio:9000 \"$$MINIO_ROOT_USER\" \"$$MINIO_ROOT_PASSWORD\" "
+                               f"&& mc mb --ignore-existing store/{BUCKET}"],
+                "environment": {"MINIO_ROOT_USER": "${MINIO_ROOT_USER}", "MINIO_ROOT_PASSWORD": "${MINIO_ROOT_PASSWORD}"},
+                "restart": "no",
+            },
+            "postgres": {
+                "image": "postgres:16",
+                "environment": {"POSTGRES_USER": "${POSTGRES_USER}", "POSTGRES_PASSWORD": "${POSTGRES_PASSWORD}", "POSTGRES_DB": POSTGRES_DB},
+                "volumes": ["postgres-data:/var/lib/postgresql/data"],
+                "healthcheck": {"test": ["CMD-SHELL", "pg_isready -U $${POSTGRES_USER}"], "interval": "5s", "timeout": "5s", "retries": 10},
+            },
+            "mlflow": {
+                "build": {"context": "..", "dockerfile": "docker/Dockerfile"},
+                "command": ["mlflow", *mlflow_server_args(f"{pg}/{POSTGRES_DB}", f"s3://{BUCKET}/{MLFLOW_PREFIX}", "0.0.0.0", MLFLOW_PORT)],
+                "environment": s3_env,
+                "ports": [f"{MLFLOW_PORT}:{MLFLOW_PORT}"],
+                "depends_on": {"postgres": healthy, "create-bucket": {"condition": "service_completed_successfully"}},
+                "healthcheck": {"test": ["CMD", "python", "-c", f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{MLFLOW_PORT}/health')"],
+                                "interval": "10s", "timeout": "5s", "retries": 12},
+            },
+            "dashboard": {
+                "build": {"context": "..", "dockerfile": "docker/Dockerfile"},
+                "command": ["optuna-dashboard", *dashboard_args(f"{pg}/{POSTGRES_DB}", "0.0.0.0", DASHBOARD_PORT)],
+                "ports": [f"{DASHBOARD_PORT}:{DASHBOARD_PORT}"],
+                "depends_on": {"postgres": healthy},
+            },
+            "worker": {
+                "build": {"context": "..", "dockerfile": "docker/Dockerfile"},
+                "command": ["i2x", "tune", "--worker", "--study", "${I2X_STUDY}", "--storage", f"{pg}/{POSTGRES_DB}"],
+                "environment": {"MLFLOW_TRACKING_URI": f"http://mlflow:{MLFLOW_PORT}", "I2X_DATA_DIR": "/data"},
+                "volumes": ["${I2X_DATA_HOST_DIR:-./data}:/data:ro"],
+                "depends_on": {"mlflow": healthy},
+                "deploy": {"replicas": 2},
+            },
+        },
+        "volumes": {"minio-data": {}, "postgres-data": {}},
+    }
+
+
+def compose_yaml() -> str:
+    import yaml
+
+    header = "# Generated by `i2x services compose` from i2x/services.py; edit there, not here.\n"
+    return header + yaml.safe_dump(compose_spec(), sort_keys=False, width=200)
