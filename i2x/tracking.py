@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -64,15 +65,21 @@ def git_commit(cwd: Path | None = None) -> str:
         return "unknown"
 
 
+_LOCAL_FILES: list[Path] = []  # the stage's local output folder, named in upload errors
+
+
 @contextlib.contextmanager
-def open_run(run_name: str, tags: dict[str, str], nested: bool = False) -> Iterator[Any]:
+def open_run(run_name: str, tags: dict[str, str], nested: bool = False, local: Path | None = None) -> Iterator[Any]:
     """Start (or adopt ``MLFLOW_RUN_ID``) a run; mark it FAILED if an exception escapes.
 
     The experiment is ``$MLFLOW_EXPERIMENT_NAME`` / ``$MLFLOW_EXPERIMENT_ID`` when set
-    (``mlflow run`` sets the id), else ``i2x``.
+    (``mlflow run`` sets the id), else ``i2x``. ``local`` is the folder where the stage
+    keeps its outputs; an upload error says that they are kept there.
     """
     import mlflow
 
+    if local is not None:
+        _LOCAL_FILES[:] = [local]
     configure()
     if not os.environ.get("MLFLOW_RUN_ID") and not os.environ.get("MLFLOW_EXPERIMENT_ID") and not nested:
         mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT))
@@ -120,8 +127,11 @@ def _upload(what: str, local: Path | None = None) -> Iterator[None]:
 
         run = mlflow.active_run()
         where = run.info.artifact_uri if run else "the artifact store"
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        kept = f"; local files are kept in {local}" if local else ""
+        text = " ".join(str(exc).split())
+        code = re.search(r"An error occurred \((\w+)\)", text)
+        first = code.group(1) if code else (text[:160] or type(exc).__name__)
+        folder = _LOCAL_FILES[0] if _LOCAL_FILES else local
+        kept = f"; local files are kept in {folder}" if folder else ""
         raise I2XError(f"uploading {what} to {where} failed ({type(exc).__name__}: {first}){kept}; "
                        "fix the store or its credentials and re-run the same command: finished stages are not redone") from None
 
@@ -191,8 +201,11 @@ def download_artifacts(run_id: str, artifact_path: str, dst: Path) -> Path:
     try:
         return Path(_download(run_id=run_id, artifact_path=artifact_path, dst_path=str(dst)))
     except MlflowException as exc:
-        raise I2XError(f"run {run_id} has no artifact '{artifact_path}' ({str(exc).splitlines()[0][:120]}); "
-                       "was it made by this stage of i2x? re-run that stage") from None
+        raise I2XError(f"could not download '{artifact_path}' of run {run_id} ({str(exc).splitlines()[0][:160]}); "
+                       "check that the run made it and that the artifact store is reachable") from None
+    except Exception as exc:  # botocore errors: store down, bad credentials
+        raise I2XError(f"could not download '{artifact_path}' of run {run_id} ({type(exc).__name__}: "
+                       f"{str(exc).splitlines()[0][:160]}); check the artifact store and its credentials") from None
 
 
 def list_artifacts(run_id: str, path: str | None = None) -> list[str]:

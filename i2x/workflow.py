@@ -53,7 +53,7 @@ def train_run(args: argparse.Namespace) -> str:
         tracking.TAG_MODEL: config.model.name,
         tracking.TAG_WORK_DIR: str(folder.resolve()),
     }
-    with tracking.open_run(f"train-{config.data.name}-{config.model.name}", tags) as run:
+    with tracking.open_run(f"train-{config.data.name}-{config.model.name}", tags, local=folder.resolve()) as run:
         run_id = run.info.run_id
         ledger.write_text(json.dumps(previous + [run_id]))
         for old in previous:
@@ -158,7 +158,7 @@ def explain_run(args: argparse.Namespace) -> str:
             tracking.TAG_TRAIN_RUN: train_run_id or "",
         }
         out = _explain_folder(config, files)
-        with tracking.open_run(f"explain-{config.data.name}-{config.model.name}", tags) as run:
+        with tracking.open_run(f"explain-{config.data.name}-{config.model.name}", tags, local=out.resolve()) as run:
             tracking.log_params(config.flat())
             tracking.log_text(config.to_yaml(), "config/resolved.yaml")
             timings: dict[str, float] = {}
@@ -394,7 +394,8 @@ def tune_run(args: argparse.Namespace) -> str:
         url = args.storage or config.tune.storage or DEFAULT_STORAGE
         tags = {tracking.TAG_STAGE: "tune", tracking.TAG_DATASET: config.data.name, tracking.TAG_MODEL: config.model.name,
                 "i2x.explain_run_id": args.run_id, "optuna.study_name": name, "optuna.storage": redact(url)}
-        with tracking.open_run(f"tune-{config.data.name}-{config.model.name}", tags) as parent:
+        local = Path(config.work_dir) / f"tune-{config.data.name}-{key}"
+        with tracking.open_run(f"tune-{config.data.name}-{config.model.name}", tags, local=local.resolve()) as parent:
             tracking.log_params(config.flat())
             study = open_study(name, url, config)
             study.set_user_attr("explain_run_id", args.run_id)
@@ -408,7 +409,6 @@ def tune_run(args: argparse.Namespace) -> str:
             if not pairs:
                 pairs = target_pairs(ctx, target_prototypes(ctx.scores, 1, 0.0))
             focal = f"{ctx.data.classes[pairs[0][0]]}<->{ctx.data.classes[pairs[0][1]]}"
-            local = Path(config.work_dir) / f"tune-{config.data.name}-{key}"
             results = evaluate_strategies(ctx, plans, config.tune.seeds, pairs, cache=local / "controls.json")
             summary = summarize(results, plans, focal, {"number": best.number, "params": best.params, "values": best.values})
             summary["study"] = {"name": name, "storage": redact(url), "n_trials": len(study.trials)}
