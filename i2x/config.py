@@ -176,6 +176,9 @@ class TuneConfig:
         startup_trials: trials before the median pruner starts pruning.
         paper_lr: learning rate of the ``paper`` strategy; 0 uses the tuned trial's
             (the paper does not give one).
+        artifact_store: ``s3://<bucket>`` to attach the summary and figures to the study
+            through Optuna's Boto3ArtifactStore (shown in optuna-dashboard); the endpoint
+            is ``$MLFLOW_S3_ENDPOINT_URL``. Empty: no Optuna artifacts.
     """
 
     n_trials: int = 8
@@ -194,6 +197,7 @@ class TuneConfig:
     heartbeat_s: int = 30
     startup_trials: int = 3
     paper_lr: float = 0.0
+    artifact_store: str = ""
 
 
 @dataclass(frozen=True)

@@ -336,3 +336,25 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         lines.append(f"| {name} | {100 * r['accuracy_mean']:.2f} +- {100 * r['accuracy_std']:.2f} | {r['focal_mean']:.1f} +- {r['focal_std']:.1f} | "
                      f"{100 * r['paired_accuracy_diff_mean']:+.2f} +- {100 * r['paired_accuracy_diff_std']:.2f} | {len(r['seeds'])} |")
     return "\n".join(lines) + f"\n\n{summary['verdict']['text']}\n"
+
+
+def upload_study_artifacts(study: Any, url: str, files: list[Path]) -> list[str]:
+    """Attach files to the study in ``s3://<bucket>`` via Optuna's Boto3ArtifactStore."""
+    import os
+
+    import boto3
+    from optuna.artifacts import Boto3ArtifactStore, upload_artifact
+
+    if not url.startswith("s3://"):
+        raise I2XError(f"tune.artifact_store must be s3://<bucket>, got '{url}'")
+    bucket = url.removeprefix("s3://").split("/", 1)[0]
+    client = boto3.client("s3", endpoint_url=os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None)
+    store = Boto3ArtifactStore(bucket, client=client)
+    ids = []
+    for path in files:
+        try:
+            ids.append(upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=study))
+        except Exception as exc:  # botocore errors: store down, bad credentials, no bucket
+            raise I2XError(f"uploading {path.name} to the Optuna artifact store {url} failed ({type(exc).__name__}: "
+                           f"{' '.join(str(exc).split())[:160]}); local files are kept in {path.parent}") from None
+    return ids

@@ -421,6 +421,10 @@ def tune_run(args: argparse.Namespace) -> str:
             plot_optuna(study, out)
             for path in sorted(out.iterdir()):
                 tracking.log_artifact(path, "tuning")
+            if config.tune.artifact_store:
+                from i2x.tuning import upload_study_artifacts
+
+                upload_study_artifacts(study, config.tune.artifact_store, [out / "summary.json", out / "strategies.png"])
             from i2x.report import tune_report
 
             tune_report(summary, local / "report")

@@ -54,7 +54,7 @@ def test_no_source_given(tmp_path):
 def test_mlflow_run_main_smoke_trains_explains_and_tunes(tmp_path):
     env = cli_env(tmp_path)
     proc = subprocess.run(
-        [sys.executable, "-m", "mlflow", "run", str(ROOT), "-P", "config=smoke", "-P", f"overrides=work_dir={tmp_path / 'work'}",
+        [sys.executable, "-m", "mlflow", "run", str(ROOT), "-P", "config=smoke", "-P", f"overrides=work_dir={tmp_path / 'work'},tune.storage=sqlite:///{tmp_path}/optuna.db",
          "--env-manager", "local"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
     )

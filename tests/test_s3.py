@@ -69,9 +69,10 @@ def make_experiment(env, name, location):
     return MlflowClient().create_experiment(name, artifact_location=location)
 
 
-def mlflow_run(env, tmp_path, experiment, timeout=900):
+def mlflow_run(env, tmp_path, experiment, timeout=900, extra=None):
+    extra = extra if extra is not None else f",tune.storage=sqlite:///{tmp_path}/optuna.db"
     return subprocess.run(
-        [sys.executable, "-m", "mlflow", "run", str(ROOT), "-P", "config=smoke", "-P", f"overrides=work_dir={tmp_path / 'work'}",
+        [sys.executable, "-m", "mlflow", "run", str(ROOT), "-P", "config=smoke", "-P", f"overrides=work_dir={tmp_path / 'work'}{extra}",
          "--experiment-name", experiment, "--env-manager", "local"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -104,10 +105,20 @@ def assert_contract(all_keys, prefix, stages):
 def test_direct_s3_stores_the_whole_contract_and_no_credentials_leak(s3, tmp_path):
     env = direct_env(tmp_path, s3["url"])
     exp = make_experiment(env, "direct", f"s3://{services.BUCKET}/direct")
-    out = mlflow_run(env, tmp_path, "direct")
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    out = mlflow_run(env, tmp_path, "direct", extra=f",tune.artifact_store=s3://{services.BUCKET},tune.storage={storage}")
     assert out.returncode == 0, out.stderr[-3000:]
     client, stages = runs_by_stage(env, exp)
     assert_contract(keys(s3["url"], "direct/"), "direct/", stages)
+    # Optuna's own artifacts land in the same bucket, attached to the study
+    import optuna
+    from optuna.artifacts import get_all_artifact_meta
+
+    tune = stages["tune"]
+    study = optuna.load_study(study_name=tune.data.tags["optuna.study_name"], storage=storage)
+    metas = get_all_artifact_meta(study)
+    assert {m.filename for m in metas} >= {"summary.json", "strategies.png"}
+    assert {m.artifact_id for m in metas} <= set(keys(s3["url"]))
 
     # No credential value anywhere: params, tags, metric names, and every text artifact.
     texts = []
@@ -175,7 +186,7 @@ def test_wrong_secret_fails_in_one_line_and_keeps_local_files(s3, tmp_path):
 def test_s3_outage_mid_run_then_restart_and_rerun_completes(s3, tmp_path):
     env = direct_env(tmp_path, s3["url"])
     exp = make_experiment(env, "outage", f"s3://{services.BUCKET}/outage")
-    cmd = [sys.executable, "-m", "mlflow", "run", str(ROOT), "-P", "config=smoke", "-P", f"overrides=work_dir={tmp_path / 'work'}",
+    cmd = [sys.executable, "-m", "mlflow", "run", str(ROOT), "-P", "config=smoke", "-P", f"overrides=work_dir={tmp_path / 'work'},tune.storage=sqlite:///{tmp_path}/optuna.db",
            "--experiment-name", "outage", "--env-manager", "local"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
