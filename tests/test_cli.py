@@ -24,7 +24,7 @@ def test_help_lists_the_stages(tmp_path):
         (["train", "--config", "smoke", "--overrides", "model.name=vgg"], "unknown model 'vgg'"),
         (["train", "--config", "smoke", "--overrides", "train.epochz=1"], "unknown config key 'train.epochz'"),
         (["train", "--config", "nope"], "config 'nope' not found"),
-        (["tune"], "'tune' is not implemented yet"),
+        (["tune"], "--run-id EXPLAIN_RUN_ID"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, fragment):
