@@ -11,18 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 from pathlib import Path
 
 import torch
+from _pipeline import train_and_explain
 
-from i2x.analysis import analyse
-from i2x.checkpoints import model_from_checkpoint, read_checkpoint
-from i2x.config import load_config
-from i2x.data import load_data
-from i2x.explanation import build_document, dumps, validate
-from i2x.training import resolve_device, train
+from i2x.explanation import dumps, validate
 
 
 def main() -> None:
@@ -32,42 +27,16 @@ def main() -> None:
     parser.add_argument("--overrides", default="")
     parser.add_argument("--out", default="bench/out/explain")
     args = parser.parse_args()
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    torch.backends.cudnn.benchmark = True
-    extra = f",{args.overrides}" if args.overrides else ""
-    config = load_config(args.config, f"data.root={args.data_dir}{extra}")
-    out = Path(args.out)
-    times = {}
-    t0 = time.perf_counter()
-    data = load_data(config.data, config.seed)
-    times["data"] = time.perf_counter() - t0
-    with tempfile.TemporaryDirectory() as folder:
-        t0 = time.perf_counter()
-        result = train(config, data, Path(folder), progress=False)
-        times["train"] = time.perf_counter() - t0
-        files = sorted(Path(folder).glob("ckpt-*.pt"))
-        payloads = [read_checkpoint(f) for f in files]
-    device = resolve_device(config.train.device)
+    run = train_and_explain(args.config, args.data_dir, args.overrides)
+    config, data, result, analysis, doc, infos, times = run.config, run.data, run.result, run.analysis, run.doc, run.infos, run.times
+    files, device = run.payloads, run.device
     images, labels = data.train_x[data.analysis_idx], data.train_y[data.analysis_idx]
-    t0 = time.perf_counter()
-    analysis = analyse(len(files), lambda t: model_from_checkpoint(payloads[t], str(files[t])), images, labels,
-                       data.num_classes, config.explain, config.seed, device, progress=False)
-    times["analysis"] = time.perf_counter() - t0
-    infos = [{"step": c.step, "epoch": c.epoch, "val_accuracy": c.metrics["val_accuracy"]} for c in result.checkpoints]
-    h, w = analysis.maps.shape[-2:]
-    doc = build_document(
-        run={"train_run_id": None, "dataset": config.data.name, "model": config.model.name, "target_layer": payloads[-1]["target_layer"],
-             "grid": [int(h), int(w)], "image_size": list(images.shape[-2:]), "method": config.explain.method},
-        config=config.to_dict(), classes=list(data.classes), checkpoints=infos, protos=analysis.protos,
-        analysis_index=data.analysis_idx.numpy(), groups=analysis.groups, fits=analysis.fits,
-        structure=analysis.structure, labels=labels.numpy(),
-    )
+    out = Path(args.out)
     validate(doc)
-    from i2x.workflow import _write_outputs
+    from i2x.workflow import write_explain_outputs
 
     t0 = time.perf_counter()
-    _write_outputs(out, doc, dumps(doc), analysis, images, labels, data.classes, infos, config)
+    write_explain_outputs(out, doc, dumps(doc), analysis, images, labels, data.classes, infos, config)
     import numpy as np
 
     from i2x.report import explain_report

@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(p)
     p.add_argument("--run-id", default="", help="the explain run whose uncertainty scores guide the study")
     p.add_argument("--study", default="", help="study name (default: tune.study_name, else i2x-<explain run id>)")
-    p.add_argument("--storage", default="", help="Optuna storage URL: sqlite:///..., postgresql://..., journal:<path> (default: tune.storage, else sqlite:///mlruns/optuna.db)")
+    p.add_argument("--storage", default="", help="Optuna storage URL: sqlite:///..., postgresql://..., journal:<path> (default: tune.storage, else $I2X_OPTUNA_STORAGE, else sqlite:///mlruns/optuna.db); put URLs with a password in $I2X_OPTUNA_STORAGE")
     p.add_argument("--worker", action="store_true", help="join the running study --study on --storage and run trials")
     p = sub.add_parser("report", help="regenerate the HTML report of an explain or tune run")
     p.add_argument("--run-id", default="", help="the explain or tune run")

@@ -93,12 +93,21 @@ def open_run(run_name: str, tags: dict[str, str], nested: bool = False, local: P
     mlflow.end_run(status="FINISHED")
 
 
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]+):[^@\s]+@")
+
+
+def redact_secrets(text: str) -> str:
+    """``scheme://user:password@host`` -> ``scheme://user:***@host``."""
+    return _URL_PASSWORD.sub(r"\1:***@", text)
+
+
 def log_params(params: dict[str, Any]) -> None:
-    """Log params; values are stringified, lists joined, MLflow's 6000-char cap respected."""
+    """Log params; values are stringified, lists joined, passwords in URLs masked, and
+    MLflow's 6000-char cap respected."""
     import mlflow
 
     clean = {k: (",".join(map(str, v)) if isinstance(v, (list, tuple)) else v) for k, v in params.items()}
-    mlflow.log_params({k: str(v)[:6000] for k, v in clean.items()})
+    mlflow.log_params({k: redact_secrets(str(v))[:6000] for k, v in clean.items()})
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:

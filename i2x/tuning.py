@@ -29,6 +29,7 @@ from i2x.perturbation import Plan
 from i2x.prototypes import Prototypes
 
 DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
+STORAGE_ENV = "I2X_OPTUNA_STORAGE"  # a URL with a password belongs here, not on a command line
 
 warnings.filterwarnings("ignore", category=ExperimentalWarning)  # heartbeat & retry are stable in practice
 STRATEGIES = ("tuned", "paper", "full->full", "random-target")
@@ -161,7 +162,7 @@ def storage_for(url: str, heartbeat_s: int) -> Any:
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-    url = url or DEFAULT_STORAGE
+    url = resolve_storage(url)
     if url.startswith("journal:"):
         path = Path(url.removeprefix("journal:").removeprefix("//"))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -173,6 +174,13 @@ def storage_for(url: str, heartbeat_s: int) -> Any:
                           heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
     except (ImportError, optuna.exceptions.StorageInternalError, Exception) as exc:  # bad URL, server down, driver missing
         raise I2XError(f"cannot open Optuna storage {redact(url)}: {str(exc).splitlines()[0][:160]}") from None
+
+
+def resolve_storage(url: str = "") -> str:
+    """``url``, else ``$I2X_OPTUNA_STORAGE``, else the SQLite file under ``mlruns/``."""
+    import os
+
+    return url or os.environ.get(STORAGE_ENV, "") or DEFAULT_STORAGE
 
 
 def redact(url: str) -> str:
@@ -281,6 +289,14 @@ def evaluate_strategies(ctx: TuneContext, plans: dict[str, Plan], seeds: int, pa
                 atomic_write_text(cache, json.dumps(done))
         results[name].append(done[key])
     return results
+
+
+def focal_pair(results: dict[str, list[dict]]) -> str:
+    """Of the evaluated class pairs, the one full->full confuses most on the test set
+    (ties: the first, i.e. the most uncertain target's pair); a pair with one or two
+    confusions would make every percentage meaningless."""
+    names = list(results["full->full"][0]["confusions"])
+    return max(names, key=lambda n: (sum(r["confusions"][n] for r in results["full->full"]), -names.index(n)))
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:

@@ -189,7 +189,7 @@ def explain_run(args: argparse.Namespace) -> str:
                 # a re-run with the same checkpoints and config only uploads.
                 partial = out.with_name(out.name + ".partial")
                 shutil.rmtree(partial, ignore_errors=True)
-                _write_outputs(partial, doc, dumps(doc), analysis, images, labels, data.classes, infos, config)
+                write_explain_outputs(partial, doc, dumps(doc), analysis, images, labels, data.classes, infos, config)
                 from i2x.report import explain_report
 
                 with np.load(partial / "saliency" / "maps.npz") as npz:
@@ -239,7 +239,7 @@ def overlay_samples(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray
     return np.asarray(chosen, dtype=np.int64)
 
 
-def _write_outputs(out: Path, doc: dict, text: str, analysis, images: torch.Tensor, labels: torch.Tensor, classes, infos, config: Config) -> None:  # noqa: ANN001
+def write_explain_outputs(out: Path, doc: dict, text: str, analysis, images: torch.Tensor, labels: torch.Tensor, classes, infos, config: Config) -> None:  # noqa: ANN001
     """Write every explain artifact into ``out/{explanation,saliency,prototypes}``."""
     from i2x.checkpoints import atomic_write_text
     from i2x.saliency import upsample
@@ -362,13 +362,14 @@ def tune_run(args: argparse.Namespace) -> str:
     if args.worker:
         return tune_worker(args)
     from i2x.tuning import (
-        DEFAULT_STORAGE,
         STRATEGIES,
         best_trial,
         evaluate_strategies,
+        focal_pair,
         open_study,
         plan_from_params,
         redact,
+        resolve_storage,
         run_study,
         strategy_plans,
         summarize,
@@ -391,7 +392,7 @@ def tune_run(args: argparse.Namespace) -> str:
         stable = {k: v for k, v in doc.items() if k not in doc.get("timestamp_fields", [])}
         key = hashlib.sha256((json.dumps(stable, sort_keys=True) + json.dumps(config.to_dict()["tune"], sort_keys=True)).encode()).hexdigest()[:12]
         name = args.study or config.tune.study_name or f"i2x-{config.data.name}-{key}"
-        url = args.storage or config.tune.storage or DEFAULT_STORAGE
+        url = resolve_storage(args.storage or config.tune.storage)
         tags = {tracking.TAG_STAGE: "tune", tracking.TAG_DATASET: config.data.name, tracking.TAG_MODEL: config.model.name,
                 "i2x.explain_run_id": args.run_id, "optuna.study_name": name, "optuna.storage": redact(url)}
         local = Path(config.work_dir) / f"tune-{config.data.name}-{key}"
@@ -408,8 +409,8 @@ def tune_run(args: argparse.Namespace) -> str:
             pairs = target_pairs(ctx, tuned.targets + plans["paper"].targets)
             if not pairs:
                 pairs = target_pairs(ctx, target_prototypes(ctx.scores, 1, 0.0))
-            focal = f"{ctx.data.classes[pairs[0][0]]}<->{ctx.data.classes[pairs[0][1]]}"
             results = evaluate_strategies(ctx, plans, config.tune.seeds, pairs, cache=local / "controls.json")
+            focal = focal_pair(results)
             summary = summarize(results, plans, focal, {"number": best.number, "params": best.params, "values": best.values})
             summary["study"] = {"name": name, "storage": redact(url), "n_trials": len(study.trials)}
             text = summary_markdown(summary)
@@ -443,11 +444,11 @@ def tune_worker(args: argparse.Namespace) -> str:
     """Join a running study by name: run trials until the study holds ``n_trials``."""
     import optuna
 
-    from i2x.tuning import DEFAULT_STORAGE, run_study, storage_for
+    from i2x.tuning import resolve_storage, run_study, storage_for
 
     if not args.study:
         raise I2XError("--worker needs --study NAME (and --storage URL unless it is the default)")
-    url = args.storage or DEFAULT_STORAGE
+    url = resolve_storage(args.storage)
     try:
         study = optuna.load_study(study_name=args.study, storage=storage_for(url, 30))
     except KeyError:

@@ -146,3 +146,12 @@ def test_test_report_counts_pair_confusions(ctx):
     model = context.fresh_model()
     report = evaluate_on_test(model, context.data, [(0, 1)], torch.device("cpu"))
     assert 0 <= report["accuracy"] <= 1 and set(report["confusions"]) == {"bar<->bar+mark"}
+
+
+def test_focal_pair_is_the_most_confused_target_pair_under_full_to_full():
+    from i2x.tuning import focal_pair
+
+    runs = [{"confusions": {"3<->8": 1, "2<->7": 9}}, {"confusions": {"3<->8": 2, "2<->7": 8}}]
+    assert focal_pair({"full->full": runs}) == "2<->7"
+    tie = [{"confusions": {"a<->b": 1, "c<->d": 1}}]
+    assert focal_pair({"full->full": tie}) == "a<->b"

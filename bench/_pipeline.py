@@ -1,0 +1,66 @@
+"""Shared by the MLflow-free experiment scripts: load, train, explain, all in-process."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from i2x.analysis import Analysis, analyse
+from i2x.checkpoints import model_from_checkpoint, read_checkpoint
+from i2x.config import Config, load_config
+from i2x.data import DataBundle, load_data
+from i2x.explanation import build_document
+from i2x.training import TrainResult, resolve_device, train
+
+
+@dataclass
+class Explained:
+    config: Config
+    data: DataBundle
+    result: TrainResult
+    payloads: list[dict[str, Any]]
+    analysis: Analysis
+    doc: dict[str, Any]
+    infos: list[dict[str, Any]]
+    device: torch.device
+    times: dict[str, float]
+
+
+def train_and_explain(config_name: str, data_dir: str, overrides: str) -> Explained:
+    """Resolve the config, load the data, train to a temp folder, run the I2X analysis."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+    extra = f",{overrides}" if overrides else ""
+    config = load_config(config_name, f"data.root={data_dir}{extra}")
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
+    data = load_data(config.data, config.seed)
+    times["data"] = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as folder:
+        t0 = time.perf_counter()
+        result = train(config, data, Path(folder), progress=False)
+        times["train"] = time.perf_counter() - t0
+        files = sorted(Path(folder).glob("ckpt-*.pt"))
+        payloads = [read_checkpoint(f) for f in files]
+    device = resolve_device(config.train.device)
+    images, labels = data.train_x[data.analysis_idx], data.train_y[data.analysis_idx]
+    t0 = time.perf_counter()
+    analysis = analyse(len(files), lambda t: model_from_checkpoint(payloads[t], str(files[t])), images, labels,
+                       data.num_classes, config.explain, config.seed, device, progress=False)
+    infos = [{"step": c.step, "epoch": c.epoch, "val_accuracy": c.metrics["val_accuracy"]} for c in result.checkpoints]
+    h, w = analysis.maps.shape[-2:]
+    doc = build_document(
+        run={"train_run_id": None, "dataset": config.data.name, "model": config.model.name, "target_layer": payloads[-1]["target_layer"],
+             "grid": [int(h), int(w)], "image_size": list(images.shape[-2:]), "method": config.explain.method},
+        config=config.to_dict(), classes=list(data.classes), checkpoints=infos, protos=analysis.protos,
+        analysis_index=data.analysis_idx.numpy(), groups=analysis.groups, fits=analysis.fits,
+        structure=analysis.structure, labels=labels.numpy(),
+    )
+    times["explain"] = time.perf_counter() - t0
+    return Explained(config, data, result, payloads, analysis, doc, infos, device, times)
