@@ -24,6 +24,7 @@ from i2x.tuning import (
     assign_images,
     best_trial,
     evaluate_strategies,
+    focal_pair,
     open_study,
     plan_from_params,
     run_study,
