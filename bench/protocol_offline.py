@@ -22,17 +22,10 @@ from i2x.checkpoints import model_from_checkpoint
 from i2x.tuning import (
     TuneContext,
     assign_images,
-    best_trial,
-    evaluate_strategies,
-    focal_pair,
+    final_evaluation,
     open_study,
-    plan_from_params,
     run_study,
-    strategy_plans,
-    summarize,
     summary_markdown,
-    target_pairs,
-    target_prototypes,
 )
 
 
@@ -56,13 +49,8 @@ def main() -> None:
     run_study(study, ctx)
     times["study"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    best = best_trial(study)
-    tuned = plan_from_params(best.params, ctx)
-    plans = strategy_plans(tuned, ctx, config.explain.uncertain_threshold, config.seed)
-    pairs = target_pairs(ctx, tuned.targets + plans["paper"].targets) or target_pairs(ctx, target_prototypes(ctx.scores, 1, 0.0))
-    results = evaluate_strategies(ctx, plans, config.tune.seeds, pairs)
-    focal = focal_pair(results)
-    summary = summarize(results, plans, focal, {"number": best.number, "params": best.params})
+    summary = final_evaluation(study, ctx)
+    best = study.trials[summary["best_trial"]["number"]]
     times["controls"] = time.perf_counter() - t0
     dev = torch.cuda.get_device_name(0) if device.type == "cuda" else f"CPU x{torch.get_num_threads()}"
     print(f"\n== {config.data.name} / {config.model.name} on {dev}: test accuracy of the trained model "

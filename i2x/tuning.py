@@ -299,6 +299,17 @@ def focal_pair(results: dict[str, list[dict]]) -> str:
     return max(names, key=lambda n: (sum(r["confusions"][n] for r in results["full->full"]), -names.index(n)))
 
 
+def final_evaluation(study: Any, ctx: TuneContext, cache: Path | None = None) -> dict[str, Any]:
+    """After the search: the best trial, the paper's recipe and both controls, each re-run
+    with ``tune.seeds`` seeds on the test set, summarised (see :func:`summarize`)."""
+    best = best_trial(study)
+    tuned = plan_from_params(best.params, ctx)
+    plans = strategy_plans(tuned, ctx, ctx.config.explain.uncertain_threshold, ctx.config.seed)
+    pairs = target_pairs(ctx, tuned.targets + plans["paper"].targets) or target_pairs(ctx, target_prototypes(ctx.scores, 1, 0.0))
+    results = evaluate_strategies(ctx, plans, ctx.config.tune.seeds, pairs, cache=cache)
+    return summarize(results, plans, focal_pair(results), {"number": best.number, "params": best.params, "values": best.values})
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
 

@@ -363,19 +363,12 @@ def tune_run(args: argparse.Namespace) -> str:
         return tune_worker(args)
     from i2x.tuning import (
         STRATEGIES,
-        best_trial,
-        evaluate_strategies,
-        focal_pair,
+        final_evaluation,
         open_study,
-        plan_from_params,
         redact,
         resolve_storage,
         run_study,
-        strategy_plans,
-        summarize,
         summary_markdown,
-        target_pairs,
-        target_prototypes,
     )
     from i2x.viz import plot_optuna, plot_strategies
 
@@ -403,15 +396,7 @@ def tune_run(args: argparse.Namespace) -> str:
             study.set_user_attr("mlflow_parent_run_id", parent.info.run_id)
             study.set_user_attr("config", config.to_dict())
             run_study(study, ctx, _track(parent.info.run_id))
-            best = best_trial(study)
-            tuned = plan_from_params(best.params, ctx)
-            plans = strategy_plans(tuned, ctx, config.explain.uncertain_threshold, config.seed)
-            pairs = target_pairs(ctx, tuned.targets + plans["paper"].targets)
-            if not pairs:
-                pairs = target_pairs(ctx, target_prototypes(ctx.scores, 1, 0.0))
-            results = evaluate_strategies(ctx, plans, config.tune.seeds, pairs, cache=local / "controls.json")
-            focal = focal_pair(results)
-            summary = summarize(results, plans, focal, {"number": best.number, "params": best.params, "values": best.values})
+            summary = final_evaluation(study, ctx, cache=local / "controls.json")
             summary["study"] = {"name": name, "storage": redact(url), "n_trials": len(study.trials)}
             text = summary_markdown(summary)
             out = local / "tuning"  # kept locally: a failed upload loses nothing
