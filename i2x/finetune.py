@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from itertools import combinations
 
 import torch
 from torch import nn
@@ -97,6 +96,3 @@ def evaluate_on_test(model: nn.Module, data: DataBundle, pairs: list[tuple[int, 
         conf[f"{data.classes[a]}<->{data.classes[b]}"] = int((((y == a) & (preds == b)) | ((y == b) & (preds == a))).sum())
     return {"accuracy": float((preds == y).float().mean()), "confusions": conf}
 
-
-def all_pairs(m: int) -> list[tuple[int, int]]:
-    return list(combinations(range(m), 2))

@@ -9,7 +9,6 @@ which :func:`open_run` adopts.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import subprocess
@@ -170,23 +169,10 @@ def log_text(text: str, artifact_file: str) -> None:
         mlflow.log_text(text, artifact_file)
 
 
-def log_json(payload: Any, artifact_file: str) -> None:
-    log_text(json.dumps(payload, indent=2, sort_keys=True), artifact_file)
-
-
 def set_tags(tags: dict[str, str]) -> None:
     import mlflow
 
     mlflow.set_tags(tags)
-
-
-def active_run_id() -> str:
-    import mlflow
-
-    run = mlflow.active_run()
-    if run is None:
-        raise RuntimeError("no active MLflow run")
-    return run.info.run_id
 
 
 def get_run(run_id: str) -> Any:

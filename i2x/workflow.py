@@ -28,20 +28,15 @@ from i2x.errors import I2XError
 GALLERY_PAGE = 32  # prototypes per gallery page: 128 tiles in one figure are unreadable
 
 
-def _train_config(args: argparse.Namespace) -> Config:
-    from i2x.cli import resolve
-
-    return resolve(args)
-
-
 def train_run(args: argparse.Namespace) -> str:
     """Train with checkpoints, tracked in MLflow; resumes from local checkpoints. Returns the run id."""
     from i2x.checkpoints import list_checkpoints
+    from i2x.cli import resolve
     from i2x.data import load_data
     from i2x.training import run_folder, train
     from i2x.viz import plot_training
 
-    config = _train_config(args)
+    config = resolve(args)
     data = load_data(config.data, config.seed)
     folder = run_folder(config)
     folder.mkdir(parents=True, exist_ok=True)
