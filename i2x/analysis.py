@@ -15,11 +15,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from i2x.config import ExplainConfig
+from i2x.config import ExplainConfig, FaithfulnessConfig
 from i2x.errors import I2XError
+from i2x.faithfulness import Claim, DeletionResult, RoadResult, deletion_test, road_scores
 from i2x.intensity import Intensities, compute_intensities
 from i2x.models import Classifier
-from i2x.patterns import GroupFit, fit_group_betas, learning_groups
+from i2x.patterns import GroupFit, fit_group_betas, heldout_summary, learning_groups
 from i2x.prototypes import Prototypes, fit_prototypes
 from i2x.saliency import saliency_pass
 from i2x.structure import Structure, build_structure
@@ -40,6 +41,10 @@ class Analysis:
         groups: ``(T-1, N)`` HDBSCAN labels.
         fits: one ridge fit per (interval, group).
         structure: the step-7 structure.
+        heldout: pooled held-out R^2 per predictor set, groups and noise apart
+            (see :func:`i2x.patterns.heldout_summary`).
+        deletion: the causal check of every named prototype (None when off).
+        road: ROAD of the final Grad-CAM maps beside random maps (None when off).
         timings: seconds per stage.
     """
 
@@ -51,7 +56,22 @@ class Analysis:
     groups: np.ndarray
     fits: list[GroupFit]
     structure: Structure
+    heldout: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    deletion: list[DeletionResult] | None = None
+    road: RoadResult | None = None
     timings: dict[str, float] = field(default_factory=dict)
+
+
+def claims_of(structure: Structure) -> list[Claim]:
+    """Every candidate label of ``structure`` as a claim to test causally: shared and
+    specialised per class, then uncertain with its pair. Candidates, not only the labels that
+    beat the permutation null: the null asks whether the training history singles a
+    prototype out, the deletion test whether the final model uses it; the report needs both."""
+    labels = structure.candidates
+    out = [Claim(k, "shared", (c,)) for c, ks in labels.shared.items() for k in ks]
+    out += [Claim(s.prototype, "specialised", (c,)) for c, ss in labels.specialised.items() for s in ss]
+    out += [Claim(s.prototype, "uncertain", s.pair) for s in labels.uncertain]
+    return out
 
 
 def analyse(
@@ -65,6 +85,7 @@ def analyse(
     device: torch.device,
     layer: str | None = None,
     progress: bool = True,
+    faithfulness: FaithfulnessConfig | None = None,
 ) -> Analysis:
     """Run the I2X analysis over ``n_checkpoints`` checkpoints (the last is the final model).
 
@@ -72,6 +93,7 @@ def analyse(
         load_model: ``t -> model`` for checkpoint index t (loaded lazily, one at a time).
         images: ``(N, C, H, W)`` uint8 analysis images; labels: ``(N,)``.
         layer: target layer; defaults to the model's declared one.
+        faithfulness: the causal check's config; None or ``enabled=False`` skips it.
 
     Raises:
         I2XError: fewer than 3 checkpoints, a bad target layer, K too large.
@@ -96,7 +118,7 @@ def analyse(
             features = out.features
         maps.append(out.maps)
         probs.append(out.probs)
-        del model
+        final_model = model
     maps_t, probs_t = torch.stack(maps), torch.stack(probs)
     timings["saliency"] = time.perf_counter() - tick
 
@@ -104,7 +126,7 @@ def analyse(
     assert features is not None
     protos = fit_prototypes(
         features, labels, num_classes, cfg.n_prototypes, cfg.pca_components, cfg.fit_max_locations,
-        cfg.n_exemplars, seed, tuple(images.shape[-2:]), cfg.kmeans_n_init,
+        cfg.n_exemplars, seed, tuple(images.shape[-2:]), cfg.kmeans_n_init, saliency=maps_t[-1].numpy(),
     )
     timings["prototypes"] = time.perf_counter() - tick
 
@@ -117,17 +139,23 @@ def analyse(
     timings["patterns"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    fits = fit_group_betas(intens.dp, intens.dy, groups, cfg.ridge_lambda, cfg.r2_holdout, cfg.min_group_for_r2, seed)
+    y = labels.numpy()
+    fits = fit_group_betas(intens.dp, intens.dy, groups, cfg.ridge_lambda, cfg.min_group_for_r2, seed, labels=y,
+                           regression=cfg.regression, folds=cfg.r2_folds)
     timings["regression"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    y = labels.numpy()
     preds = probs_t.argmax(2).numpy()
-    structure = build_structure(
-        fits, groups, intens.presence, protos.coverage, y, preds,
-        shared_coverage=cfg.shared_coverage, specialised_purity=cfg.specialised_purity,
-        separation_ratio=cfg.separation_ratio, top_drivers=cfg.top_drivers,
-        uncertain_threshold=cfg.uncertain_threshold, include_noise=cfg.evidence_includes_noise,
-    )
+    structure = build_structure(fits, groups, intens.presence, protos.coverage, y, preds, cfg, dp=intens.dp, dy=intens.dy, seed=seed)
     timings["structure"] = time.perf_counter() - tick
-    return Analysis(maps_t, probs_t, preds, protos, intens, groups, fits, structure, timings)
+
+    deletion: list[DeletionResult] | None = None
+    road = None
+    if faithfulness is not None and faithfulness.enabled:
+        tick = time.perf_counter()
+        final_maps = maps_t[-1].numpy()
+        deletion = deletion_test(final_model, images, labels, protos.assignment, final_maps, claims_of(structure), faithfulness,
+                                 seed, device, cfg.batch_size)
+        road = road_scores(final_model, images, labels, final_maps, faithfulness, seed, device)
+        timings["faithfulness"] = time.perf_counter() - tick
+    return Analysis(maps_t, probs_t, preds, protos, intens, groups, fits, structure, heldout_summary(fits), deletion, road, timings)

@@ -14,13 +14,17 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from i2x.errors import I2XError
 
 CONFIG_DIR_ENV = "I2X_CONFIG_DIR"
+SECTIONS = ("data", "model", "train", "explain", "faithfulness", "tune")
+# Keys that older versions wrote into checkpoints and that no longer exist: ignored when a
+# checkpoint's config is read back, refused everywhere else.
+RETIRED_KEYS = frozenset({"explain.r2_holdout"})
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,8 @@ class DataConfig:
             training portion) that the explanation runs on.
         augment: random crop (pad 4) and horizontal flip while training.
         synthetic_per_class: images per class and split for the ``synthetic`` set.
+        synthetic_confuser: share of the ``column`` and of the ``diagonal`` images replaced by a
+            planted confuser (see :func:`i2x.data.make_synthetic`); 0: none.
     """
 
     name: str = "mnist"
@@ -53,6 +59,7 @@ class DataConfig:
     analysis_size: int = 1000
     augment: bool = False
     synthetic_per_class: int = 300
+    synthetic_confuser: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -114,16 +121,38 @@ class ExplainConfig:
         min_cluster_size: HDBSCAN min cluster size; 0 means max(10, N/200).
         patterns_max_dim: PCA-reduce dY to this many dims before HDBSCAN when M is larger.
         ridge_lambda: the ridge penalty lambda.
-        r2_holdout: share of each group held out for the faithfulness R^2.
-        min_group_for_r2: groups smaller than this get no held-out R^2 (a 20% hold-out
-            of fewer than 6 samples says nothing). The reported mean is size-weighted.
+        regression: ``centred`` fits beta on dP and dY centred within each group (an
+            unpenalised intercept); ``origin`` is the paper's fit through the origin, kept
+            for comparison (its held-out R^2 was negative on every data set tried: a group
+            of dY clusters has a large common shift that no fit through 0 can represent).
+        r2_folds: k of the k-fold held-out R^2.
+        min_group_for_r2: groups smaller than this get no held-out R^2 (folds of a few
+            samples say nothing). Held-out figures are pooled over groups.
         evidence_includes_noise: let HDBSCAN noise (group -1) contribute to evidence.
         shared_coverage: presence share that makes a prototype shared by a class.
         specialised_purity: share of a group's members that must be of class c.
+        background_coverage / background_class_share: a prototype with at least this
+            coverage in at least this share of the classes is background (blank canvas,
+            borders): marked, and never a class's shared or specialised prototype.
+        distinct_coverage / distinct_ratio: a prototype is distinct for class c when its
+            coverage of c is at least ``distinct_coverage`` and ``distinct_ratio`` times its
+            coverage of any other class (for the paper's "more distinct prototypes are
+            resolved first").
         separation_ratio: a pair counts as separated once its confusion count stays
             at or below this fraction of its peak.
+        min_peak_confusions: a pair's separation is reported in words only when its peak
+            confusion count reaches this (4 confusions say nothing about an order).
         top_drivers: prototypes listed per pair separation.
         uncertain_threshold: u_k at or above which k is uncertain.
+        oscillation_weight: ``min`` weights each sign flip of d by the smaller of its two
+            sides, so one onset after near-zero noise is not oscillation; ``later`` is the
+            first version (weight |d_t|), kept for comparison.
+        null_permutations: replicates of the within-class permutation null that every
+            shared, specialised and uncertain label must beat (0 turns the test off).
+        null_alpha: Benjamini-Hochberg level at which a label beats the null.
+        concentration_share: the report says where a verified prototype sits when at least
+            this share of its class's images have it in one ninth (else quarter, else half)
+            of the image.
         overlay_per_class: samples per class drawn in the saliency overlays.
         batch_size: images per saliency/feature batch.
     """
@@ -140,16 +169,62 @@ class ExplainConfig:
     min_cluster_size: int = 0
     patterns_max_dim: int = 16
     ridge_lambda: float = 1.0
-    r2_holdout: float = 0.2
+    regression: Literal["centred", "origin"] = "centred"
+    r2_folds: int = 5
     min_group_for_r2: int = 30
     evidence_includes_noise: bool = True
     shared_coverage: float = 0.8
     specialised_purity: float = 0.5
+    background_coverage: float = 0.8
+    background_class_share: float = 0.8
+    distinct_coverage: float = 0.5
+    distinct_ratio: float = 2.0
     separation_ratio: float = 0.25
+    min_peak_confusions: int = 10
     top_drivers: int = 3
     uncertain_threshold: float = 0.3
+    oscillation_weight: Literal["min", "later"] = "min"
+    null_permutations: int = 200
+    null_alpha: float = 0.05
+    concentration_share: float = 0.8
     overlay_per_class: int = 2
     batch_size: int = 500
+
+
+@dataclass(frozen=True)
+class FaithfulnessConfig:
+    """The causal check of every named prototype (METHOD step 7b; OURS, the paper has none).
+
+    Attributes:
+        enabled: run the deletion check (and ROAD) in every explain run.
+        fill: what occluded cells become: ``mean`` (the analysis set's mean colour) or
+            ``blur`` (the image blurred, so only fine detail is removed).
+        blur_sigma: Gaussian sigma in pixels of the ``blur`` fill.
+        draws: random cell sets per image for each random baseline.
+        max_images: images per prototype (a seeded subsample of those that contain it).
+        min_images: fewer images than this: the prototype is "not tested", never verified.
+        foreground_threshold: a cell is foreground when its pixels differ from the image's
+            border colour by at least this much on average (pixels in [0, 1]).
+        bootstrap: resamples for the CI of the mean excess effect.
+        ci: level of that CI.
+        alpha: Benjamini-Hochberg level of the one-sided Wilcoxon test across prototypes;
+            verified = CI above 0 and adjusted p below alpha.
+        road_images: images for pytorch-grad-cam's ROAD score (0: skip ROAD).
+        road_percentiles: ROAD's removal percentiles.
+    """
+
+    enabled: bool = True
+    fill: Literal["mean", "blur"] = "mean"
+    blur_sigma: float = 2.0
+    draws: int = 4
+    max_images: int = 100
+    min_images: int = 10
+    foreground_threshold: float = 0.1
+    bootstrap: int = 1000
+    ci: float = 0.95
+    alpha: float = 0.05
+    road_images: int = 64
+    road_percentiles: tuple[int, ...] = (20, 40, 60, 80)
 
 
 @dataclass(frozen=True)
@@ -162,16 +237,31 @@ class TuneConfig:
         storage: Optuna storage URL; empty means ``sqlite:///mlruns/optuna.db``. A
             PostgreSQL URL or ``journal:<path>`` (several processes on one host) work too.
         study_name: empty means ``i2x-<explain run id>``.
-        kinds: perturbation kinds searched.
+        kinds: perturbation kinds searched (keys of :data:`i2x.perturbation.PERTURBATIONS`).
+        target_modes: searched: ``prototypes`` targets the n most uncertain prototypes;
+            ``pair`` only those whose pair is the focal pair (acts on its images alone).
         max_targets: upper bound of n, the number of most uncertain prototypes targeted.
-        threshold_min / threshold_max: range of the uncertainty threshold searched.
+        threshold_min / threshold_max: range of the uncertainty threshold searched; the
+            upper end is capped at the largest observed u_k, so every trial has a target.
         lr_min / lr_max: fine-tuning learning rate range (log scale).
         epochs_choices: epochs per phase searched.
-        epoch_samples: images per fine-tuning epoch (a seeded subset of the fit split;
-            0 = all). Trades fidelity for time on a CPU.
-        second_objective: add the target pairs' confusion count as a second objective
-            (a Pareto front; Optuna cannot prune multi-objective trials).
+        epoch_samples: images per fine-tuning epoch of the tuned strategy and its controls
+            (a seeded subset of the fit split; 0 = whole epochs). Trades fidelity for time on
+            a CPU; the summary prints the fraction of an epoch used.
+        paper_whole_epochs: the paper recipe and its full->full control run whole epochs
+            whatever ``epoch_samples`` says (the paper fine-tunes whole epochs).
+        curation: ``pair`` (OURS) affects only the images of a target's pair classes that
+            contain it; ``literal`` every image that contains it (the paper's wording, which
+            deleted whole classes on MNIST).
+        max_class_drop: a drop never removes more than this share of a class; where it binds,
+            the images where the targets cover fewest cells are kept.
+        upweight_max: the repeat factor of ``upweight`` at alpha = 1.
+        match_tolerance: random-target prototypes affect within this relative difference of
+            the targets' number of images.
+        second_objective: add the focal pair's validation confusions as a second objective
+            (a Pareto front in the dashboard; Optuna cannot prune multi-objective trials).
         seeds: seeds per strategy in the final evaluation.
+        ci: level of the paired-difference CIs behind each verdict.
         heartbeat_s: RDB-storage heartbeat; stale trials are failed and retried.
         startup_trials: trials before the median pruner starts pruning.
         paper_lr: learning rate of the ``paper`` strategy; 0 uses the tuned trial's
@@ -184,7 +274,8 @@ class TuneConfig:
     n_trials: int = 8
     storage: str = ""
     study_name: str = ""
-    kinds: tuple[str, ...] = ("drop", "mask", "blur", "noise")
+    kinds: tuple[str, ...] = ("drop", "upweight", "mask", "blur", "noise")
+    target_modes: tuple[Literal["prototypes", "pair"], ...] = ("prototypes", "pair")
     max_targets: int = 8
     threshold_min: float = 0.1
     threshold_max: float = 0.6
@@ -192,8 +283,14 @@ class TuneConfig:
     lr_max: float = 0.03
     epochs_choices: tuple[int, ...] = (1, 2)
     epoch_samples: int = 0
-    second_objective: bool = False
+    paper_whole_epochs: bool = True
+    curation: Literal["pair", "literal"] = "pair"
+    max_class_drop: float = 0.5
+    upweight_max: float = 4.0
+    match_tolerance: float = 0.2
+    second_objective: bool = True
     seeds: int = 3
+    ci: float = 0.95
     heartbeat_s: int = 30
     startup_trials: int = 3
     paper_lr: float = 0.0
@@ -210,6 +307,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     explain: ExplainConfig = field(default_factory=ExplainConfig)
+    faithfulness: FaithfulnessConfig = field(default_factory=FaithfulnessConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -270,12 +368,17 @@ def resolve_config_path(name_or_path: str) -> Path:
 
 def _section_types() -> dict[str, type]:
     hints = typing.get_type_hints(Config)
-    return {name: hints[name] for name in ("data", "model", "train", "explain", "tune")}
+    return {name: hints[name] for name in SECTIONS}
 
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
     """Check and convert ``value`` to ``annotation``; one-line error naming ``key``."""
     origin = typing.get_origin(annotation)
+    if origin is Literal:
+        choices = typing.get_args(annotation)
+        if value in choices:
+            return value
+        raise I2XError(f"config key '{key}' must be one of {', '.join(map(str, choices))}, got {value!r}")
     if annotation is bool:
         if isinstance(value, bool):
             return value
@@ -409,4 +512,5 @@ def apply_overrides(config: Config, overrides: dict[str, Any] | str) -> Config:
 
 def config_from_dict(tree: dict[str, Any]) -> Config:
     """Rebuild a :class:`Config` from :meth:`Config.to_dict` output (e.g. a checkpoint)."""
-    return _apply(Config(), _flatten_yaml(tree, Path("<checkpoint>")), "checkpoint config")
+    flat = {k: v for k, v in _flatten_yaml(tree, Path("<checkpoint>")).items() if k not in RETIRED_KEYS}
+    return _apply(Config(), flat, "checkpoint config")

@@ -16,12 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from i2x.analysis import Analysis
 from i2x.errors import I2XError
-from i2x.patterns import NOISE, GroupFit
-from i2x.prototypes import Prototypes
+from i2x.faithfulness import DeletionResult, RoadResult
+from i2x.patterns import NOISE, PREDICTORS, GroupFit
+from i2x.prototypes import Prototypes, placement
 from i2x.structure import Structure
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 SCHEMA_ID = f"i2x.explanation/{SCHEMA_VERSION}"
 TIMESTAMP_FIELDS = ("created_at",)
 
@@ -53,6 +55,9 @@ def build_document(
     fits: list[GroupFit],
     structure: Structure,
     labels: np.ndarray,
+    heldout: dict[str, dict[str, float | None]] | None = None,
+    deletion: list[DeletionResult] | None = None,
+    road: RoadResult | None = None,
     top_beta: int = 5,
 ) -> dict[str, Any]:
     """Assemble the explanation. ``run`` and ``config`` are copied in as given.
@@ -61,8 +66,19 @@ def build_document(
         checkpoints: ``[{"step", "epoch", "val_accuracy"}]`` in order, T entries.
         analysis_index: ``(N,)`` dataset index of each analysis sample.
         groups: ``(T-1, N)`` HDBSCAN labels.
+        heldout: pooled held-out R^2 per predictor set (:func:`i2x.patterns.heldout_summary`).
+        deletion / road: the causal check (:mod:`i2x.faithfulness`); None when it did not run.
     """
     name = classes.__getitem__
+    verdict = {(r.claim.role, r.claim.classes, r.claim.prototype): r.verified for r in deletion or []}
+    tests = {(t.role, t.cls, t.prototype): t for t in structure.null.tests} if structure.null else {}
+    cands = structure.candidates
+
+    def checks(role: str, cls: int, k: int, classes_key: tuple[int, ...]) -> dict[str, Any]:
+        """The two checks of a candidate label: the permutation null and the causal deletion."""
+        t = tests.get((role, cls, k))
+        return {"beats_null": None if t is None else t.kept, "null_p": None if t is None else _r(t.p_adjusted),
+                "verified": verdict.get((role, classes_key, k))}
     roles: dict[int, dict[str, list[str]]] = {k: {"shared": [], "specialised": []} for k in range(protos.k)}
     for c, ks in structure.shared.items():
         for k in ks:
@@ -71,15 +87,21 @@ def build_document(
         for s in specs:
             roles[s.prototype]["specialised"].append(name(c))
     uncertain_ids = {s.prototype for s in structure.uncertain}
+    background = set(structure.background)
+    concentration = float(config.get("explain", {}).get("concentration_share", 0.8))
     prototypes = []
     for k in range(protos.k):
+        where = placement(protos.assignment, labels, k, int(protos.coverage[k].argmax()), concentration)
         prototypes.append({
             "id": k,
+            "background": k in background,
+            "where": {"class": name(where.cls), "region": where.region, "share": _r(where.share), "n_images": where.n_images},
             "coverage": {name(c): _r(protos.coverage[k, c]) for c in range(len(classes))},
             "n_locations": int((protos.assignment == k).sum()),
             "n_samples": int(protos.presence[:, k].sum()),
             "exemplars": [
-                {"sample": e.sample, "dataset_index": int(analysis_index[e.sample]), "cell": list(e.cell), "box": list(e.box), "distance": _r(e.distance)}
+                {"sample": e.sample, "dataset_index": int(analysis_index[e.sample]), "cell": list(e.cell), "box": list(e.box),
+                 "crop": list(e.crop), "distance": _r(e.distance)}
                 for e in protos.exemplars[k]
             ],
             "shared_by": roles[k]["shared"],
@@ -122,11 +144,13 @@ def build_document(
     for c, cname in enumerate(classes):
         class_rows.append({
             "name": cname,
-            "shared": [{"prototype": k, "evidence": _r(structure.evidence[k, c]), "coverage": _r(protos.coverage[k, c])} for k in structure.shared[c]],
+            "shared": [{"prototype": k, "evidence": _r(structure.evidence[k, c]), "coverage": _r(protos.coverage[k, c]),
+                        **checks("shared", c, k, (c,))} for k in cands.shared[c]],
             "specialised": [
                 {"prototype": s.prototype, "evidence": _r(structure.evidence[s.prototype, c]), "coverage": _r(protos.coverage[s.prototype, c]),
-                 "group_coverage": _r(s.group_coverage), "interval": s.interval, "group": s.group, "beta": _r(s.beta)}
-                for s in structure.specialised[c]
+                 "group_coverage": _r(s.group_coverage), "interval": s.interval, "group": s.group, "beta": _r(s.beta),
+                 **checks("specialised", c, s.prototype, (c,))}
+                for s in cands.specialised[c]
             ],
             "distinct_prototypes": structure.distinct[c],
         })
@@ -146,8 +170,25 @@ def build_document(
         return {"prototype": s.prototype, "pair": [name(s.pair[0]), name(s.pair[1])], "score": _r(s.score),
                 "oscillation": _r(s.oscillation), "share": _r(s.share), "d": [_r(v) for v in s.d]}
 
-    scored = [(f.r2, len(f.members)) for f in fits if f.r2 is not None]
-    mean_r2 = sum(r * n for r, n in scored) / sum(n for _, n in scored) if scored else None
+    heldout = heldout or {}
+    groups_r2 = heldout.get("groups", {})
+    mean_r2 = groups_r2.get("prototypes")
+    adds = [groups_r2.get(p) for p in ("prototypes+class", "class", "group_mean", "prototypes")]
+    regression = {
+        "mode": config.get("explain", {}).get("regression"),
+        "folds": config.get("explain", {}).get("r2_folds"),
+        "heldout_r2": {part: {p: _r(v.get(p)) for p in PREDICTORS} for part, v in heldout.items()},
+        "prototypes_beat_class": None if None in (adds[1], adds[3]) else bool(adds[3] > adds[1]),
+        "prototypes_add_to_class": None if None in (adds[0], adds[1]) else bool(adds[0] > adds[1]),
+    }
+    null = structure.null
+    null_doc = None if null is None else {
+        "n_permutations": null.n_permutations,
+        "counts": {role: {k: _r(v) for k, v in c.items()} for role, c in null.counts.items()},
+        "tests": [{"role": t.role, "class": None if t.cls < 0 else name(t.cls), "prototype": t.prototype, "statistic": _r(t.statistic),
+                   "null_mean": _r(t.null_mean), "p": _r(t.p), "p_adjusted": _r(t.p_adjusted), "kept": t.kept} for t in null.tests],
+    }
+    faith = _faithfulness_doc(deletion, road, name) if deletion is not None else None
     noise = float((groups == NOISE).mean())
     return {
         "schema": SCHEMA_ID,
@@ -164,14 +205,64 @@ def build_document(
         "progression": progression,
         "distinct_vs_separation_spearman": _r(structure.distinct_vs_separation),
         "scores": [score_row(s) for s in structure.scores],
-        "uncertain": [score_row(s) for s in structure.uncertain],
+        "uncertain": [{**score_row(s), **checks("uncertain", -1, s.prototype, s.pair)} for s in cands.uncertain],
+        "background": sorted(background),
+        "regression": regression,
+        "null": null_doc,
+        "faithfulness": faith,
         "metrics": {
             "mean_r2_heldout": _r(mean_r2),
+            "r2_group_mean": _r(groups_r2.get("group_mean")),
+            "r2_class": _r(groups_r2.get("class")),
+            "r2_prototypes_plus_class": _r(groups_r2.get("prototypes+class")),
+            "n_named": faith["summary"]["n_named"] if faith else None,
+            "n_verified": faith["summary"]["n_verified"] if faith else None,
+            "share_verified": faith["summary"]["share_verified"] if faith else None,
+            "mean_excess_effect": faith["summary"]["mean_excess"] if faith else None,
+            "road_gradcam": faith["road"]["gradcam"] if faith and faith["road"] else None,
+            "road_random": faith["road"]["random"] if faith and faith["road"] else None,
             "n_uncertain": len(structure.uncertain),
+            "n_uncertain_candidates": len(cands.uncertain),
             "noise_share": _r(noise),
             "n_prototypes": protos.k,
             "n_samples": int(len(labels)),
         },
+    }
+
+
+def document_of(
+    analysis: Analysis,
+    *,
+    run: dict[str, Any],
+    config: dict[str, Any],
+    classes: list[str],
+    checkpoints: list[dict[str, Any]],
+    analysis_index: np.ndarray,
+    labels: np.ndarray,
+) -> dict[str, Any]:
+    """The explanation document of one :class:`~i2x.analysis.Analysis` (see :func:`build_document`)."""
+    return build_document(run=run, config=config, classes=classes, checkpoints=checkpoints, protos=analysis.protos,
+                          analysis_index=analysis_index, groups=analysis.groups, fits=analysis.fits, structure=analysis.structure,
+                          labels=labels, heldout=analysis.heldout, deletion=analysis.deletion, road=analysis.road)
+
+
+def _faithfulness_doc(deletion: list[DeletionResult], road: RoadResult | None, name: Any) -> dict[str, Any]:
+    rows = [{
+        "prototype": r.claim.prototype, "role": r.claim.role, "classes": [name(c) for c in r.claim.classes],
+        "n_images": r.n_images, "cells_per_image": _r(r.cells_per_image), "foreground_share": _r(r.foreground_share),
+        "effect": _r(r.effect), "baselines": {k: _r(v) for k, v in r.baselines.items()}, "excess": _r(r.excess),
+        "ci": [_r(r.ci[0]), _r(r.ci[1])], "p": _r(r.p), "p_adjusted": _r(r.p_adjusted), "verified": r.verified,
+    } for r in deletion]
+    tested = [r for r in deletion if r.verified is not None]
+    verified = [r for r in tested if r.verified]
+    return {
+        "deletion": rows,
+        "road": None if road is None else {"n_images": road.n_images, "percentiles": list(road.percentiles), "gradcam": _r(road.gradcam),
+                                           "random": _r(road.random), "gradcam_ci": [_r(v) for v in road.gradcam_ci],
+                                           "random_ci": [_r(v) for v in road.random_ci]},
+        "summary": {"n_named": len(deletion), "n_tested": len(tested), "n_verified": len(verified),
+                    "share_verified": _r(len(verified) / len(tested)) if tested else None,
+                    "mean_excess": _r(float(np.mean([r.excess for r in tested]))) if tested else None},
     }
 
 

@@ -17,13 +17,15 @@ class Exemplar:
     Attributes:
         sample: position in the analysis set.
         cell: ``(row, col)`` on the ``h x w`` grid.
-        box: ``(y0, x0, y1, x1)`` pixel box of the cell's receptive field (clipped).
+        box: ``(y0, x0, y1, x1)`` pixel footprint of the cell (clipped).
+        crop: ``(y0, x0, y1, x1)`` the box with context around it, for pictures.
         distance: distance to the centre in PCA space.
     """
 
     sample: int
     cell: tuple[int, int]
     box: tuple[int, int, int, int]
+    crop: tuple[int, int, int, int]
     distance: float
 
 
@@ -94,7 +96,8 @@ def fit_prototypes(
     seed: int,
     image_size: tuple[int, int],
     kmeans_n_init: int = 3,
-    exemplar_context: float = 2.0,
+    exemplar_context: float = 4.0,
+    saliency: np.ndarray | None = None,
 ) -> Prototypes:
     """PCA + K-Means on location features, then assignment of every location.
 
@@ -104,6 +107,9 @@ def fit_prototypes(
         n_prototypes: K (PAPER: 32 for MNIST, 128 for CIFAR-10).
         pca_components: PCA size (OURS, default 32); capped at d.
         fit_max_locations: fit on a seeded random subsample of at most this many locations.
+        exemplar_context: an exemplar's crop spans this many cells around its cell.
+        saliency: ``(N, h, w)`` final-checkpoint maps; exemplars are then the prototype's
+            most typical, most salient locations (see :func:`_exemplars`).
 
     Returns:
         :class:`Prototypes`.
@@ -143,27 +149,107 @@ def fit_prototypes(
         members = y == c
         if members.any():
             coverage[:, c] = presence[members].mean(0)
-    exemplars = _exemplars(assignment, distance, n_prototypes, n_exemplars, image_size, exemplar_context)
+    exemplars = _exemplars(assignment, distance, n_prototypes, n_exemplars, image_size, exemplar_context, saliency)
     return Prototypes(protos.pca_mean, protos.pca_components, protos.centers, assignment, distance, presence, coverage, exemplars)
 
 
-def _exemplars(assignment: np.ndarray, distance: np.ndarray, k: int, count: int, image: tuple[int, int], context: float) -> list[list[Exemplar]]:
-    """The ``count`` nearest locations per prototype, at most one per sample."""
+def location_frequency(assignment: np.ndarray, k: int) -> np.ndarray:
+    """``(K, h, w)``: where on the grid each prototype occurs, as a share of its locations."""
+    n, h, w = assignment.shape
+    counts = np.zeros((k, h * w))
+    np.add.at(counts, (assignment.reshape(n, -1), np.broadcast_to(np.arange(h * w), (n, h * w))), 1)
+    return (counts / np.maximum(counts.sum(1, keepdims=True), 1)).reshape(k, h, w)
+
+
+def _exemplars(assignment: np.ndarray, distance: np.ndarray, k: int, count: int, image: tuple[int, int], context: float,
+               saliency: np.ndarray | None = None) -> list[list[Exemplar]]:
+    """Up to ``count`` representative locations per prototype, at most one per sample.
+
+    A location's typicality is how often the prototype occurs at that grid cell; with
+    ``saliency`` it is weighted by how much the final model looks there
+    (``freq * (0.1 + saliency)``), else the nearest locations to the centre win. The first
+    version took the nearest locations only, and on a planted shortcut showed 8 patches
+    that contained none of the shortcut's pixels.
+    """
     n, h, w = assignment.shape
     flat_a, flat_d = assignment.reshape(-1), distance.reshape(-1)
     positions = np.arange(len(flat_a))
-    order = np.lexsort((positions, flat_d, flat_a))  # by prototype, then distance, then position
+    if saliency is None:
+        badness = flat_d
+    else:
+        freq = location_frequency(assignment, k).reshape(k, -1)
+        cell_of = positions % (h * w)
+        badness = -(freq[flat_a, cell_of] * (0.1 + saliency.reshape(-1)))
+    order = np.lexsort((positions, flat_d, badness, flat_a))  # by prototype, then typicality, distance, position
     bounds = np.searchsorted(flat_a[order], np.arange(k + 1))
     out: list[list[Exemplar]] = []
     for proto in range(k):
         segment = order[bounds[proto] : bounds[proto + 1]]
         samples = segment // (h * w)
-        _, first = np.unique(samples, return_index=True)  # nearest location of each sample
+        _, first = np.unique(samples, return_index=True)  # best location of each sample
         chosen = segment[np.sort(first)[:count]]
         rows = []
         for pos in chosen:
             sample, rest = divmod(int(pos), h * w)
             cell = divmod(rest, w)
-            rows.append(Exemplar(sample, cell, receptive_box(cell, (h, w), image, context), float(flat_d[pos])))
+            rows.append(Exemplar(sample, cell, receptive_box(cell, (h, w), image, 1.0), receptive_box(cell, (h, w), image, context),
+                                 float(flat_d[pos])))
         out.append(rows)
     return out
+
+
+NINTHS = (("top-left", "top", "top-right"), ("left", "centre", "right"), ("bottom-left", "bottom", "bottom-right"))
+QUARTERS = (("top-left quarter", "top-right quarter"), ("bottom-left quarter", "bottom-right quarter"))
+HALVES = {"top half": (0, None), "bottom half": (1, None), "left half": (None, 0), "right half": (None, 1)}
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a prototype sits in the images of one class.
+
+    Attributes:
+        cls: the class (the one it covers most).
+        region: the most specific part of the image (a ninth, else a quarter, else a half)
+            that holds the centroid of its cells in at least ``min_share`` of the images;
+            when none does, the ninth that holds it most often.
+        share: the share of that class's images containing it whose centroid lies there.
+        n_images: images of the class that contain it.
+    """
+
+    cls: int
+    region: str
+    share: float
+    n_images: int
+
+
+def placement(assignment: np.ndarray, labels: np.ndarray, k: int, cls: int, min_share: float = 0.8) -> Placement:
+    """Where prototype ``k`` sits in the class-``cls`` images that contain it.
+
+    Args:
+        assignment: ``(N, h, w)`` prototype ids; labels: ``(N,)``.
+        min_share: the share of images a region must hold to be named.
+    """
+    _, h, w = assignment.shape
+    hit = assignment[labels == cls] == k
+    hit = hit[hit.reshape(len(hit), -1).any(1)]
+    if len(hit) == 0:
+        return Placement(cls, "", 0.0, 0)
+    counts = hit.sum((1, 2))
+    cy = (hit * np.arange(h)[None, :, None]).sum((1, 2)) / counts
+    cx = (hit * np.arange(w)[None, None, :]).sum((1, 2)) / counts
+
+    def part(c: np.ndarray, n: int, size: int) -> np.ndarray:
+        return np.minimum(((c + 0.5) * n / size).astype(int), n - 1)
+
+    ninth = part(cy, 3, h) * 3 + part(cx, 3, w)
+    tally = np.bincount(ninth, minlength=9) / len(hit)
+    candidates = [(NINTHS[i // 3][i % 3], tally[i]) for i in range(9)]
+    quarter = np.bincount(part(cy, 2, h) * 2 + part(cx, 2, w), minlength=4) / len(hit)
+    candidates += [(QUARTERS[i // 2][i % 2], quarter[i]) for i in range(4)]
+    rows, cols = part(cy, 2, h), part(cx, 2, w)
+    candidates += [(name, float(np.mean(rows == r) if r is not None else np.mean(cols == c))) for name, (r, c) in HALVES.items()]
+    for name, share in candidates:  # most specific first
+        if share >= min_share:
+            return Placement(cls, name, float(share), int(len(hit)))
+    best = int(tally.argmax())
+    return Placement(cls, NINTHS[best // 3][best % 3], float(tally[best]), int(len(hit)))

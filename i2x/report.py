@@ -26,55 +26,163 @@ def _names(ids: list[int]) -> str:
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-def statements(doc: dict[str, Any]) -> dict[str, list[str]]:
-    """Plain-language findings, generated from the explanation, by report section."""
-    out: dict[str, list[str]] = {"classes": [], "progression": [], "uncertain": [], "faithfulness": []}
-    for cls in doc["class_structure"]:
-        shared = sorted(cls["shared"], key=lambda s: -(s["evidence"] or 0))[:3]
-        if shared:
-            cov = min(s["coverage"] for s in shared)
-            out["classes"].append(f"Class {cls['name']} relies on prototype{'s' if len(shared) > 1 else ''} "
-                                  f"{_names([s['prototype'] for s in shared])} (shared by at least {100 * cov:.0f}% of its samples).")
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _explain_cfg(doc: dict[str, Any]) -> dict[str, Any]:
+    return doc.get("config", {}).get("explain", {})
+
+
+def named_prototypes(doc: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Every candidate label, sorted by what it earned.
+
+    - ``findings``: beats the permutation null (or the null is off) and passes the causal check;
+    - ``model_only``: passes the causal check, but its training history does not beat the null;
+    - ``not_verified``: fails the causal check, or too few images to test it.
+
+    Shared/specialised rows carry ``class``; uncertain rows their ``pair``.
+    """
+    out: dict[str, list[dict[str, Any]]] = {"findings": [], "model_only": [], "not_verified": []}
+
+    def put(row: dict[str, Any]) -> None:
+        if not row.get("verified"):
+            out["not_verified"].append(row)
+        elif row.get("beats_null") is False:
+            out["model_only"].append(row)
         else:
-            out["classes"].append(f"Class {cls['name']} has no shared prototype: no single part is both common to its samples and pushing toward it.")
-        for s in sorted(cls["specialised"], key=lambda s: -(s["evidence"] or 0))[:2]:
-            out["classes"].append(f"Some {cls['name']} samples use P{s['prototype']} instead: it is in {100 * s['group_coverage']:.0f}% of one "
-                                  f"learning group but only {100 * s['coverage']:.0f}% of the class (a variant within the class).")
+            out["findings"].append(row)
+
+    for cls in doc["class_structure"]:
+        for role in ("shared", "specialised"):
+            for row in cls[role]:
+                put({**row, "role": role, "class": cls["name"]})
+    for u in doc["uncertain"]:
+        put({**u, "role": "uncertain"})
+    return out
+
+
+def statements(doc: dict[str, Any]) -> dict[str, list[str]]:
+    """Plain-language findings, generated from the explanation, by report section. Only
+    prototypes that passed the causal check are stated as findings; each sentence names
+    the figure that backs it."""
+    out: dict[str, list[str]] = {"classes": [], "locations": [], "progression": [], "uncertain": [], "faithfulness": []}
+    cfg = _explain_cfg(doc)
+    protos = {p["id"]: p for p in doc["prototypes"]}
+    checked = doc.get("faithfulness") is not None
+    named = named_prototypes(doc)
+    for cls in doc["class_structure"]:
+        found = [r for r in named["findings"] if r.get("class") == cls["name"]]
+        shared = sorted((r for r in found if r["role"] == "shared"), key=lambda r: -(r["evidence"] or 0))[:3]
+        if shared:
+            cov = min(r["coverage"] for r in shared)
+            out["classes"].append(f"Class {cls['name']} relies on {_names([r['prototype'] for r in shared])}: "
+                                  f"{'each is' if len(shared) > 1 else 'it is'} in at least {100 * cov:.0f}% of its samples, its rise in "
+                                  f"saliency pushed the class's confidence up beyond a within-class permutation null, and occluding it hurts "
+                                  f"the class more than occluding matched random cells (figures: class_prototypes.png, faithfulness.png).")
+        for r in sorted((r for r in found if r["role"] == "specialised"), key=lambda r: -(r["evidence"] or 0))[:2]:
+            out["classes"].append(f"Some {cls['name']} samples use P{r['prototype']} instead: it is in {100 * r['group_coverage']:.0f}% of one "
+                                  f"learning group but only {100 * r['coverage']:.0f}% of the class, a variant within the class "
+                                  f"(figures: class_prototypes.png, faithfulness.png).")
+        used = sorted({r["prototype"] for r in named["model_only"] if r.get("class") == cls["name"]})
+        if used:
+            out["classes"].append(f"The final model relies on {_names(used)} for {cls['name']} (occluding "
+                                  f"{'it' if len(used) == 1 else 'them'} hurts the class more than matched random cells), but the training "
+                                  f"history does not single {'it' if len(used) == 1 else 'them'} out beyond class structure (permutation null) "
+                                  f"(figure: faithfulness.png).")
+    if not named["findings"] and not named["model_only"]:
+        out["classes"].append("No prototype passed the causal check; the explanation names no finding for this model." if checked
+                              else "The causal check did not run; no prototype is stated as a finding.")
+    failed = sorted({r["prototype"] for r in named["not_verified"]})
+    if failed:
+        out["classes"].append(f"Not verified: {_names(failed)} {'was' if len(failed) == 1 else 'were'} labelled by the training history "
+                              f"but occluding {'it' if len(failed) == 1 else 'them'} does not hurt the model more than matched random cells "
+                              f"(or too few images contain {'it' if len(failed) == 1 else 'them'}); not findings (figure: faithfulness.png).")
+    background = doc.get("background", [])
+    if background:
+        out["classes"].append(f"Background: {_names(background)} {'is' if len(background) == 1 else 'are'} in most images of most "
+                              f"classes (blank canvas, borders) and never counted as class evidence (figure: gallery-1.png).")
+
+    concentration = float(cfg.get("concentration_share", 0.8))
+    for k in sorted({r["prototype"] for r in named["findings"] + named["model_only"]}):
+        where = protos[k]["where"]
+        if where["share"] is not None and where["share"] >= concentration:
+            out["locations"].append(f"P{k} sits in the {where['region']} of the image in {100 * where['share']:.0f}% of the "
+                                    f"{where['n_images']} {where['class']} images that contain it (figure: locations.png). A prototype "
+                                    f"fixed in one place can be a shortcut: check that the model should look there.")
+
     steps = [c["step"] for c in doc["checkpoints"]]
-    separated = [p for p in doc["progression"] if p["separated_at"] is not None and max(p["confusions"]) > 0]
-    never = [p for p in doc["progression"] if p["separated_at"] is None]
+    min_peak = int(cfg.get("min_peak_confusions", 10))
+    separated = [p for p in doc["progression"] if p["separated_at"] is not None and max(p["confusions"]) >= min_peak]
+    never = [p for p in doc["progression"] if p["separated_at"] is None and max(p["confusions"]) >= min_peak]
     if separated:
         last = max(separated, key=lambda p: (p["separated_at"], max(p["confusions"])))
         first = min(separated, key=lambda p: (p["separated_at"], -max(p["confusions"])))
         out["progression"].append(f"{last['pair'][0]} and {last['pair'][1]} were the last pair separated, at checkpoint "
-                                  f"{last['separated_at']} (step {steps[last['separated_at']]}), after up to {max(last['confusions'])} confusions.")
+                                  f"{last['separated_at']} (step {steps[last['separated_at']]}), after up to "
+                                  f"{_plural(max(last['confusions']), 'confusion')} (figure: progression.png).")
         if first is not last:
-            out["progression"].append(f"{first['pair'][0]} and {first['pair'][1]} were separated first, at checkpoint {first['separated_at']}.")
-        drivers = [d["prototype"] for d in last["toward_a"]][:2]
-        if drivers:
-            out["progression"].append(f"When {last['pair'][0]} and {last['pair'][1]} separated, {_names(drivers)} pushed toward "
-                                      f"{last['pair'][0]} rather than {last['pair'][1]}.")
+            out["progression"].append(f"{first['pair'][0]} and {first['pair'][1]} were separated first, at checkpoint "
+                                      f"{first['separated_at']} (figure: progression.png).")
+    else:
+        out["progression"].append(f"No class pair reached {min_peak} confusions at any checkpoint, so no separation order is claimed "
+                                  f"(figure: progression.png).")
     for p in sorted(never, key=lambda p: -p["confusions"][-1])[:3]:
-        out["progression"].append(f"{p['pair'][0]} and {p['pair'][1]} are never fully separated: still {p['confusions'][-1]} "
-                                  f"confusions at the last checkpoint.")
+        out["progression"].append(f"{p['pair'][0]} and {p['pair'][1]} are never fully separated: still "
+                                  f"{_plural(p['confusions'][-1], 'confusion')} at the last checkpoint (figure: progression.png).")
     rho = doc.get("distinct_vs_separation_spearman")
     if rho is not None:
         out["progression"].append(f"Pairs whose classes have more distinct prototypes {'were' if rho < 0 else 'were not'} separated "
-                                  f"earlier (Spearman {rho:+.2f}; the paper expects a negative value).")
+                                  f"earlier (Spearman {rho:+.2f} over all pairs; the paper expects a negative value; no test).")
+
     shown = 10
-    for u in doc["uncertain"][:shown]:
-        out["uncertain"].append(f"P{u['prototype']} oscillates between {u['pair'][0]} and {u['pair'][1]} "
-                                f"(uncertainty {u['score']:.2f}: its pull changed sign {100 * u['oscillation']:.0f}% of the time, weighted).")
-    if len(doc["uncertain"]) > shown:
-        out["uncertain"].append(f"... and {len(doc['uncertain']) - shown} more uncertain prototypes, listed with their scores in "
-                                "explanation/explanation.json.")
+    found_u = [u for u in named["findings"] if u["role"] == "uncertain"]
+    for u in found_u[:shown]:
+        out["uncertain"].append(f"P{u['prototype']} oscillates between {u['pair'][0]} and {u['pair'][1]} (uncertainty {u['score']:.2f}, beyond "
+                                f"the permutation null), and occluding it moves the {u['pair'][0]}/{u['pair'][1]} margin more than matched "
+                                f"random cells (figures: uncertain.png, faithfulness.png).")
+    if len(found_u) > shown:
+        out["uncertain"].append(f"... and {len(found_u) - shown} more, listed in explanation/explanation.json.")
+    other_u = [u["prototype"] for u in doc["uncertain"] if u["prototype"] not in {f["prototype"] for f in found_u}]
+    if other_u:
+        out["uncertain"].append(f"{_names(other_u)} scored as oscillating but failed the permutation null or the causal check: not findings "
+                                f"(figure: faithfulness.png).")
     if not doc["uncertain"]:
-        out["uncertain"].append("No prototype oscillates enough to count as uncertain at this threshold.")
-    m = doc["metrics"]
-    r2 = m["mean_r2_heldout"]
-    out["faithfulness"].append(
-        f"On held-out samples the prototype changes explain {'a share' if r2 is not None and r2 > 0 else 'none'} of the confidence "
-        f"changes (size-weighted R^2 {r2 if r2 is not None else 'n/a'}); {100 * m['noise_share']:.0f}% of samples fit no learning group.")
+        out["uncertain"].append("No prototype oscillates enough to count as uncertain (figure: uncertain.png).")
+    null = doc.get("null")
+    if null:
+        c = null["counts"]
+        out["uncertain"].append("Against a within-class permutation null (" + _plural(null["n_permutations"], "replicate") + "): "
+                                + "; ".join(f"{role} candidate labels {c[role]['real']:.0f} vs {c[role]['null_mean']:.1f} +- "
+                                            f"{c[role]['null_std']:.1f} in the null" for role in ("shared", "specialised", "uncertain"))
+                                + ". Only labels that beat the null individually are kept.")
+
+    reg = doc.get("regression") or {}
+    r2 = (reg.get("heldout_r2") or {}).get("groups", {})
+    if r2.get("prototypes") is not None:
+        verdict = ("predict confidence changes better than class identity alone" if reg.get("prototypes_beat_class")
+                   else "do NOT predict confidence changes better than class identity alone")
+        adds = "and add to it" if reg.get("prototypes_add_to_class") else "and add nothing to it"
+        out["faithfulness"].append(
+            f"Prototype changes {verdict} {adds}: held-out R^2 {r2['prototypes']:.2f} vs class one-hot "
+            f"{r2['class']:.2f}, both {r2['prototypes+class']:.2f}, group mean alone {r2['group_mean']:.2f} "
+            f"({reg.get('folds')}-fold, {reg.get('mode')} fit, learning groups only; figure: beta_heatmap.png).")
+    noise = (reg.get("heldout_r2") or {}).get("noise", {})
+    if noise.get("prototypes") is not None:
+        out["faithfulness"].append(f"HDBSCAN noise ({100 * doc['metrics']['noise_share']:.0f}% of samples) is scored apart: R^2 "
+                                   f"{noise['prototypes']:.2f} vs class one-hot {noise['class']:.2f}.")
+    faith = doc.get("faithfulness")
+    if faith:
+        sm = faith["summary"]
+        if sm["n_tested"]:
+            out["faithfulness"].append(f"{sm['n_verified']} of {sm['n_tested']} named prototypes passed the causal check (mean excess "
+                                       f"drop over matched random cells {sm['mean_excess']:+.2f}; figure: faithfulness.png).")
+        road = faith["road"]
+        if road:
+            better = road["gradcam_ci"][0] > road["random_ci"][1]
+            out["faithfulness"].append(f"ROAD (pytorch-grad-cam, {road['n_images']} images): the final Grad-CAM maps score "
+                                       f"{road['gradcam']:.3f} [{road['gradcam_ci'][0]:.3f}, {road['gradcam_ci'][1]:.3f}] against "
+                                       f"{road['random']:.3f} for random maps: {'more' if better else 'not clearly more'} faithful than chance.")
     return out
 
 
@@ -123,8 +231,12 @@ def explain_report(doc: dict[str, Any], arrays: dict[str, np.ndarray], out: Path
         galleries.append(viz.plot_gallery(images, shown[i : i + GALLERY_PAGE], classes, f"Prototypes, page {page}/{pages}", out / f"gallery-{page}.png"))
     rng = np.random.default_rng(seed)
     samples = [int(rng.choice(np.flatnonzero(labels == c))) for c in range(len(classes)) if (labels == c).any()][:10]
+    named = named_prototypes(doc)
+    verified_ids = sorted({r["prototype"] for r in named["findings"] + named["model_only"]})[:12]
     figs = {
         "classes": viz.plot_class_prototypes(images, doc, out / "class_prototypes.png"),
+        "faithfulness": viz.plot_faithfulness((doc.get("faithfulness") or {}).get("deletion", []), out / "faithfulness.png"),
+        "locations": viz.plot_locations(images, arrays["assignment"], labels, doc, verified_ids, out / "locations.png"),
         "saliency": viz.plot_saliency_over_training(images, maps, samples, labels, classes, steps, out / "saliency_over_training.png"),
         "progression": viz.plot_progression(doc["progression"], steps, out / "progression.png"),
         "uncertain": viz.plot_uncertain(images, doc, steps, out / "uncertain.png"),
@@ -135,13 +247,17 @@ def explain_report(doc: dict[str, Any], arrays: dict[str, np.ndarray], out: Path
     said = statements(doc)
     run = doc["run"]
     body = "".join([
-        _section("What each class relies on", said["classes"], [_img(figs["classes"], "Shared and specialised prototypes per class")]
+        _section("What each class relies on", said["classes"], [_img(figs["classes"], "Shared and specialised prototypes per class (verified or not: see the causal check)")]
                  + [_img(g, f"Prototype gallery page {i + 1}: exemplar patches and coverage per class") for i, g in enumerate(galleries)]),
+        _section("Where the named prototypes sit", said["locations"] or ["No verified prototype is concentrated in one part of the image."],
+                 [_img(figs["locations"], "Location maps of the verified prototypes")]),
+        _section("Causal check", [s for s in said["faithfulness"] if "causal" in s or "ROAD" in s],
+                 [_img(figs["faithfulness"], "Occlusion of each named prototype against matched random cells")]),
         _section("Where the model looks over training", [f"{len(steps)} checkpoints from step {steps[0]} to step {steps[-1]}."],
                  [_img(figs["saliency"], "Fixed samples across checkpoints")]),
         _section("The order in which classes are separated", said["progression"], [_img(figs["progression"], "Confusions per checkpoint")]),
         _section("Uncertain prototypes", said["uncertain"], [_img(figs["uncertain"], "Oscillation of each uncertain prototype")]),
-        _section("How prototypes move confidence", said["faithfulness"],
+        _section("How prototypes move confidence", [s for s in said["faithfulness"] if "causal" not in s and "ROAD" not in s],
                  [_img(figs["beta"], f"beta per interval for the {len(top)} prototypes with the largest total |beta|")]),
     ])
     meta = (f"dataset {run['dataset']}, model {run['model']}, layer {run['target_layer']}, {run['method']}; "
@@ -152,22 +268,25 @@ def explain_report(doc: dict[str, Any], arrays: dict[str, np.ndarray], out: Path
 
 
 def tune_report(summary: dict[str, Any], out: Path) -> Path:
-    """Figures and ``index.html`` for a tune run."""
-    from i2x.tuning import STRATEGIES
+    """Figures and ``index.html`` for a tune run: the paper-format table with every row's
+    settings, then each strategy's verdict against its matched controls."""
+    from i2x.comparison import STRATEGIES, summary_markdown
 
     out.mkdir(parents=True, exist_ok=True)
     fig = viz.plot_strategies(summary, list(STRATEGIES), out / "strategies.png")
-    rows = "".join(
-        f"<tr><td>{html.escape(n)}</td><td>{100 * r['accuracy_mean']:.2f} &plusmn; {100 * r['accuracy_std']:.2f}</td>"
-        f"<td>{r['focal_mean']:.1f} &plusmn; {r['focal_std']:.1f}</td><td>{100 * r['paired_accuracy_diff_mean']:+.2f}</td><td>{len(r['seeds'])}</td></tr>"
-        for n in STRATEGIES if (r := summary["strategies"].get(n)))
-    table = (f"<table><tr><th>strategy</th><th>test accuracy (%)</th><th>{html.escape(summary['focal_pair'])} confusions</th>"
-             f"<th>paired diff vs full-&gt;full (points)</th><th>seeds</th></tr>{rows}</table>")
-    tuned = summary["strategies"]["tuned"]["plan"]
-    lines = [summary["verdict"]["text"],
-             f"The tuned recipe: {tuned['kind']} at strength {tuned['alpha']:.2f} on prototypes "
-             f"{', '.join(f'P{k}' for k in tuned['targets']) or '(none)'}, {tuned['epochs_perturbed']} perturbed + "
-             f"{tuned['epochs_full']} full epochs at learning rate {tuned['lr']:.2g}."]
+    table_md = summary_markdown(summary).split("\n\n")[0].splitlines()
+    header = [c.strip() for c in table_md[0].strip("|").split("|")]
+    body_rows = [[c.strip() for c in line.strip("|").split("|")] for line in table_md[2:]]
+    table = ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
+             + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body_rows) + "</table>")
+    lines = summary["verdict"]["text"].splitlines()
+    if summary.get("goal_met") is not None:
+        lines.append(f"Goal (tuned cuts {summary['focal_pair']} confusions by at least 10% against its full->full at no loss of accuracy): "
+                     f"{'met' if summary['goal_met'] else 'not met'}.")
+    unmatched = [m for m in summary.get("matches", []) if not m["matched"]]
+    if unmatched:
+        lines.append("random-target could not match " + ", ".join(f"P{m['target']}" for m in unmatched)
+                     + " within the tolerance on the number of images affected; the closest prototype was used.")
     body = _section("Did I2X-guided fine-tuning help?", lines, [table, _img(fig, "Test accuracy and focal-pair confusions per strategy")])
     index = out / "index.html"
     index.write_text(_page("I2X-guided fine-tuning", f"study {summary.get('study', {}).get('name', '')}", body))

@@ -104,12 +104,12 @@ def plot_gallery(
     for r, proto in enumerate(prototypes):
         for j, ex in enumerate(proto["exemplars"]):
             ax = fig.add_subplot(grid[r, j])
-            y0, x0, y1, x1 = ex["box"]
-            _show_image(ax, images[ex["sample"]][:, y0:y1, x0:x1])
+            _show_exemplar(ax, images, ex)
             if j == 0:
                 role = "U " if proto["uncertain"] else ""
                 role += "S " if proto["shared_by"] else ""
                 role += "Sp" if proto["specialised_for"] else ""
+                role += "bg" if proto.get("background") else ""
                 ax.set_ylabel(f"P{proto['id']} {role}", fontsize=8, rotation=0, ha="right", va="center")
         ax = fig.add_subplot(grid[r, n_ex:])
         cov = [proto["coverage"][c] for c in classes]
@@ -118,7 +118,7 @@ def plot_gallery(
         ax.set_yticks([])
         ax.set_xticks(range(len(classes)))
         ax.set_xticklabels(classes if r == rows - 1 else [], fontsize=6, rotation=90)
-    fig.suptitle(title + "\nU uncertain, S shared, Sp specialised; bars: share of each class's samples containing it",
+    fig.suptitle(title + "\nU uncertain, S shared, Sp specialised, bg background; red box: the prototype's cell; bars: share of each class's samples containing it",
                  fontsize=8, y=1 - 0.05 / height)
     return _save(fig, path)
 
@@ -129,7 +129,7 @@ def plot_strategies(summary: dict[str, Any], order: Sequence[str], path: Path) -
     rows = [summary["strategies"][n] for n in names]
     fig, (ax_acc, ax_foc) = plt.subplots(1, 2, figsize=(10, 3.4))
     x = np.arange(len(names))
-    colors = ["tab:green", "tab:purple", "tab:grey", "tab:orange"][: len(names)]
+    colors = ["tab:green", "tab:grey", "tab:orange", "tab:purple", "tab:brown"][: len(names)]
     for ax, key, label in ((ax_acc, "accuracy", "test accuracy (%)"), (ax_foc, "focal_confusions", f"{summary['focal_pair']} confusions (test)")):
         scale = 100 if key == "accuracy" else 1
         means = [scale * np.mean(r[key]) for r in rows]
@@ -138,7 +138,7 @@ def plot_strategies(summary: dict[str, Any], order: Sequence[str], path: Path) -
         for i, r in enumerate(rows):
             ax.plot([i] * len(r[key]), [scale * v for v in r[key]], "k.", ms=5)
         ax.set_xticks(x)
-        ax.set_xticklabels(names, fontsize=8)
+        ax.set_xticklabels(names, fontsize=7, rotation=15)
         ax.set_ylabel(label)
         lo = min(scale * min(r[key]) for r in rows)
         hi = max(scale * max(r[key]) for r in rows)
@@ -175,9 +175,14 @@ def plot_optuna(study: Any, out: Path) -> list[Path]:
     return written
 
 
-def _patch(images: np.ndarray, ex: dict[str, Any]) -> np.ndarray:
-    y0, x0, y1, x1 = ex["box"]
-    return images[ex["sample"]][:, y0:y1, x0:x1]
+def _show_exemplar(ax: Any, images: np.ndarray, ex: dict[str, Any]) -> None:
+    """An exemplar's crop (the cell with context) with the cell itself outlined in red."""
+    from matplotlib.patches import Rectangle
+
+    y0, x0, y1, x1 = ex.get("crop", ex["box"])
+    _show_image(ax, images[ex["sample"]][:, y0:y1, x0:x1])
+    by0, bx0, by1, bx1 = ex["box"]
+    ax.add_patch(Rectangle((bx0 - x0 - 0.5, by0 - y0 - 0.5), bx1 - bx0, by1 - by0, fill=False, ec="red", lw=1.0))
 
 
 def plot_class_prototypes(images: np.ndarray, doc: dict[str, Any], path: Path, per_class: int = 4) -> Path | None:
@@ -202,8 +207,9 @@ def plot_class_prototypes(images: np.ndarray, doc: dict[str, Any], path: Path, p
                 role, item = items[c]
                 proto = protos[item["prototype"]]
                 if proto["exemplars"]:
-                    _show_image(ax, _patch(images, proto["exemplars"][0]))
-                ax.set_title(f"P{item['prototype']} {role}\nev {item['evidence']:+.3f}, cov {100 * (item['coverage'] or 0):.0f}%", fontsize=6.5)
+                    _show_exemplar(ax, images, proto["exemplars"][0])
+                check = "verified" if item.get("verified") else "NOT verified"
+                ax.set_title(f"P{item['prototype']} {role}, {check}\nev {item['evidence']:+.3f}, cov {100 * (item['coverage'] or 0):.0f}%", fontsize=6.5)
             if c == 0:
                 ax.set_ylabel(cls["name"], fontsize=8, rotation=0, ha="right", va="center")
     fig.suptitle("Each class's shared and specialised prototypes (ev: evidence toward the class; cov: share of its samples containing it)", fontsize=8)
@@ -314,9 +320,74 @@ def plot_uncertain(images: np.ndarray, doc: dict[str, Any], steps: Sequence[int]
             a.set_yticks([])
             exs = protos[u["prototype"]]["exemplars"]
             if c < len(exs):
-                _show_image(a, _patch(images, exs[c]))
+                _show_exemplar(a, images, exs[c])
             else:
                 a.axis("off")
     fig.suptitle("Uncertain prototypes: the sign flips show the pull switching between the two classes", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_faithfulness(rows: Sequence[dict[str, Any]], path: Path, top: int = 24) -> Path | None:
+    """The causal check: for each named prototype, the drop when its cells are occluded
+    beside the same number of uniform, foreground-matched and top Grad-CAM cells, with the
+    bootstrap CI of its excess over the foreground-matched baseline. Verified in green."""
+    rows = [r for r in rows if r["verified"] is not None][:top]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 0.32 * len(rows) + 1.3))
+    y = np.arange(len(rows))[::-1]
+    marks = {"uniform": ("x", "tab:grey"), "foreground": ("s", "tab:blue"), "gradcam": ("^", "tab:orange")}
+    for name, (marker, color) in marks.items():
+        ax.scatter([r["baselines"][name] for r in rows], y, marker=marker, color=color, s=22, label=f"{name} cells", zorder=2)
+    for yi, r in zip(y, rows, strict=True):
+        fg = r["baselines"]["foreground"]
+        ax.plot([fg + r["ci"][0], fg + r["ci"][1]], [yi, yi], color="tab:green" if r["verified"] else "tab:red", lw=3, alpha=0.35)
+    ax.scatter([r["effect"] for r in rows], y, marker="o", s=40, c=["tab:green" if r["verified"] else "tab:red" for r in rows],
+               label="the prototype's cells", zorder=3)
+    ax.set_yticks(y)
+    ax.set_yticklabels([f"P{r['prototype']} {r['role']} {'/'.join(r['classes'])}" + (" (verified)" if r["verified"] else " (not verified)")
+                        for r in rows], fontsize=7)
+    ax.axvline(0, color="grey", lw=0.6)
+    ax.set_xlabel("drop of the class margin (|pair margin change| for uncertain) when the cells are occluded")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("Causal check: occluding a prototype vs the same number of other cells (band: 95% CI of the excess over foreground-matched)",
+                 fontsize=8)
+    return _save(fig, path)
+
+
+def plot_locations(images: np.ndarray, assignment: np.ndarray, labels: np.ndarray, doc: dict[str, Any], ids: Sequence[int],
+                   path: Path) -> Path | None:
+    """Where each prototype sits: the share of its class's images that have it at each grid
+    cell, beside two exemplar crops.
+
+    Args:
+        assignment: ``(N, h, w)``; labels: ``(N,)``; ids: prototypes to draw.
+    """
+    if not ids:
+        return None
+    protos = {p["id"]: p for p in doc["prototypes"]}
+    classes = doc["classes"]
+    fig, axes = plt.subplots(len(ids), 3, figsize=(5.4, 1.75 * len(ids)), squeeze=False)
+    for r, k in enumerate(ids):
+        p = protos[k]
+        c = classes.index(p["where"]["class"])
+        members = assignment[labels == c]
+        freq = (members == k).mean(0)
+        ax = axes[r, 0]
+        im = ax.imshow(freq, cmap="magma", vmin=0, vmax=max(float(freq.max()), 1e-6))
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"P{k} in {p['where']['class']}: {p['where']['region']} {100 * (p['where']['share'] or 0):.0f}%", fontsize=7)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=5)
+        for j in range(2):
+            a = axes[r, j + 1]
+            a.set_xticks([])
+            a.set_yticks([])
+            if j < len(p["exemplars"]):
+                _show_exemplar(a, images, p["exemplars"][j])
+            else:
+                a.axis("off")
+    fig.suptitle("Where each named prototype sits (share of the class's images with it at each cell) and exemplars", fontsize=8)
     fig.tight_layout()
     return _save(fig, path)

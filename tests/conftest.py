@@ -58,3 +58,22 @@ def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     })
     env.update(extra)
     return env
+
+
+# The synthetic set at a size where its planted mark is learned with a history to read:
+# 300 images per class, faint to bright marks, 3 epochs (about 10 s on 2 cores).
+PLANTED = {"data.synthetic_per_class": 300, "data.analysis_size": 800, "train.epochs": 3}
+
+
+@pytest.fixture(scope="session")
+def planted_run(tmp_path_factory: pytest.TempPathFactory):
+    """The smoke config at :data:`PLANTED` size, trained once: config, data, result."""
+    from i2x.config import load_config
+    from i2x.data import load_data
+    from i2x.training import train
+
+    work = tmp_path_factory.mktemp("planted")
+    config = load_config("smoke", {"work_dir": str(work), **PLANTED})
+    data = load_data(config.data, config.seed)
+    result = train(config, data, work / "ckpts", progress=False)
+    return config, data, result

@@ -44,8 +44,27 @@ def test_splits_are_seeded_disjoint_and_stratified():
 def test_synthetic_mark_is_the_only_difference_between_bar_classes():
     x, y, boxes = make_synthetic(20, seed=0)
     assert x.dtype == torch.uint8 and x.shape == (80, 1, 32, 32)
-    assert (boxes[y == 1] >= 0).all() and (boxes[y != 1] == -1).all()
-    assert (boxes[y == 1][:, 2] <= 12).all() and (boxes[y == 1][:, 3] <= 12).all()
+    mark = boxes[:, 0]
+    assert (mark[y == 1] >= 0).all() and (mark[y != 1] == -1).all()
+    assert (mark[y == 1][:, 2] <= 12).all() and (mark[y == 1][:, 3] <= 12).all()
+    assert (boxes[:, 1] == -1).all()  # no confuser unless asked
+    # the ring's brightness varies: faint and bright marks both occur
+    ring = torch.stack([x[i, 0, b[0], b[1]] for i, b in zip(torch.nonzero(y == 1).flatten(), mark[y == 1], strict=True)])
+    assert int(ring.min()) < 120 and int(ring.max()) > 200
+
+
+def test_synthetic_confuser_replaces_the_shape_by_one_cue_in_two_classes():
+    plain, _, _ = make_synthetic(20, seed=0)
+    x, y, boxes = make_synthetic(20, seed=0, confuser=0.5)
+    planted = boxes[:, 1, 0] >= 0
+    assert set(y[planted].tolist()) == {2, 3} and int(planted.sum()) == 20  # half of column and of diagonal
+    assert torch.equal(x[~planted], plain[~planted])  # the rest of the set is unchanged
+    for i in torch.nonzero(planted).flatten():
+        y0, x0, y1, x1 = boxes[i, 1].tolist()
+        assert (x[i, 0, y0:y1, x0:x1] == 200).all()
+        rest = x[i, 0].clone()
+        rest[y0:y1, x0:x1] = 0
+        assert int(rest.max()) < 60  # no bar, column or diagonal left
 
 
 def test_imagefolder_tree_loads(tmp_path, monkeypatch):

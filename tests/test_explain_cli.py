@@ -87,7 +87,7 @@ def test_mlflow_run_main_smoke_trains_explains_and_tunes(tmp_path):
     doc = json.loads(open(local).read())
     validate(doc)
     assert doc["run"]["train_run_id"] == train.info.run_id
-    for metric in ("mean_r2_heldout", "n_uncertain", "noise_share"):
+    for metric in ("mean_r2_heldout", "r2_class", "n_uncertain", "noise_share", "share_verified", "road_gradcam"):
         assert metric in expl.data.metrics
     import numpy as np
 
@@ -97,7 +97,8 @@ def test_mlflow_run_main_smoke_trains_explains_and_tunes(tmp_path):
     assert len(trials) >= 3 and all("optuna.trial_number" in r.data.tags for r in trials)
     summary = json.loads(open(mlflow.artifacts.download_artifacts(run_id=tune.info.run_id, artifact_path="tuning/summary.json",
                                                                  dst_path=str(tmp_path / "dl3"))).read())
-    assert set(summary["strategies"]) == {"tuned", "paper", "full->full", "random-target"}
+    assert set(summary["strategies"]) == {"tuned", "paper", "full->full", "random-target", "full->full (1+1)"}
+    assert {(v["strategy"], v["control"]) for v in summary["verdicts"]} >= {("tuned", "full->full"), ("paper", "full->full (1+1)")}
     assert all(len(s["seeds"]) == 2 and len(s["accuracy"]) == 2 for s in summary["strategies"].values())
     assert {"tuning/summary.md", "tuning/strategies.png", "tuning/optimization_history.png"} <= listing(tune, "tuning")
     assert {"report/index.html", "report/strategies.png"} <= listing(tune, "report")

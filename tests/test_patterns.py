@@ -5,8 +5,11 @@ from i2x.patterns import (
     NOISE,
     default_min_cluster_size,
     fit_group_betas,
-    heldout_r2,
+    fit_ridge,
+    heldout_summary,
+    kfold_ss,
     learning_groups,
+    r2_from,
     ridge,
 )
 
@@ -19,12 +22,57 @@ def test_ridge_matches_sklearn_without_intercept():
     np.testing.assert_allclose(ours, ref, atol=1e-10)
 
 
-def test_heldout_r2_is_high_for_a_linear_truth_and_low_for_noise():
+def test_centred_fit_matches_sklearn_with_intercept():
+    """The centred closed form is ridge with an unpenalised intercept."""
+    rng = np.random.default_rng(0)
+    pi, c = rng.normal(size=(60, 5)) + 3.0, rng.normal(size=(60, 2)) - 1.0
+    beta, b0 = fit_ridge(pi, c, 2.5, "centred")
+    ref = Ridge(alpha=2.5, fit_intercept=True).fit(pi, c)
+    np.testing.assert_allclose(beta, ref.coef_.T, atol=1e-10)
+    np.testing.assert_allclose(b0, ref.intercept_, atol=1e-10)
+    beta0, b00 = fit_ridge(pi, c, 2.5, "origin")
+    np.testing.assert_allclose(beta0, ridge(pi, c, 2.5))
+    assert not b00.any()
+
+
+def _r2(x, c, regression="centred", folds=5, seed=0):
+    fold = np.random.default_rng(seed).permutation(len(c)) % folds
+    return r2_from([kfold_ss(x, c, 1e-3, regression, fold)])
+
+
+def test_kfold_r2_is_high_for_a_linear_truth_and_about_zero_for_noise():
     rng = np.random.default_rng(1)
     pi = rng.normal(size=(400, 5))
     beta = rng.normal(size=(5, 2))
-    assert heldout_r2(pi, pi @ beta + 0.01 * rng.normal(size=(400, 2)), 1e-3, 0.2, rng) > 0.99
-    assert heldout_r2(pi, rng.normal(size=(400, 2)), 1e-3, 0.2, rng) < 0.1
+    assert _r2(pi, pi @ beta + 0.01 * rng.normal(size=(400, 2))) > 0.99
+    noise = _r2(pi, rng.normal(size=(400, 2)))
+    assert -0.1 < noise < 0.02
+    # the mean-only model scores just below zero: it is the reference of the figure
+    assert -0.02 < _r2(None, rng.normal(size=(400, 2))) <= 0
+
+
+def test_a_group_shift_defeats_the_fit_through_the_origin_but_not_the_centred_fit():
+    """Planted: dY = a large common shift + dP @ beta + noise, as in an HDBSCAN group of dY."""
+    rng = np.random.default_rng(2)
+    pi = rng.normal(size=(300, 4)) * 0.1
+    beta = rng.normal(size=(4, 3))
+    c = np.array([0.8, -0.5, 0.3]) + pi @ beta + 0.02 * rng.normal(size=(300, 3))
+    assert _r2(pi, c, "origin") < 0
+    assert _r2(pi, c, "centred") > 0.8
+
+
+def test_class_baselines_are_scored_on_the_same_folds():
+    """Planted: dY depends on the class only. The class one-hot must win, and dP add nothing."""
+    rng = np.random.default_rng(3)
+    labels = np.repeat(np.arange(3), 60)
+    dp = rng.normal(size=(1, 180, 6))
+    dy = (np.eye(3)[labels] * 0.5 + 0.05 * rng.normal(size=(180, 3)))[None]
+    fits = fit_group_betas(dp, dy, np.zeros((1, 180), dtype=int), lam=1e-3, min_group_for_r2=30, seed=0, labels=labels)
+    summary = heldout_summary(fits)["groups"]
+    assert summary["class"] > 0.95
+    assert summary["prototypes"] < 0.05
+    assert summary["prototypes+class"] < summary["class"] + 0.01
+    assert heldout_summary(fits)["noise"]["prototypes"] is None
 
 
 def test_hdbscan_groups_blobs_and_marks_noise():
@@ -51,8 +99,9 @@ def test_group_fits_cover_every_interval_and_group():
     rng = np.random.default_rng(0)
     dp, dy = rng.normal(size=(2, 80, 4)), rng.normal(size=(2, 80, 3))
     groups = np.array([[0] * 40 + [1] * 30 + [NOISE] * 10, [0] * 80])
-    fits = fit_group_betas(dp, dy, groups, lam=1.0, holdout=0.2, min_group_for_r2=30, seed=0)
+    fits = fit_group_betas(dp, dy, groups, lam=1.0, min_group_for_r2=30, seed=0)
     assert sorted((f.interval, f.group) for f in fits) == [(0, -1), (0, 0), (0, 1), (1, 0)]
     noise = next(f for f in fits if f.group == NOISE)
     assert noise.r2 is None and noise.beta.shape == (4, 3)
+    assert all(f.r2 is not None for f in fits if len(f.members) >= 30)
     assert default_min_cluster_size(1000) == 10 and default_min_cluster_size(10000) == 50

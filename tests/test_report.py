@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from i2x.report import explain_report, statements, tune_report
+from i2x.report import explain_report, named_prototypes, statements, tune_report
 
 from .test_explanation import _explain
 
@@ -20,7 +20,7 @@ def report(smoke_run, tmp_path_factory):
     arrays = {
         "maps": analysis.maps.numpy().astype(np.float16), "labels": data.train_y[data.analysis_idx].numpy(),
         "images": data.train_x[data.analysis_idx].numpy(), "interval_beta": analysis.structure.interval_beta,
-        "steps": np.array([c["step"] for c in doc["checkpoints"]]),
+        "steps": np.array([c["step"] for c in doc["checkpoints"]]), "assignment": analysis.protos.assignment,
     }
     out = tmp_path_factory.mktemp("report")
     return doc, explain_report(doc, arrays, out)
@@ -29,13 +29,44 @@ def report(smoke_run, tmp_path_factory):
 def test_statements_follow_the_explanation(report):
     doc, _ = report
     said = statements(doc)
-    for u in doc["uncertain"]:
+    named = named_prototypes(doc)
+    for u in (r for r in named["findings"] if r["role"] == "uncertain"):
         assert any(s.startswith(f"P{u['prototype']} oscillates between {u['pair'][0]} and {u['pair'][1]}") for s in said["uncertain"])
     for cls in doc["class_structure"]:
-        if cls["shared"]:
-            top = max(cls["shared"], key=lambda s: s["evidence"])["prototype"]
+        found = [r for r in named["findings"] if r.get("class") == cls["name"] and r["role"] == "shared"]
+        if found:
+            top = max(found, key=lambda s: s["evidence"])["prototype"]
             assert any(s.startswith(f"Class {cls['name']} relies on") and f"P{top}" in s for s in said["classes"])
+    # a prototype that failed the causal check is never stated as a finding
+    for r in named["not_verified"]:
+        assert not any(s.startswith(("Class", "Some")) and f"P{r['prototype']}:" in s for s in said["classes"])
     assert any("last pair separated" in s for s in said["progression"])
+
+
+def test_claims_rest_on_counts_and_checks():
+    """By hand: a pair whose peak is below min_peak_confusions is never called last
+    separated; a verified prototype that failed the null is stated only as used by the model."""
+    doc = {
+        "config": {"explain": {"min_peak_confusions": 10, "concentration_share": 0.8}}, "checkpoints": [{"step": 0}, {"step": 5}, {"step": 9}],
+        "classes": ["a", "b"], "background": [], "null": None, "faithfulness": None, "regression": {}, "metrics": {"noise_share": 0.1},
+        "prototypes": [{"id": 0, "where": {"class": "a", "region": "top-left", "share": 1.0, "n_images": 40}},
+                       {"id": 1, "where": {"class": "b", "region": "centre", "share": 0.5, "n_images": 40}}],
+        "class_structure": [
+            {"name": "a", "shared": [{"prototype": 0, "evidence": 0.2, "coverage": 0.9, "beats_null": False, "null_p": 0.4, "verified": True}],
+             "specialised": []},
+            {"name": "b", "shared": [{"prototype": 1, "evidence": 0.3, "coverage": 0.95, "beats_null": True, "null_p": 0.01, "verified": False}],
+             "specialised": []}],
+        "progression": [{"pair": ["a", "b"], "confusions": [4, 2, 0], "separated_at": 2, "toward_a": [], "toward_b": []}],
+        "uncertain": [], "distinct_vs_separation_spearman": None,
+    }
+    said = statements(doc)
+    assert said["progression"] == ["No class pair reached 10 confusions at any checkpoint, so no separation order is claimed "
+                                   "(figure: progression.png)."]
+    assert not any(s.startswith("Class") for s in said["classes"])
+    assert any(s.startswith("The final model relies on P0 for a") for s in said["classes"])
+    assert any(s.startswith("Not verified: P1 was labelled") for s in said["classes"])
+    assert said["locations"] == ["P0 sits in the top-left of the image in 100% of the 40 a images that contain it (figure: locations.png). "
+                                 "A prototype fixed in one place can be a shortcut: check that the model should look there."]
 
 
 def test_report_files_and_a_large_k_stays_paginated(report, tmp_path):
@@ -55,16 +86,20 @@ def test_report_files_and_a_large_k_stays_paginated(report, tmp_path):
     assert len(pages) == 4
 
 
-def test_tune_report_states_the_verdict(tmp_path):
+def test_tune_report_states_each_verdict(tmp_path):
+    from i2x.comparison import summarize
     from i2x.perturbation import Plan
-    from i2x.tuning import summarize
 
-    plans = {n: Plan("drop", 1.0, (1,), 1, 1, 0.01) for n in ("tuned", "paper", "full->full", "random-target")}
+    plans = {"tuned": Plan("drop", 1.0, (1,), 1, 1, 0.01), "full->full": Plan("none", 0.0, (), 1, 1, 0.01),
+             "random-target": Plan("drop", 1.0, (2,), 1, 1, 0.01), "paper": Plan("drop", 1.0, (1, 3), 1, 1, 0.02),
+             "full->full (1+1)": Plan("none", 0.0, (), 1, 1, 0.02)}
     runs = lambda accs: [{"accuracy": a, "confusions": {"a<->b": 3}, "seed": i} for i, a in enumerate(accs)]  # noqa: E731
     summary = summarize({"tuned": runs([0.9, 0.91]), "paper": runs([0.9, 0.9]), "full->full": runs([0.9, 0.91]),
-                         "random-target": runs([0.9, 0.9])}, plans, "a<->b", {})
+                         "random-target": runs([0.9, 0.9]), "full->full (1+1)": runs([0.95, 0.96])}, plans, "a<->b", {})
     text = tune_report(summary, tmp_path).read_text()
-    assert "NO GAIN" in text and "full-&gt;full" in text and (tmp_path / "strategies.png").is_file()
+    assert "tuned vs full-&gt;full: accuracy +0.00 points" in text and "NO DETECTABLE DIFFERENCE" in text
+    assert "paper vs full-&gt;full (1+1): accuracy -5.50 points" in text
+    assert "drop alpha 1.00 on P1, P3 (every class)" in text and (tmp_path / "strategies.png").is_file()
 
 
 def test_report_in_headless_chromium(report, tmp_path):
@@ -90,9 +125,10 @@ def test_report_in_headless_chromium(report, tmp_path):
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert errors == []
         body = driver.find_element("tag name", "body").text
-        assert doc["uncertain"], "the smoke run is expected to have uncertain prototypes"
-        for u in doc["uncertain"]:
-            assert f"P{u['prototype']} oscillates between {u['pair'][0]} and {u['pair'][1]}" in body
+        said = statements(doc)
+        for sentence in said["classes"] + said["uncertain"] + said["faithfulness"]:
+            assert sentence in body
+        assert "Causal check" in body
         shot = tmp_path / "report.png"
         driver.save_screenshot(str(shot))
         assert shot.stat().st_size > 10_000

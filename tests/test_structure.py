@@ -1,8 +1,16 @@
 import numpy as np
 import pytest
 
-from i2x.patterns import GroupFit
-from i2x.structure import build_structure, oscillation, pair_progression, uncertainty_scores
+from i2x.config import ExplainConfig
+from i2x.patterns import GroupFit, fit_group_betas
+from i2x.structure import (
+    background_prototypes,
+    benjamini_hochberg,
+    build_structure,
+    oscillation,
+    pair_progression,
+    uncertainty_scores,
+)
 
 
 def test_oscillation_by_hand():
@@ -10,6 +18,19 @@ def test_oscillation_by_hand():
     assert oscillation(np.array([1.0, 2.0, 3.0])) == 0.0
     assert oscillation(np.array([2.0, -2.0])) == pytest.approx(0.5)
     assert oscillation(np.zeros(3)) == 0.0
+    # flips weighted by the smaller side: (min(1, 3) + min(3, 1)) / (1 + 3 + 1)
+    assert oscillation(np.array([1.0, -3.0, 1.0])) == pytest.approx(2 / 5)
+
+
+def test_one_onset_is_not_oscillation():
+    """A feature learned once, in one step, after near-zero noise (the case that the first
+    version scored u=0.41). Flips: min(.014,.068) + min(.068,.032) + min(.032,.945) = .078
+    over a total of 1.198."""
+    d = np.array([-0.014, 0.068, -0.032, 0.945, 0.139])
+    assert oscillation(d) == pytest.approx(0.078 / 1.198)
+    assert oscillation(d) < 0.1
+    # the first version, kept as an option, weighted each flip by the later side
+    assert oscillation(d, "later") == pytest.approx((0.068 + 0.032 + 0.945) / 1.198)
 
 
 def test_uncertainty_score_uses_top_two_classes_and_share():
@@ -57,12 +78,83 @@ def test_shared_and_specialised_prototypes():
     beta_a = np.array([[0.0, 0.2], [0.3, -0.1], [0.4, 0.0]])
     beta_b = np.array([[0.0, 0.2], [0.3, -0.1], [-0.1, 0.0]])
     beta_c = np.array([[0.0, 0.5], [-0.2, 0.1], [0.0, 0.0]])
-    fits = [GroupFit(0, 0, np.arange(10), beta_a, None), GroupFit(0, 1, np.arange(10, 20), beta_b, None), GroupFit(0, 2, np.arange(20, 30), beta_c, None)]
+    fits = [GroupFit(0, 0, np.arange(10), beta_a, np.zeros(2), None), GroupFit(0, 1, np.arange(10, 20), beta_b, np.zeros(2), None),
+            GroupFit(0, 2, np.arange(20, 30), beta_c, np.zeros(2), None)]
     groups = np.array([[0] * 10 + [1] * 10 + [2] * 10])
     preds = np.vstack([labels, labels])
-    s = build_structure(fits, groups, presence, coverage, labels, preds, uncertain_threshold=0.3)
+    s = build_structure(fits, groups, presence, coverage, labels, preds, ExplainConfig(null_permutations=0))
     assert s.shared[0] == [1] and s.shared[1] == [0]
     assert [sp.prototype for sp in s.specialised[0]] == [2] and s.specialised[1] == []
     assert s.specialised[0][0].group == 0 and s.specialised[0][0].group_coverage == 1.0
     # evidence: size-weighted sum (each group is 1/3 of the samples)
     np.testing.assert_allclose(s.evidence, (beta_a + beta_b + beta_c) / 3)
+
+
+def test_background_prototypes_are_never_class_evidence():
+    # prototype 0 is in every sample of both classes (blank canvas): never shared
+    coverage = np.array([[1.0, 1.0], [0.9, 0.1], [0.1, 0.95]])
+    assert background_prototypes(coverage, 0.8, 0.8) == [0]
+    labels = np.array([0] * 10 + [1] * 10)
+    presence = np.zeros((20, 3), dtype=bool)
+    presence[:, 0] = True
+    presence[:10, 1] = True
+    presence[10:, 2] = True
+    beta = np.array([[0.5, 0.5], [0.3, 0.0], [0.0, 0.3]])
+    fits = [GroupFit(0, 0, np.arange(20), beta, np.zeros(2), None)]
+    s = build_structure(fits, np.zeros((1, 20), dtype=int), presence, coverage, labels, np.vstack([labels, labels]),
+                        ExplainConfig(null_permutations=0))
+    assert s.background == [0]
+    assert s.shared == {0: [1], 1: [2]}
+
+
+def test_benjamini_hochberg_by_hand():
+    p = np.array([0.01, 0.04, 0.03, 0.5])
+    # sorted 0.01, 0.03, 0.04, 0.5 -> 0.04, 0.06, 0.0533, 0.5 -> monotone from the right
+    np.testing.assert_allclose(benjamini_hochberg(p), [0.04, 0.05333333, 0.05333333, 0.5])
+
+
+def _planted_history(linked: bool, seed: int = 0):
+    """Two classes, 200 samples, 4 prototypes, 3 intervals, one learning group per interval.
+    Prototype 1 is in every class-0 sample. When ``linked``, a class-0 sample's confidence
+    in class 0 rises with *its own* rise of prototype 1's saliency (the claim I2X makes);
+    otherwise dY is independent of dP within each class. In both cases class 0's P1 rises
+    more on average and class 0 gains confidence: class structure alone gives P1 positive
+    evidence toward class 0, which is exactly what the null must see through."""
+    rng = np.random.default_rng(seed)
+    n, k = 200, 4
+    labels = np.repeat([0, 1], n // 2)
+    dp = rng.normal(0, 1, size=(3, n, k))
+    dp[:, labels == 0, 1] += 1.0
+    dy = np.zeros((3, n, 2))
+    dy[:, labels == 0, 0] = 0.3
+    dy[:, labels == 1, 1] = 0.3
+    dy += rng.normal(0, 0.5, size=dy.shape)
+    if linked:
+        dy[:, labels == 0, 0] += 0.8 * dp[:, labels == 0, 1]
+    presence = np.ones((n, k), dtype=bool)
+    presence[labels == 1, 1] = False
+    presence[labels == 0, 2] = False
+    coverage = np.array([[1.0, 1.0], [1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
+    presence[:, 0] = True
+    presence[:, 3] = rng.random(n) < 0.5
+    groups = np.zeros((3, n), dtype=int)
+    return dp, dy, groups, presence, coverage, labels
+
+
+@pytest.mark.parametrize("linked", [True, False])
+def test_labels_must_beat_the_within_class_null(linked):
+    """Ground truth: with the link planted, 'P1 is shared by class 0' beats the null; with
+    dY independent of dP, the same candidate label comes from class structure alone and
+    must be dropped."""
+    dp, dy, groups, presence, coverage, labels = _planted_history(linked)
+    cfg = ExplainConfig(null_permutations=99, background_class_share=1.0, background_coverage=1.01)
+    fits = fit_group_betas(dp, dy, groups, cfg.ridge_lambda, 30, 0, labels=labels)
+    s = build_structure(fits, groups, presence, coverage, labels, np.vstack([labels] * 4), cfg, dp=dp, dy=dy, seed=0)
+    assert 1 in s.candidates.shared[0]  # the candidate label exists either way
+    test = next(t for t in s.null.tests if t.role == "shared" and t.cls == 0 and t.prototype == 1)
+    if linked:
+        assert test.p == pytest.approx(1 / 100) and test.kept
+        assert 1 in s.shared[0]
+    else:
+        assert test.p > 0.05 and not test.kept
+        assert 1 not in s.shared[0]

@@ -1,0 +1,106 @@
+"""The causal check on a model whose answer is known by construction."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from i2x.config import FaithfulnessConfig
+from i2x.faithfulness import Claim, deletion_test, foreground_cells, matched_cells, road_scores
+
+
+class CellModel(nn.Module):
+    """Logits from a 4x4 grid of cell means of an 8x8 image: class 0's logit is 20x the
+    brightness of cell (0, 0) and nothing else; class 1's logit is a constant 2. So the
+    truth is known: only cell (0, 0) matters, for class 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = nn.AvgPool2d(2)
+        self.head = nn.Linear(16, 2)
+        with torch.no_grad():
+            self.head.weight.zero_()
+            self.head.bias.copy_(torch.tensor([0.0, 2.0]))
+            self.head.weight[0, 0] = 20.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(x).flatten(1))
+
+
+def _planted(n: int = 60, seed: int = 0):
+    """Images with a mark of varying brightness in cell (0, 0) and a bright stroke along the
+    bottom row of cells; prototype 0 = the mark's cell, 1 = the stroke, 2 = the rest."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 10, size=(n, 1, 8, 8)).astype(np.uint8)
+    x[:, :, 0:2, 0:2] = rng.integers(150, 256, size=(n, 1, 1, 1))
+    x[:, :, 6:8, :] = 220
+    assignment = np.full((n, 4, 4), 2)
+    assignment[:, 0, 0] = 0
+    assignment[:, 3, :] = 1
+    saliency = np.zeros((n, 4, 4))
+    saliency[:, 0, 0] = 1.0
+    return torch.from_numpy(x), torch.zeros(n, dtype=torch.long), assignment, saliency
+
+
+def test_foreground_cells_by_hand():
+    x = torch.zeros(1, 1, 8, 8)
+    x[0, 0, 0:2, 2:4] = 1.0  # cell (0, 1) fully bright
+    x[0, 0, 4, 4] = 1.0  # a quarter of cell (2, 2): mean difference 0.25
+    fg = foreground_cells(x, (4, 4), 0.3)[0]
+    assert fg.sum() == 1 and fg[0, 1]
+    assert foreground_cells(x, (4, 4), 0.2)[0].sum() == 2
+
+
+def test_matched_cells_keep_the_foreground_mix_and_avoid_the_prototype():
+    rng = np.random.default_rng(0)
+    own = np.zeros(16, dtype=bool)
+    own[[0, 1, 5]] = True
+    fg = np.zeros(16, dtype=bool)
+    fg[[0, 1, 2, 3, 4, 8]] = True  # the prototype has 2 foreground cells and 1 background cell
+    for _ in range(20):
+        drawn = matched_cells(own, fg, rng)
+        assert drawn.sum() == 3 and not (drawn & own).any()
+        assert (drawn & fg).sum() == 2
+    # too few free foreground cells: topped up from background, same count
+    scarce = np.zeros(16, dtype=bool)
+    scarce[[0, 1, 2]] = True
+    drawn = matched_cells(own, scarce, rng)
+    assert drawn.sum() == 3 and (drawn & scarce).sum() == 1
+
+
+@pytest.mark.parametrize("fill", ["mean", "blur"])
+def test_the_planted_cell_is_verified_and_the_irrelevant_stroke_is_not(fill):
+    x, y, assignment, saliency = _planted()
+    cfg = FaithfulnessConfig(fill=fill, draws=3, bootstrap=500, blur_sigma=1.0)
+    mark, stroke = deletion_test(CellModel(), x, y, assignment, saliency,
+                                 [Claim(0, "shared", (0,)), Claim(1, "shared", (0,))], cfg, seed=0, device=torch.device("cpu"))
+    assert mark.verified is True and mark.ci[0] > 0
+    assert mark.effect > 1.0 and abs(mark.baselines["foreground"]) < 1e-5  # random cells never hit (0, 0)
+    assert mark.baselines["gradcam"] == pytest.approx(mark.effect)  # the top Grad-CAM cell is the mark's cell
+    assert stroke.verified is False and abs(stroke.effect) < 1e-5
+    assert stroke.cells_per_image == 4 and mark.cells_per_image == 1
+
+
+def test_an_uncertain_claim_measures_the_size_of_the_pair_margin_change():
+    x, y, assignment, saliency = _planted()
+    y = torch.tensor([0, 1] * 30)  # half the images are labelled 1: occluding the mark still moves the 0/1 margin
+    (result,) = deletion_test(CellModel(), x, y, assignment, saliency, [Claim(0, "uncertain", (0, 1))],
+                              FaithfulnessConfig(draws=2, bootstrap=300), seed=0, device=torch.device("cpu"))
+    assert result.verified is True and result.effect > 1.0
+
+
+def test_too_few_images_is_not_tested_rather_than_rejected():
+    x, y, assignment, saliency = _planted(n=6)
+    (result,) = deletion_test(CellModel(), x, y, assignment, saliency, [Claim(0, "shared", (0,))],
+                              FaithfulnessConfig(min_images=10), seed=0, device=torch.device("cpu"))
+    assert result.verified is None and result.n_images == 6
+
+
+def test_road_prefers_the_true_map_to_random_maps():
+    """pytorch-grad-cam's ROAD on the hand-set model: a map that puts all relevance on cell
+    (0, 0) beats random maps."""
+    x, y, _, saliency = _planted(n=24)
+    road = road_scores(CellModel(), x, y, saliency, FaithfulnessConfig(road_images=24, bootstrap=200), seed=0,
+                       device=torch.device("cpu"))
+    assert road.n_images == 24
+    assert road.gradcam > road.random and road.gradcam_ci[0] > road.random_ci[1]
