@@ -9,11 +9,12 @@ which :func:`open_run` adopts.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -243,12 +244,13 @@ def run_entry_point(project: Path, entry_point: str, parameters: dict[str, Any])
 
 
 @contextlib.contextmanager
-def trial_run(parent_run_id: str, number: int, params: dict[str, Any]) -> Iterator[Any]:
+def trial_run(parent_run_id: str, number: int, params: dict[str, Any], outcome: Callable[[], dict[str, Any]] | None = None) -> Iterator[Any]:
     """A nested MLflow run for one Optuna trial (any process: the parent is given by id).
 
     Yields ``log_epoch(epoch, val_accuracy)``. The run ends FINISHED, KILLED (pruned,
     with tag ``optuna.state=PRUNED``) or FAILED. Logged by hand: optuna-integration's
-    MLflowCallback is deprecated and serialises trials.
+    MLflowCallback is deprecated and serialises trials. ``outcome()`` gives params known only
+    once the trial has trained (images affected, class counts), logged when it finishes.
     """
     import optuna
     from mlflow.tracking import MlflowClient
@@ -274,6 +276,8 @@ def trial_run(parent_run_id: str, number: int, params: dict[str, Any]) -> Iterat
         client.set_tag(run_id, "optuna.state", "FAIL")
         client.set_terminated(run_id, status="FAILED")
         raise
+    for key, value in (outcome() if outcome else {}).items():
+        client.log_param(run_id, key, value if isinstance(value, (int, float, str)) else json.dumps(value, sort_keys=True)[:6000])
     client.set_tag(run_id, "optuna.state", "COMPLETE")
     client.set_terminated(run_id, status="FINISHED")
 

@@ -8,10 +8,9 @@ join it by name (``i2x tune --worker``).
 from __future__ import annotations
 
 import contextlib
-import statistics
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from tqdm.auto import tqdm
 from i2x.config import Config
 from i2x.data import DataBundle, to_float
 from i2x.errors import I2XError
-from i2x.finetune import EpochFn, evaluate_on_test, finetune
+from i2x.finetune import EpochFn, finetune
 from i2x.models import target_module
 from i2x.perturbation import Plan
 from i2x.prototypes import Prototypes
@@ -32,13 +31,19 @@ DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
 STORAGE_ENV = "I2X_OPTUNA_STORAGE"  # a URL with a password belongs here, not on a command line
 
 warnings.filterwarnings("ignore", category=ExperimentalWarning)  # heartbeat & retry are stable in practice
-STRATEGIES = ("tuned", "paper", "full->full", "random-target")
 TrackFn = Callable[[Any, Plan], contextlib.AbstractContextManager[EpochFn]]
 
 
 @dataclass
 class TuneContext:
-    """What every trial needs. ``state`` is the final checkpoint's weights."""
+    """What every trial needs. ``state`` is the final checkpoint's weights.
+
+    Attributes:
+        scores: the explanation's ``scores`` rows (every prototype's u_k and class pair).
+        background: background prototypes (never random-target draws).
+        focal: the focal pair ``(a, b)``, a < b: of the scored prototypes' pairs, the one the
+            final model confuses most on the validation split (set by :func:`focus`).
+    """
 
     config: Config
     data: DataBundle
@@ -47,6 +52,8 @@ class TuneContext:
     assignment: torch.Tensor
     scores: list[dict[str, Any]]
     device: torch.device
+    background: list[int] = field(default_factory=list)
+    focal: tuple[int, int] | None = None
 
     def fresh_model(self) -> torch.nn.Module:
         model = self.build()
@@ -84,54 +91,110 @@ def load_prototypes(path: Path) -> Prototypes:
         return Prototypes(z["pca_mean"], z["pca_components"], z["centers"], np.empty(0), np.empty(0), np.empty(0), np.empty(0), [])
 
 
-def target_prototypes(scores: list[dict[str, Any]], n: int, threshold: float) -> tuple[int, ...]:
-    """The ``n`` most uncertain prototypes with score >= ``threshold`` (ties by id)."""
-    ranked = sorted((s for s in scores if s["score"] >= threshold), key=lambda s: (-s["score"], s["prototype"]))
+def target_prototypes(scores: list[dict[str, Any]], n: int, threshold: float, pair: tuple[str, str] | None = None) -> tuple[int, ...]:
+    """The ``n`` most uncertain prototypes with score >= ``threshold`` (ties by id); with
+    ``pair``, only those whose class pair is that pair."""
+    ranked = sorted((s for s in scores if s["score"] >= threshold and (pair is None or set(s["pair"]) == set(pair))),
+                    key=lambda s: (-s["score"], s["prototype"]))
     return tuple(int(s["prototype"]) for s in ranked[:n])
+
+
+def pair_of(ctx: TuneContext, k: int) -> tuple[int, int]:
+    """The class pair ``(a, b)``, a < b, of prototype k."""
+    row = next(s for s in ctx.scores if s["prototype"] == k)
+    a, b = sorted(ctx.class_index(c) for c in row["pair"])
+    return a, b
 
 
 def target_pairs(ctx: TuneContext, targets: tuple[int, ...]) -> list[tuple[int, int]]:
     """The class pairs of the targets (each once, most uncertain first)."""
-    by_id = {s["prototype"]: s for s in ctx.scores}
     pairs: list[tuple[int, int]] = []
     for k in targets:
-        a, b = sorted(ctx.class_index(c) for c in by_id[k]["pair"])
-        if (a, b) not in pairs:
-            pairs.append((a, b))
+        if pair_of(ctx, k) not in pairs:
+            pairs.append(pair_of(ctx, k))
     return pairs
 
 
-def suggest_plan(trial: Any, ctx: TuneContext) -> Plan:
-    """The search space: kind, alpha, n targets, threshold, lr (log), epochs per phase."""
+def make_plan(ctx: TuneContext, kind: str, alpha: float, targets: tuple[int, ...], e1: int, e2: int, lr: float,
+              epoch_samples: int | None = None) -> Plan:
+    """A plan whose scope follows ``tune.curation`` (each target's pair, or every class)."""
     t = ctx.config.tune
+    scope = tuple(pair_of(ctx, k) for k in targets) if t.curation == "pair" else ()
+    return Plan(kind, alpha, targets, e1, e2, lr, scope, t.epoch_samples if epoch_samples is None else epoch_samples)
+
+
+def _val_preds(model: torch.nn.Module, ctx: TuneContext) -> torch.Tensor:
+    x = ctx.data.train_x[ctx.data.val_idx]
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([model(to_float(x[s : s + 1000]).to(ctx.device)).argmax(1).cpu() for s in range(0, len(x), 1000)])
+
+
+def _confusions(y: torch.Tensor, preds: torch.Tensor, a: int, b: int) -> int:
+    return int((((y == a) & (preds == b)) | ((y == b) & (preds == a))).sum())
+
+
+def focus(ctx: TuneContext) -> TuneContext:
+    """Set ``ctx.focal``: of the pairs of prototypes scored at least ``tune.threshold_min``,
+    the one the final model confuses most on the validation split (ties: the most uncertain
+    prototype's). Chosen before the study, on validation data: the test set plays no part.
+
+    Raises:
+        I2XError: no prototype reaches ``tune.threshold_min`` (nothing to target).
+    """
+    candidates = target_prototypes(ctx.scores, len(ctx.scores), ctx.config.tune.threshold_min)
+    if not candidates:
+        top = max((s["score"] for s in ctx.scores), default=0.0)
+        raise I2XError(f"no prototype has an uncertainty score >= tune.threshold_min={ctx.config.tune.threshold_min} (largest: "
+                       f"{top:.3f}); lower tune.threshold_min or explain a model that has uncertain prototypes")
+    y = ctx.data.train_y[ctx.data.val_idx]
+    preds = _val_preds(ctx.fresh_model(), ctx)
+    pairs = target_pairs(ctx, candidates)
+    ctx.focal = max(pairs, key=lambda p: (_confusions(y, preds, *p), -pairs.index(p)))
+    return ctx
+
+
+def suggest_plan(trial: Any, ctx: TuneContext) -> Plan:
+    """The search space: target mode, kind, alpha, n targets, threshold (up to the largest
+    observed u_k, so that a target always exists), lr (log), epochs per phase."""
+    t = ctx.config.tune
+    top = max(s["score"] for s in ctx.scores)
+    mode = trial.suggest_categorical("target_mode", list(t.target_modes))
     kind = trial.suggest_categorical("kind", list(t.kinds))
     alpha = trial.suggest_float("alpha", 0.0, 1.0)
     n = trial.suggest_int("n_targets", 1, max(1, t.max_targets))
-    threshold = trial.suggest_float("threshold", t.threshold_min, t.threshold_max)
+    threshold = trial.suggest_float("threshold", t.threshold_min, max(t.threshold_min, min(t.threshold_max, top)))
     lr = trial.suggest_float("lr", t.lr_min, t.lr_max, log=True)
     e1 = trial.suggest_categorical("epochs_perturbed", list(t.epochs_choices))
     e2 = trial.suggest_categorical("epochs_full", list(t.epochs_choices))
-    return Plan(kind, alpha, target_prototypes(ctx.scores, n, threshold), e1, e2, lr)
+    return plan_from_params({"target_mode": mode, "kind": kind, "alpha": alpha, "n_targets": n, "threshold": threshold, "lr": lr,
+                             "epochs_perturbed": e1, "epochs_full": e2}, ctx)
 
 
-def _val_confusions(model: torch.nn.Module, ctx: TuneContext, pairs: list[tuple[int, int]]) -> int:
-    x, y = ctx.data.train_x[ctx.data.val_idx], ctx.data.train_y[ctx.data.val_idx]
-    with torch.no_grad():
-        preds = torch.cat([model(to_float(x[s : s + 1000]).to(ctx.device)).argmax(1).cpu() for s in range(0, len(y), 1000)])
-    return int(sum((((y == a) & (preds == b)) | ((y == b) & (preds == a))).sum() for a, b in pairs))
+def plan_from_params(params: dict[str, Any], ctx: TuneContext) -> Plan:
+    """The plan of a trial's parameters (``target_mode`` defaults to ``prototypes``)."""
+    pair = None
+    if params.get("target_mode", "prototypes") == "pair" and ctx.focal is not None:
+        pair = (ctx.data.classes[ctx.focal[0]], ctx.data.classes[ctx.focal[1]])
+    targets = target_prototypes(ctx.scores, params["n_targets"], params["threshold"], pair)
+    return make_plan(ctx, params["kind"], params["alpha"], targets, params["epochs_perturbed"], params["epochs_full"], params["lr"])
 
 
 def make_objective(ctx: TuneContext, track: TrackFn | None = None) -> Callable[[Any], Any]:
     """Objective: validation accuracy after fine-tuning by the trial's plan (and, with
-    ``tune.second_objective``, the target pairs' validation confusions). The test set is
-    never touched here."""
+    ``tune.second_objective``, the focal pair's validation confusions). The test set is
+    never touched here. A trial without a target is pruned."""
     import optuna
 
     two = ctx.config.tune.second_objective
+    if ctx.focal is None:
+        focus(ctx)
 
     def objective(trial: optuna.Trial) -> Any:
         plan = suggest_plan(trial, ctx)
         trial.set_user_attr("targets", list(plan.targets))
+        if not plan.targets:  # e.g. pair mode above every focal-pair prototype's score: never a silent no-op
+            raise optuna.TrialPruned(f"no target: no prototype of the chosen mode scores >= {trial.params['threshold']:.3f}")
         model = ctx.fresh_model()
         seed = ctx.config.seed
 
@@ -147,10 +210,13 @@ def make_objective(ctx: TuneContext, track: TrackFn | None = None) -> Callable[[
                     log_epoch(epoch, acc)
                 report(epoch, acc)
 
-            history = finetune(model, ctx.data, ctx.assignment, plan, ctx.config, seed, ctx.device, on_epoch)
+            result = finetune(model, ctx.data, ctx.assignment, plan, ctx.config, seed, ctx.device, on_epoch)
+            for key in ("n_affected", "n_dropped", "n_added", "class_counts", "epoch_fraction"):
+                trial.set_user_attr(key, result.stats[key])
             if two:
-                return history[-1], _val_confusions(model, ctx, target_pairs(ctx, plan.targets) or [(0, 1)])
-            return history[-1]
+                y = ctx.data.train_y[ctx.data.val_idx]
+                return result.history[-1], _confusions(y, _val_preds(model, ctx), *ctx.focal)
+            return result.history[-1]
 
     return objective
 
@@ -233,136 +299,6 @@ def best_trial(study: Any) -> Any:
     if not complete:
         raise I2XError(f"study '{study.study_name}' has no completed trial; raise tune.n_trials or lower tune.startup_trials")
     return max(complete, key=lambda t: (t.values[0], -t.number))
-
-
-def plan_from_params(params: dict[str, Any], ctx: TuneContext) -> Plan:
-    return Plan(params["kind"], params["alpha"], target_prototypes(ctx.scores, params["n_targets"], params["threshold"]),
-                params["epochs_perturbed"], params["epochs_full"], params["lr"])
-
-
-def strategy_plans(tuned: Plan, ctx: TuneContext, uncertain_threshold: float, seed: int) -> dict[str, Plan]:
-    """The tuned plan, the paper's recipe and the two controls at the same budget.
-
-    - ``paper``: drop, alpha=1, every uncertain prototype, 1 epoch curated + 1 epoch full.
-    - ``full->full``: the tuned schedule with no perturbation.
-    - ``random-target``: the tuned kind, strength and schedule on as many prototypes,
-      drawn (seeded) among those that are not uncertain.
-    """
-    uncertain = target_prototypes(ctx.scores, len(ctx.scores), uncertain_threshold)
-    others = [s["prototype"] for s in ctx.scores if s["prototype"] not in uncertain]
-    rng = np.random.default_rng(seed)
-    n = min(len(tuned.targets), len(others))
-    random_targets = tuple(sorted(int(k) for k in rng.choice(others, size=n, replace=False))) if n else ()
-    paper_lr = ctx.config.tune.paper_lr or tuned.lr
-    return {
-        "tuned": tuned,
-        "paper": Plan("drop", 1.0, uncertain, 1, 1, paper_lr),
-        "full->full": Plan("none", 0.0, (), tuned.epochs_perturbed, tuned.epochs_full, tuned.lr),
-        "random-target": Plan(tuned.kind, tuned.alpha, random_targets, tuned.epochs_perturbed, tuned.epochs_full, tuned.lr),
-    }
-
-
-def evaluate_strategies(ctx: TuneContext, plans: dict[str, Plan], seeds: int, pairs: list[tuple[int, int]],
-                        cache: Path | None = None) -> dict[str, list[dict]]:
-    """Fine-tune every strategy with seeds ``seed, seed+1, ...`` and evaluate on the test set.
-
-    Each finished (strategy, seed) is saved to ``cache`` (atomically), so a re-run after a
-    crash or a failed upload redoes only what is missing.
-    """
-    import json
-
-    from i2x.checkpoints import atomic_write_text
-
-    done: dict[str, dict] = json.loads(cache.read_text()) if cache and cache.is_file() else {}
-    results: dict[str, list[dict]] = {name: [] for name in plans}
-    jobs = [(name, s) for s in range(seeds) for name in plans]
-    for name, s in tqdm(jobs, desc="controls", unit="run"):
-        seed = ctx.config.seed + s
-        key = f"{name}|{seed}|{plans[name]}|{pairs}"
-        if key not in done:
-            model = ctx.fresh_model()
-            finetune(model, ctx.data, ctx.assignment, plans[name], ctx.config, seed, ctx.device)
-            report = evaluate_on_test(model, ctx.data, pairs, ctx.device)
-            report["seed"] = seed
-            done[key] = report
-            if cache:
-                atomic_write_text(cache, json.dumps(done))
-        results[name].append(done[key])
-    return results
-
-
-def focal_pair(results: dict[str, list[dict]]) -> str:
-    """Of the evaluated class pairs, the one full->full confuses most on the test set
-    (ties: the first, i.e. the most uncertain target's pair); a pair with one or two
-    confusions would make every percentage meaningless."""
-    names = list(results["full->full"][0]["confusions"])
-    return max(names, key=lambda n: (sum(r["confusions"][n] for r in results["full->full"]), -names.index(n)))
-
-
-def final_evaluation(study: Any, ctx: TuneContext, cache: Path | None = None) -> dict[str, Any]:
-    """After the search: the best trial, the paper's recipe and both controls, each re-run
-    with ``tune.seeds`` seeds on the test set, summarised (see :func:`summarize`)."""
-    best = best_trial(study)
-    tuned = plan_from_params(best.params, ctx)
-    plans = strategy_plans(tuned, ctx, ctx.config.explain.uncertain_threshold, ctx.config.seed)
-    pairs = target_pairs(ctx, tuned.targets + plans["paper"].targets) or target_pairs(ctx, target_prototypes(ctx.scores, 1, 0.0))
-    results = evaluate_strategies(ctx, plans, ctx.config.tune.seeds, pairs, cache=cache)
-    return summarize(results, plans, focal_pair(results), {"number": best.number, "params": best.params, "values": best.values})
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def summarize(results: dict[str, list[dict]], plans: dict[str, Plan], focal: str, best: dict[str, Any]) -> dict[str, Any]:
-    """Mean +- std per strategy, paired differences against full->full, and the verdict.
-
-    A gain counts only if the tuned strategy beats *both* controls by more than each
-    control's seed-to-seed standard deviation, on test accuracy.
-    """
-    rows: dict[str, Any] = {}
-    base = results["full->full"]
-    for name, runs in results.items():
-        acc = [r["accuracy"] for r in runs]
-        foc = [r["confusions"].get(focal, 0) for r in runs]
-        d_acc = [a["accuracy"] - b["accuracy"] for a, b in zip(runs, base, strict=True)]
-        d_foc = [a["confusions"].get(focal, 0) - b["confusions"].get(focal, 0) for a, b in zip(runs, base, strict=True)]
-        plan = asdict(plans[name])
-        plan["targets"] = list(plan["targets"])
-        rows[name] = {
-            "plan": plan, "seeds": [r["seed"] for r in runs], "accuracy": acc, "focal_confusions": foc,
-            "confusions": [r["confusions"] for r in runs],
-            "accuracy_mean": _mean_std(acc)[0], "accuracy_std": _mean_std(acc)[1],
-            "focal_mean": _mean_std(foc)[0], "focal_std": _mean_std(foc)[1],
-            "paired_accuracy_diff_mean": _mean_std(d_acc)[0], "paired_accuracy_diff_std": _mean_std(d_acc)[1],
-            "paired_focal_diff_mean": _mean_std(d_foc)[0], "paired_focal_diff_std": _mean_std(d_foc)[1],
-        }
-    tuned = rows["tuned"]
-    beats = {c: tuned["accuracy_mean"] > rows[c]["accuracy_mean"] + rows[c]["accuracy_std"] for c in ("full->full", "random-target")}
-    full_foc = rows["full->full"]["focal_mean"]
-    change = (tuned["focal_mean"] - full_foc) / full_foc if full_foc else 0.0
-    if all(beats.values()):
-        text = (f"GAIN: tuned test accuracy {tuned['accuracy_mean']:.4f} beats full->full and random-target beyond their "
-                f"seed-to-seed spread; focal pair {focal} confusions change by {change:+.1%} against full->full.")
-    else:
-        lost = ", ".join(c for c, ok in beats.items() if not ok)
-        text = (f"NO GAIN: the tuned strategy does not beat {lost} beyond the seed-to-seed spread on test accuracy "
-                f"(tuned {tuned['accuracy_mean']:.4f} +- {tuned['accuracy_std']:.4f}); focal pair {focal} confusions "
-                f"change by {change:+.1%} against full->full.")
-    return {"focal_pair": focal, "strategies": rows, "verdict": {"gain": all(beats.values()), "beats": beats,
-            "focal_change_vs_full": change, "text": text}, "best_trial": best}
-
-
-def summary_markdown(summary: dict[str, Any]) -> str:
-    focal = summary["focal_pair"]
-    lines = [f"| strategy | test accuracy (%) | {focal} confusions | paired diff vs full->full (acc. points) | seeds |", "|---|---|---|---|---|"]
-    for name in STRATEGIES:
-        r = summary["strategies"].get(name)
-        if r is None:
-            continue
-        lines.append(f"| {name} | {100 * r['accuracy_mean']:.2f} +- {100 * r['accuracy_std']:.2f} | {r['focal_mean']:.1f} +- {r['focal_std']:.1f} | "
-                     f"{100 * r['paired_accuracy_diff_mean']:+.2f} +- {100 * r['paired_accuracy_diff_std']:.2f} | {len(r['seeds'])} |")
-    return "\n".join(lines) + f"\n\n{summary['verdict']['text']}\n"
 
 
 def upload_study_artifacts(study: Any, url: str, files: list[Path]) -> list[str]:

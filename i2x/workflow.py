@@ -121,7 +121,7 @@ def explain_run(args: argparse.Namespace) -> str:
     from i2x.analysis import MIN_CHECKPOINTS, analyse
     from i2x.checkpoints import model_from_checkpoint, read_checkpoint, step_of
     from i2x.data import load_data
-    from i2x.explanation import build_document, dumps, validate
+    from i2x.explanation import document_of, dumps, validate
     from i2x.training import resolve_device
 
     scratch = tracking.scratch_dir("explain")
@@ -162,21 +162,18 @@ def explain_run(args: argparse.Namespace) -> str:
                 doc = json.loads((out / "explanation" / "explanation.json").read_text())
             else:
                 analysis = analyse(len(files), load_model, images, labels, data.num_classes, config.explain, config.seed, device,
-                                   layer=config.explain.target_layer or None)
+                                   layer=config.explain.target_layer or None, faithfulness=config.faithfulness)
                 timings = analysis.timings
                 h, w = analysis.maps.shape[-2:]
-                doc = build_document(
+                doc = document_of(
+                    analysis,
                     run={"train_run_id": train_run_id, "dataset": config.data.name, "model": config.model.name,
                          "target_layer": config.explain.target_layer or final["target_layer"], "grid": [int(h), int(w)],
                          "image_size": [int(images.shape[-2]), int(images.shape[-1])], "method": config.explain.method},
                     config=config.to_dict(),
                     classes=list(data.classes),
                     checkpoints=infos,
-                    protos=analysis.protos,
                     analysis_index=data.analysis_idx.numpy(),
-                    groups=analysis.groups,
-                    fits=analysis.fits,
-                    structure=analysis.structure,
                     labels=labels.numpy(),
                 )
                 validate(doc)
@@ -197,13 +194,12 @@ def explain_run(args: argparse.Namespace) -> str:
                     tracking.log_artifact(path, sub)
             metrics = doc["metrics"]
             tracking.log_metrics({
-                "mean_r2_heldout": metrics["mean_r2_heldout"] if metrics["mean_r2_heldout"] is not None else float("nan"),
-                "n_uncertain": metrics["n_uncertain"],
-                "noise_share": metrics["noise_share"],
+                **{k: float("nan") if v is None else v for k, v in metrics.items() if k not in ("n_prototypes", "n_samples")},
                 **{f"time_{k}_s": v for k, v in timings.items()},
             })
-            print(f"i2x explain: run {run.info.run_id} FINISHED: {metrics['n_uncertain']} uncertain prototype(s), "
-                  f"mean held-out R^2 {metrics['mean_r2_heldout']}, HDBSCAN noise {metrics['noise_share']:.2f}")
+            verified = f"{metrics['n_verified']} of {metrics['n_named']} named prototype(s) verified causally" if metrics["n_named"] is not None else "causal check off"
+            print(f"i2x explain: run {run.info.run_id} FINISHED: {verified}; held-out R^2 {metrics['mean_r2_heldout']} "
+                  f"(class one-hot {metrics['r2_class']}); HDBSCAN noise {metrics['noise_share']:.2f}")
             return run.info.run_id
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -336,7 +332,7 @@ def _tune_context(explain_run_id: str, args: argparse.Namespace, scratch: Path, 
         return build_model(config.model, meta["channels"], len(meta["classes"]), meta["mean"], meta["std"])
 
     ctx = TuneContext(config=config, data=data, build=build, state=final["model"], assignment=assignment,
-                      scores=doc["scores"], device=device)
+                      scores=doc["scores"], device=device, background=doc.get("background", []))
     return ctx, doc
 
 
@@ -345,8 +341,9 @@ def _track(parent_run_id: str):  # noqa: ANN202
 
     @contextlib.contextmanager
     def track(trial, plan):  # noqa: ANN001, ANN202
-        params = {**trial.params, "targets": list(plan.targets) or "none"}
-        with tracking.trial_run(parent_run_id, trial.number, params) as log_epoch:
+        params = {**trial.params, "targets": list(plan.targets) or "none", "scope": [list(c) for c in plan.scope] or "every class"}
+        keys = ("n_affected", "n_dropped", "n_added", "class_counts", "epoch_fraction")
+        with tracking.trial_run(parent_run_id, trial.number, params, lambda: {k: trial.user_attrs[k] for k in keys if k in trial.user_attrs}) as log_epoch:
             yield log_epoch
 
     return track
@@ -356,15 +353,8 @@ def tune_run(args: argparse.Namespace) -> str:
     """The Optuna study for an explain run, then the controls and the test-set summary."""
     if args.worker:
         return tune_worker(args)
-    from i2x.tuning import (
-        STRATEGIES,
-        final_evaluation,
-        open_study,
-        redact,
-        resolve_storage,
-        run_study,
-        summary_markdown,
-    )
+    from i2x.comparison import STRATEGIES, final_evaluation, summary_markdown
+    from i2x.tuning import open_study, redact, resolve_storage, run_study
     from i2x.viz import plot_optuna, plot_strategies
 
     if not args.run_id:
@@ -412,7 +402,7 @@ def tune_run(args: argparse.Namespace) -> str:
             for path in sorted((local / "report").iterdir()):
                 tracking.log_artifact(path, "report")
             for strategy, row in summary["strategies"].items():
-                key = strategy.replace("->", "_").replace("-", "_")
+                key = strategy.replace("->", "_").replace("-", "_").replace(" (1+1)", "_1_1")
                 tracking.log_metrics({f"{key}_test_accuracy": row["accuracy_mean"], f"{key}_focal_confusions": row["focal_mean"]})
             print(f"i2x tune: run {parent.info.run_id} FINISHED, study '{name}' ({len(study.trials)} trials)\n\n{text}")
             return parent.info.run_id
