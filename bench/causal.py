@@ -63,18 +63,28 @@ def main() -> None:
             print(f"null {role}: real {c['real']:.0f} vs null {c['null_mean']:.1f} +- {c['null_std']:.1f}, p={c['p']:.3f}")
         rejected = [t for t in a.structure.null.tests if not t.kept]
         print(f"labels rejected by the null: {len(rejected)} of {len(a.structure.null.tests)}")
-    print("| prototype | role | class(es) | images | cells | effect | uniform | fg-matched | top Grad-CAM | excess [95% CI] | p adj | verified |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    tests = {(t.role, t.cls, t.prototype): t for t in a.structure.null.tests} if a.structure.null else {}
+
+    def null_of(r) -> str:  # noqa: ANN001
+        t = tests.get((r.claim.role, r.claim.classes[0] if r.claim.role != "uncertain" else -1, r.claim.prototype))
+        return "-" if t is None else f"{t.p_adjusted:.3f} {'kept' if t.kept else 'rejected'}"
+
+    print("| prototype | role | class(es) | null p (BH) | images | cells | effect | uniform | fg-matched | top Grad-CAM | excess [95% CI] | p adj | verified |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in a.deletion:
         cls = "<->".join(classes[c] for c in r.claim.classes)
-        print(f"| P{r.claim.prototype} | {r.claim.role} | {cls} | {r.n_images} | {r.cells_per_image:.1f} | {r.effect:.3f} | {r.baselines['uniform']:.3f} | "
-              f"{r.baselines['foreground']:.3f} | {r.baselines['gradcam']:.3f} | {r.excess:+.3f} [{r.ci[0]:+.3f}, {r.ci[1]:+.3f}] | {r.p_adjusted:.3g} | {r.verified} |")
+        print(f"| P{r.claim.prototype} | {r.claim.role} | {cls} | {null_of(r)} | {r.n_images} | {r.cells_per_image:.1f} | {r.effect:.3f} | "
+              f"{r.baselines['uniform']:.3f} | {r.baselines['foreground']:.3f} | {r.baselines['gradcam']:.3f} | "
+              f"{r.excess:+.3f} [{r.ci[0]:+.3f}, {r.ci[1]:+.3f}] | {r.p_adjusted:.3g} | {r.verified} |")
     by_role: dict[str, list] = {}
     for r in a.deletion:
         by_role.setdefault(r.claim.role, []).append(r)
     for role, rs in by_role.items():
         v = sum(1 for r in rs if r.verified)
-        print(f"{role}: {len(rs)} named, {v} verified ({100 * v / len(rs):.0f}%)")
+        kept = [r for r in rs if not tests or "kept" in null_of(r)]
+        both = sum(1 for r in kept if r.verified)
+        print(f"{role}: {len(rs)} candidates, {v} verified causally ({100 * v / len(rs):.0f}%); {len(kept)} beat the null, "
+              f"{both} of those verified (findings)")
     if a.road:
         print(f"ROAD (ROADCombined, {a.road.n_images} images, percentiles {a.road.percentiles}): Grad-CAM {a.road.gradcam:.4f} "
               f"[{a.road.gradcam_ci[0]:.4f}, {a.road.gradcam_ci[1]:.4f}] vs random maps {a.road.random:.4f} [{a.road.random_ci[0]:.4f}, {a.road.random_ci[1]:.4f}]")

@@ -52,16 +52,12 @@ def main() -> None:
         lines.append(f"| {name} | {(run.info.end_time - run.info.start_time) / 60000:.1f} |")
     lines.append(f"\nTest accuracy of the trained model: {runs['train'].data.metrics.get('test_accuracy', float('nan')):.4f}")
     summary = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=stages["tune"], artifact_path="tuning/summary.json")).read_text())
-    focal = summary["focal_pair"]
-    order = ["full->full", "paper", "tuned", "random-target"]
-    lines += ["", f"| setting | {' | '.join(order)} |", "|---|" + "---|" * len(order)]
-    cells = []
-    for name in order:
-        r = summary["strategies"][name]
-        cells.append(f"{100 * r['accuracy_mean']:.2f} +- {100 * r['accuracy_std']:.2f} %, {focal} {r['focal_mean']:.1f} +- {r['focal_std']:.1f}")
+    from i2x.comparison import summary_markdown
+
     model = runs["train"].data.tags.get("i2x.model", "?")
-    lines.append(f"| {args.dataset}, {model}, {len(summary['strategies']['tuned']['seeds'])} seeds | {' | '.join(cells)} |")
-    lines += ["", summary["verdict"]["text"], "", f"Best trial: {json.dumps(summary['best_trial'].get('params', {}))}",
+    lines += ["", f"{args.dataset}, {model}, {len(summary['strategies']['tuned']['seeds'])} seeds:", "", summary_markdown(summary),
+              f"Best trial: {json.dumps(summary['best_trial'].get('params', {}))}",
+              f"Pareto front (val accuracy, focal val confusions): {json.dumps([t['values'] for t in summary.get('pareto', [])])}",
               f"Runs: {json.dumps(stages)}"]
     text = "\n".join(lines) + "\n"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

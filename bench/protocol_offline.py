@@ -19,14 +19,8 @@ import torch
 from _pipeline import train_and_explain
 
 from i2x.checkpoints import model_from_checkpoint
-from i2x.tuning import (
-    TuneContext,
-    assign_images,
-    final_evaluation,
-    open_study,
-    run_study,
-    summary_markdown,
-)
+from i2x.comparison import final_evaluation, summary_markdown
+from i2x.tuning import TuneContext, assign_images, open_study, run_study
 
 
 def main() -> None:
@@ -44,7 +38,7 @@ def main() -> None:
     t0 = time.perf_counter()
     assignment = assign_images(model, model.target_layer, data.train_x, analysis.protos, config.explain.batch_size, device)
     ctx = TuneContext(config=config, data=data, build=lambda: model_from_checkpoint(final, "final"), state=final["model"],
-                      assignment=assignment, scores=doc["scores"], device=device)
+                      assignment=assignment, scores=doc["scores"], device=device, background=doc["background"])
     study = open_study("offline", f"sqlite:///{tempfile.mkdtemp()}/optuna.db", config)
     run_study(study, ctx)
     times["study"] = time.perf_counter() - t0
