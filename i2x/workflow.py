@@ -216,7 +216,8 @@ def _explain_folder(config: Config, files: list[Path]) -> Path:
     with open(files[-1], "rb") as fh:
         digest.update(hashlib.file_digest(fh, "sha256").digest())
     d = config.to_dict()
-    digest.update(json.dumps({"explain": d["explain"], "analysis": d["data"]["analysis_size"], "seed": d["seed"]}, sort_keys=True).encode())
+    digest.update(json.dumps({"explain": d["explain"], "faithfulness": d["faithfulness"], "analysis": d["data"]["analysis_size"],
+                              "seed": d["seed"]}, sort_keys=True).encode())
     return Path(config.work_dir) / f"explain-{config.data.name}-{digest.hexdigest()[:12]}"
 
 
