@@ -32,6 +32,7 @@ STORAGE_ENV = "I2X_OPTUNA_STORAGE"  # a URL with a password belongs here, not on
 
 warnings.filterwarnings("ignore", category=ExperimentalWarning)  # heartbeat & retry are stable in practice
 TrackFn = Callable[[Any, Plan], contextlib.AbstractContextManager[EpochFn]]
+METRIC_NAMES = ("val_accuracy", "focal_pair_val_confusions")
 
 
 @dataclass
@@ -264,7 +265,7 @@ def open_study(name: str, url: str, config: Config) -> Any:
     import optuna
 
     directions = ["maximize", "minimize"] if config.tune.second_objective else ["maximize"]
-    return optuna.create_study(
+    study = optuna.create_study(
         study_name=name,
         storage=storage_for(url, config.tune.heartbeat_s),
         sampler=optuna.samplers.TPESampler(seed=config.seed),
@@ -272,6 +273,8 @@ def open_study(name: str, url: str, config: Config) -> Any:
         directions=directions,
         load_if_exists=True,
     )
+    study.set_metric_names(list(METRIC_NAMES[: len(directions)]))  # the dashboard's axes, instead of "Objective 0"
+    return study
 
 
 def run_study(study: Any, ctx: TuneContext, track: TrackFn | None = None) -> None:

@@ -193,6 +193,7 @@ def test_a_short_study_then_controls_and_summary(ctx, tmp_path):
     again = open_study("unit", f"sqlite:///{tmp_path}/optuna.db", context.config)  # load_if_exists
     run_study(again, context)
     assert len(again.trials) == 3  # already done: nothing more runs
+    assert again.metric_names == ["val_accuracy", "focal_pair_val_confusions"]
     # a paper recipe needs uncertain prototypes: give the smoke run two, at the real scores' order
     ranked = sorted(context.scores, key=lambda s: -s["score"])
     scores = [dict(s, score=0.9 if s in ranked[:2] else s["score"]) for s in context.scores]
