@@ -75,4 +75,14 @@ def test_config_is_frozen():
     with pytest.raises(AttributeError):
         cfg.seed = 3  # type: ignore[misc]
     assert apply_overrides(cfg, {"seed": "3"}).seed == 3
-    assert ExplainConfig().uncertain_threshold == 0.3
+    assert ExplainConfig().uncertain_threshold == 0.15
+    with pytest.raises(I2XError, match="config key .explain.regression. must be one of centred, origin"):
+        apply_overrides(cfg, {"explain.regression": "through-zero"})
+
+
+def test_a_retired_key_is_ignored_in_old_checkpoints_and_refused_elsewhere():
+    old = Config().to_dict()
+    old["explain"]["r2_holdout"] = 0.2  # written by versions before the k-fold R^2
+    assert config_from_dict(old) == Config()
+    with pytest.raises(I2XError, match="unknown config key 'explain.r2_holdout'"):
+        apply_overrides(Config(), {"explain.r2_holdout": "0.2"})
