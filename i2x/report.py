@@ -93,10 +93,13 @@ def statements(doc: dict[str, Any]) -> dict[str, list[str]]:
     if not named["findings"] and not named["model_only"]:
         out["classes"].append("No prototype passed the causal check; the explanation names no finding for this model." if checked
                               else "The causal check did not run; no prototype is stated as a finding.")
-    failed = sorted({r["prototype"] for r in named["not_verified"]})
+    failed: dict[int, list[str]] = {}
+    for r in named["not_verified"]:
+        failed.setdefault(r["prototype"], []).append(r["class"] if "class" in r else "/".join(r["pair"]))
     if failed:
-        out["classes"].append(f"Not verified: {_names(failed)} {'was' if len(failed) == 1 else 'were'} labelled by the training history "
-                              f"but occluding {'it' if len(failed) == 1 else 'them'} does not hurt the model more than matched random cells "
+        listed = ", ".join(f"P{k} ({', '.join(dict.fromkeys(cs))})" for k, cs in sorted(failed.items()))
+        out["classes"].append(f"Not verified: {listed}: labelled by the training history for those classes, but occluding "
+                              f"{'it' if len(failed) == 1 else 'them'} there does not hurt the model more than matched random cells "
                               f"(or too few images contain {'it' if len(failed) == 1 else 'them'}); not findings (figure: faithfulness.png).")
     background = doc.get("background", [])
     if background:

@@ -64,7 +64,7 @@ def test_claims_rest_on_counts_and_checks():
                                    "(figure: progression.png)."]
     assert not any(s.startswith("Class") for s in said["classes"])
     assert any(s.startswith("The final model relies on P0 for a") for s in said["classes"])
-    assert any(s.startswith("Not verified: P1 was labelled") for s in said["classes"])
+    assert any(s.startswith("Not verified: P1 (b): labelled by the training history") for s in said["classes"])
     assert said["locations"] == ["P0 sits in the top-left of the image in 100% of the 40 a images that contain it (figure: locations.png). "
                                  "A prototype fixed in one place can be a shortcut: check that the model should look there."]
 
