@@ -25,7 +25,7 @@ from i2x.config import load_config
 from i2x.data import load_data
 from i2x.training import resolve_device, train
 
-BEFORE = "explain.regression=origin,explain.oscillation_weight=later,explain.null_permutations=0"
+BEFORE = "explain.regression=origin,explain.oscillation_weight=later,explain.null_permutations=0,explain.uncertain_threshold=0.3"
 
 
 def main() -> None:
