@@ -2,13 +2,26 @@
 
 Structured explanations of image classifiers from their training history
 (method: shared/I2X_METHOD.md). The algorithm stages are plain functions on arrays;
-MLflow lives only in :mod:`i2x.tracking` and :mod:`i2x.workflow`.
+MLflow lives only in :mod:`i2x.tracking` and :mod:`i2x.workflow`. Every label the
+explanation states is checked against a within-class permutation null
+(:mod:`i2x.structure`) and by a causal deletion test (:mod:`i2x.faithfulness`).
 """
 
 from i2x.analysis import Analysis, analyse
-from i2x.config import Config, DataConfig, ExplainConfig, ModelConfig, TrainConfig, load_config
+from i2x.config import (
+    Config,
+    DataConfig,
+    ExplainConfig,
+    FaithfulnessConfig,
+    ModelConfig,
+    TrainConfig,
+    TuneConfig,
+    load_config,
+)
 from i2x.data import DATASETS, DataBundle, load_data
 from i2x.errors import I2XError
+from i2x.explanation import document_of
+from i2x.faithfulness import Claim, deletion_test, road_scores
 from i2x.models import MODELS, build_model
 from i2x.saliency import CAM_METHODS, grad_cam, saliency_pass
 from i2x.training import train
@@ -21,15 +34,21 @@ __all__ = [
     "Config",
     "DataBundle",
     "DataConfig",
+    "Claim",
     "ExplainConfig",
+    "FaithfulnessConfig",
     "I2XError",
     "ModelConfig",
     "TrainConfig",
+    "TuneConfig",
     "analyse",
     "build_model",
+    "deletion_test",
+    "document_of",
     "grad_cam",
     "load_config",
     "load_data",
+    "road_scores",
     "saliency_pass",
     "train",
 ]
