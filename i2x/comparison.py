@@ -273,12 +273,12 @@ def _settings(plan: dict[str, Any], fraction: float) -> str:
     return f"{what}; {epochs}; lr {plan['lr']:.2g}"
 
 
-def summary_markdown(summary: dict[str, Any]) -> str:
-    """The paper-format table (each row with its exact settings and what it trained on), then
-    one verdict line per comparison."""
-    focal = summary["focal_pair"]
-    lines = [f"| strategy | test accuracy (%) | {focal} confusions | settings | perturbed phase trained on | seeds |",
-             "|---|---|---|---|---|---|"]
+def summary_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The paper-format table as data: the header and one row per strategy (its exact
+    settings and what it trained on). :func:`summary_markdown` and the HTML report both
+    render it."""
+    header = ["strategy", "test accuracy (%)", f"{summary['focal_pair']} confusions", "settings", "perturbed phase trained on", "seeds"]
+    rows = []
     for name in STRATEGIES:
         r = summary["strategies"].get(name)
         if r is None:
@@ -289,8 +289,16 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             + (f"; {on['n_dropped']} dropped" if on.get("n_dropped") else "") + (f"; {on['n_added']} repeated" if on.get("n_added") else "")
             + (f"; {on['n_affected']} perturbed" if r["plan"]["kind"] in ("mask", "blur", "noise") else "")
             + (f"; floor kept {', '.join(on['capped_classes'])}" if on.get("capped_classes") else ""))
-        lines.append(f"| {name} | {100 * r['accuracy_mean']:.2f} +- {100 * r['accuracy_std']:.2f} | {r['focal_mean']:.1f} +- {r['focal_std']:.1f} | "
-                     f"{_settings(r['plan'], r['epoch_fraction'])} | {trained} | {len(r['seeds'])} |")
+        rows.append([name, f"{100 * r['accuracy_mean']:.2f} +- {100 * r['accuracy_std']:.2f}", f"{r['focal_mean']:.1f} +- {r['focal_std']:.1f}",
+                     _settings(r["plan"], r["epoch_fraction"]), trained, str(len(r["seeds"]))])
+    return header, rows
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    """The paper-format table (:func:`summary_table`), then one verdict line per comparison."""
+    focal = summary["focal_pair"]
+    header, rows = summary_table(summary)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(row) + " |" for row in rows]
     unmatched = [m for m in summary.get("matches", []) if not m["matched"]]
     note = ""
     if unmatched:

@@ -35,12 +35,23 @@ class FinetuneResult:
     digest: str
 
 
-def perturbed_pool(plan: Plan, data: DataBundle, assignment: torch.Tensor, config: Config, seed: int) -> tuple[torch.Tensor, dict[str, Any]]:
+def affected_mask(plan: Plan, data: DataBundle, assignment: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` bool over the training set: the images ``plan`` acts on (none without targets)."""
+    if not plan.targets:
+        return torch.zeros(len(data.train_y), dtype=torch.bool)
+    return affected(assignment, data.train_y, plan.targets, plan.scope)
+
+
+def perturbed_pool(plan: Plan, data: DataBundle, assignment: torch.Tensor, config: Config, seed: int,
+                   hit: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
     """The fit-split positions of the perturbed phase, and what they are.
 
     ``drop`` removes ``alpha`` of the affected images, never more than
     ``tune.max_class_drop`` of a class; ``upweight`` repeats the affected images
     ``alpha * (tune.upweight_max - 1)`` extra times; pixel kinds keep the split as is.
+
+    Args:
+        hit: :func:`affected_mask` of the plan, when the caller already has it.
 
     Returns:
         positions, and stats: ``n_affected``, ``n_dropped``, ``n_added``, ``capped_classes``,
@@ -49,7 +60,7 @@ def perturbed_pool(plan: Plan, data: DataBundle, assignment: torch.Tensor, confi
     kind = PERTURBATIONS.get(plan.kind)
     labels = data.train_y
     m = len(data.classes)
-    hit = affected(assignment, labels, plan.targets, plan.scope) if plan.targets else torch.zeros(len(labels), dtype=torch.bool)
+    hit = affected_mask(plan, data, assignment) if hit is None else hit
     pool, dropped, capped, added = data.fit_idx, 0, [], 0
     if kind is not None and plan.targets:
         gen = torch.Generator().manual_seed(seed * 7919 + 17)
@@ -87,7 +98,8 @@ def finetune(
     """
     optimizer = make_optimizer(model, config, lr=plan.lr)
     kind = PERTURBATIONS.get(plan.kind)
-    pool_p, stats = perturbed_pool(plan, data, assignment, config, seed)
+    hit = affected_mask(plan, data, assignment)
+    pool_p, stats = perturbed_pool(plan, data, assignment, config, seed, hit)
     val_x, val_y = data.train_x[data.val_idx], data.train_y[data.val_idx]
     total_epochs = plan.epochs_perturbed + plan.epochs_full
     bs = config.train.batch_size
@@ -111,8 +123,7 @@ def finetune(
             xb = to_float(data.train_x[idx])
             batch_gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
             if perturbing and kind.apply is not None:
-                cells = torch.where(affected(assignment[idx], data.train_y[idx], plan.targets, plan.scope)[:, None, None],
-                                    assignment[idx], torch.full_like(assignment[idx], -1))
+                cells = torch.where(hit[idx][:, None, None], assignment[idx], torch.full_like(assignment[idx], -1))
                 xb = kind.apply(xb, pixel_mask(cells, plan.targets, tuple(xb.shape[-2:])), plan.alpha, batch_gen)
             if config.data.augment:
                 xb = augment(xb, batch_gen)

@@ -273,13 +273,11 @@ def explain_report(doc: dict[str, Any], arrays: dict[str, np.ndarray], out: Path
 def tune_report(summary: dict[str, Any], out: Path) -> Path:
     """Figures and ``index.html`` for a tune run: the paper-format table with every row's
     settings, then each strategy's verdict against its matched controls."""
-    from i2x.comparison import STRATEGIES, summary_markdown
+    from i2x.comparison import STRATEGIES, summary_table
 
     out.mkdir(parents=True, exist_ok=True)
     fig = viz.plot_strategies(summary, list(STRATEGIES), out / "strategies.png")
-    table_md = summary_markdown(summary).split("\n\n")[0].splitlines()
-    header = [c.strip() for c in table_md[0].strip("|").split("|")]
-    body_rows = [[c.strip() for c in line.strip("|").split("|")] for line in table_md[2:]]
+    header, body_rows = summary_table(summary)
     table = ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
              + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body_rows) + "</table>")
     lines = summary["verdict"]["text"].splitlines()
