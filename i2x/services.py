@@ -60,6 +60,28 @@ def dashboard_args(storage: str, host: str, port: int) -> list[str]:
     return [storage, "--host", host, "--port", str(port)]
 
 
+WEED_SPAN = 1016  # weed listens on s3_port and on s3_port+1001 .. s3_port+1015
+
+
+def weed_port_flags(s3_port: int) -> list[str]:
+    """Every port ``weed mini`` listens on, set explicitly next to the S3 port.
+
+    Left to itself weed puts each gRPC listener at its HTTP port + 10000 (past 65535 for
+    a port above 55535) and Iceberg/Lance on fixed ports, then hunts for a free one when
+    taken; two stacks on one machine then race for the same ports. Here every listener is
+    in ``[s3_port, s3_port + WEED_SPAN)`` and the Iceberg and Lance endpoints, which i2x
+    does not use, are off."""
+    if not 0 < s3_port <= 65535 - WEED_SPAN:
+        raise I2XError(f"S3 port {s3_port} is out of range: SeaweedFS also needs the {WEED_SPAN - 1} ports above it; "
+                       f"choose a port from 1024 to {65535 - WEED_SPAN}")
+    base = s3_port + 1000
+    http = {"master": 1, "volume": 2, "filer": 3, "admin": 4}
+    flags = [f"-s3.port={s3_port}", f"-s3.port.grpc={base + 10}", "-s3.port.iceberg=0", "-s3.port.lance=0"]
+    for name, offset in http.items():
+        flags += [f"-{name}.port={base + offset}", f"-{name}.port.grpc={base + 10 + offset}"]
+    return flags
+
+
 def local_stack(root: Path, backend_uri: str = "", study_storage: str = "", s3_port: int = S3_PORT,
                 mlflow_port: int = MLFLOW_PORT, dashboard_port: int = DASHBOARD_PORT) -> list[Service]:
     """The three services of the native stack, rooted at ``root``."""
@@ -73,10 +95,8 @@ def local_stack(root: Path, backend_uri: str = "", study_storage: str = "", s3_p
     s3_url = f"http://127.0.0.1:{s3_port}"
     s3_env = {"MLFLOW_S3_ENDPOINT_URL": s3_url, "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
               "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required"}
-    base = s3_port + 1000  # weed's other listeners, kept off the usual ports
     weed = [_bin("weed"), "mini", f"-dir={root / 's3'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            f"-s3.port={s3_port}", f"-master.port={base + 1}", f"-volume.port={base + 2}", f"-filer.port={base + 3}",
-            f"-admin.port={base + 4}", "-admin.ui=false", "-webdav=false", "-master.telemetry=false",
+            *weed_port_flags(s3_port), "-admin.ui=false", "-webdav=false", "-master.telemetry=false",
             f"-s3.config={root / 's3-identities.json'}", f"-bucket={BUCKET}"]
     return [
         Service("s3", s3_port, weed, f"{s3_url}/", {}),
@@ -129,11 +149,19 @@ def up(root: Path, services: list[Service], timeout: float = 90) -> dict[str, st
         deadline = time.time() + timeout
         while not _healthy(svc.health):
             if proc.poll() is not None:
-                raise I2XError(f"service {svc.name} exited with {proc.returncode} at start; see {root / 'logs' / (svc.name + '.log')}")
+                log_path = root / "logs" / f"{svc.name}.log"
+                raise I2XError(f"service {svc.name} exited with {proc.returncode} at start ({_last_error(log_path)}); see {log_path}")
             if time.time() > deadline:
                 raise I2XError(f"service {svc.name} not healthy at {svc.health} after {timeout:.0f} s; see {root / 'logs'}")
             time.sleep(0.5)
     return {svc.name: svc.health.rsplit("/", 1)[0] if svc.name != "mlflow" else f"http://127.0.0.1:{svc.port}" for svc in services}
+
+
+def _last_error(log: Path) -> str:
+    """The log's last line that names a failure, so the one-line error says why."""
+    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()] if log.is_file() else []
+    failing = [ln for ln in lines if any(w in ln.lower() for w in ("fatal", "error", "in use", "failed"))]
+    return (failing or lines or ["the log is empty"])[-1][-300:]
 
 
 def down(root: Path, timeout: float = 20) -> list[str]:

@@ -6,6 +6,7 @@ Every case runs real processes against a real `weed mini`; nothing is mocked.
 import hashlib
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -30,13 +31,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+_PORTS = random.Random()
+
+
+def free_s3_port() -> int:
+    """An S3 port whose whole weed span is free, below the kernel's ephemeral range (where
+    a client's outgoing connection could take one of weed's ports between check and bind)."""
+    for _ in range(200):
+        port = _PORTS.randrange(20000, 32768 - services.WEED_SPAN, 16)
+        if all(_bindable(p) for p in range(port, port + services.WEED_SPAN) if p == port or p > port + 1000):
+            return port
+    raise RuntimeError("no free block of ports for SeaweedFS in 20000-32768")
+
+
 @pytest.fixture
 def s3(tmp_path, monkeypatch):
     """A SeaweedFS S3 server on a free port, stopped afterwards."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     root = tmp_path / "stack"
-    port = free_port()
+    port = free_s3_port()
     stack = services.local_stack(root, s3_port=port, mlflow_port=free_port(), dashboard_port=free_port())
     services.up(root, stack[:1])
     yield {"root": root, "stack": stack, "url": f"http://127.0.0.1:{port}"}

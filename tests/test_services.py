@@ -1,0 +1,40 @@
+"""The native stack's process handling, without starting the real servers."""
+
+import re
+import sys
+
+import pytest
+
+from i2x import services
+from i2x.errors import I2XError
+
+
+def _ports(flags):
+    return {flag.split("=")[0]: int(flag.split("=")[1]) for flag in flags if re.match(r"-[\w.]+port[\w.]*=", flag)}
+
+
+@pytest.mark.parametrize("s3_port", [8333, 25000, 65535 - services.WEED_SPAN])
+def test_every_weed_listener_is_pinned_inside_its_span(s3_port):
+    ports = _ports(services.weed_port_flags(s3_port))
+    listening = {name: port for name, port in ports.items() if port}
+    # one HTTP and one gRPC listener for each of s3, master, volume, filer and admin
+    assert len(listening) == 10
+    assert len(set(listening.values())) == 10
+    assert all(s3_port <= port < s3_port + services.WEED_SPAN for port in listening.values())
+    assert ports["-s3.port.iceberg"] == 0 and ports["-s3.port.lance"] == 0
+
+
+@pytest.mark.parametrize("s3_port", [0, 65535 - services.WEED_SPAN + 1, 65000])
+def test_an_s3_port_without_room_for_weed_is_refused(s3_port):
+    with pytest.raises(I2XError, match="S3 port .* out of range.*choose a port from 1024"):
+        services.weed_port_flags(s3_port)
+
+
+def test_a_service_that_dies_at_start_says_why_in_the_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    crash = [sys.executable, "-c", "import sys; print('starting'); print('F1126 bind: address already in use 127.0.0.1:9'); sys.exit(3)"]
+    svc = services.Service("s3", 9, crash, "http://127.0.0.1:9/", {})
+    with pytest.raises(I2XError) as err:
+        services.up(tmp_path, [svc], timeout=30)
+    assert "exited with 3" in str(err.value) and "address already in use 127.0.0.1:9" in str(err.value)
