@@ -3,8 +3,9 @@
 Structured explanations of image classifiers from their training history
 (method: shared/I2X_METHOD.md). The algorithm stages are plain functions on arrays;
 MLflow lives only in :mod:`i2x.tracking` and :mod:`i2x.workflow`. Every label the
-explanation states is checked against a within-class permutation null
-(:mod:`i2x.structure`) and by a causal deletion test (:mod:`i2x.faithfulness`).
+explanation is derived in :mod:`i2x.labels`, checked against a within-class permutation
+null (:mod:`i2x.nulls`) and by a causal deletion test (:mod:`i2x.faithfulness`), and
+assembled in :mod:`i2x.structure`.
 """
 
 from i2x.analysis import Analysis, analyse

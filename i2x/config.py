@@ -147,9 +147,11 @@ class ExplainConfig:
             a target of the paper recipe). 0.15, not the first version's 0.3: the min-weighted
             oscillation scores lower (default MNIST: largest u 0.21), and a candidate is
             stated only after the permutation null and the causal check.
-        oscillation_weight: ``min`` weights each sign flip of d by the smaller of its two
-            sides, so one onset after near-zero noise is not oscillation; ``later`` is the
-            first version (weight |d_t|), kept for comparison.
+        oscillation_weight: ``runs`` merges the intervals of one sign into runs and weights
+            each flip by the smaller of the two runs, so one onset after near-zero noise is not
+            oscillation and a swing spread over two intervals is; ``min`` weights each flip by
+            the smaller of its two intervals (the previous rule); ``later`` is the first
+            version (weight |d_t|). Both kept for comparison.
         null_permutations: replicates of the within-class permutation null that every
             shared, specialised and uncertain label must beat (0 turns the test off).
         null_alpha: Benjamini-Hochberg level at which a label beats the null.
@@ -186,7 +188,7 @@ class ExplainConfig:
     min_peak_confusions: int = 10
     top_drivers: int = 3
     uncertain_threshold: float = 0.15
-    oscillation_weight: Literal["min", "later"] = "min"
+    oscillation_weight: Literal["runs", "min", "later"] = "runs"
     null_permutations: int = 200
     null_alpha: float = 0.05
     concentration_share: float = 0.8

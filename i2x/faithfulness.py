@@ -35,8 +35,8 @@ from torch import nn
 from i2x.config import FaithfulnessConfig
 from i2x.data import to_float
 from i2x.errors import I2XError
+from i2x.nulls import benjamini_hochberg
 from i2x.perturbation import gaussian_blur
-from i2x.structure import benjamini_hochberg
 
 BASELINES = ("uniform", "foreground", "gradcam")
 

@@ -83,10 +83,19 @@ def train_run(args: argparse.Namespace) -> str:
     return run_id
 
 
+# What the checkpoints fix: an explain or tune run may not change these.
+_RUN_IDENTITY = ("model", "data.name", "data.image_size", "data.synthetic_per_class", "data.synthetic_confuser")
+
+
 def _stage_config(train_cfg: Config, args: argparse.Namespace) -> Config:
     """The training run's config, with the explain and tune sections (and the analysis
-    size) taken from ``--config`` when given, then ``--overrides`` and ``--data-dir``."""
+    size) taken from ``--config`` when given, then ``--seed``, ``--overrides`` and
+    ``--data-dir``. A flag or override that contradicts the checkpoints (another data set,
+    model or image size) is refused: the analysis would describe a model that was not run."""
     cfg = train_cfg
+    if args.dataset and args.dataset != train_cfg.data.name:
+        raise I2XError(f"--dataset {args.dataset} contradicts the checkpoints, which were trained on {train_cfg.data.name}; "
+                       "drop --dataset, or explain checkpoints of that data set")
     if args.config:
         chosen = load_config(args.config)
         cfg = dataclasses.replace(cfg, explain=chosen.explain, tune=chosen.tune,
@@ -94,8 +103,22 @@ def _stage_config(train_cfg: Config, args: argparse.Namespace) -> Config:
     extra = {}
     if args.data_dir:
         extra["data.root"] = args.data_dir
+    if args.seed is not None and args.seed >= 0:
+        extra["seed"] = str(args.seed)
     extra.update(parse_overrides(args.overrides))
-    return apply_overrides(cfg, extra)
+    cfg = apply_overrides(cfg, extra)
+    before, after = train_cfg.to_dict(), cfg.to_dict()
+
+    def at(d: dict, key: str):
+        for part in key.split("."):
+            d = d.get(part, {}) if isinstance(d, dict) else {}
+        return d
+
+    changed = [key for key in _RUN_IDENTITY if at(before, key) != at(after, key)]
+    if changed:
+        raise I2XError(f"--overrides change {', '.join(changed)}, which the checkpoints fix "
+                       f"({', '.join(f'{k}={at(before, k)}' for k in changed)}); drop those overrides, or train a new run with them")
+    return cfg
 
 
 def _checkpoint_files(args: argparse.Namespace, scratch: Path) -> tuple[list[Path], str | None]:

@@ -46,6 +46,33 @@ def test_target_layer_that_does_not_exist(tmp_path, smoke_run):
     assert_one_line_error(proc, "target layer 'net.block7' does not exist")
 
 
+@pytest.mark.parametrize("args, fragment", [
+    (["--dataset", "mnist"], "--dataset mnist contradicts the checkpoints, which were trained on synthetic"),
+    (["--overrides", "model.name=resnet18"], "--overrides change model, which the checkpoints fix"),
+    (["--overrides", "data.image_size=64"], "--overrides change data.image_size, which the checkpoints fix (data.image_size="),
+])
+def test_flags_that_contradict_the_checkpoints_are_refused(tmp_path, smoke_run, args, fragment):
+    """The analysis would otherwise describe a model that was never run (it used to tag the
+    run resnet18 and analyse the CNN)."""
+    _, _, result = smoke_run
+    assert_one_line_error(explain(tmp_path, "--checkpoints", str(result.folder), *args), fragment)
+
+
+def test_seed_and_overrides_reach_the_explain_config(smoke_run):
+    import argparse
+
+    from i2x.checkpoints import read_checkpoint
+    from i2x.config import config_from_dict
+    from i2x.workflow import _stage_config
+
+    _, _, result = smoke_run
+    trained = config_from_dict(read_checkpoint(list_checkpoints(result.folder)[-1])["config"])
+    args = argparse.Namespace(config="", dataset="synthetic", data_dir="", seed=5, overrides="explain.n_prototypes=6")
+    cfg = _stage_config(trained, args)
+    assert (cfg.seed, cfg.explain.n_prototypes) == (5, 6) and trained.seed != 5
+    assert cfg.model == trained.model and cfg.data.name == trained.data.name
+
+
 def test_no_source_given(tmp_path):
     assert_one_line_error(explain(tmp_path), "--run-id RUN_ID or --checkpoints FOLDER")
 

@@ -16,6 +16,8 @@ from i2x.errors import I2XError
 from i2x.explanation import TIMESTAMP_FIELDS, document_of, dumps, validate
 from i2x.report import named_prototypes, statements
 
+from .conftest import PLANTED
+
 
 def _explain(run):
     config, data, result = run
@@ -126,6 +128,47 @@ def test_the_planted_mark_is_named_verified_and_located(planted_run, planted):
     said = statements(doc)
     assert any(s.startswith(f"P{k} sits in the top-left") for s in said["locations"]), said["locations"]
     assert any("relies on" in s and f"P{k}" in s and "bar+mark" in s for s in said["classes"]), said["classes"]
+
+
+@pytest.fixture(scope="module")
+def confuser_run(tmp_path_factory):
+    """The planted set with a confuser in 30% of ``column`` and of ``diagonal`` images."""
+    from i2x.config import load_config
+    from i2x.data import load_data
+    from i2x.training import train
+
+    work = tmp_path_factory.mktemp("confuser")
+    config = load_config("smoke", {"work_dir": str(work), **PLANTED, "data.synthetic_confuser": 0.3})
+    data = load_data(config.data, config.seed)
+    return config, data, train(config, data, work / "ckpts", progress=False)
+
+
+def test_the_planted_confuser_is_uncertain_between_its_pair_and_verified(confuser_run):
+    """Ground truth: in 30% of the ``column`` and of the ``diagonal`` images the shape is
+    replaced by the same 4x4 square (see ``i2x.data.make_synthetic``), so the model cannot
+    tell those images apart and its pull through the square swings between the two classes.
+    The prototype that sits on the square must be flagged uncertain between exactly
+    {column, diagonal}, beat the permutation null, and be verified causally (occluding it
+    moves the pair margin more than matched random cells)."""
+    config, data, _ = confuser_run
+    analysis, doc = _explain(confuser_run)
+    _, _, boxes = make_synthetic(config.data.synthetic_per_class, seed=1, size=32, confuser=config.data.synthetic_confuser)
+    boxes = boxes[data.analysis_idx, 1].numpy()
+    a = analysis.protos.assignment
+    cell = 32 // a.shape[1]
+    planted = np.flatnonzero(boxes[:, 0] >= 0)
+    on = np.zeros_like(a, dtype=bool)
+    for i in planted:
+        y0, x0, y1, x1 = boxes[i]
+        on[i, max(0, y0 // cell - 1) : (y1 - 1) // cell + 2, max(0, x0 // cell - 1) : (x1 - 1) // cell + 2] = True
+    sits = [k for k in range(a.max() + 1) if (a[planted] == k).any() and on[planted][a[planted] == k].mean() >= 0.8]
+    assert sits, "no prototype sits on the confuser"
+    pair = {"column", "diagonal"}
+    rows = {row["prototype"]: row for row in doc["uncertain"] if set(row["pair"]) == pair}
+    found = [k for k in sits if k in rows and rows[k]["beats_null"] and rows[k]["verified"]]
+    assert found, f"the confuser's prototypes {sits} are not stated uncertain between {pair}: {doc['uncertain']}"
+    named = named_prototypes(doc)
+    assert any(r["role"] == "uncertain" and r["prototype"] in found for r in named["findings"]), named["findings"]
 
 
 @pytest.fixture(scope="module")

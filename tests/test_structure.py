@@ -2,15 +2,10 @@ import numpy as np
 import pytest
 
 from i2x.config import ExplainConfig
+from i2x.labels import background_prototypes, oscillation, uncertainty_scores
+from i2x.nulls import benjamini_hochberg
 from i2x.patterns import GroupFit, fit_group_betas
-from i2x.structure import (
-    background_prototypes,
-    benjamini_hochberg,
-    build_structure,
-    oscillation,
-    pair_progression,
-    uncertainty_scores,
-)
+from i2x.structure import build_structure, pair_progression
 
 
 def test_oscillation_by_hand():
@@ -31,6 +26,18 @@ def test_one_onset_is_not_oscillation():
     assert oscillation(d) < 0.1
     # the first version, kept as an option, weighted each flip by the later side
     assert oscillation(d, "later") == pytest.approx((0.068 + 0.032 + 0.945) / 1.198)
+
+
+def test_a_swing_spread_over_two_intervals_is_oscillation():
+    """The planted confuser's prototype (seed 0): its pull goes +0.066 toward one class, then
+    -0.009 and -0.047 toward the other. Merged into runs, the flip counts the smaller run,
+    0.056, over a total of 0.122. Flip by flip, the small middle step hides the swing: the
+    previous rule counts min(0.066, 0.009) = 0.009 only."""
+    d = np.array([0.066, -0.009, -0.047])
+    assert oscillation(d) == pytest.approx(0.056 / 0.122)
+    assert oscillation(d, "min") == pytest.approx(0.009 / 0.122)
+    # zeros belong to no run: the runs on either side are still adjacent
+    assert oscillation(np.array([1.0, 0.0, -1.0])) == pytest.approx(0.5)
 
 
 def test_uncertainty_score_uses_top_two_classes_and_share():
