@@ -86,6 +86,7 @@ class TrainConfig:
         checkpoint_every_epoch: also checkpoint at the end of every epoch.
         device: ``auto`` (cuda when available), ``cpu`` or ``cuda``.
         num_threads: torch intra-op threads; 0 keeps torch's default.
+        label_smoothing: cross-entropy label smoothing (airbench's recipe uses 0.2).
     """
 
     epochs: int = 3
@@ -101,6 +102,7 @@ class TrainConfig:
     eval_batch_size: int = 1000
     log_every: int = 20
     num_threads: int = 0
+    label_smoothing: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -495,6 +497,11 @@ def load_config(
         overrides: ``{"train.epochs": "2"}`` or the string form ``"train.epochs=2,seed=1"``.
             String values are parsed as YAML scalars/lists, then type-checked.
 
+    A config file may hold a ``devices:`` section with ``cpu:`` and ``cuda:`` sub-sections
+    (same shape as the file): the one for the device ``train.device`` resolves to is
+    applied after the file and before the overrides, so the same command sizes its work to
+    the machine and an override still wins.
+
     Returns:
         The frozen, resolved :class:`Config`.
     """
@@ -503,8 +510,27 @@ def load_config(
         tree = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise I2XError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    per_device = tree.pop(DEVICES_KEY, None) if isinstance(tree, dict) else None
     config = _apply(Config(), _flatten_yaml(tree, path), str(path))
+    if per_device:
+        if not isinstance(per_device, dict) or not set(per_device) <= {"cpu", "cuda"}:
+            raise I2XError(f"config file {path}: '{DEVICES_KEY}' must map cpu and/or cuda to sections, got {per_device!r}")
+        asked = apply_overrides(config, overrides) if overrides else config
+        kind = device_kind(asked.train.device)
+        config = _apply(config, _flatten_yaml(per_device.get(kind), path), f"{path} ({DEVICES_KEY}.{kind})")
     return apply_overrides(config, overrides) if overrides else config
+
+
+DEVICES_KEY = "devices"  # a config file's per-device sections, applied before the overrides
+
+
+def device_kind(name: str) -> str:
+    """``cpu`` or ``cuda``: what ``train.device`` resolves to on this machine."""
+    if name == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if name == "cuda" else "cpu"
 
 
 def apply_overrides(config: Config, overrides: dict[str, Any] | str) -> Config:

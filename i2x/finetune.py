@@ -129,7 +129,7 @@ def finetune(
                 xb = augment(xb, batch_gen)
             for group in optimizer.param_groups:  # cosine over the whole fine-tuning
                 group["lr"] = plan.lr * 0.5 * (1 + math.cos(math.pi * step / max(1, total_steps)))
-            train_step(model, optimizer, xb.to(device), data.train_y[idx].to(device))
+            train_step(model, optimizer, xb.to(device), data.train_y[idx].to(device), config.train.label_smoothing)
             step += 1
         acc = evaluate(model, val_x, val_y, config.train.eval_batch_size, device)["accuracy"]
         model.train()

@@ -10,6 +10,7 @@ reloads weights and optimizer state and replays exactly the same batches from
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -37,7 +38,7 @@ from i2x.checkpoints import (
 from i2x.config import Config
 from i2x.data import DataBundle, augment, iterate, to_float
 from i2x.errors import I2XError
-from i2x.models import Classifier, build_model, load_weights
+from i2x.models import Classifier, build_model, load_weights, resolve_auto
 
 MetricsFn = Callable[[int, dict[str, float]], None]
 CheckpointFn = Callable[[Path, CheckpointInfo], None]
@@ -62,6 +63,12 @@ def resolve_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda"):
         raise I2XError(f"train.device must be auto, cpu or cuda, got '{name}'")
     return torch.device(name)
+
+
+def resolve_model(config: Config) -> Config:
+    """``model.name=auto`` resolved for ``train.device`` (see :data:`i2x.models.AUTO_MODELS`)."""
+    model = resolve_auto(config.model, resolve_device(config.train.device))
+    return config if model == config.model else dataclasses.replace(config, model=model)
 
 
 def fingerprint(config: Config) -> str:
@@ -118,10 +125,11 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return {"accuracy": correct / max(n, 1), "loss": loss / max(n, 1)}
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, xb: torch.Tensor, yb: torch.Tensor) -> tuple[float, int]:
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, xb: torch.Tensor, yb: torch.Tensor,
+               label_smoothing: float = 0.0) -> tuple[float, int]:
     """One SGD step on a batch; returns the batch loss and the number of correct predictions."""
     logits = model(xb)
-    loss = nn.functional.cross_entropy(logits, yb)
+    loss = nn.functional.cross_entropy(logits, yb, label_smoothing=label_smoothing)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -175,6 +183,7 @@ def train(
     Returns:
         A :class:`TrainResult` with the final model and the checkpoint index.
     """
+    config = resolve_model(config)
     folder = folder or run_folder(config)
     device = resolve_device(config.train.device)
     if config.train.num_threads:
@@ -202,6 +211,8 @@ def train(
             index = [CheckpointInfo(**row) for row in json.loads(index_path.read_text()) if row["step"] <= start]
 
     fit_x, fit_y = data.train_x[data.fit_idx], data.train_y[data.fit_idx]
+    if not existing and hasattr(model.net, "init_whitening"):  # set from the data once; the checkpoints carry it
+        model.net.init_whitening(model.normalize(to_float(fit_x[:5000]).to(device)))
     val_x, val_y = data.train_x[data.val_idx], data.train_y[data.val_idx]
     window_loss, window_correct, window_n = 0.0, 0, 0
     bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
@@ -218,7 +229,7 @@ def train(
         xb, yb = xb.to(device), fit_y[idx].to(device)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, total, config)
-        loss, correct = train_step(model, optimizer, xb, yb)
+        loss, correct = train_step(model, optimizer, xb, yb, config.train.label_smoothing)
 
         done = step + 1
         window_loss += loss * len(yb)

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +34,13 @@ def train_run(args: argparse.Namespace) -> str:
     from i2x.checkpoints import list_checkpoints
     from i2x.cli import resolve
     from i2x.data import load_data
-    from i2x.training import run_folder, train
+    from i2x.training import resolve_device, resolve_model, run_folder, train
     from i2x.viz import plot_training
 
-    config = resolve(args)
+    asked = resolve(args)
+    config = resolve_model(asked)
+    if asked.model.name == "auto":
+        print(f"i2x: model.name=auto on {resolve_device(config.train.device).type}: {config.model.name} (width {config.model.width})", flush=True)
     data = load_data(config.data, config.seed)
     folder = run_folder(config)
     folder.mkdir(parents=True, exist_ok=True)
@@ -315,11 +319,25 @@ def run_main(args: argparse.Namespace) -> None:
         tracking.set_tags({f"i2x.{entry_point}_run": run_id})
         return run_id
 
+    from i2x.cli import resolve
+    from i2x.data import load_data
+    from i2x.plan import estimate
+    from i2x.training import resolve_device, resolve_model
+
+    config = resolve_model(resolve(args))
+    plan = estimate(config, load_data(config.data, config.seed), resolve_device(config.train.device))
+    print("\n".join(plan.lines()), flush=True)
     with tracking.open_run("i2x-main", {tracking.TAG_STAGE: "main"}):
-        train_id = stage("train", {})
-        explain_id = stage("explain", {"run_id": train_id})
-        tune_id = stage("tune", {"run_id": explain_id})
-        print(f"i2x main: train run {train_id}, explain run {explain_id}, tune run {tune_id}")
+        tracking.log_metrics({f"plan_{name}_s": round(s, 1) for name, s in plan.stages.items()}, step=0)
+        ids, took = {}, {}
+        for name, extra in (("train", {}), ("explain", {"run_id": "train"}), ("tune", {"run_id": "explain"})):
+            start = time.perf_counter()
+            ids[name] = stage(name, {k: ids[v] for k, v in extra.items()})
+            took[name] = time.perf_counter() - start
+            tracking.log_metrics({f"stage_{name}_s": round(took[name], 1)}, step=0)
+        print(f"i2x main: train run {ids['train']}, explain run {ids['explain']}, tune run {ids['tune']}")
+        print("stage times (estimate at start -> real): " + ", ".join(
+            f"{name} {plan.stages[name] / 60:.1f} -> {took[name] / 60:.1f} min" for name in took), flush=True)
 
 
 def _tune_context(explain_run_id: str, args: argparse.Namespace, scratch: Path, config_dict: dict | None = None):  # noqa: ANN202

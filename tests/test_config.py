@@ -18,7 +18,7 @@ def test_named_configs_load_and_differ():
     mnist, cifar = load_config("mnist"), load_config("cifar10")
     assert mnist.data.name == "mnist" and mnist.explain.n_prototypes == 32  # paper: K=32 on MNIST
     assert cifar.data.name == "cifar10" and cifar.explain.n_prototypes == 128  # paper: K=128 on CIFAR-10
-    assert cifar.model.name == "resnet18"
+    assert cifar.model.name == "auto"  # fastnet, sized by device (see test_models)
 
 
 def test_typed_overrides_apply():
@@ -86,3 +86,19 @@ def test_a_retired_key_is_ignored_in_old_checkpoints_and_refused_elsewhere():
     assert config_from_dict(old) == Config()
     with pytest.raises(I2XError, match="unknown config key 'explain.r2_holdout'"):
         apply_overrides(Config(), {"explain.r2_holdout": "0.2"})
+
+
+def test_a_config_file_sizes_itself_to_the_device_and_overrides_still_win(tmp_path):
+    path = tmp_path / "sized.yaml"
+    path.write_text("tune:\n  seeds: 5\n  n_trials: 20\ndevices:\n  cpu:\n    tune:\n      seeds: 3\n  cuda:\n    tune:\n      n_trials: 40\n")
+    on_cpu = load_config(str(path), "train.device=cpu")
+    assert (on_cpu.tune.seeds, on_cpu.tune.n_trials) == (3, 20)
+    on_gpu = load_config(str(path), "train.device=cuda")  # resolving the config needs no GPU
+    assert (on_gpu.tune.seeds, on_gpu.tune.n_trials) == (5, 40)
+    assert load_config(str(path), "train.device=cpu,tune.seeds=4").tune.seeds == 4
+    path.write_text("devices:\n  tpu:\n    tune:\n      seeds: 3\n")
+    with pytest.raises(I2XError, match="'devices' must map cpu and/or cuda to sections"):
+        load_config(str(path))
+    path.write_text("devices:\n  cpu:\n    tune:\n      seedz: 3\n")
+    with pytest.raises(I2XError, match=r"unknown config key 'tune.seedz' in .*\(devices.cpu\)"):
+        load_config(str(path), "train.device=cpu")

@@ -101,6 +101,12 @@ def test_mlflow_run_main_smoke_trains_explains_and_tunes(tmp_path):
     assert all(r.info.status in ("FINISHED", "KILLED") for r in runs)  # KILLED = a pruned trial
     main, train, expl = by_stage["main"], by_stage["train"], by_stage["explain"]
     assert train.data.tags["mlflow.parentRunId"] == main.info.run_id == expl.data.tags["mlflow.parentRunId"]
+    # the plan before the work (timed warm-up), then the real stage times beside it
+    out = proc.stdout + proc.stderr
+    assert "plan: cpu, cnn (width 8), 540 training images, 300 analysed" in out, out[-3000:]
+    assert "stage times (estimate at start -> real): train " in out
+    for name in ("train", "explain", "tune"):
+        assert main.data.metrics[f"plan_{name}_s"] > 0 and main.data.metrics[f"stage_{name}_s"] > 0
     assert expl.data.tags["i2x.train_run_id"] == train.info.run_id
 
     def listing(run, path):

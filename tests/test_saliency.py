@@ -80,6 +80,17 @@ def test_parity_with_pytorch_grad_cam_on_resnet18():
     assert np.abs(ours - _reference(model, model.target_layer, x, t)).max() <= 1e-5
 
 
+def test_parity_with_pytorch_grad_cam_on_fastnet():
+    """The fast CIFAR net's target layer (a GELU after BatchNorm, channels-last inside)."""
+    torch.manual_seed(4)
+    model = build_model(ModelConfig(name="fastnet", width=8), 3, 10)
+    model.net.init_whitening(torch.rand(64, 3, 32, 32))
+    model.eval()
+    x, t = torch.rand(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    ours = upsample(grad_cam(model, model.target_layer, x, t).maps, (32, 32)).numpy()
+    assert np.abs(ours - _reference(model, model.target_layer, x, t)).max() <= 1e-5
+
+
 def test_inplace_relu_after_target_conv_matches_out_of_place():
     torch.manual_seed(0)
     inplace = InplaceNet(inplace=True).eval()

@@ -1,0 +1,85 @@
+"""Benchmark: CIFAR-10 training with ``configs/cifar10.yaml`` on this machine; test accuracy
+against wall time per epoch, and the ResNet-18 estimate beside it.
+
+Goal (issue 14): >= 90% CIFAR-10 test accuracy in <= 25 minutes of training on a 2-core
+CPU, nothing else running. No MLflow: this times the training stage alone. Wall times are
+the training loop's own (checkpoint writes included); each epoch's checkpoint is scored on
+the test set after training, outside the timed part.
+
+    python bench/cifar_fast.py                       # the config as shipped (model.name=auto)
+    python bench/cifar_fast.py --overrides train.epochs=8,model.name=fastnet,model.width=32
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from i2x.checkpoints import model_from_checkpoint, read_checkpoint, steps_per_epoch
+from i2x.config import load_config
+from i2x.data import load_data, to_float
+from i2x.models import build_model
+from i2x.training import evaluate, make_optimizer, resolve_device, resolve_model, train, train_step
+
+
+def step_seconds(config, data, device: torch.device, name: str, steps: int = 3) -> float:
+    """Seconds per training step of model ``name`` at ``train.batch_size`` (after one warm-up step)."""
+    from dataclasses import replace
+
+    cfg = replace(config, model=replace(config.model, name=name))
+    model = build_model(cfg.model, data.channels, data.num_classes, data.mean, data.std).to(device)
+    opt = make_optimizer(model, cfg)
+    xb = to_float(data.train_x[: cfg.train.batch_size]).to(device)
+    yb = data.train_y[: cfg.train.batch_size].to(device)
+    model.train()
+    train_step(model, opt, xb, yb)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        train_step(model, opt, xb, yb)
+    return (time.perf_counter() - t0) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="cifar10")
+    parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+    parser.add_argument("--overrides", default="")
+    parser.add_argument("--skip-resnet", action="store_true", help="do not time ResNet-18 steps")
+    args = parser.parse_args()
+    overrides = f"data.root={args.data_dir}" + (f",{args.overrides}" if args.overrides else "")
+    config = resolve_model(load_config(args.config, overrides))
+    device = resolve_device(config.train.device)
+    data = load_data(config.data, config.seed)
+    spe = steps_per_epoch(len(data.fit_idx), config.train.batch_size)
+    print(f"{config.data.name}: {len(data.fit_idx)} training images, {config.model.name} width {config.model.width}, "
+          f"{config.train.epochs} epochs x {spe} steps of {config.train.batch_size}, device {device.type}, "
+          f"{torch.get_num_threads()} threads", flush=True)
+    stamps: dict[int, float] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        t0 = time.perf_counter()
+        result = train(config, data, Path(folder), progress=False,
+                       on_checkpoint=lambda path, info: stamps.__setitem__(info.step, time.perf_counter() - t0))
+        wall = time.perf_counter() - t0
+        print("| epoch | wall (s) | val acc | test acc |\n|---|---|---|---|")
+        for info in result.checkpoints:
+            if info.step % spe:
+                continue
+            model = model_from_checkpoint(read_checkpoint(Path(folder) / info.file), info.file).to(device)
+            test = evaluate(model, data.test_x, data.test_y, config.train.eval_batch_size, device)["accuracy"]
+            print(f"| {info.epoch:.0f} | {stamps[info.step]:.0f} | {info.metrics['val_accuracy']:.4f} | {test:.4f} |", flush=True)
+    final = evaluate(result.model, data.test_x, data.test_y, config.train.eval_batch_size, device)["accuracy"]
+    print(f"trained in {wall:.0f} s ({wall / 60:.1f} min), test accuracy {final:.4f}; goal >= 0.90 in <= 25 min: "
+          f"{'met' if final >= 0.90 and wall <= 1500 else 'NOT met'}")
+    if not args.skip_resnet:
+        per_step = step_seconds(config, data, device, "resnet18")
+        fast = step_seconds(config, data, device, config.model.name)
+        print(f"ResNet-18 at batch {config.train.batch_size}: {per_step:.2f} s/step -> {per_step * spe / 60:.1f} min/epoch "
+              f"(estimate; {config.model.name}: {fast:.2f} s/step, {per_step / fast:.1f}x faster)")
+
+
+if __name__ == "__main__":
+    main()
