@@ -50,9 +50,12 @@ def _bin(name: str) -> str:
     return str(local) if local.exists() else (shutil.which(name) or name)
 
 
-def mlflow_server_args(backend_uri: str, artifacts_destination: str, host: str, port: int) -> list[str]:
-    """``mlflow server`` in proxied-artifact mode: clients need only the tracking URI."""
-    return ["server", "--backend-store-uri", backend_uri, "--artifacts-destination", artifacts_destination,
+def mlflow_server_args(backend_uri: str | None, artifacts_destination: str, host: str, port: int) -> list[str]:
+    """``mlflow server`` in proxied-artifact mode: clients need only the tracking URI.
+    ``backend_uri=None`` leaves the backend to ``$MLFLOW_BACKEND_STORE_URI``, so that a URL
+    with a password never sits on a command line."""
+    backend = ["--backend-store-uri", backend_uri] if backend_uri is not None else []
+    return ["server", *backend, "--artifacts-destination", artifacts_destination,
             "--serve-artifacts", "--host", host, "--port", str(port), "--workers", "2"]
 
 
@@ -213,9 +216,11 @@ def compose_spec() -> dict[str, Any]:
     PostgreSQL, the MLflow server (PostgreSQL backend, proxied MinIO artifacts),
     optuna-dashboard (PostgreSQL storage) and a scalable ``worker``. Credentials come
     from ``.env`` (see ``docker/.env.example``)."""
-    pg = "postgresql://${POSTGRES_USER}:${POSTGRES_PASSWORD}@postgres:5432"
-    s3_env = {"MLFLOW_S3_ENDPOINT_URL": "http://minio:9000", "AWS_ACCESS_KEY_ID": "${MINIO_ROOT_USER}",
-              "AWS_SECRET_ACCESS_KEY": "${MINIO_ROOT_PASSWORD}", "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+    pg = "postgresql://${POSTGRES_USER:?set POSTGRES_USER in docker/.env}:${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD in docker/.env}@postgres:5432"
+    bind = "${I2X_BIND:-127.0.0.1}"  # published on the host's loopback unless I2X_BIND says otherwise
+    storage_env = {"I2X_OPTUNA_STORAGE": f"{pg}/{POSTGRES_DB}"}  # passwords in the environment, never in argv
+    s3_env = {"MLFLOW_S3_ENDPOINT_URL": "http://minio:9000", "AWS_ACCESS_KEY_ID": "${MINIO_ROOT_USER:?set MINIO_ROOT_USER in docker/.env}",
+              "AWS_SECRET_ACCESS_KEY": "${MINIO_ROOT_PASSWORD:?set MINIO_ROOT_PASSWORD in docker/.env}", "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
               "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required"}
     healthy = {"condition": "service_healthy"}
     return {
@@ -224,8 +229,9 @@ def compose_spec() -> dict[str, Any]:
             "minio": {
                 "image": "minio/minio:RELEASE.2025-04-22T22-12-26Z",
                 "command": ["server", "/data", "--console-address", ":9001"],
-                "environment": {"MINIO_ROOT_USER": "${MINIO_ROOT_USER}", "MINIO_ROOT_PASSWORD": "${MINIO_ROOT_PASSWORD}"},
-                "ports": [f"{S3_PORT}:9000", "9001:9001"],
+                "environment": {"MINIO_ROOT_USER": "${MINIO_ROOT_USER:?set MINIO_ROOT_USER in docker/.env}",
+                                "MINIO_ROOT_PASSWORD": "${MINIO_ROOT_PASSWORD:?set MINIO_ROOT_PASSWORD in docker/.env}"},
+                "ports": [f"{bind}:{S3_PORT}:9000", f"{bind}:9001:9001"],
                 "volumes": ["minio-data:/data"],
                 "healthcheck": {"test": ["CMD", "mc", "ready", "local"], "interval": "5s", "timeout": "5s", "retries": 10},
             },
@@ -234,34 +240,38 @@ def compose_spec() -> dict[str, Any]:
                 "depends_on": {"minio": healthy},
                 "entrypoint": ["/bin/sh", "-c", "mc alias set store http://minio:9000 \"$$MINIO_ROOT_USER\" \"$$MINIO_ROOT_PASSWORD\" "
                                f"&& mc mb --ignore-existing store/{BUCKET}"],
-                "environment": {"MINIO_ROOT_USER": "${MINIO_ROOT_USER}", "MINIO_ROOT_PASSWORD": "${MINIO_ROOT_PASSWORD}"},
+                "environment": {"MINIO_ROOT_USER": "${MINIO_ROOT_USER:?set MINIO_ROOT_USER in docker/.env}",
+                                "MINIO_ROOT_PASSWORD": "${MINIO_ROOT_PASSWORD:?set MINIO_ROOT_PASSWORD in docker/.env}"},
                 "restart": "no",
             },
             "postgres": {
                 "image": "postgres:16",
-                "environment": {"POSTGRES_USER": "${POSTGRES_USER}", "POSTGRES_PASSWORD": "${POSTGRES_PASSWORD}", "POSTGRES_DB": POSTGRES_DB},
+                "environment": {"POSTGRES_USER": "${POSTGRES_USER:?set POSTGRES_USER in docker/.env}",
+                                "POSTGRES_PASSWORD": "${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD in docker/.env}", "POSTGRES_DB": POSTGRES_DB},
                 "volumes": ["postgres-data:/var/lib/postgresql/data"],
                 "healthcheck": {"test": ["CMD-SHELL", "pg_isready -U $${POSTGRES_USER}"], "interval": "5s", "timeout": "5s", "retries": 10},
             },
             "mlflow": {
                 "build": {"context": "..", "dockerfile": "docker/Dockerfile"},
-                "command": ["mlflow", *mlflow_server_args(f"{pg}/{POSTGRES_DB}", f"s3://{BUCKET}/{MLFLOW_PREFIX}", "0.0.0.0", MLFLOW_PORT)],
-                "environment": s3_env,
-                "ports": [f"{MLFLOW_PORT}:{MLFLOW_PORT}"],
+                "command": ["mlflow", *mlflow_server_args(None, f"s3://{BUCKET}/{MLFLOW_PREFIX}", "0.0.0.0", MLFLOW_PORT)],
+                "environment": {**s3_env, "MLFLOW_BACKEND_STORE_URI": f"{pg}/{POSTGRES_DB}"},
+                "ports": [f"{bind}:{MLFLOW_PORT}:{MLFLOW_PORT}"],
                 "depends_on": {"postgres": healthy, "create-bucket": {"condition": "service_completed_successfully"}},
                 "healthcheck": {"test": ["CMD", "python", "-c", f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{MLFLOW_PORT}/health')"],
                                 "interval": "10s", "timeout": "5s", "retries": 12},
             },
             "dashboard": {
                 "build": {"context": "..", "dockerfile": "docker/Dockerfile"},
-                "command": ["optuna-dashboard", *dashboard_args(f"{pg}/{POSTGRES_DB}", "0.0.0.0", DASHBOARD_PORT)],
-                "ports": [f"{DASHBOARD_PORT}:{DASHBOARD_PORT}"],
+                "command": ["python", "-c", "import os, optuna_dashboard; optuna_dashboard.run_server("
+                            f"os.environ['I2X_OPTUNA_STORAGE'], host='0.0.0.0', port={DASHBOARD_PORT})"],
+                "environment": storage_env,
+                "ports": [f"{bind}:{DASHBOARD_PORT}:{DASHBOARD_PORT}"],
                 "depends_on": {"postgres": healthy},
             },
             "worker": {
                 "build": {"context": "..", "dockerfile": "docker/Dockerfile"},
-                "command": ["i2x", "tune", "--worker", "--study", "${I2X_STUDY}", "--storage", f"{pg}/{POSTGRES_DB}"],
-                "environment": {"MLFLOW_TRACKING_URI": f"http://mlflow:{MLFLOW_PORT}", "I2X_DATA_DIR": "/data"},
+                "command": ["i2x", "tune", "--worker", "--study", "${I2X_STUDY:?set I2X_STUDY in docker/.env}"],
+                "environment": {"MLFLOW_TRACKING_URI": f"http://mlflow:{MLFLOW_PORT}", "I2X_DATA_DIR": "/data", **storage_env},
                 "volumes": ["${I2X_DATA_HOST_DIR:-./data}:/data:ro"],
                 "depends_on": {"mlflow": healthy},
                 "deploy": {"replicas": 2},

@@ -243,17 +243,25 @@ def test_compose_file_matches_the_native_stack(tmp_path, monkeypatch):
     mlflow_cmd = svc["mlflow"]["command"]
     assert mlflow_cmd[mlflow_cmd.index("--artifacts-destination") + 1] == native["mlflow"].command[native["mlflow"].command.index("--artifacts-destination") + 1]
     assert "--serve-artifacts" in mlflow_cmd and "--serve-artifacts" in native["mlflow"].command
-    assert svc["mlflow"]["ports"] == [f"{native['mlflow'].port}:{native['mlflow'].port}"]
-    assert svc["dashboard"]["ports"] == [f"{native['dashboard'].port}:{native['dashboard'].port}"]
-    assert svc["minio"]["ports"][0] == f"{native['s3'].port}:9000"
-    assert mlflow_cmd[mlflow_cmd.index("--backend-store-uri") + 1].startswith("postgresql://")
+    loopback = "${I2X_BIND:-127.0.0.1}"  # published on the host's loopback unless I2X_BIND is set
+    assert svc["mlflow"]["ports"] == [f"{loopback}:{native['mlflow'].port}:{native['mlflow'].port}"]
+    assert svc["dashboard"]["ports"] == [f"{loopback}:{native['dashboard'].port}:{native['dashboard'].port}"]
+    assert svc["minio"]["ports"][0] == f"{loopback}:{native['s3'].port}:9000"
+    # nothing is published on every interface by default: each published port names the bind address
+    published = [port for service in svc.values() for port in service.get("ports", [])]
+    assert published and all(port.startswith(loopback + ":") for port in published)
+    # the PostgreSQL password reaches the servers through the environment, never their argv
+    assert svc["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql://")
+    for name, service in svc.items():
+        assert "POSTGRES_PASSWORD" not in json.dumps(service.get("command", "")), name
+        assert "POSTGRES_PASSWORD" not in json.dumps(service.get("entrypoint", "")), name
     assert svc["worker"]["command"][:3] == ["i2x", "tune", "--worker"] and svc["worker"]["deploy"]["replicas"] >= 2
     assert set(spec["volumes"]) == {"minio-data", "postgres-data"}
     assert all("healthcheck" in svc[name] for name in ("minio", "postgres", "mlflow"))
     # credentials only through ${...} from .env, never literal
     env_example = (ROOT / "docker" / ".env.example").read_text()
     for name in ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "POSTGRES_USER", "POSTGRES_PASSWORD"):
-        assert f"{name}=" in env_example and "${" + name + "}" in committed
+        assert f"{name}=" in env_example and "${" + name + ":?set " + name + " in docker/.env}" in committed
     assert os.path.exists(ROOT / "docker" / "Dockerfile")
 
 
