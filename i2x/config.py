@@ -378,6 +378,9 @@ def _section_types() -> dict[str, type]:
     return {name: hints[name] for name in SECTIONS}
 
 
+_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
     """Check and convert ``value`` to ``annotation``; one-line error naming ``key``."""
     origin = typing.get_origin(annotation)
@@ -398,6 +401,8 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             return int(value)
     elif annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):  # YAML 1.1 reads 1e-3 (no dot) as a string
             return float(value)
     elif annotation is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):

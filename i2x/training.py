@@ -65,6 +65,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _diverged(step: int, what: str, config: Config, index: list[CheckpointInfo]) -> None:
+    kept = f"checkpoints up to step {index[-1].step} are kept" if index else "no checkpoint was written"
+    raise I2XError(f"training diverged at step {step}: {what}; lower train.lr (now {config.train.lr:g}); {kept}")
+
+
 def resolve_model(config: Config) -> Config:
     """``model.name=auto`` resolved for ``train.device`` (see :data:`i2x.models.AUTO_MODELS`)."""
     model = resolve_auto(config.model, resolve_device(config.train.device))
@@ -230,6 +235,8 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, total, config)
         loss, correct = train_step(model, optimizer, xb, yb, config.train.label_smoothing)
+        if not math.isfinite(loss):
+            _diverged(step + 1, f"the loss is {loss}", config, index)
 
         done = step + 1
         window_loss += loss * len(yb)
@@ -246,6 +253,8 @@ def train(
             val = evaluate(model, val_x, val_y, config.train.eval_batch_size, device)
             metrics = {"val_accuracy": val["accuracy"], "val_loss": val["loss"]}
             model.train()
+            if not all(bool(torch.isfinite(w).all()) for w in model.state_dict().values() if w.is_floating_point()):
+                _diverged(done, "the weights are not finite", config, index)  # never published as a checkpoint
             path = folder / checkpoint_name(done)
             save_checkpoint(path, checkpoint_payload(model, optimizer, done, spe, metrics, config, data))
             info = CheckpointInfo(step=done, epoch=epoch_of(done, spe), metrics=metrics, file=path.name)

@@ -52,6 +52,17 @@ def test_training_is_deterministic(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_diverging_run_stops_with_one_line_and_publishes_no_nan_checkpoint(tmp_path):
+    """train.lr=1e6 used to finish FINISHED with loss NaN and NaN checkpoints."""
+    config = load_config("smoke", {"train.epochs": "1", "train.lr": "1e6"})
+    data = load_data(config.data, config.seed)
+    with pytest.raises(I2XError, match=r"training diverged at step 4: the weights are not finite; lower train.lr \(now 1e\+06\); checkpoints up to step 2 are kept"):
+        train(config, data, tmp_path / "run", progress=False)
+    for path in list_checkpoints(tmp_path / "run"):
+        weights = read_checkpoint(path)["model"]
+        assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point()), path.name
+
+
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     bad = tmp_path / "ckpt-00000001.pt"
     bad.write_bytes(b"not a checkpoint")
