@@ -25,6 +25,7 @@ import torch
 from i2x import tracking
 from i2x.config import Config, apply_overrides, config_from_dict, load_config, parse_overrides
 from i2x.errors import I2XError
+from i2x.training import resolve_model
 
 GALLERY_PAGE = 32  # prototypes per gallery page: 128 tiles in one figure are unreadable
 
@@ -110,7 +111,7 @@ def _stage_config(train_cfg: Config, args: argparse.Namespace) -> Config:
     if args.seed is not None and args.seed >= 0:
         extra["seed"] = str(args.seed)
     extra.update(parse_overrides(args.overrides))
-    cfg = apply_overrides(cfg, extra)
+    cfg = resolve_model(apply_overrides(cfg, extra))  # model.name=auto passed to every stage means what train chose
     before, after = train_cfg.to_dict(), cfg.to_dict()
 
     def at(d: dict, key: str):

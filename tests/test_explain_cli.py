@@ -140,3 +140,21 @@ def test_mlflow_run_main_smoke_trains_explains_and_tunes(tmp_path):
 
     npz = np.load(mlflow.artifacts.download_artifacts(run_id=expl.info.run_id, artifact_path="saliency/maps.npz", dst_path=str(tmp_path / "dl2")))
     assert npz["maps"].dtype == np.float16 and npz["maps"].shape[0] == len(steps)
+
+
+def test_model_auto_passed_to_every_stage_means_what_train_chose():
+    """`mlflow run` hands the same overrides to train, explain and tune; train resolved auto
+    to fastnet width 32 here (no GPU), so explain must accept it, and refuse it for a CNN."""
+    import argparse
+
+    import pytest
+
+    from i2x.config import load_config
+    from i2x.errors import I2XError
+    from i2x.workflow import _stage_config
+
+    args = argparse.Namespace(config="", dataset="", data_dir="", seed=-1, overrides="model.name=auto")
+    trained = load_config("smoke", "model.name=fastnet,model.width=32")
+    assert _stage_config(trained, args).model == trained.model
+    with pytest.raises(I2XError, match="--overrides change model, which the checkpoints fix"):
+        _stage_config(load_config("smoke"), args)
