@@ -62,6 +62,20 @@ def named_prototypes(doc: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+def progression_claims(doc: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None, list[dict[str, Any]]]:
+    """The pairs the report names: the last separated, the first separated (None when
+    no pair qualifies, or the same pair), and up to three never separated. Only pairs with
+    at least ``explain.min_peak_confusions`` confusions at some checkpoint qualify."""
+    min_peak = int(doc["config"].get("explain", {}).get("min_peak_confusions", 10))
+    separated = [p for p in doc["progression"] if p["separated_at"] is not None and max(p["confusions"]) >= min_peak]
+    never = [p for p in doc["progression"] if p["separated_at"] is None and max(p["confusions"]) >= min_peak]
+    if not separated:
+        return None, None, sorted(never, key=lambda p: -p["confusions"][-1])[:3]
+    last = max(separated, key=lambda p: (p["separated_at"], max(p["confusions"])))
+    first = min(separated, key=lambda p: (p["separated_at"], -max(p["confusions"])))
+    return last, (first if first is not last else None), sorted(never, key=lambda p: -p["confusions"][-1])[:3]
+
+
 def statements(doc: dict[str, Any]) -> dict[str, list[str]]:
     """Plain-language findings, generated from the explanation, by report section. Only
     prototypes that passed the causal check are stated as findings; each sentence names
@@ -116,11 +130,8 @@ def statements(doc: dict[str, Any]) -> dict[str, list[str]]:
 
     steps = [c["step"] for c in doc["checkpoints"]]
     min_peak = int(cfg.get("min_peak_confusions", 10))
-    separated = [p for p in doc["progression"] if p["separated_at"] is not None and max(p["confusions"]) >= min_peak]
-    never = [p for p in doc["progression"] if p["separated_at"] is None and max(p["confusions"]) >= min_peak]
-    if separated:
-        last = max(separated, key=lambda p: (p["separated_at"], max(p["confusions"])))
-        first = min(separated, key=lambda p: (p["separated_at"], -max(p["confusions"])))
+    last, first, never = progression_claims(doc)
+    if last is not None:
         out["progression"].append(f"{last['pair'][0]} and {last['pair'][1]} were the last pair separated, at checkpoint "
                                   f"{last['separated_at']} (step {steps[last['separated_at']]}), after up to "
                                   f"{_plural(max(last['confusions']), 'confusion')} (figure: progression.png).")
@@ -130,7 +141,7 @@ def statements(doc: dict[str, Any]) -> dict[str, list[str]]:
     else:
         out["progression"].append(f"No class pair reached {min_peak} confusions at any checkpoint, so no separation order is claimed "
                                   f"(figure: progression.png).")
-    for p in sorted(never, key=lambda p: -p["confusions"][-1])[:3]:
+    for p in never:
         out["progression"].append(f"{p['pair'][0]} and {p['pair'][1]} are never fully separated: still "
                                   f"{_plural(p['confusions'][-1], 'confusion')} at the last checkpoint (figure: progression.png).")
     rho = doc.get("distinct_vs_separation_spearman")
@@ -236,12 +247,14 @@ def explain_report(doc: dict[str, Any], arrays: dict[str, np.ndarray], out: Path
     samples = [int(rng.choice(np.flatnonzero(labels == c))) for c in range(len(classes)) if (labels == c).any()][:10]
     named = named_prototypes(doc)
     verified_ids = sorted({r["prototype"] for r in named["findings"] + named["model_only"]})[:12]
+    last, first, never = progression_claims(doc)
     figs = {
         "classes": viz.plot_class_prototypes(images, doc, out / "class_prototypes.png"),
         "faithfulness": viz.plot_faithfulness((doc.get("faithfulness") or {}).get("deletion", []), out / "faithfulness.png"),
         "locations": viz.plot_locations(images, arrays["assignment"], labels, doc, verified_ids, out / "locations.png"),
         "saliency": viz.plot_saliency_over_training(images, maps, samples, labels, classes, steps, out / "saliency_over_training.png"),
-        "progression": viz.plot_progression(doc["progression"], steps, out / "progression.png"),
+        "progression": viz.plot_progression(doc["progression"], steps, out / "progression.png",
+                                            named=[p["pair"] for p in (last, first, *never) if p]),
         "uncertain": viz.plot_uncertain(images, doc, steps, out / "uncertain.png"),
     }
     mass = np.abs(arrays["interval_beta"]).sum(axis=(0, 2))

@@ -279,9 +279,21 @@ def plot_beta_heatmaps(interval_beta: np.ndarray, prototype_ids: Sequence[int], 
     return _save(fig, path)
 
 
-def plot_progression(progression: Sequence[dict[str, Any]], steps: Sequence[int], path: Path, top: int = 8) -> Path:
-    """Confusion count per checkpoint of the most confused pairs, separation checkpoint marked."""
-    chosen = sorted(progression, key=lambda p: -max(p["confusions"]))[:top]
+def progression_pairs(progression: Sequence[dict[str, Any]], named: Sequence[Sequence[str]], top: int) -> list[dict[str, Any]]:
+    """The pairs to draw: every pair in ``named`` (what the text claims), then the pairs with
+    the most confusions after checkpoint 0, up to ``top`` in all."""
+    wanted = [list(pair) for pair in named]
+    chosen = [p for p in progression if list(p["pair"]) in wanted]
+    rest = sorted((p for p in progression if p not in chosen), key=lambda p: -max(p["confusions"][1:] or p["confusions"]))
+    return chosen + rest[: max(0, top - len(chosen))]
+
+
+def plot_progression(progression: Sequence[dict[str, Any]], steps: Sequence[int], path: Path, top: int = 8,
+                     named: Sequence[Sequence[str]] = ()) -> Path:
+    """Confusion count per checkpoint: the pairs the text names, then the most confused
+    after the first checkpoint (an untrained model's confusions say nothing about learning),
+    up to ``top``; each separation checkpoint is marked."""
+    chosen = progression_pairs(progression, named, top)
     fig, ax = plt.subplots(figsize=(8, 3.6))
     x = np.arange(len(steps))
     for p in chosen:
@@ -294,7 +306,8 @@ def plot_progression(progression: Sequence[dict[str, Any]], steps: Sequence[int]
     ax.set_xlabel("checkpoint (and step); star: separated from here on")
     ax.set_ylabel("confusions on the analysis set")
     ax.legend(fontsize=7, ncol=2)
-    ax.set_title(f"The {len(chosen)} most confused class pairs over training", fontsize=9)
+    ax.set_title(f"Confusions over training: the {len(named)} pair(s) the text names, then the most confused after checkpoint 0",
+                 fontsize=9)
     return _save(fig, path)
 
 

@@ -134,3 +134,19 @@ def test_report_in_headless_chromium(report, tmp_path):
         assert shot.stat().st_size > 10_000
     finally:
         driver.quit()
+
+
+def test_the_progression_chart_draws_the_pairs_the_text_names():
+    """CIFAR-10 (fastnet, this round): an untrained model called everything 'deer', so the
+    eight pairs with the highest peak were all deer pairs at checkpoint 0, while the text
+    named cat/dog as the last pair separated; the chart left it out."""
+    from i2x.report import progression_claims
+    from i2x.viz import progression_pairs
+
+    deer = [{"pair": ["deer", c], "confusions": [200, 5, 1, 0], "separated_at": 1} for c in "abcdefgh"]
+    catdog = {"pair": ["cat", "dog"], "confusions": [0, 40, 30, 3], "separated_at": 3}
+    doc = {"config": {"explain": {"min_peak_confusions": 10}}, "progression": [*deer, catdog]}
+    last, first, never = progression_claims(doc)
+    assert last["pair"] == ["cat", "dog"] and first["pair"] == ["deer", "a"] and never == []
+    drawn = [p["pair"] for p in progression_pairs(doc["progression"], [last["pair"], first["pair"]], top=8)]
+    assert drawn[:2] == [["deer", "a"], ["cat", "dog"]] and len(drawn) == 8
