@@ -296,12 +296,15 @@ def run_study(study: Any, ctx: TuneContext, track: TrackFn | None = None) -> Non
 
 
 def best_trial(study: Any) -> Any:
+    """The trial the ``tuned`` strategy uses."""
     from optuna.trial import TrialState
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
         raise I2XError(f"study '{study.study_name}' has no completed trial; raise tune.n_trials or lower tune.startup_trials")
-    return max(complete, key=lambda t: (t.values[0], -t.number))
+    # Highest validation accuracy; among equal accuracies, fewest focal-pair confusions (the
+    # second objective), so the pick is on the Pareto front; then the earliest trial.
+    return max(complete, key=lambda t: (t.values[0], -t.values[1] if len(t.values) > 1 else 0.0, -t.number))
 
 
 def upload_study_artifacts(study: Any, url: str, files: list[Path]) -> list[str]:
