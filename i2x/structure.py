@@ -39,27 +39,39 @@ class Structure:
     """Everything step 7 derives.
 
     Attributes:
-        interval_beta / evidence / abs_mass: see :class:`Labels`.
+        candidates: the labels before the null test; ``interval_beta``, ``evidence``,
+            ``abs_mass`` and ``scores`` are its own (see :class:`Labels`).
         shared / specialised / uncertain: the labels kept (they beat the null).
-        candidates: the labels before the null test.
         background: prototypes present in most images of most classes; never class evidence.
         distinct: per class, prototypes mostly particular to it.
         null: the permutation test (None when ``null_permutations`` is 0).
     """
 
-    interval_beta: np.ndarray
-    evidence: np.ndarray
-    abs_mass: np.ndarray
+    candidates: Labels
     shared: dict[int, list[int]]
     specialised: dict[int, list[Specialised]]
     progression: list[PairProgression]
-    scores: list[PrototypeScore]
     uncertain: list[PrototypeScore]
     distinct: dict[int, int]
     background: list[int] = field(default_factory=list)
-    candidates: Labels | None = None
     null: NullTest | None = None
     distinct_vs_separation: float | None = None
+
+    @property
+    def interval_beta(self) -> np.ndarray:
+        return self.candidates.interval_beta
+
+    @property
+    def evidence(self) -> np.ndarray:
+        return self.candidates.evidence
+
+    @property
+    def abs_mass(self) -> np.ndarray:
+        return self.candidates.abs_mass
+
+    @property
+    def scores(self) -> list[PrototypeScore]:
+        return self.candidates.scores
 
 
 def pair_progression(
@@ -133,8 +145,7 @@ def build_structure(
         rest = np.delete(coverage, c, axis=1).max(1) if m > 1 else np.zeros(k)
         distinct[c] = int(((coverage[:, c] >= cfg.distinct_coverage) & (coverage[:, c] >= cfg.distinct_ratio * rest)).sum())
     corr = _distinct_vs_separation(progression, distinct, preds.shape[0])
-    return Structure(lab.interval_beta, lab.evidence, lab.abs_mass, shared, specialised, progression, lab.scores, uncertain, distinct,
-                     background, lab, null, corr)
+    return Structure(lab, shared, specialised, progression, uncertain, distinct, background, null, corr)
 
 
 def _distinct_vs_separation(progression: list[PairProgression], distinct: dict[int, int], t: int) -> float | None:
