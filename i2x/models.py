@@ -48,6 +48,18 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.normalize(x))
 
+    @property
+    def needs_data_init(self) -> bool:
+        """Whether the net takes a part from its training images before the first step
+        (FastNet's whitening): see :meth:`init_from_data`."""
+        return hasattr(self.net, "init_whitening")
+
+    @torch.no_grad()
+    def init_from_data(self, x: torch.Tensor) -> None:
+        """Set that part from float pixels ``x``; a net without one is left as it is."""
+        if self.needs_data_init:
+            self.net.init_whitening(self.normalize(x))
+
 
 def _conv_bn(cin: int, cout: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]

@@ -26,6 +26,7 @@ from i2x.data import DataBundle, to_float
 from i2x.faithfulness import BASELINES
 from i2x.models import build_model
 from i2x.saliency import grad_cam
+from i2x.training import make_optimizer, train_step
 
 
 @dataclass(frozen=True)
@@ -69,17 +70,10 @@ def estimate(config: Config, data: DataBundle, device: torch.device, repeats: in
     model = build_model(config.model, data.channels, data.num_classes, data.mean, data.std).to(device)
     sample = to_float(data.train_x[data.fit_idx[: t.batch_size]]).to(device)
     labels = data.train_y[data.fit_idx[: t.batch_size]].to(device)
-    if hasattr(model.net, "init_whitening"):
-        model.net.init_whitening(model.normalize(sample))
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-6)
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(sample), labels).backward()
-        optimizer.step()
-
+    model.init_from_data(sample)
+    optimizer = make_optimizer(model, config, lr=1e-6)  # the configured optimizer; a tiny rate keeps the weights sane
     model.train()
-    step_s = _timed(step, repeats)
+    step_s = _timed(lambda: train_step(model, optimizer, sample, labels, t.label_smoothing), repeats)
     model.eval()
     cam_batch = sample[: min(len(sample), 128)]
     cam_s = _timed(lambda: grad_cam(model, model.target_layer, cam_batch, labels[: len(cam_batch)]), repeats) / len(cam_batch)
@@ -101,4 +95,3 @@ def estimate(config: Config, data: DataBundle, device: torch.device, repeats: in
         final += 2 * tune.seeds * 2 * (spe * step_s - per_epoch)
     stages = {"train": train_s, "explain": explain_s, "tune": trials + final + tune.seeds * len(STRATEGIES) * len(data.test_y) * forward_s}
     return StagePlan(device.type, config.model.name, config.model.width, n_fit, n, step_s, cam_s, forward_s, stages)
-

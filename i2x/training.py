@@ -216,8 +216,8 @@ def train(
             index = [CheckpointInfo(**row) for row in json.loads(index_path.read_text()) if row["step"] <= start]
 
     fit_x, fit_y = data.train_x[data.fit_idx], data.train_y[data.fit_idx]
-    if not existing and hasattr(model.net, "init_whitening"):  # set from the data once; the checkpoints carry it
-        model.net.init_whitening(model.normalize(to_float(fit_x[:5000]).to(device)))
+    if not existing and model.needs_data_init:  # set from the data once; the checkpoints carry it
+        model.init_from_data(to_float(fit_x[:5000]).to(device))
     val_x, val_y = data.train_x[data.val_idx], data.train_y[data.val_idx]
     window_loss, window_correct, window_n = 0.0, 0, 0
     bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=not progress, dynamic_ncols=True)

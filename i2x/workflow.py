@@ -35,7 +35,7 @@ def train_run(args: argparse.Namespace) -> str:
     from i2x.checkpoints import list_checkpoints
     from i2x.cli import resolve
     from i2x.data import load_data
-    from i2x.training import resolve_device, resolve_model, run_folder, train
+    from i2x.training import resolve_device, run_folder, train
     from i2x.viz import plot_training
 
     asked = resolve(args)
@@ -323,7 +323,7 @@ def run_main(args: argparse.Namespace) -> None:
     from i2x.cli import resolve
     from i2x.data import load_data
     from i2x.plan import estimate
-    from i2x.training import resolve_device, resolve_model
+    from i2x.training import resolve_device
 
     config = resolve_model(resolve(args))
     plan = estimate(config, load_data(config.data, config.seed), resolve_device(config.train.device))
