@@ -69,11 +69,12 @@ def progression_claims(doc: dict[str, Any]) -> tuple[dict[str, Any] | None, dict
     min_peak = int(doc["config"].get("explain", {}).get("min_peak_confusions", 10))
     separated = [p for p in doc["progression"] if p["separated_at"] is not None and max(p["confusions"]) >= min_peak]
     never = [p for p in doc["progression"] if p["separated_at"] is None and max(p["confusions"]) >= min_peak]
+    never = sorted(never, key=lambda p: -p["confusions"][-1])[:3]
     if not separated:
-        return None, None, sorted(never, key=lambda p: -p["confusions"][-1])[:3]
+        return None, None, never
     last = max(separated, key=lambda p: (p["separated_at"], max(p["confusions"])))
     first = min(separated, key=lambda p: (p["separated_at"], -max(p["confusions"])))
-    return last, (first if first is not last else None), sorted(never, key=lambda p: -p["confusions"][-1])[:3]
+    return last, (first if first is not last else None), never
 
 
 def statements(doc: dict[str, Any]) -> dict[str, list[str]]:

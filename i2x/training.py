@@ -35,7 +35,7 @@ from i2x.checkpoints import (
     steps_per_epoch,
     write_index,
 )
-from i2x.config import Config
+from i2x.config import Config, device_kind
 from i2x.data import DataBundle, augment, iterate, to_float
 from i2x.errors import I2XError
 from i2x.models import Classifier, build_model, load_weights, resolve_auto
@@ -57,7 +57,7 @@ class TrainResult:
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(device_kind(name))
     if name == "cuda" and not torch.cuda.is_available():
         raise I2XError("train.device=cuda but no CUDA device is visible; use train.device=auto or cpu")
     if name not in ("cpu", "cuda"):
