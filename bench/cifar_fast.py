@@ -21,26 +21,16 @@ import torch
 
 from i2x.checkpoints import model_from_checkpoint, read_checkpoint, steps_per_epoch
 from i2x.config import load_config
-from i2x.data import load_data, to_float
-from i2x.models import build_model
-from i2x.training import evaluate, make_optimizer, resolve_device, resolve_model, train, train_step
+from i2x.data import load_data
+from i2x.plan import estimate
+from i2x.training import evaluate, resolve_device, resolve_model, train
 
 
-def step_seconds(config, data, device: torch.device, name: str, steps: int = 3) -> float:
-    """Seconds per training step of model ``name`` at ``train.batch_size`` (after one warm-up step)."""
+def step_seconds(config, data, device: torch.device, name: str) -> float:
+    """Seconds per training step of model ``name`` at ``train.batch_size``: the plan's timed warm-up."""
     from dataclasses import replace
 
-    cfg = replace(config, model=replace(config.model, name=name))
-    model = build_model(cfg.model, data.channels, data.num_classes, data.mean, data.std).to(device)
-    opt = make_optimizer(model, cfg)
-    xb = to_float(data.train_x[: cfg.train.batch_size]).to(device)
-    yb = data.train_y[: cfg.train.batch_size].to(device)
-    model.train()
-    train_step(model, opt, xb, yb)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        train_step(model, opt, xb, yb)
-    return (time.perf_counter() - t0) / steps
+    return estimate(replace(config, model=replace(config.model, name=name)), data, device, repeats=3).step_s
 
 
 def main() -> None:
