@@ -108,14 +108,10 @@ def analyse(
         model = load_model(t).to(device)
         target = layer or model.target_layer
         final = t == n_checkpoints - 1
-        out = saliency_pass(model, target, images, labels, method=cfg.method, target=cfg.target,
-                            normalize=cfg.normalize, batch_size=cfg.batch_size, keep_features=final, device=device)
-        if final and cfg.method != "gradcam":
-            # Prototypes always come from the plain target-layer activations.
-            out_feats = saliency_pass(model, target, images, labels, method="gradcam", batch_size=cfg.batch_size, keep_features=True, device=device)
-            features = out_feats.features
-        elif final:
-            features = out.features
+        out = saliency_pass(model, target, images, labels, method=cfg.method, target=cfg.target, normalize=cfg.normalize,
+                            batch_size=cfg.batch_size, keep_features=final, device=device, memory_mb=cfg.memory_mb or None)
+        if final:
+            features = out.features  # every method returns the plain target-layer activations
         maps.append(out.maps)
         probs.append(out.probs)
         final_model = model

@@ -161,7 +161,9 @@ class ExplainConfig:
             this share of its class's images have it in one ninth (else quarter, else half)
             of the image.
         overlay_per_class: samples per class drawn in the saliency overlays.
-        batch_size: images per saliency/feature batch.
+        batch_size: images per saliency/feature batch; for saliency, the largest batch.
+        memory_mb: memory budget of one saliency batch; the batch size is measured from
+            the target layer's activations and the graph after it (0: use batch_size).
     """
 
     method: str = "gradcam"
@@ -196,6 +198,7 @@ class ExplainConfig:
     concentration_share: float = 0.8
     overlay_per_class: int = 2
     batch_size: int = 500
+    memory_mb: int = 2048
 
 
 @dataclass(frozen=True)

@@ -1,73 +1,115 @@
 """Saliency at one checkpoint (METHOD step 3): a native batched Grad-CAM plus pytorch-grad-cam adapters.
 
 The native path does one forward and one ``autograd.grad`` of the gathered target
-logits with respect to the target layer's output. The part of the network before
-the target layer runs without building a graph, and no parameter gradient is ever
-computed, so its cost is close to a forward pass. Everything stays in torch on the
-model's device.
+scores with respect to the target layers' outputs. The part of the network before
+the first target layer runs without building a graph, and no parameter gradient is
+ever computed, so its cost is close to a forward pass. Everything stays in torch on
+the model's device.
 
-Maps are returned on the target layer's ``h x w`` grid; :func:`upsample` makes the
-picture-sized version exactly as pytorch-grad-cam does (bilinear, then min-max again).
+Every method is called the same way, from any calling context (train mode, inside a
+caller's ``no_grad()`` or ``inference_mode()``), on any layer whose output has a
+channel axis and one or more spatial axes ``(B, C, *S)``:
+
+    method(model, layer, x, targets=None, normalize="minmax", keep_features=False,
+           reshape_transform=None)
+
+``layer`` is a dotted name (one :class:`SaliencyResult`) or a list of names (a dict
+of them, from one forward and one backward). ``targets`` is None (the predicted class
+of the same forward), an int, a sequence or tensor of ``B`` class indices, or a
+function ``output -> (B,) scores`` for custom targets and models whose output is not
+a logits tensor. ``reshape_transform`` maps a token layer ``(B, T, D)`` to
+``(B, D, h, w)`` (ViT, Swin); it is applied to activations and gradients alike.
+
+Maps are returned on the target layer's grid; :func:`upsample` makes the picture-sized
+version exactly as pytorch-grad-cam does (bilinear, then min-max again), and
+:func:`combine_layers` averages several layers as pytorch-grad-cam does.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
-from collections.abc import Callable, Iterator
+import io
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from i2x.data import to_float
 from i2x.errors import I2XError
 from i2x.models import target_module
+from i2x.progress import steps
 
 EPS = 1e-7  # pytorch-grad-cam's scale_cam_image epsilon, kept for parity
+
+Targets = None | int | Sequence[int] | torch.Tensor | np.ndarray | Callable[[Any], torch.Tensor]
+Layers = str | Sequence[str]
+ReshapeTransform = Callable[[torch.Tensor], torch.Tensor] | None
 
 
 @dataclass(frozen=True)
 class SaliencyResult:
-    """One checkpoint's pass over N images.
+    """One pass over B images at one target layer.
 
     Attributes:
-        maps: ``(N, h, w)`` float32 on the grid, normalised per ``normalize``.
-        probs: ``(N, M)`` float32 softmax confidences from the same forward.
-        features: ``(N, d, h, w)`` float32 target-layer activations, or None.
+        maps: ``(B, *grid)`` float32 on the layer's grid, normalised per ``normalize``.
+        probs: ``(B, M)`` float32 softmax of the same forward's logits; ``(B, 0)`` when
+            the model's output is not a logits tensor.
+        features: ``(B, d, *grid)`` float32 target-layer activations, or None.
+        targets: ``(B,)`` the class explained per image (None for a target function).
     """
 
     maps: torch.Tensor
     probs: torch.Tensor
     features: torch.Tensor | None
+    targets: torch.Tensor | None = None
 
 
 @contextlib.contextmanager
-def capture_target(model: nn.Module, layer: str) -> Iterator[dict[str, torch.Tensor]]:
-    """Hook ``layer`` so its output becomes a graph leaf ``store["activation"]``.
+def calling_context(model: nn.Module, x: torch.Tensor) -> Iterator[torch.Tensor]:
+    """Eval mode and autograd available, whatever the caller's context; both restored on exit.
+
+    Every module's own ``training`` flag is restored (a caller's frozen BatchNorm inside a
+    training model stays as it was). Inside a caller's ``inference_mode()`` the input is
+    copied to a normal tensor, since inference tensors cannot enter a graph.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            yield x.clone() if x.is_inference() else x
+    finally:
+        for module, mode in modes:
+            module.training = mode
+
+
+@contextlib.contextmanager
+def capture_target(model: nn.Module, layer: str) -> Iterator[dict[str, Any]]:
+    """Hook ``layer`` so its output becomes a graph input ``store["activation"]``.
 
     Inside a ``torch.no_grad()`` forward the hook switches grad mode on, so only the
-    head after the layer is recorded. The hook returns a *clone* of the leaf: an
-    in-place op after the layer (``ReLU(inplace=True)``) then edits the clone, not
-    the captured activation, which keeps the maps identical on CPU and GPU
-    (pytorch-grad-cam's ``.cpu()`` copy on GPU but not on CPU makes them differ).
+    head after the (first) captured layer is recorded: there the output is detached into
+    a leaf. A later captured layer already in the graph is stored as it is, so gradients
+    of an earlier layer still flow through it. The hook returns a *clone*: an in-place
+    op after the layer (``ReLU(inplace=True)``, ``out += identity``) then edits the
+    clone, not the captured activation, which keeps the maps identical on CPU and GPU.
     Starting the graph at the layer also means frozen parameters cannot cause
     "element 0 of tensors does not require grad".
 
     The hook is removed on exit, also when an exception passes through.
     """
     module = target_module(model, layer)
-    store: dict[str, torch.Tensor] = {}
+    store: dict[str, Any] = {"calls": 0}
 
     def hook(_module: nn.Module, _inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
         if not isinstance(output, torch.Tensor):
-            raise I2XError(f"target layer '{layer}' returns {type(output).__name__}, not a tensor; pick a conv block")
+            raise I2XError(f"target layer '{layer}' returns {type(output).__name__}, not a tensor; pick a layer whose output is one tensor")
         torch.set_grad_enabled(True)  # restored by the caller's no_grad() on exit
-        leaf = output.detach().requires_grad_(True)
-        store["activation"] = leaf
-        return leaf.clone()
+        store["calls"] += 1
+        store["activation"] = output if output.requires_grad else output.detach().requires_grad_(True)
+        return store["activation"].clone()
 
     handle = module.register_forward_hook(hook)
     try:
@@ -89,89 +131,191 @@ def normalize_maps(cam: torch.Tensor, how: str) -> torch.Tensor:
     return flat.view_as(cam)
 
 
-def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Picture-sized maps ``(N, H, W)``: bilinear (as cv2.resize), then min-max again,
+def upsample(maps: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """Picture-sized maps ``(N, *size)``: (bi/tri)linear as cv2.resize, then min-max again,
     which is what pytorch-grad-cam returns for a single target layer."""
-    up = torch.nn.functional.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+    mode = "bilinear" if len(size) == 2 else "trilinear"
+    up = torch.nn.functional.interpolate(maps[:, None].float(), size=size, mode=mode, align_corners=False)[:, 0]
     return normalize_maps(up, "minmax")
 
 
-def grad_cam(
-    model: nn.Module, layer: str, x: torch.Tensor, targets: torch.Tensor, normalize: str = "minmax", keep_features: bool = False
-) -> SaliencyResult:
-    """Native batched Grad-CAM.
+def combine_layers(results: dict[str, SaliencyResult], size: tuple[int, ...]) -> torch.Tensor:
+    """Several layers' min-max maps as one picture-sized map, as pytorch-grad-cam aggregates
+    a list of target layers: resize each, average, min-max."""
+    mode = "bilinear" if len(size) == 2 else "trilinear"
+    ups = [torch.nn.functional.interpolate(r.maps[:, None].float(), size=size, mode=mode, align_corners=False)[:, 0] for r in results.values()]
+    return normalize_maps(torch.stack(ups).clamp_min(0).mean(0), "minmax")
+
+
+def _as_layers(layer: Layers) -> list[str]:
+    layers = [layer] if isinstance(layer, str) else list(layer)
+    if not layers or len(set(layers)) != len(layers):
+        raise I2XError(f"target layers must be one name or a list of distinct names, got {layer!r}")
+    return layers
+
+
+def _single_or_many(layer: Layers, results: dict[str, SaliencyResult]) -> Any:
+    return results[layer] if isinstance(layer, str) else results
+
+
+def _target_scores(output: Any, targets: Targets, batch: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """``(scores (B,), class indices (B,) or None, probs (B, M))`` from one forward's output."""
+    if callable(targets) and not isinstance(targets, torch.Tensor):
+        scores = targets(output)
+        if not isinstance(scores, torch.Tensor) or scores.shape != (batch,):
+            raise I2XError(f"a target function must return one score per image, shape ({batch},); got {getattr(scores, 'shape', type(scores).__name__)}")
+        probs = torch.softmax(output.detach().float(), 1) if isinstance(output, torch.Tensor) and output.ndim == 2 else torch.empty(batch, 0)
+        return scores, None, probs
+    if not isinstance(output, torch.Tensor) or output.ndim != 2:
+        kind = type(output).__name__ if not isinstance(output, torch.Tensor) else f"a tensor of shape {tuple(output.shape)}"
+        raise I2XError(f"the model returns {kind}, not (B, classes) logits; pass targets as a function output -> (B,) scores")
+    n_classes = output.shape[1]
+    if targets is None:
+        idx = output.detach().argmax(1)
+    elif isinstance(targets, int | np.integer):
+        idx = torch.full((batch,), int(targets), dtype=torch.long)
+    else:
+        try:
+            idx = torch.as_tensor(np.asarray(targets.cpu() if isinstance(targets, torch.Tensor) else targets)).long().view(-1)
+        except (TypeError, ValueError):
+            raise I2XError(f"targets must be None, an int, a list or tensor of class indices, or a function; got {type(targets).__name__}") from None
+        if idx.numel() != batch:
+            raise I2XError(f"got {idx.numel()} targets for {batch} images; pass one target per image")
+    idx = idx.to(output.device)
+    if batch and (int(idx.min()) < 0 or int(idx.max()) >= n_classes):
+        raise I2XError(f"target class {int(idx.max()) if int(idx.max()) >= n_classes else int(idx.min())} is out of range for a model with {n_classes} outputs")
+    scores = output.gather(1, idx.view(-1, 1))[:, 0]
+    return scores, idx, torch.softmax(output.detach().float(), 1)
+
+
+def _spatial(t: torch.Tensor, layer: str, transform: ReshapeTransform) -> torch.Tensor:
+    if transform is not None:
+        t = transform(t)
+    if t.ndim < 3:
+        hint = "" if transform is not None else ", or pass a reshape_transform that makes one"
+        raise I2XError(f"target layer '{layer}' outputs shape {tuple(t.shape)} with no spatial grid; "
+                       f"Grad-CAM needs (B, C, H, W) or (B, C, D, H, W): pick a conv layer{hint}")
+    return t
+
+
+def _zero_grads_warning(layer: str) -> None:
+    warnings.warn(f"target layer '{layer}' does not influence the explained score; its maps are zeros", stacklevel=3)
+
+
+def grad_cam(model: nn.Module, layer: Layers, x: torch.Tensor, targets: Targets = None, normalize: str = "minmax",
+             keep_features: bool = False, reshape_transform: ReshapeTransform = None) -> Any:
+    """Native batched Grad-CAM: channel weights are the gradient's mean over every spatial axis.
 
     Args:
-        model: in eval mode.
-        layer: dotted name of the target layer.
-        x: ``(B, C, H, W)`` float pixels on the model's device.
-        targets: ``(B,)`` class indices, one per image.
+        model: any mode; it runs in eval mode and each module's mode is restored.
+        layer: dotted name of the target layer, or a list of them.
+        x: ``(B, C, *S)`` float pixels on the model's device.
+        targets: see the module docstring; None explains the predicted class.
 
     Returns:
-        :class:`SaliencyResult` with ``(B, h, w)`` maps and ``(B, M)`` probabilities.
+        :class:`SaliencyResult` for one layer name, ``{name: SaliencyResult}`` for a list.
+
+    Raises:
+        I2XError: a layer that does not exist, is not called, runs twice or has no
+            spatial grid; targets that do not fit the batch or the model's classes.
     """
-    if targets.shape[0] != x.shape[0]:
-        raise I2XError(f"got {targets.shape[0]} targets for {x.shape[0]} images; pass one target per image")
-    with torch.no_grad(), capture_target(model, layer) as store:
-        logits = model(x)
-    if "activation" not in store:
-        raise I2XError(f"target layer '{layer}' was not called in the forward pass")
-    activation = store["activation"]
-    score = logits.gather(1, targets.view(-1, 1).to(logits.device)).sum()
-    (grads,) = torch.autograd.grad(score, activation)
-    with torch.no_grad():
-        weights = grads.mean(dim=(2, 3), keepdim=True)
-        cam = (weights * activation).sum(dim=1)
-        maps = normalize_maps(cam, normalize)
-        probs = torch.softmax(logits, dim=1)
-    return SaliencyResult(maps.detach(), probs.detach(), activation.detach() if keep_features else None)
+    layers = _as_layers(layer)
+    with calling_context(model, x) as xin, contextlib.ExitStack() as hooks:
+        stores = {name: hooks.enter_context(capture_target(model, name)) for name in layers}
+        with torch.no_grad():
+            output = model(xin)
+        for name, store in stores.items():
+            if store["calls"] != 1:
+                raise I2XError(f"target layer '{name}' ran {store['calls']} times in one forward pass; pick a layer that runs exactly once")
+        scores, idx, probs = _target_scores(output, targets, x.shape[0])
+        acts = [stores[name]["activation"] for name in layers]
+        grads: list[torch.Tensor | None] = [None] * len(acts)
+        if scores.requires_grad:
+            grads = list(torch.autograd.grad(scores.sum(), acts, allow_unused=True))
+        results = {}
+        with torch.no_grad():
+            for name, act, grad in zip(layers, acts, grads, strict=True):
+                if grad is None:
+                    _zero_grads_warning(name)
+                    grad = torch.zeros_like(act)
+                a, g = _spatial(act.detach(), name, reshape_transform), _spatial(grad, name, reshape_transform)
+                weights = g.mean(dim=tuple(range(2, g.ndim)), keepdim=True)
+                cam = normalize_maps((weights * a).sum(dim=1), normalize)
+                results[name] = SaliencyResult(cam, probs, a if keep_features else None, idx)
+    return _single_or_many(layer, results)
 
 
-def _without_inplace(model: nn.Module) -> nn.Module:
-    """A copy with every ``inplace=True`` activation made out-of-place, for pytorch-grad-cam."""
-    clone = copy.deepcopy(model)
-    for module in clone.modules():
-        if getattr(module, "inplace", False):
-            module.inplace = False
-    return clone
+@contextlib.contextmanager
+def _protected(modules: list[nn.Module]) -> Iterator[None]:
+    """Forward hooks, registered after a library's own, that hand the rest of the network a
+    clone of each target output: in-place ops downstream (``out += identity`` in a ResNet
+    block, ``F.relu(..., inplace=True)`` after DenseNet's ``features``) then cannot
+    overwrite the activation the library stored, and gradients still reach it."""
+    handles = [m.register_forward_hook(lambda _m, _i, out: out.clone() if isinstance(out, torch.Tensor) else None) for m in modules]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
-def _grad_cam_library(cls_name: str) -> Callable[..., SaliencyResult]:
+def _grad_cam_library(cls_name: str) -> Callable[..., Any]:
     """Adapter for a pytorch-grad-cam class: grid-level maps through its own weights."""
 
-    def run(model: nn.Module, layer: str, x: torch.Tensor, targets: torch.Tensor, normalize: str = "minmax", keep_features: bool = False) -> SaliencyResult:
+    def run(model: nn.Module, layer: Layers, x: torch.Tensor, targets: Targets = None, normalize: str = "minmax",
+            keep_features: bool = False, reshape_transform: ReshapeTransform = None) -> Any:
         import pytorch_grad_cam as pgc
-        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-        if targets.shape[0] != x.shape[0]:
-            # pytorch-grad-cam zips targets with outputs and silently returns all-zero
-            # maps for the images left without a target.
-            raise I2XError(f"got {targets.shape[0]} targets for {x.shape[0]} images; pass one target per image")
-        safe = _without_inplace(model).eval()
-        cam = getattr(pgc, cls_name)(model=safe, target_layers=[target_module(safe, layer)])
-        try:
-            wanted = [ClassifierOutputTarget(int(t)) for t in targets]
-            # A leaf that requires grad keeps its hooks working when parameters are frozen.
-            inp = x.detach().clone().requires_grad_(True)
-            outputs = cam.activations_and_grads(inp)
-            safe.zero_grad()
-            if cam.uses_gradients:
-                loss = sum(t(o) for t, o in zip(wanted, outputs, strict=True))
-                loss.backward(retain_graph=True)
-            acts = cam.activations_and_grads.activations[0].cpu().numpy()
-            grads = cam.activations_and_grads.gradients[0].cpu().numpy() if cam.uses_gradients else np.zeros_like(acts)
-            grid = cam.get_cam_image(inp, target_module(safe, layer), wanted, acts, grads, False)
-            maps = normalize_maps(torch.from_numpy(np.asarray(grid, dtype=np.float32)).to(x.device), normalize)
-            probs = torch.softmax(outputs.detach(), dim=1)
-        finally:
-            cam.activations_and_grads.release()
-        feats = torch.from_numpy(acts).to(x.device) if keep_features else None
-        return SaliencyResult(maps, probs, feats)
+        layers = _as_layers(layer)
+        modules = [target_module(model, name) for name in layers]
+        with calling_context(model, x) as xin:
+            cam = getattr(pgc, cls_name)(model=model, target_layers=modules, reshape_transform=reshape_transform)
+            try:
+                with _protected(modules):
+                    # A leaf that requires grad keeps its hooks working when parameters are frozen.
+                    inp = xin.detach().clone().requires_grad_(True)
+                    outputs = cam.activations_and_grads(inp)
+                    scores, idx, probs = _target_scores(outputs, targets, x.shape[0])
+                    wanted = _library_targets(idx)
+                    store = cam.activations_and_grads
+                    if len(store.activations) != len(layers):
+                        raise I2XError(f"target layers {layers} produced {len(store.activations)} activations in one forward; each must run exactly once")
+                    if cam.uses_gradients and scores.requires_grad:
+                        model.zero_grad(set_to_none=True)
+                        scores.sum().backward(retain_graph=True)
+                    results = {}
+                    for i, (name, module) in enumerate(zip(layers, modules, strict=True)):
+                        acts = store.activations[i]
+                        _spatial(acts, name, None)
+                        if not cam.uses_gradients:
+                            grads = torch.zeros_like(acts)
+                        elif len(store.gradients) == len(layers):
+                            grads = store.gradients[i]
+                        else:
+                            _zero_grads_warning(name)
+                            grads = torch.zeros_like(acts)
+                        with contextlib.redirect_stderr(io.StringIO()):  # ScoreCAM's own tqdm bar
+                            grid = cam.get_cam_image(inp, module, wanted, acts.numpy(), grads.numpy(), False)
+                        maps = normalize_maps(torch.from_numpy(np.asarray(grid, dtype=np.float32)).to(x.device), normalize)
+                        results[name] = SaliencyResult(maps, probs, acts.to(x.device) if keep_features else None, idx)
+            finally:
+                cam.activations_and_grads.release()
+                model.zero_grad(set_to_none=True)
+        return _single_or_many(layer, results)
 
     return run
 
 
-CamFn = Callable[..., SaliencyResult]
+def _library_targets(idx: torch.Tensor | None) -> list:
+    """pytorch-grad-cam target objects; ScoreCAM re-scores masked inputs through them."""
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    if idx is None:
+        raise I2XError("target functions work with the native gradcam method only; pass class indices to library methods")
+    return [ClassifierOutputTarget(int(t)) for t in idx]
+
+
+CamFn = Callable[..., Any]
 CAM_METHODS: dict[str, CamFn] = {
     "gradcam": grad_cam,
     "gradcam++": _grad_cam_library("GradCAMPlusPlus"),
@@ -182,6 +326,70 @@ CAM_METHODS: dict[str, CamFn] = {
     "scorecam": _grad_cam_library("ScoreCAM"),
     "gradcam-reference": _grad_cam_library("GradCAM"),
 }
+
+
+def pixels(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pictures -> float in [0, 1]; float input is taken as already prepared.
+
+    A float batch whose values run past 1.5 (and none below 0) looks like 0-255 pixels
+    that were never scaled; it is used as given, with a warning, never divided twice.
+    """
+    if images.dtype == torch.uint8:
+        return images.float().div_(255.0)
+    if not images.is_floating_point():
+        raise I2XError(f"images must be uint8 pictures or float tensors, got {images.dtype}")
+    if images.numel() and float(images.min()) >= 0 and float(images.max()) > 1.5:
+        warnings.warn("float images with values up to "
+                      f"{float(images.max()):.0f} look like unscaled 0-255 pixels; they are used as given "
+                      "(pass uint8 to have them divided by 255)", stacklevel=3)
+    return images.float()
+
+
+def batch_bytes(fn: CamFn, model: nn.Module, layer: str, x: torch.Tensor, reshape_transform: ReshapeTransform = None) -> int:
+    """Memory one call of ``fn`` on ``x`` holds at its peak, measured, in bytes.
+
+    Counted: every tensor autograd saves for the backward (distinct storages), the
+    captured activation three times (leaf, the clone the network continues with, its
+    gradient), the largest output of any module in the forward twice (what a layer holds
+    while it writes the next), and the input. The same count on any device; a memory
+    budget divided by ``batch_bytes(2 images) - batch_bytes(1 image)`` is a batch size.
+    """
+    saved: dict[int, int] = {}
+    largest = [0]
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        with contextlib.suppress(RuntimeError, NotImplementedError):
+            storage = t.untyped_storage()
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    def watch(_m: nn.Module, _i: Any, out: Any) -> None:
+        if isinstance(out, torch.Tensor):
+            largest[0] = max(largest[0], out.numel() * out.element_size())
+
+    handle = torch.nn.modules.module.register_module_forward_hook(watch)
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = fn(model, layer, x, None, keep_features=True, reshape_transform=reshape_transform)
+    finally:
+        handle.remove()
+    feats = out.features.numel() * 4 if out.features is not None else 0
+    return sum(saved.values()) + 3 * feats + 2 * largest[0] + x.numel() * x.element_size()
+
+
+def plan_batch(fn: CamFn, model: nn.Module, layer: str, sample: torch.Tensor, memory_mb: float, cap: int,
+               reshape_transform: ReshapeTransform = None) -> int:
+    """The largest batch, at most ``cap``, whose measured per-image cost fits ``memory_mb``.
+
+    ``sample``: at least 2 prepared float images. The per-image cost is the difference of
+    :func:`batch_bytes` at 2 and 1 images, so parameters and fixed buffers cancel out.
+    """
+    if memory_mb <= 0:
+        raise I2XError(f"explain.memory_mb must be positive, got {memory_mb}")
+    one = batch_bytes(fn, model, layer, sample[:1], reshape_transform)
+    two = batch_bytes(fn, model, layer, sample[:2], reshape_transform)
+    per_image = max(two - one, sample[:1].numel() * 4, 1)
+    return int(max(1, min(cap, memory_mb * 2**20 // per_image)))
 
 
 def saliency_pass(
@@ -196,40 +404,42 @@ def saliency_pass(
     keep_features: bool = False,
     device: torch.device | None = None,
     desc: str | None = None,
+    memory_mb: float | None = None,
 ) -> SaliencyResult:
-    """Saliency for a whole set of uint8 images, batched.
+    """Saliency for a whole set of images, batched.
 
     Args:
-        images: ``(N, C, H, W)`` uint8.
+        images: ``(N, C, *S)`` uint8 pictures (or float, taken as prepared; see :func:`pixels`).
         labels: ``(N,)`` true labels.
-        target: ``label`` (explain the true class) or ``pred`` (the predicted class).
+        target: ``label`` (explain the true class) or ``pred`` (the predicted class, from
+            the same forward).
+        batch_size: the batch, or with ``memory_mb`` the largest batch allowed.
+        memory_mb: a memory budget for one batch; the batch size is then measured with
+            :func:`plan_batch` on the first images.
 
     Returns:
-        :class:`SaliencyResult` with ``(N, h, w)`` maps, ``(N, M)`` probs, and
-        ``(N, d, h, w)`` features when ``keep_features``; all on the CPU.
+        :class:`SaliencyResult` with ``(N, *grid)`` maps, ``(N, M)`` probs, ``(N,)`` the
+        classes explained, and ``(N, d, *grid)`` features when ``keep_features``; all on
+        the CPU. Every method returns its features from the same pass.
     """
     if method not in CAM_METHODS:
         raise I2XError(f"unknown saliency method '{method}'; choose one of {', '.join(CAM_METHODS)}")
     if target not in ("label", "pred"):
         raise I2XError(f"explain.target must be label or pred, got '{target}'")
+    if batch_size < 1:
+        raise I2XError(f"explain.batch_size must be at least 1, got {batch_size}")
     fn = CAM_METHODS[method]
     device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    maps, probs, feats = [], [], []
-    try:
-        starts = range(0, len(labels), batch_size)
-        for start in tqdm(starts, desc=desc, leave=False, disable=desc is None, unit="batch"):
-            xb = to_float(images[start : start + batch_size]).to(device)
-            tb = labels[start : start + batch_size].to(device)
-            if target == "pred":
-                with torch.no_grad():
-                    tb = model(xb).argmax(1)
-            out = fn(model, layer, xb, tb, normalize=normalize, keep_features=keep_features)
-            maps.append(out.maps.float().cpu())
-            probs.append(out.probs.float().cpu())
-            if keep_features and out.features is not None:
-                feats.append(out.features.float().cpu())
-    finally:
-        model.train(was_training)
-    return SaliencyResult(torch.cat(maps), torch.cat(probs), torch.cat(feats) if feats else None)
+    if memory_mb is not None and len(labels) >= 2:
+        batch_size = plan_batch(fn, model, layer, pixels(images[:2]).to(device), memory_mb, batch_size)
+    maps, probs, feats, explained = [], [], [], []
+    for start in steps(range(0, len(labels), batch_size), desc or "saliency", unit="batch", enabled=desc is not None):
+        xb = pixels(images[start : start + batch_size]).to(device)
+        tb = None if target == "pred" else labels[start : start + batch_size].to(device)
+        out = fn(model, layer, xb, tb, normalize=normalize, keep_features=keep_features)
+        maps.append(out.maps.float().cpu())
+        probs.append(out.probs.float().cpu())
+        explained.append(out.targets.cpu())
+        if keep_features and out.features is not None:
+            feats.append(out.features.float().cpu())
+    return SaliencyResult(torch.cat(maps), torch.cat(probs), torch.cat(feats) if feats else None, torch.cat(explained))
