@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from i2x.config import ExplainConfig, FaithfulnessConfig
 from i2x.errors import I2XError
@@ -21,6 +20,7 @@ from i2x.faithfulness import Claim, DeletionResult, RoadResult, deletion_test, r
 from i2x.intensity import Intensities, compute_intensities
 from i2x.models import Classifier
 from i2x.patterns import GroupFit, fit_group_betas, heldout_summary, learning_groups
+from i2x.progress import steps
 from i2x.prototypes import Prototypes, fit_prototypes
 from i2x.saliency import saliency_pass
 from i2x.structure import Structure, build_structure
@@ -104,7 +104,7 @@ def analyse(
     maps, probs = [], []
     features = None
     tick = time.perf_counter()
-    for t in tqdm(range(n_checkpoints), desc="saliency", unit="ckpt", disable=not progress):
+    for t in steps(range(n_checkpoints), "saliency", unit="ckpt", enabled=progress):
         model = load_model(t).to(device)
         target = layer or model.target_layer
         final = t == n_checkpoints - 1

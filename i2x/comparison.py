@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from i2x.checkpoints import atomic_write_text
 from i2x.finetune import evaluate_on_test, finetune
 from i2x.perturbation import Plan, affected
+from i2x.progress import steps
 from i2x.tuning import (
     TuneContext,
     best_trial,
@@ -125,7 +125,7 @@ def evaluate_strategies(ctx: TuneContext, plans: dict[str, Plan], seeds: int, pa
     done: dict[str, dict] = json.loads(cache.read_text()) if cache and cache.is_file() else {}
     results: dict[str, list[dict]] = {name: [] for name in plans}
     jobs = [(name, s) for s in range(seeds) for name in plans]
-    for name, s in tqdm(jobs, desc="controls", unit="run"):
+    for name, s in steps(jobs, "controls", unit="run"):
         seed = ctx.config.seed + s
         key = f"{seed}|{plans[name]}|{pairs}"  # by plan, not name: identical plans share their runs
         if key not in done:
@@ -233,6 +233,20 @@ def verdict_text(verdicts: list[dict[str, Any]], focal: str) -> str:
         lines.append(f"{v['strategy']} vs {v['control']}: accuracy {100 * acc['mean']:+.2f} points{ci}: {acc['verdict'].upper()}; "
                      f"{focal} confusions {foc['mean']:+.1f}{fci}{change}: {foc['verdict'].upper()} (paired over {acc['n']} seeds).{same}")
     return "\n".join(lines)
+
+
+def verdict_line(summary: dict[str, Any]) -> str:
+    """The tuning result in one line: tuned against its matched full->full, and the goal."""
+    focal = summary["focal_pair"]
+    v = next((v for v in summary["verdicts"] if v["strategy"] == "tuned" and v["control"] == "full->full"), None)
+    if v is None:
+        return f"tuned is the same plan as full->full: nothing to compare ({focal})"
+    acc, foc = v["accuracy"], v["focal"]
+    change = "" if v["focal_change"] is None else f" ({v['focal_change']:+.1%})"
+    goal = summary.get("goal_met")
+    goal_text = "" if goal is None else f"; goal {'MET' if goal else 'NOT MET'}"
+    return (f"tuned vs full->full over {acc['n']} seeds: accuracy {100 * acc['mean']:+.2f} points, {acc['verdict']}; "
+            f"{focal} confusions {foc['mean']:+.1f}{change}, {foc['verdict']}{goal_text}")
 
 
 def focal_name(ctx: TuneContext) -> str:

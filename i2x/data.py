@@ -23,6 +23,7 @@ import torch
 
 from i2x.config import DataConfig
 from i2x.errors import I2XError
+from i2x.progress import steps
 
 DATA_DIR_ENV = "I2X_DATA_DIR"
 CACHE_DIR_ENV = "I2X_CACHE_DIR"
@@ -324,9 +325,7 @@ def _read_image_folder(
         mode = "L" if first.mode in ("L", "1", "I;16") else "RGB"
     channels = 1 if mode == "L" else 3
     x = np.empty((len(files), channels, size, size), dtype=np.uint8)
-    from tqdm.auto import tqdm
-
-    for i, (path, _) in enumerate(tqdm(files, desc=f"decode {folder.name}", unit="img", leave=False)):
+    for i, (path, _) in enumerate(steps(files, f"decode {folder.name}", unit="img")):
         try:
             with Image.open(path) as img:
                 img = img.convert(mode)

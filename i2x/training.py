@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from i2x.checkpoints import (
     CHECKPOINT_FORMAT,
@@ -39,6 +38,7 @@ from i2x.config import Config, device_kind
 from i2x.data import DataBundle, augment, iterate, to_float
 from i2x.errors import I2XError
 from i2x.models import Classifier, build_model, load_weights, resolve_auto
+from i2x.progress import Progress
 
 MetricsFn = Callable[[int, dict[str, float]], None]
 CheckpointFn = Callable[[Path, CheckpointInfo], None]
@@ -220,7 +220,7 @@ def train(
         model.init_from_data(to_float(fit_x[:5000]).to(device))
     val_x, val_y = data.train_x[data.val_idx], data.train_y[data.val_idx]
     window_loss, window_correct, window_n = 0.0, 0, 0
-    bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+    bar = Progress("train", total=total, unit="step", initial=start, enabled=progress)
     model.train()
     perm: torch.Tensor | None = None
     for step in range(start, total):
@@ -245,7 +245,7 @@ def train(
         bar.update(1)
         if done % config.train.log_every == 0 or done in schedule:
             metrics = {"loss": window_loss / window_n, "accuracy": window_correct / window_n, "lr": optimizer.param_groups[0]["lr"]}
-            bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['accuracy']:.3f}")
+            bar.set_postfix(f"loss {metrics['loss']:.3f}, acc {metrics['accuracy']:.3f}")
             if on_metrics:
                 on_metrics(done, metrics)
             window_loss, window_correct, window_n = 0.0, 0, 0

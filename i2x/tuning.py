@@ -8,6 +8,8 @@ join it by name (``i2x tune --worker``).
 from __future__ import annotations
 
 import contextlib
+import sys
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +19,6 @@ from typing import Any
 import numpy as np
 import torch
 from optuna.exceptions import ExperimentalWarning
-from tqdm.auto import tqdm
 
 from i2x.config import Config
 from i2x.data import DataBundle, to_float
@@ -25,6 +26,7 @@ from i2x.errors import I2XError
 from i2x.finetune import EpochFn, finetune
 from i2x.models import target_module
 from i2x.perturbation import Plan
+from i2x.progress import duration, steps
 from i2x.prototypes import Prototypes
 
 DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
@@ -78,7 +80,7 @@ def assign_images(model: torch.nn.Module, layer: str, images: torch.Tensor, prot
     out = []
     model.eval()
     try:
-        for start in tqdm(range(0, len(images), batch_size), desc="assign", unit="batch", leave=False):
+        for start in steps(range(0, len(images), batch_size), "assign", unit="batch"):
             model(to_float(images[start : start + batch_size]).to(device))
             ids, _ = protos.assign(store["a"].float().cpu())
             out.append(torch.from_numpy(ids.astype(np.int16)))
@@ -291,8 +293,37 @@ def run_study(study: Any, ctx: TuneContext, track: TrackFn | None = None) -> Non
     done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
     if done >= n:
         return
-    study.optimize(make_objective(ctx, track), n_trials=n - done, callbacks=[MaxTrialsCallback(n, states=(TrialState.COMPLETE, TrialState.PRUNED))],
+    study.optimize(make_objective(ctx, track), n_trials=n - done,
+                   callbacks=[MaxTrialsCallback(n, states=(TrialState.COMPLETE, TrialState.PRUNED)), TrialLines(n, done)],
                    gc_after_trial=True, show_progress_bar=False)
+
+
+class TrialLines:
+    """One line per finished trial: n of N, its parameters, its values or PRUNED, and the
+    study's ETA from this process's mean trial time (Optuna's own bar is off)."""
+
+    def __init__(self, n_trials: int, done: int) -> None:
+        self.n_trials, self.done, self.start = n_trials, done, time.perf_counter()
+        self.here = 0
+
+    def __call__(self, study: Any, trial: Any) -> None:
+        from optuna.trial import TrialState
+
+        self.here += 1
+        finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        params = " ".join(f"{k}={_short(v)}" for k, v in sorted(trial.params.items()))
+        if trial.state == TrialState.COMPLETE:
+            outcome = ", ".join(f"{name} {v:.4g}" for name, v in zip(METRIC_NAMES, trial.values, strict=False))
+        else:
+            outcome = trial.state.name
+        per_trial = (time.perf_counter() - self.start) / self.here
+        eta = duration(per_trial * max(0, self.n_trials - finished))
+        print(f"i2x tune: trial {trial.number + 1} ({finished}/{self.n_trials} done): {params} -> {outcome}; "
+              f"{duration(per_trial)}/trial, ETA {eta}", file=sys.stderr, flush=True)
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def best_trial(study: Any) -> Any:

@@ -185,12 +185,19 @@ def test_the_threshold_is_searched_only_up_to_the_largest_score(ctx):
         assert sum(t.user_attrs["class_counts"].values()) > 0
 
 
-def test_a_short_study_then_controls_and_summary(ctx, tmp_path):
+def test_a_short_study_then_controls_and_summary(ctx, tmp_path, capsys):
     context, _ = ctx
     study = open_study("unit", f"sqlite:///{tmp_path}/optuna.db", context.config)
     run_study(study, context)
     finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(finished) == 3
+    # one line per trial: its number, the count done, its parameters, its outcome, the ETA
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("i2x tune: trial")]
+    assert [line.split(":")[1].strip().split(" (")[0] for line in lines] == ["trial 1", "trial 2", "trial 3"]
+    assert all(f"({i}/3 done)" in line and "ETA" in line for i, line in enumerate(lines, 1))
+    for line, trial in zip(lines, study.trials, strict=True):
+        assert all(f"{k}=" in line for k in trial.params)
+        assert ("PRUNED" in line) == (trial.state.name == "PRUNED")
     again = open_study("unit", f"sqlite:///{tmp_path}/optuna.db", context.config)  # load_if_exists
     run_study(again, context)
     assert len(again.trials) == 3  # already done: nothing more runs

@@ -1,0 +1,68 @@
+"""Readable logs: plain lines with an ETA when stderr is not a terminal, one line per trial,
+named runs, the UI opening on the runs table, pruned trials not drawn as failures."""
+
+import pytest
+
+from i2x.progress import Progress, duration, steps
+
+
+def test_progress_in_a_log_is_a_few_plain_lines_with_an_eta(capsys, monkeypatch):
+    monkeypatch.setattr("i2x.progress.is_tty", lambda: False)
+    now = [0.0]
+    monkeypatch.setattr("i2x.progress.time.perf_counter", lambda: now[0])
+    with Progress("train", total=20, unit="step", every_s=60) as bar:
+        for _ in range(20):
+            now[0] += 10  # every step takes 10 s
+            bar.update()
+    lines = capsys.readouterr().err.splitlines()
+    assert "\r" not in "".join(lines)
+    # 200 s of work printed every 60 s: 3 progress lines and the final one, not 20
+    assert len(lines) == 4, lines
+    assert lines[0].startswith("i2x train: 6/20 step, 1m00s elapsed, ETA 2m20s")
+    assert lines[-1].startswith("i2x train: 20/20 step") and "ETA" not in lines[-1]
+
+
+def test_a_disabled_or_empty_loop_prints_nothing(capsys, monkeypatch):
+    monkeypatch.setattr("i2x.progress.is_tty", lambda: False)
+    assert list(steps(range(3), "quiet", enabled=False)) == [0, 1, 2]
+    assert list(steps([], "empty")) == []
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(0.4, "0s"), (59.6, "1m00s"), (187, "3m07s"), (3725, "1h02m")])
+def test_duration(seconds, text):
+    assert duration(seconds) == text
+
+
+def test_runs_are_named_and_the_experiment_opens_on_its_runs(mlflow_store, monkeypatch):
+    import mlflow
+
+    from i2x import tracking
+
+    # as under `mlflow run`: the launcher made the run (random name) and passes its id
+    experiment = mlflow.set_experiment("launcher")
+    made = mlflow.MlflowClient().create_run(experiment.experiment_id, run_name="victorious-slug-129")
+    monkeypatch.setenv("MLFLOW_RUN_ID", made.info.run_id)
+    with tracking.open_run("explain mnist cnn (from train ab12cd)", {tracking.TAG_STAGE: "explain"}) as run:
+        assert run.info.run_id == made.info.run_id
+        tracking.log_metrics({"test_accuracy": 0.9942000110944113})
+    client = mlflow.MlflowClient()
+    got = client.get_run(made.info.run_id)
+    assert got.info.run_name == "explain mnist cnn (from train ab12cd)"
+    assert got.data.metrics["test_accuracy"] == 0.9942
+    assert client.get_experiment(experiment.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_a_pruned_trial_is_finished_and_tagged_not_killed(mlflow_store):
+    import mlflow
+    import optuna
+
+    from i2x import tracking
+
+    with tracking.open_run("tune", {}) as parent:
+        with pytest.raises(optuna.TrialPruned), tracking.trial_run(parent.info.run_id, 3, {"alpha": 0.5}) as log_epoch:
+            log_epoch(0, 0.5)
+            raise optuna.TrialPruned()
+    trial = mlflow.MlflowClient().search_runs([parent.info.experiment_id], "tags.`i2x.stage` = 'tune-trial'")[0]
+    assert trial.info.status == "FINISHED" and trial.data.tags["optuna.state"] == "PRUNED"
+    assert "Pruned" in trial.data.tags["mlflow.note.content"]
