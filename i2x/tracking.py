@@ -32,6 +32,9 @@ TAG_TRAIN_RUN = "i2x.train_run_id"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RESUMED_FROM = "i2x.resumed_from_step"
 TAG_WORK_DIR = "i2x.work_dir"
+TAG_HEADLINE = "i2x.headline"  # explain: the verified findings in one line
+TAG_VERDICT = "i2x.verdict"  # tune: tuned vs full->full in one line
+TAG_REPORT = "i2x.report"  # the stage's local report/index.html
 
 
 # boto3 >= 1.36 sends CRC checksum headers some S3 servers reject; send them only when
@@ -41,7 +44,16 @@ _S3_ENV_DEFAULTS = {
     "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
     "AWS_MAX_ATTEMPTS": "3",
     "AWS_RETRY_MODE": "standard",
+    # MLflow's per-file download bars are debris in a redirected log.
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
+# MLflow 3.17's UI picks its view from the URL's ``workflowType`` (else the browser's last
+# choice, GenAI by default, which opens an experiment on the traces "Overview"), so every URL
+# i2x prints asks for the runs table. The experiment is also tagged as model development, which
+# the UI reads when that switch is off.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+RUNS_VIEW = "workflowType=machine_learning"
+TAG_DESCRIPTION = "mlflow.note.content"  # the run page's description
 
 
 def configure() -> str:
@@ -70,7 +82,10 @@ _LOCAL_FILES: list[Path] = []  # the stage's local output folder, named in uploa
 
 @contextlib.contextmanager
 def open_run(run_name: str, tags: dict[str, str], nested: bool = False, local: Path | None = None) -> Iterator[Any]:
-    """Start (or adopt ``MLFLOW_RUN_ID``) a run; mark it FAILED if an exception escapes.
+    """Start (or adopt ``MLFLOW_RUN_ID``) a run named ``run_name``; mark it FAILED if an exception escapes.
+
+    A run adopted from ``mlflow run`` is renamed too (the launcher gives a random name),
+    and the experiment is marked so that the MLflow UI opens on its runs table.
 
     The experiment is ``$MLFLOW_EXPERIMENT_NAME`` / ``$MLFLOW_EXPERIMENT_ID`` when set
     (``mlflow run`` sets the id), else ``i2x``. ``local`` is the folder where the stage
@@ -84,6 +99,10 @@ def open_run(run_name: str, tags: dict[str, str], nested: bool = False, local: P
     if not os.environ.get("MLFLOW_RUN_ID") and not os.environ.get("MLFLOW_EXPERIMENT_ID") and not nested:
         mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT))
     run = mlflow.start_run(run_name=None if os.environ.get("MLFLOW_RUN_ID") and not nested else run_name, nested=nested)
+    client = mlflow.MlflowClient()
+    if run.info.run_name != run_name:
+        client.update_run(run.info.run_id, name=run_name)
+    mark_experiment(run.info.experiment_id)
     mlflow.set_tags({**tags, TAG_COMMIT: tags.get(TAG_COMMIT, git_commit())})
     try:
         yield run
@@ -91,6 +110,21 @@ def open_run(run_name: str, tags: dict[str, str], nested: bool = False, local: P
         mlflow.end_run(status="FAILED")
         raise
     mlflow.end_run(status="FINISHED")
+
+
+def mark_experiment(experiment_id: str) -> None:
+    """Tag the experiment as model development (once), so the UI opens on the runs."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    key, value = EXPERIMENT_KIND
+    if client.get_experiment(experiment_id).tags.get(key) != value:
+        client.set_experiment_tag(experiment_id, key, value)
+
+
+def readable(value: float) -> float:
+    """6 significant digits: 0.9942000110944113 (a float32 artefact) is logged as 0.9942."""
+    return float(f"{value:.6g}")
 
 
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]+):[^@\s]+@")
@@ -113,7 +147,7 @@ def log_params(params: dict[str, Any]) -> None:
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     import mlflow
 
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+    mlflow.log_metrics({k: readable(float(v)) for k, v in metrics.items()}, step=step)
 
 
 @contextlib.contextmanager
@@ -188,6 +222,15 @@ def get_run(run_id: str) -> Any:
         raise I2XError(f"MLflow run '{run_id}' does not exist in {uri}; check the id in the MLflow UI or set MLFLOW_TRACKING_URI") from None
 
 
+def where_to_look(experiment_id: str) -> tuple[str, str]:
+    """``(how to open the MLflow UI, the URL of the experiment's runs table)`` for this tracking URI."""
+    uri = configure()
+    if uri.startswith(("http://", "https://")):
+        return "the tracking server is already up", f"{uri.rstrip('/')}/#/experiments/{experiment_id}?{RUNS_VIEW}"
+    return (f"mlflow ui --backend-store-uri {redact_secrets(uri)} --host 127.0.0.1 --port 5000   (or: make ui)",
+            f"http://127.0.0.1:5000/#/experiments/{experiment_id}?{RUNS_VIEW}")
+
+
 def download_artifacts(run_id: str, artifact_path: str, dst: Path) -> Path:
     """Download a run's artifact (file or folder) into ``dst``; returns the local path."""
     from mlflow.artifacts import download_artifacts as _download
@@ -247,8 +290,9 @@ def run_entry_point(project: Path, entry_point: str, parameters: dict[str, Any])
 def trial_run(parent_run_id: str, number: int, params: dict[str, Any], outcome: Callable[[], dict[str, Any]] | None = None) -> Iterator[Any]:
     """A nested MLflow run for one Optuna trial (any process: the parent is given by id).
 
-    Yields ``log_epoch(epoch, val_accuracy)``. The run ends FINISHED, KILLED (pruned,
-    with tag ``optuna.state=PRUNED``) or FAILED. Logged by hand: optuna-integration's
+    Yields ``log_epoch(epoch, val_accuracy)``. The run ends FINISHED (also when pruned:
+    MLflow has no PRUNED status, and KILLED draws a failure's red cross; the tag
+    ``optuna.state=PRUNED`` says it) or FAILED. Logged by hand: optuna-integration's
     MLflowCallback is deprecated and serialises trials. ``outcome()`` gives params known only
     once the trial has trained (images affected, class counts), logged when it finishes.
     """
@@ -264,13 +308,14 @@ def trial_run(parent_run_id: str, number: int, params: dict[str, Any], outcome: 
         client.log_param(run_id, key, ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value)
 
     def log_epoch(epoch: int, acc: float) -> None:
-        client.log_metric(run_id, "val_accuracy", acc, step=epoch)
+        client.log_metric(run_id, "val_accuracy", readable(acc), step=epoch)
 
     try:
         yield log_epoch
     except optuna.TrialPruned:
         client.set_tag(run_id, "optuna.state", "PRUNED")
-        client.set_terminated(run_id, status="KILLED")
+        client.set_tag(run_id, TAG_DESCRIPTION, "Pruned by Optuna's median pruner: its validation accuracy fell below the median of earlier trials at the same epoch.")
+        client.set_terminated(run_id, status="FINISHED")
         raise
     except BaseException:
         client.set_tag(run_id, "optuna.state", "FAIL")

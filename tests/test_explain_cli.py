@@ -98,8 +98,26 @@ def test_mlflow_run_main_smoke_trains_explains_and_tunes(tmp_path):
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     by_stage = {r.data.tags.get("i2x.stage"): r for r in runs}
     assert set(by_stage) == {"main", "train", "explain", "tune", "tune-trial"}
-    assert all(r.info.status in ("FINISHED", "KILLED") for r in runs)  # KILLED = a pruned trial
+    assert all(r.info.status == "FINISHED" for r in runs)  # a pruned trial too: tagged, not a red cross
     main, train, expl = by_stage["main"], by_stage["train"], by_stage["explain"]
+    # telling names under `mlflow run` too, and the UI opens on the runs table
+    assert train.info.run_name == "train synthetic cnn" and main.info.run_name == "main synthetic cnn"
+    assert expl.info.run_name == f"explain synthetic cnn (from train {train.info.run_id[:6]})"
+    assert by_stage["tune"].info.run_name == f"tune synthetic cnn (from explain {expl.info.run_id[:6]})"
+    kinds = {client.get_experiment(r.info.experiment_id).tags.get("mlflow.experimentKind") for r in runs}
+    assert kinds == {"custom_model_development"}
+    # the parent carries the headline numbers, the verdict and a description
+    assert main.data.metrics["test_accuracy"] == train.data.metrics["test_accuracy"]
+    assert main.data.tags["i2x.verdict"].startswith(("tuned vs full->full over 2 seeds", "tuned is the same plan"))
+    assert main.data.tags["mlflow.note.content"].startswith("model: synthetic cnn, test accuracy")
+    # a log redirected to a file: no progress-bar debris, a few lines per stage, one per trial
+    log = proc.stdout + proc.stderr
+    assert "\r" not in log and "Downloading artifacts" not in log
+    trial_lines = [line for line in log.splitlines() if line.startswith("i2x tune: trial")]
+    assert len(trial_lines) == 3, log[-3000:]
+    assert len(log.splitlines()) < 120, f"{len(log.splitlines())} lines:\n{log}"
+    # the end says where to look
+    assert "where to look:" in log and "MLflow UI:      mlflow ui --backend-store-uri" in log and "explain report: /" in log
     assert train.data.tags["mlflow.parentRunId"] == main.info.run_id == expl.data.tags["mlflow.parentRunId"]
     # the plan before the work (timed warm-up), then the real stage times beside it
     out = proc.stdout + proc.stderr
