@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,13 @@ GALLERY_PAGES = 4  # at most 64 prototypes drawn; all are listed in prototypes.j
 def _names(ids: list[int]) -> str:
     parts = [f"P{k}" for k in ids]
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def _share(value: float, several: bool) -> str:
+    """``all``, or ``at least 85%`` for the smallest of several, ``85%`` for one."""
+    if round(100 * value) >= 100:
+        return "all"
+    return f"at least {100 * value:.0f}%" if several else f"{100 * value:.0f}%"
 
 
 def _plural(n: int, word: str) -> str:
@@ -62,6 +70,31 @@ def named_prototypes(doc: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+def headline(doc: dict[str, Any], limit: int = 4) -> str:
+    """One line: the verified findings (prototype -> class or pair), or that there are none."""
+    named = named_prototypes(doc)
+    if doc.get("faithfulness") is None:
+        return "causal check off: no prototype is stated as a finding"
+    found = named["findings"]
+    if not found:
+        return f"no finding: none of {_plural(len(named['not_verified']) + len(named['model_only']), 'named prototype')} passed both the causal check and the permutation null"
+    seen = dict.fromkeys(f"P{r['prototype']} -> {r['class'] if 'class' in r else '/'.join(r['pair'])}" for r in found)
+    shown = list(seen)[:limit]
+    more = f" and {len(seen) - limit} more" if len(seen) > limit else ""
+    return f"{_plural(len(seen), 'verified finding')}: {', '.join(shown)}{more}"
+
+
+def fit_line(metrics: dict[str, Any]) -> str:
+    """The causal count and the regression's held-out R^2 beside its class-only baseline."""
+    def num(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    checked = (f"{metrics['n_verified']} of {_plural(metrics['n_named'], 'named prototype')} passed the causal check"
+               if metrics.get("n_named") is not None else "causal check off")
+    return (f"{checked}; held-out R^2 {num(metrics.get('mean_r2_heldout'))} against {num(metrics.get('r2_class'))} from the class "
+            f"alone (the gap is what prototypes add; near 0 or negative: they explain little)")
+
+
 def progression_claims(doc: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None, list[dict[str, Any]]]:
     """The pairs the report names: the last separated, the first separated (None when
     no pair qualifies, or the same pair), and up to three never separated. Only pairs with
@@ -92,7 +125,7 @@ def statements(doc: dict[str, Any]) -> dict[str, list[str]]:
         if shared:
             cov = min(r["coverage"] for r in shared)
             out["classes"].append(f"Class {cls['name']} relies on {_names([r['prototype'] for r in shared])}: "
-                                  f"{'each is' if len(shared) > 1 else 'it is'} in at least {100 * cov:.0f}% of its samples, its rise in "
+                                  f"{'each is' if len(shared) > 1 else 'it is'} in {_share(cov, len(shared) > 1)} of its samples, its rise in "
                                   f"saliency pushed the class's confidence up beyond a within-class permutation null, and occluding it hurts "
                                   f"the class more than occluding matched random cells (figures: class_prototypes.png, faithfulness.png).")
         for r in sorted((r for r in found if r["role"] == "specialised"), key=lambda r: -(r["evidence"] or 0))[:2]:
@@ -208,16 +241,53 @@ def _img(path: Path | None, alt: str) -> str:
     return f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(alt)}"><figcaption>{html.escape(alt)}</figcaption></figure>'
 
 
+def _anchor(title: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in title.lower()).strip("-")
+
+
 def _section(title: str, lines: list[str], figures: list[str]) -> str:
     items = "".join(f"<li>{html.escape(s)}</li>" for s in lines)
-    return f"<section><h2>{html.escape(title)}</h2><ul>{items}</ul>{''.join(figures)}</section>"
+    return f"<section id=\"{_anchor(title)}\"><h2>{html.escape(title)}</h2><ul>{items}</ul>{''.join(figures)}</section>"
+
+
+def _folded(title: str, figures: list[str]) -> str:
+    """Figures behind a click: the page stays short, nothing is left out."""
+    return f"<details><summary>{html.escape(title)}</summary>{''.join(figures)}</details>"
+
+
+def _contents(titles: list[str]) -> str:
+    links = " · ".join(f"<a href=\"#{_anchor(t)}\">{html.escape(t)}</a>" for t in titles)
+    return f"<nav class=\"contents\"><b>Details:</b> {links}</nav>"
+
+
+def _summary(doc: dict[str, Any], findings_figure: Path | None, titles: list[str]) -> str:
+    """The first screen: data, model, accuracy, the verified findings with their picture,
+    the regression against its baseline, then the index of the details."""
+    run, metrics = doc["run"], doc["metrics"]
+    last = doc["checkpoints"][-1]
+    accuracy = f", validation accuracy {last['val_accuracy']:.4f} at the last checkpoint" if last.get("val_accuracy") is not None else ""
+    named = named_prototypes(doc)
+    lines = [
+        f"Data {run['dataset']} ({len(doc['classes'])} classes, {metrics['n_samples']} analysed samples); model {run['model']}{accuracy}; "
+        f"{run['method']} at {run['target_layer']} over {len(doc['checkpoints'])} checkpoints.",
+        headline(doc)[0].upper() + headline(doc)[1:] + ".",
+        fit_line(metrics)[0].upper() + fit_line(metrics)[1:] + ".",
+        "Whether fine-tuning guided by this explanation helps is in the tune run's report (i2x tune --run-id <this run>).",
+    ]
+    if not named["findings"] and named["model_only"]:
+        lines.insert(2, f"Used by the final model but not singled out by its training history: "
+                        f"{_names(sorted({r['prototype'] for r in named['model_only']}))} (pictured below).")
+    caption = "Verified findings: images containing each prototype, its cell in red" if named["findings"] else \
+        "Prototypes the final model relies on (causal check passed; history not beyond the null)"
+    return _section("Summary", lines, [_img(findings_figure, caption)]) + _contents(titles)
 
 
 _STYLE = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 h1{font-size:1.6em}h2{font-size:1.25em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
 li{margin:.25em 0}figure{margin:1em 0}img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:.85em;color:#555}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .6em;font-size:.9em}
-.meta{color:#555;font-size:.9em}"""
+.meta{color:#555;font-size:.9em}nav.contents{margin:1em 0;padding:.5em .8em;background:#f6f6f6;font-size:.9em}
+#summary img{max-height:60vh}"""
 
 
 def _page(title: str, meta: str, body: str) -> str:
@@ -263,9 +333,13 @@ def explain_report(doc: dict[str, Any], arrays: dict[str, np.ndarray], out: Path
     figs["beta"] = viz.plot_beta_heatmaps(arrays["interval_beta"], top, classes, steps, out / "beta_heatmap.png")
     said = statements(doc)
     run = doc["run"]
-    body = "".join([
+    figs["findings"] = viz.plot_findings(images, doc, named["findings"] or named["model_only"], out / "findings.png",
+                                         title="Verified findings: images containing each prototype (red: its cell)" if named["findings"]
+                                         else "Used by the final model (causal check passed), not singled out by its history")
+    sections = [
         _section("What each class relies on", said["classes"], [_img(figs["classes"], "Shared and specialised prototypes per class (verified or not: see the causal check)")]
-                 + [_img(g, f"Prototype gallery page {i + 1}: exemplar patches and coverage per class") for i, g in enumerate(galleries)]),
+                 + [_folded(f"Prototype gallery ({len(galleries)} page{'s' if len(galleries) != 1 else ''}): exemplar patches and coverage per class",
+                            [_img(g, f"Prototype gallery page {i + 1}") for i, g in enumerate(galleries)])]),
         _section("Where the named prototypes sit", said["locations"] or ["No verified prototype is concentrated in one part of the image."],
                  [_img(figs["locations"], "Location maps of the verified prototypes")]),
         _section("Causal check", [s for s in said["faithfulness"] if "causal" in s or "ROAD" in s],
@@ -276,7 +350,10 @@ def explain_report(doc: dict[str, Any], arrays: dict[str, np.ndarray], out: Path
         _section("Uncertain prototypes", said["uncertain"], [_img(figs["uncertain"], "Oscillation of each uncertain prototype")]),
         _section("How prototypes move confidence", [s for s in said["faithfulness"] if "causal" not in s and "ROAD" not in s],
                  [_img(figs["beta"], f"beta per interval for the {len(top)} prototypes with the largest total |beta|")]),
-    ])
+    ]
+    titles = ["What each class relies on", "Where the named prototypes sit", "Causal check", "Where the model looks over training",
+              "The order in which classes are separated", "Uncertain prototypes", "How prototypes move confidence"]
+    body = _summary(doc, figs["findings"], titles) + "".join(sections)
     meta = (f"dataset {run['dataset']}, model {run['model']}, layer {run['target_layer']}, {run['method']}; "
             f"{doc['metrics']['n_samples']} samples, {doc['metrics']['n_prototypes']} prototypes; training run {run.get('train_run_id')}")
     index = out / "index.html"
@@ -284,9 +361,10 @@ def explain_report(doc: dict[str, Any], arrays: dict[str, np.ndarray], out: Path
     return index
 
 
-def tune_report(summary: dict[str, Any], out: Path) -> Path:
+def tune_report(summary: dict[str, Any], out: Path, optuna_figures: Sequence[Path] = ()) -> Path:
     """Figures and ``index.html`` for a tune run: the paper-format table with every row's
-    settings, then each strategy's verdict against its matched controls."""
+    settings, then each strategy's verdict against its matched controls, then Optuna's
+    own figures of the study (``optuna_figures``)."""
     from i2x.comparison import STRATEGIES, summary_table
 
     out.mkdir(parents=True, exist_ok=True)
@@ -295,6 +373,10 @@ def tune_report(summary: dict[str, Any], out: Path) -> Path:
     table = ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
              + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body_rows) + "</table>")
     lines = summary["verdict"]["text"].splitlines()
+    rows = summary["strategies"]
+    if "tuned" in rows and "full->full" in rows and rows["tuned"]["plan"] == rows["full->full"]["plan"]:
+        lines.insert(0, "The tuned row IS the full->full row: the best trial's plan perturbs nothing, so the study found no "
+                        "targeted change worth making, and there is nothing to compare.")
     if summary.get("goal_met") is not None:
         lines.append(f"Goal (tuned cuts {summary['focal_pair']} confusions by at least 10% against its full->full at no loss of accuracy): "
                      f"{'met' if summary['goal_met'] else 'not met'}.")
@@ -303,6 +385,12 @@ def tune_report(summary: dict[str, Any], out: Path) -> Path:
         lines.append("random-target could not match " + ", ".join(f"P{m['target']}" for m in unmatched)
                      + " within the tolerance on the number of images affected; the closest prototype was used.")
     body = _section("Did I2X-guided fine-tuning help?", lines, [table, _img(fig, "Test accuracy and focal-pair confusions per strategy")])
+    captions = {"optimization_history.png": "Optuna: validation accuracy per trial",
+                "param_importances.png": "Optuna: parameter importances (few trials: indicative only)",
+                "pareto_front.png": "Optuna: validation accuracy against focal-pair validation confusions (Pareto front)"}
+    figures = [_img(p, captions.get(p.name, p.name)) for p in optuna_figures]
+    if figures:
+        body += _section("The study", [f"{summary.get('study', {}).get('n_trials', '?')} trials; validation-set values, not test."], figures)
     index = out / "index.html"
     index.write_text(_page("I2X-guided fine-tuning", f"study {summary.get('study', {}).get('name', '')}", body))
     return index

@@ -63,7 +63,7 @@ def plot_overlays(
         conf: ``(n,)`` confidence in the true class.
     """
     present = list(dict.fromkeys(int(c) for c in labels))
-    fig, axes = plt.subplots(per_class, len(present), figsize=(1.45 * len(present), 1.6 * per_class + 0.3), squeeze=False)
+    fig, axes = plt.subplots(per_class, len(present), figsize=(1.45 * len(present), 1.85 * per_class + 0.5), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     row_of: dict[int, int] = {}
@@ -79,7 +79,7 @@ def plot_overlays(
         ax.imshow(heat[i], cmap="jet", alpha=0.45, vmin=0, vmax=1)
         ax.set_title(f"{classes[label]}\np={conf[i]:.2f}" if row == 0 else f"p={conf[i]:.2f}", fontsize=7)
     fig.suptitle(title + "  (p: confidence in the true class)", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(h_pad=1.2)
     return _save(fig, path)
 
 
@@ -98,7 +98,7 @@ def plot_gallery(
     """
     n_ex = max((len(p["exemplars"]) for p in prototypes), default=1) or 1
     rows = max(1, len(prototypes))
-    height = 1.05 * rows + 0.6
+    height = 1.35 * rows + 0.6
     fig = plt.figure(figsize=(1.0 * n_ex + 3.2, height))
     grid = fig.add_gridspec(rows, n_ex + 3, top=1 - 0.45 / height, bottom=0.5 / height)
     for r, proto in enumerate(prototypes):
@@ -115,9 +115,10 @@ def plot_gallery(
         cov = [proto["coverage"][c] for c in classes]
         ax.bar(range(len(classes)), cov, color="tab:blue")
         ax.set_ylim(0, 1)
-        ax.set_yticks([])
+        ax.set_yticks([0, 1], ["0", "100%"], fontsize=5)
+        ax.yaxis.tick_right()
         ax.set_xticks(range(len(classes)))
-        ax.set_xticklabels(classes if r == rows - 1 else [], fontsize=6, rotation=90)
+        ax.set_xticklabels([str(c)[:8] for c in classes], fontsize=5, rotation=90)
     fig.suptitle(title + "\nU uncertain, S shared, Sp specialised, bg background; red box: the prototype's cell; bars: share of each class's samples containing it",
                  fontsize=8, y=1 - 0.05 / height)
     return _save(fig, path)
@@ -156,22 +157,30 @@ def plot_optuna(study: Any, out: Path) -> list[Path]:
 
     import optuna.visualization.matplotlib as ov
     from optuna.exceptions import ExperimentalWarning
+    from optuna.trial import TrialState
 
-    warnings.filterwarnings("ignore", category=ExperimentalWarning)
     two = len(study.directions) > 1
+    n_complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    caveat = f" (from {n_complete} completed trials{'; too few to rank parameters reliably' if n_complete < 20 else ''})"
     figures = {"optimization_history.png": lambda: ov.plot_optimization_history(study, target=(lambda t: t.values[0]) if two else None, target_name="val accuracy"),
                "param_importances.png": lambda: ov.plot_param_importances(study, target=(lambda t: t.values[0]) if two else None)}
     if two:
         figures["pareto_front.png"] = lambda: ov.plot_pareto_front(study, target_names=["val accuracy", "target-pair confusions"])
     written = []
     for name, draw in figures.items():
-        try:
-            ax = draw()
-        except (ValueError, RuntimeError) as exc:  # e.g. importances need 2+ completed trials
-            (out / f"{name}.skipped.txt").write_text(f"{name} not drawn: {exc}\n")
-            continue
-        fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
-        written.append(_save(fig, out / name))
+        # Optuna's plots call plt.style.use("ggplot"), which would grey every later figure:
+        # rc_context restores the style when the figure is saved.
+        with matplotlib.rc_context(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=ExperimentalWarning)
+            try:
+                ax = draw()
+            except (ValueError, RuntimeError) as exc:  # e.g. importances need 2+ completed trials
+                (out / f"{name}.skipped.txt").write_text(f"{name} not drawn: {exc}\n")
+                continue
+            fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+            if name == "param_importances.png":
+                fig.axes[0].set_title(fig.axes[0].get_title() + caveat, fontsize=9)
+            written.append(_save(fig, out / name))
     return written
 
 
@@ -403,4 +412,40 @@ def plot_locations(images: np.ndarray, assignment: np.ndarray, labels: np.ndarra
                 a.axis("off")
     fig.suptitle("Where each named prototype sits (share of the class's images with it at each cell) and exemplars", fontsize=8)
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_findings(images: np.ndarray, doc: dict[str, Any], findings: Sequence[dict[str, Any]], path: Path, per_row: int = 4,
+                  top: int = 6, title: str = "Verified findings: images containing each prototype (red: its cell)") -> Path | None:
+    """One row per verified finding: whole images that contain the prototype, its cell
+    outlined in red, titled with the claim and the causal evidence behind it."""
+    from matplotlib.patches import Rectangle
+
+    protos = {p["id"]: p for p in doc["prototypes"]}
+    deletion = {(r["prototype"], tuple(r["classes"])): r for r in (doc.get("faithfulness") or {}).get("deletion", [])}
+    rows = [f for f in findings if protos[f["prototype"]]["exemplars"]][:top]
+    if not rows:
+        return None
+    height = 1.6 * len(rows) + 0.6
+    fig, axes = plt.subplots(len(rows), per_row, figsize=(1.25 * per_row, height), squeeze=False)
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.75 / height, wspace=0.06, hspace=0.5)
+    for r, finding in enumerate(rows):
+        target = finding["class"] if "class" in finding else "/".join(finding["pair"])
+        check = deletion.get((finding["prototype"], (finding["class"],) if "class" in finding else tuple(finding["pair"])))
+        evidence = (f"occluded: drop {check['effect']:+.2f} vs {check['baselines']['foreground']:+.2f} for matched cells"
+                    if check else "verified")
+        for c in range(per_row):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            exemplars = protos[finding["prototype"]]["exemplars"]
+            if c >= len(exemplars):
+                ax.axis("off")
+                continue
+            ex = exemplars[c]
+            _show_image(ax, images[ex["sample"]])
+            y0, x0, y1, x1 = ex["box"]
+            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="red", lw=2))
+        axes[r, 0].set_title(f"P{finding['prototype']} -> {target} ({finding['role']})\n{evidence}", fontsize=6.5, loc="left")
+    fig.suptitle(title, fontsize=7.5, y=1 - 0.12 / height)
     return _save(fig, path)

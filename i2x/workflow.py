@@ -53,7 +53,7 @@ def train_run(args: argparse.Namespace) -> str:
         tracking.TAG_MODEL: config.model.name,
         tracking.TAG_WORK_DIR: str(folder.resolve()),
     }
-    with tracking.open_run(f"train-{config.data.name}-{config.model.name}", tags, local=folder.resolve()) as run:
+    with tracking.open_run(f"train {config.data.name} {config.model.name}", tags, local=folder.resolve()) as run:
         run_id = run.info.run_id
         ledger.write_text(json.dumps(previous + [run_id]))
         for old in previous:
@@ -181,7 +181,8 @@ def explain_run(args: argparse.Namespace) -> str:
             tracking.TAG_TRAIN_RUN: train_run_id or "",
         }
         out = _explain_folder(config, files)
-        with tracking.open_run(f"explain-{config.data.name}-{config.model.name}", tags, local=out.resolve()) as run:
+        name = f"explain {config.data.name} {config.model.name}" + (f" (from train {train_run_id[:6]})" if train_run_id else "")
+        with tracking.open_run(name, tags, local=out.resolve()) as run:
             tracking.log_params(config.flat())
             tracking.log_text(config.to_yaml(), "config/resolved.yaml")
             timings: dict[str, float] = {}
@@ -225,9 +226,11 @@ def explain_run(args: argparse.Namespace) -> str:
                 **{k: float("nan") if v is None else v for k, v in metrics.items() if k not in ("n_prototypes", "n_samples")},
                 **{f"time_{k}_s": v for k, v in timings.items()},
             })
-            verified = f"{metrics['n_verified']} of {metrics['n_named']} named prototype(s) verified causally" if metrics["n_named"] is not None else "causal check off"
-            print(f"i2x explain: run {run.info.run_id} FINISHED: {verified}; held-out R^2 {metrics['mean_r2_heldout']} "
-                  f"(class one-hot {metrics['r2_class']}); HDBSCAN noise {metrics['noise_share']:.2f}")
+            from i2x.report import fit_line, headline
+
+            tracking.set_tags({tracking.TAG_HEADLINE: headline(doc), tracking.TAG_REPORT: str((out / "report" / "index.html").resolve()),
+                               tracking.TAG_DESCRIPTION: f"{headline(doc)}. {fit_line(metrics)}. Report: report/index.html."})
+            print(f"i2x explain: run {run.info.run_id} FINISHED: {headline(doc)}\n  {fit_line(metrics)}; HDBSCAN noise {metrics['noise_share']:.2f}")
             return run.info.run_id
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -328,7 +331,7 @@ def run_main(args: argparse.Namespace) -> None:
     config = resolve_model(resolve(args))
     plan = estimate(config, load_data(config.data, config.seed), resolve_device(config.train.device))
     print("\n".join(plan.lines()), flush=True)
-    with tracking.open_run("i2x-main", {tracking.TAG_STAGE: "main"}):
+    with tracking.open_run(f"main {config.data.name} {config.model.name}", {tracking.TAG_STAGE: "main"}):
         tracking.log_metrics({f"plan_{name}_s": round(s, 1) for name, s in plan.stages.items()}, step=0)
         ids, took = {}, {}
         for name, extra in (("train", {}), ("explain", {"run_id": "train"}), ("tune", {"run_id": "explain"})):
@@ -336,9 +339,37 @@ def run_main(args: argparse.Namespace) -> None:
             ids[name] = stage(name, {k: ids[v] for k, v in extra.items()})
             took[name] = time.perf_counter() - start
             tracking.log_metrics({f"stage_{name}_s": round(took[name], 1)}, step=0)
-        print(f"i2x main: train run {ids['train']}, explain run {ids['explain']}, tune run {ids['tune']}")
         print("stage times (estimate at start -> real): " + ", ".join(
             f"{name} {plan.stages[name] / 60:.1f} -> {took[name] / 60:.1f} min" for name in took), flush=True)
+        print(_main_summary(ids, config), flush=True)
+
+
+def _main_summary(ids: dict[str, str], config: Config) -> str:
+    """The end of ``main``: the result in three lines, then where to look. The same lines
+    become the parent run's description; its headline metrics and verdict are logged too."""
+    runs = {name: tracking.get_run(run_id) for name, run_id in ids.items()}
+    train, expl, tune = (runs[n].data for n in ("train", "explain", "tune"))
+    accuracy = train.metrics.get("test_accuracy")
+    result = [
+        f"model: {config.data.name} {config.model.name}, test accuracy {accuracy:.4f}" if accuracy is not None else f"model: {config.data.name} {config.model.name}",
+        f"explanation: {expl.tags.get(tracking.TAG_HEADLINE, '(none)')}",
+        f"fine-tuning: {tune.tags.get(tracking.TAG_VERDICT, '(none)')}",
+    ]
+    tracking.log_metrics({k: v for k, v in {"test_accuracy": accuracy, "n_verified": expl.metrics.get("n_verified"),
+                                            "tuned_test_accuracy": tune.metrics.get("tuned_test_accuracy"),
+                                            "full_full_test_accuracy": tune.metrics.get("full_full_test_accuracy")}.items() if v is not None})
+    tracking.set_tags({tracking.TAG_HEADLINE: expl.tags.get(tracking.TAG_HEADLINE, ""), tracking.TAG_VERDICT: tune.tags.get(tracking.TAG_VERDICT, ""),
+                       tracking.TAG_DESCRIPTION: "  \n".join(result)})
+    ui, url = tracking.where_to_look(runs["train"].info.experiment_id)
+    storage = tune.tags.get("optuna.storage", "")
+    look = [
+        f"explain report: {expl.tags.get(tracking.TAG_REPORT, '(not written)')}",
+        f"tune report:    {tune.tags.get(tracking.TAG_REPORT, '(not written)')}",
+        f"MLflow UI:      {ui}\n                then {url}",
+        f"Optuna study:   optuna-dashboard {storage} --host 127.0.0.1 --port 8080   then http://127.0.0.1:8080"
+        if storage.startswith(("sqlite", "postgresql", "mysql")) else f"Optuna study:   {tune.tags.get('optuna.study_name', '')} in {storage}",
+    ]
+    return "\ni2x main: done.\n  " + "\n  ".join(result) + "\n\nwhere to look:\n  " + "\n  ".join(look)
 
 
 def _tune_context(explain_run_id: str, args: argparse.Namespace, scratch: Path, config_dict: dict | None = None):  # noqa: ANN202
@@ -396,7 +427,7 @@ def tune_run(args: argparse.Namespace) -> str:
     """The Optuna study for an explain run, then the controls and the test-set summary."""
     if args.worker:
         return tune_worker(args)
-    from i2x.comparison import STRATEGIES, final_evaluation, summary_markdown
+    from i2x.comparison import STRATEGIES, final_evaluation, summary_markdown, verdict_line
     from i2x.tuning import open_study, redact, resolve_storage, run_study
     from i2x.viz import plot_optuna, plot_strategies
 
@@ -417,11 +448,15 @@ def tune_run(args: argparse.Namespace) -> str:
         tags = {tracking.TAG_STAGE: "tune", tracking.TAG_DATASET: config.data.name, tracking.TAG_MODEL: config.model.name,
                 "i2x.explain_run_id": args.run_id, "optuna.study_name": name, "optuna.storage": redact(url)}
         local = Path(config.work_dir) / f"tune-{config.data.name}-{key}"
-        with tracking.open_run(f"tune-{config.data.name}-{config.model.name}", tags, local=local.resolve()) as parent:
+        with tracking.open_run(f"tune {config.data.name} {config.model.name} (from explain {args.run_id[:6]})", tags, local=local.resolve()) as parent:
             tracking.log_params(config.flat())
             study = open_study(name, url, config)
             study.set_user_attr("explain_run_id", args.run_id)
             study.set_user_attr("mlflow_parent_run_id", parent.info.run_id)
+            study.set_user_attr("mlflow_run_url", tracking.where_to_look(parent.info.experiment_id)[1].replace("?", f"/runs/{parent.info.run_id}?"))
+            study.set_user_attr("what", f"I2X-guided fine-tuning of {config.data.name} {config.model.name} from explain run {args.run_id}: "
+                                        "each trial perturbs the training images of the prototypes it targets, fine-tunes, and reports "
+                                        "the validation accuracy (maximised) and the focal pair's validation confusions (minimised)")
             study.set_user_attr("config", config.to_dict())
             run_study(study, ctx, _track(parent.info.run_id))
             summary = final_evaluation(study, ctx, cache=local / "controls.json")
@@ -432,7 +467,7 @@ def tune_run(args: argparse.Namespace) -> str:
             (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
             (out / "summary.md").write_text(f"# I2X-guided fine-tuning: {config.data.name} / {config.model.name}\n\n{text}")
             plot_strategies(summary, list(STRATEGIES), out / "strategies.png")
-            plot_optuna(study, out)
+            optuna_figures = plot_optuna(study, out)
             for path in sorted(out.iterdir()):
                 tracking.log_artifact(path, "tuning")
             if config.tune.artifact_store:
@@ -441,12 +476,14 @@ def tune_run(args: argparse.Namespace) -> str:
                 upload_study_artifacts(study, config.tune.artifact_store, [out / "summary.json", out / "strategies.png"])
             from i2x.report import tune_report
 
-            tune_report(summary, local / "report")
+            tune_report(summary, local / "report", optuna_figures)
             for path in sorted((local / "report").iterdir()):
                 tracking.log_artifact(path, "report")
             for strategy, row in summary["strategies"].items():
                 key = strategy.replace("->", "_").replace("-", "_").replace(" (1+1)", "_1_1")
                 tracking.log_metrics({f"{key}_test_accuracy": row["accuracy_mean"], f"{key}_focal_confusions": row["focal_mean"]})
+            tracking.set_tags({tracking.TAG_VERDICT: verdict_line(summary), tracking.TAG_REPORT: str((local / "report" / "index.html").resolve()),
+                               tracking.TAG_DESCRIPTION: f"{verdict_line(summary)}. Study '{name}', {len(study.trials)} trials. Report: report/index.html."})
             print(f"i2x tune: run {parent.info.run_id} FINISHED, study '{name}' ({len(study.trials)} trials)\n\n{text}")
             return parent.info.run_id
     finally:
