@@ -11,7 +11,7 @@ DATA_DIR ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared/datasets),)
 export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run run-isolated test install ui lint bench clean-work
+.PHONY: run run-isolated test install ui dashboard lint bench clean-work
 
 $(BIN)/.installed: pyproject.toml requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +37,12 @@ lint: install
 	$(BIN)/ruff check i2x pipelines tests bench
 
 ui: install
+	@echo "MLflow UI: open the URL that 'main' printed (http://127.0.0.1:5000/#/experiments/<id>?workflowType=machine_learning),"
+	@echo "or click 'Model training' at the top left once: MLflow 3 opens on its GenAI view otherwise, and the browser remembers the choice."
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
+
+dashboard: install
+	$(BIN)/optuna-dashboard $${I2X_OPTUNA_STORAGE:-sqlite:///mlruns/optuna.db} --host 127.0.0.1 --port 8080
 
 bench: install
 	$(BIN)/python bench/train_mnist.py

@@ -76,25 +76,38 @@ def build_parser() -> argparse.ArgumentParser:
         prog="i2x",
         description="I2X: structured explanations of image classifiers from their training history.",
     )
+    parser.add_argument("--version", action="version", version=f"i2x {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    p = sub.add_parser("train", help="train a classifier with dense-early checkpoints (tracked in MLflow)")
+
+    def command(name: str, what: str, examples: list[str]) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=what, description=what[0].upper() + what[1:] + ".",
+                              epilog="examples:\n" + "\n".join(f"  {e}" for e in examples),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = command("train", "train a classifier with dense-early checkpoints (tracked in MLflow)",
+                ["i2x train --dataset mnist", "i2x train --dataset cifar10 --overrides train.epochs=5"])
     _add_run_args(p)
-    p = sub.add_parser("explain", help="Grad-CAM at every checkpoint, prototypes, and the I2X explanation")
+    p = command("explain", "Grad-CAM at every checkpoint, prototypes, and the I2X explanation",
+                ["i2x explain --run-id TRAIN_RUN_ID", "i2x explain --checkpoints mlruns/i2x-work/train-mnist-cnn-<hash>"])
     _add_run_args(p)
     p.add_argument("--run-id", default="", help="the training run to explain (MLflow run id)")
     p.add_argument("--checkpoints", default="", help="or: a local folder of ckpt-*.pt files of one run")
-    p = sub.add_parser("main", help="train, then explain, then tune (what `mlflow run .` does)")
+    p = command("main", "train, then explain, then tune (what `mlflow run .` does)",
+                ["i2x main --dataset mnist", "mlflow run . -P dataset=cifar10 --env-manager local"])
     _add_run_args(p)
-    p = sub.add_parser("tune", help="I2X-guided fine-tuning: an Optuna study, controls and a test-set summary")
+    p = command("tune", "I2X-guided fine-tuning: an Optuna study, controls and a test-set summary",
+                ["i2x tune --run-id EXPLAIN_RUN_ID", "I2X_OPTUNA_STORAGE=postgresql://... i2x tune --worker --study NAME"])
     _add_run_args(p)
     p.add_argument("--run-id", default="", help="the explain run whose uncertainty scores guide the study")
-    p.add_argument("--study", default="", help="study name (default: tune.study_name, else i2x-<explain run id>)")
+    p.add_argument("--study", default="", help="study name (default: tune.study_name, else i2x-<dataset>-<hash of the explanation and tune config>, so a rerun resumes it)")
     p.add_argument("--storage", default="", help="Optuna storage URL: sqlite:///..., postgresql://..., journal:<path> (default: tune.storage, else $I2X_OPTUNA_STORAGE, else sqlite:///mlruns/optuna.db); put URLs with a password in $I2X_OPTUNA_STORAGE")
     p.add_argument("--worker", action="store_true", help="join the running study --study on --storage and run trials")
-    p = sub.add_parser("report", help="regenerate the HTML report of an explain or tune run")
+    p = command("report", "regenerate the HTML report of an explain or tune run",
+                ["i2x report --run-id EXPLAIN_RUN_ID", "i2x report --run-id TUNE_RUN_ID --out /tmp/report"])
     p.add_argument("--run-id", default="", help="the explain or tune run")
     p.add_argument("--out", default="", help="write the report into this folder instead of logging it to the run")
-    p = sub.add_parser("services", help="the local stack without docker: S3 (SeaweedFS), MLflow server, optuna-dashboard")
+    p = command("services", "the local stack without docker: S3 (SeaweedFS), MLflow server, optuna-dashboard",
+                ["i2x services up", "i2x services status", "i2x services down"])
     p.add_argument("action", choices=["up", "down", "status", "compose"], help="compose prints docker/docker-compose.yml")
     p.add_argument("--root", default="mlruns/stack", help="folder for the services' data and logs")
     p.add_argument("--backend-store-uri", default="", help="MLflow backend (default SQLite under --root; a postgresql:// URL works)")
@@ -103,6 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mlflow-port", type=int, default=5000)
     p.add_argument("--dashboard-port", type=int, default=8080)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("i2x")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -42,6 +42,20 @@ class Service:
     command: list[str]
     health: str  # URL that answers (any HTTP status below 500) once the service is up
     env: dict[str, str]
+    study_storage: str = ""  # the dashboard's: its Optuna schema is created before it starts
+
+
+def init_study_storage(url: str) -> None:
+    """Create the Optuna schema in an RDB storage (an empty SQLite file has none, and
+    optuna-dashboard dies on it with "no such table: version_info")."""
+    if not url.startswith(("sqlite:", "postgresql", "mysql")):
+        return
+    import optuna
+
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.RDBStorage(url)
+    storage.engine.dispose()
 
 
 def _bin(name: str) -> str:
@@ -107,7 +121,7 @@ def local_stack(root: Path, backend_uri: str = "", study_storage: str = "", s3_p
                 [_bin("mlflow"), *mlflow_server_args(backend_uri, f"s3://{BUCKET}/{MLFLOW_PREFIX}", "127.0.0.1", mlflow_port)],
                 f"http://127.0.0.1:{mlflow_port}/health", s3_env),
         Service("dashboard", dashboard_port, [_bin("optuna-dashboard"), *dashboard_args(study_storage, "127.0.0.1", dashboard_port)],
-                f"http://127.0.0.1:{dashboard_port}/", {}),
+                f"http://127.0.0.1:{dashboard_port}/", {}, study_storage),
     ]
 
 
@@ -144,6 +158,8 @@ def up(root: Path, services: list[Service], timeout: float = 90) -> dict[str, st
     for svc in services:
         if svc.name in pids and _alive(pids[svc.name]):
             continue
+        if svc.study_storage:
+            init_study_storage(svc.study_storage)
         log = open(root / "logs" / f"{svc.name}.log", "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(svc.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                 env={**os.environ, **svc.env}, cwd=root)

@@ -2,7 +2,7 @@
 
 import sys
 
-from i2x.cli import main
+from pipelines import entry
 
 if __name__ == "__main__":
-    sys.exit(main(["explain", *sys.argv[1:]]))
+    sys.exit(entry("explain"))

@@ -2,7 +2,7 @@
 
 import sys
 
-from i2x.cli import main
+from pipelines import entry
 
 if __name__ == "__main__":
-    sys.exit(main(["train", *sys.argv[1:]]))
+    sys.exit(entry("train"))

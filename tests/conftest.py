@@ -77,3 +77,30 @@ def planted_run(tmp_path_factory: pytest.TempPathFactory):
     data = load_data(config.data, config.seed)
     result = train(config, data, work / "ckpts", progress=False)
     return config, data, result
+
+
+@pytest.fixture
+def browser(tmp_path: Path):
+    """Debian's headless Chromium through selenium, 1280x900 (one laptop screen). CI must
+    have it (.ci/run installs it); elsewhere the test is skipped, never counted as passed."""
+    import shutil
+
+    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and chromedriver):
+        if os.environ.get("CI"):
+            pytest.fail("CI must install Debian's chromium and chromium-driver (see .ci/run)")
+        pytest.skip("needs Debian's chromium and chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,900"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()

@@ -1,16 +1,11 @@
 """The report: statements from the explanation, figures, and the page in a real headless Chromium."""
 
-import os
-import shutil
-
 import numpy as np
 import pytest
 
-from i2x.report import explain_report, named_prototypes, statements, tune_report
+from i2x.report import explain_report, headline, named_prototypes, statements, tune_report
 
 from .test_explanation import _explain
-
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 
 @pytest.fixture(scope="module")
@@ -102,38 +97,33 @@ def test_tune_report_states_each_verdict(tmp_path):
     assert "drop alpha 1.00 on P1, P3 (every class)" in text and (tmp_path / "strategies.png").is_file()
 
 
-def test_report_in_headless_chromium(report, tmp_path):
-    if not (CHROMIUM and CHROMEDRIVER):
-        if os.environ.get("CI"):
-            pytest.fail("CI must install Debian's chromium and chromium-driver (see .ci/run)")
-        pytest.skip("needs Debian's chromium and chromium-driver")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
+def test_report_in_headless_chromium(report, browser, tmp_path):
     doc, index = report
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,3000"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    try:
-        driver.get(index.as_uri())
-        loaded = driver.execute_script("return Array.from(document.images).map(i => [i.complete, i.naturalWidth]);")
-        assert len(loaded) >= 5 and all(done and width > 0 for done, width in loaded)
-        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-        assert errors == []
-        body = driver.find_element("tag name", "body").text
-        said = statements(doc)
-        for sentence in said["classes"] + said["uncertain"] + said["faithfulness"]:
-            assert sentence in body
-        assert "Causal check" in body
-        shot = tmp_path / "report.png"
-        driver.save_screenshot(str(shot))
-        assert shot.stat().st_size > 10_000
-    finally:
-        driver.quit()
+    browser.get(index.as_uri())
+    loaded = browser.execute_script("return Array.from(document.images).map(i => [i.complete, i.naturalWidth]);")
+    assert len(loaded) >= 5 and all(done and width > 0 for done, width in loaded)
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == []
+    # the first screen is the summary: its heading, the headline, the findings' picture, the index
+    first = browser.execute_script("""
+        const box = e => e ? e.getBoundingClientRect() : null;
+        const img = document.querySelector('#summary img');
+        return {summary: box(document.querySelector('#summary')).top, img: img ? box(img).top : null,
+                nav: box(document.querySelector('nav.contents')).top, height: window.innerHeight,
+                page: document.documentElement.scrollHeight};""")
+    assert first["summary"] < 200 and first["img"] is not None and first["img"] < first["height"], first
+    summary_text = browser.find_element("id", "summary").text
+    assert headline(doc)[1:] in summary_text and "validation accuracy" in summary_text
+    body = browser.find_element("tag name", "body").text
+    said = statements(doc)
+    for sentence in said["classes"] + said["uncertain"] + said["faithfulness"]:
+        assert sentence in body
+    assert "Causal check" in body
+    # the gallery is folded: present, but not in the page's height until opened
+    assert browser.find_elements("css selector", "details img")
+    shot = tmp_path / "first_screen.png"
+    browser.save_screenshot(str(shot))
+    assert shot.stat().st_size > 10_000
 
 
 def test_the_progression_chart_draws_the_pairs_the_text_names():

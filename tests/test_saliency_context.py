@@ -225,3 +225,51 @@ def test_pred_target_uses_the_same_forward():
     preds = out.probs.argmax(1)
     assert torch.equal(out.targets, preds)
     assert torch.allclose(out.maps, saliency_pass(model, model.target_layer, images, preds).maps)
+
+
+class InplaceHead(nn.Module):
+    """Captum's in-place ReLU case: the target conv feeds a ReLU(inplace=True)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x):
+        return self.fc(self.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+def _inplace_truth():
+    """The in-place model and its out-of-place twin (same weights): Captum runs on the twin."""
+    torch.manual_seed(5)
+    model = InplaceHead().eval()
+    twin = InplaceHead().eval()
+    twin.load_state_dict(model.state_dict())
+    twin.relu.inplace = False
+    return model, twin
+
+
+@pytest.mark.parametrize("layer", ["net.block1", "net.block2", "net.block3", "net.block3.2"])
+def test_raw_maps_equal_captum_layer_grad_cam_at_every_depth(layer):
+    model = _bn_model().eval()
+    x, t = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 4])
+    ours = grad_cam(model, layer, x, t, normalize="none").maps
+    assert torch.allclose(ours, _captum(model, layer, x, t), atol=1e-6, rtol=1e-5)
+
+
+def test_captum_cases_inplace_frozen_targets_and_batch_vs_single():
+    model, twin = _inplace_truth()
+    x, t = torch.rand(5, 3, 12, 12), torch.tensor([0, 3, 1, 1, 2])
+    expected = _captum(twin, "conv", x, t)
+    assert torch.allclose(grad_cam(model, "conv", x, t, normalize="none").maps, expected, atol=1e-6, rtol=1e-5)
+    # frozen parameters: the same maps
+    model.requires_grad_(False)
+    assert torch.allclose(grad_cam(model, "conv", x, t, normalize="none").maps, expected, atol=1e-6, rtol=1e-5)
+    # each image alone equals its row of the batch
+    for i in range(5):
+        alone = grad_cam(model, "conv", x[i : i + 1], t[i : i + 1], normalize="none").maps[0]
+        assert torch.allclose(alone, expected[i], atol=1e-6, rtol=1e-5)
+    # a different target per image changes the map exactly as Captum's does
+    other = torch.tensor([1, 0, 3, 2, 2])
+    assert torch.allclose(grad_cam(model, "conv", x, other, normalize="none").maps, _captum(twin, "conv", x, other), atol=1e-6, rtol=1e-5)

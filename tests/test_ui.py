@@ -1,0 +1,96 @@
+"""What a new user sees in the browser: the MLflow UI opens on the project's runs table,
+optuna-dashboard names the study's objectives, and the native stack starts on a fresh root."""
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, f"{proc.args[0]} exited with {proc.returncode}"
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer in {timeout} s")
+
+
+def _text_appears(browser, text: str, timeout: float = 45) -> str:
+    deadline = time.time() + timeout
+    body = ""
+    while time.time() < deadline:
+        body = browser.find_element("tag name", "body").text
+        if text in body:
+            return body
+        time.sleep(0.5)
+    raise AssertionError(f"'{text}' never appeared; the page said:\n{body[:2000]}")
+
+
+def test_the_mlflow_ui_opens_on_the_runs_table(mlflow_store, browser, tmp_path):
+    import mlflow
+
+    from i2x import tracking
+
+    with tracking.open_run("train mnist cnn", {tracking.TAG_STAGE: "train"}) as run:
+        tracking.log_metrics({"test_accuracy": 0.99})
+    experiment_id = run.info.experiment_id
+    port = _free_port()
+    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", mlflow_store,
+                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        _wait(f"http://127.0.0.1:{port}/health", server)
+        _, url = tracking.where_to_look(experiment_id)  # the URL that `main` prints, on this server's port
+        browser.get(url.replace("127.0.0.1:5000", f"127.0.0.1:{port}"))
+        body = _text_appears(browser, "train mnist cnn")
+        browser.save_screenshot(str(tmp_path / "mlflow_ui.png"))
+        # the runs table, not MLflow 3's GenAI overview of traces
+        assert "Run Name" in body, body[:2000]
+        assert "No data available" not in body and "Detect Issues" not in body
+        assert mlflow.MlflowClient().get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_a_fresh_stack_root_starts_the_dashboard_with_named_objectives(browser, tmp_path, monkeypatch):
+    from i2x import services
+    from i2x.config import load_config
+    from i2x.tuning import open_study
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "local")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "local-secret")
+    root = tmp_path / "stack"
+    port = _free_port()
+    dashboard = [s for s in services.local_stack(root, dashboard_port=port) if s.name == "dashboard"]
+    urls = services.up(root, dashboard, timeout=60)  # an empty SQLite file: the schema is created first
+    try:
+        storage = dashboard[0].study_storage
+        study = open_study("i2x-unit", storage, load_config("smoke"))
+        study.set_user_attr("explain_run_id", "abc123")
+        for value in (0.5, 0.7):
+            trial = study.ask()
+            trial.suggest_float("alpha", 0.0, 1.0)
+            study.tell(trial, [value, 10.0 + value])
+        browser.get(f"{urls['dashboard']}/dashboard/studies/{study._study_id}")
+        body = _text_appears(browser, "val_accuracy")
+        browser.save_screenshot(str(tmp_path / "dashboard.png"))
+        assert "focal_pair_val_confusions" in body and "Objective 0" not in body
+    finally:
+        services.down(root)
