@@ -14,7 +14,7 @@ Nothing here asserts a speed.
 
     python bench/saliency.py                                   # CPU, every case
     python bench/saliency.py --cases resnet50-224-layer4 --rounds 7
-    python bench/saliency.py --model resnet50 --layer layer3 --size 160
+    python bench/saliency.py --model tv:resnet50 --layer layer3 --size 160
     python bench/saliency.py --device cuda --n 2048
 """
 
@@ -34,23 +34,24 @@ import torch
 CASES = {  # name: (model, channels, input size, layer or "" for the model's own)
     "cnn-mnist": ("cnn", 1, 28, ""),
     "resnet18-cifar": ("resnet18", 3, 32, ""),
-    "resnet50-224-layer4": ("resnet50", 3, 224, "layer4"),
-    "resnet50-224-layer2": ("resnet50", 3, 224, "layer2"),
+    "resnet50-224-layer4": ("tv:resnet50", 3, 224, "layer4"),
+    "resnet50-224-layer2": ("tv:resnet50", 3, 224, "layer2"),
 }
 METHODS = ("native", "library", "floor")
 
 
 def build(arch: str, channels: int) -> tuple[torch.nn.Module, str]:
-    """An i2x registry model (its own target layer) or a torchvision ImageNet model."""
+    """An i2x registry model with 10 classes (its own target layer), or ``tv:NAME``, a
+    torchvision ImageNet model with 1000 classes (give the layer)."""
     from i2x.config import ModelConfig
-    from i2x.models import MODELS, build_model
+    from i2x.models import build_model
 
-    if arch in MODELS:
-        model = build_model(ModelConfig(name=arch), channels, 10)
-        return model, model.target_layer
-    import torchvision
+    if arch.startswith("tv:"):
+        import torchvision
 
-    return getattr(torchvision.models, arch)(num_classes=1000), ""
+        return getattr(torchvision.models, arch.removeprefix("tv:"))(num_classes=1000), ""
+    model = build_model(ModelConfig(name=arch), channels, 10)
+    return model, model.target_layer
 
 
 def setup(case: dict, device: torch.device, n: int):
@@ -160,7 +161,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, from {', '.join(CASES)}")
-    parser.add_argument("--model", default="", help="instead of --cases: an i2x or torchvision model name")
+    parser.add_argument("--model", default="", help="instead of --cases: an i2x model name, or tv:NAME for torchvision's")
     parser.add_argument("--layer", default="", help="with --model: the target layer (default: the model's own)")
     parser.add_argument("--size", type=int, default=224, help="with --model: input size")
     parser.add_argument("--channels", type=int, default=3, help="with --model: input channels")
