@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from i2x.errors import I2XError
+from i2x.secrets import has_secret, redact
 
 CONFIG_DIR_ENV = "I2X_CONFIG_DIR"
 SECTIONS = ("data", "model", "train", "explain", "faithfulness", "tune")
@@ -444,6 +445,10 @@ def _apply(config: Config, updates: dict[str, Any], source: str) -> Config:
                     f"{', '.join(hints)}"
                 )
             per_section.setdefault(head, {})[tail] = _coerce(key, value, hints[tail])
+            if isinstance(value, str) and has_secret(value):
+                raise I2XError(f"config key '{key}' in {source} holds a password ({redact(value)}); config values are copied into "
+                               f"params, checkpoints and the explanation: give the URL in the environment instead "
+                               f"(tune.storage: $I2X_OPTUNA_STORAGE)")
         elif head in top_hints and head not in sections and not tail:
             top[head] = _coerce(key, value, top_hints[head])
         else:

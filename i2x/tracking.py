@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from i2x.errors import I2XError
+from i2x.secrets import redact
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 DEFAULT_EXPERIMENT = "i2x"
@@ -103,7 +104,7 @@ def open_run(run_name: str, tags: dict[str, str], nested: bool = False, local: P
     if run.info.run_name != run_name:
         client.update_run(run.info.run_id, name=run_name)
     mark_experiment(run.info.experiment_id)
-    mlflow.set_tags({**tags, TAG_COMMIT: tags.get(TAG_COMMIT, git_commit())})
+    mlflow.set_tags({k: redact(str(v)) for k, v in {**tags, TAG_COMMIT: tags.get(TAG_COMMIT, git_commit())}.items()})
     try:
         yield run
     except BaseException:
@@ -127,21 +128,13 @@ def readable(value: float) -> float:
     return float(f"{value:.6g}")
 
 
-_URL_PASSWORD = re.compile(r"(://[^:/@\s]+):[^@\s]+@")
-
-
-def redact_secrets(text: str) -> str:
-    """``scheme://user:password@host`` -> ``scheme://user:***@host``."""
-    return _URL_PASSWORD.sub(r"\1:***@", text)
-
-
 def log_params(params: dict[str, Any]) -> None:
     """Log params; values are stringified, lists joined, passwords in URLs masked, and
     MLflow's 6000-char cap respected."""
     import mlflow
 
     clean = {k: (",".join(map(str, v)) if isinstance(v, (list, tuple)) else v) for k, v in params.items()}
-    mlflow.log_params({k: redact_secrets(str(v))[:6000] for k, v in clean.items()})
+    mlflow.log_params({k: redact(str(v))[:6000] for k, v in clean.items()})
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
@@ -201,13 +194,13 @@ def log_text(text: str, artifact_file: str) -> None:
     import mlflow
 
     with _upload(artifact_file):
-        mlflow.log_text(text, artifact_file)
+        mlflow.log_text(redact(text), artifact_file)
 
 
 def set_tags(tags: dict[str, str]) -> None:
     import mlflow
 
-    mlflow.set_tags(tags)
+    mlflow.set_tags({k: redact(str(v)) for k, v in tags.items()})
 
 
 def get_run(run_id: str) -> Any:
@@ -227,7 +220,7 @@ def where_to_look(experiment_id: str) -> tuple[str, str]:
     uri = configure()
     if uri.startswith(("http://", "https://")):
         return "the tracking server is already up", f"{uri.rstrip('/')}/#/experiments/{experiment_id}?{RUNS_VIEW}"
-    return (f"mlflow ui --backend-store-uri {redact_secrets(uri)} --host 127.0.0.1 --port 5000   (or: make ui)",
+    return (f"mlflow ui --backend-store-uri {redact(uri)} --host 127.0.0.1 --port 5000   (or: make ui)",
             f"http://127.0.0.1:5000/#/experiments/{experiment_id}?{RUNS_VIEW}")
 
 

@@ -28,6 +28,7 @@ from i2x.models import target_module
 from i2x.perturbation import Plan
 from i2x.progress import duration, steps
 from i2x.prototypes import Prototypes
+from i2x.secrets import has_secret, redact
 
 DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
 STORAGE_ENV = "I2X_OPTUNA_STORAGE"  # a URL with a password belongs here, not on a command line
@@ -231,7 +232,7 @@ def storage_for(url: str, heartbeat_s: int) -> Any:
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-    url = resolve_storage(url)
+    url = url or resolve_storage()
     if url.startswith("journal:"):
         path = Path(url.removeprefix("journal:").removeprefix("//"))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -246,20 +247,16 @@ def storage_for(url: str, heartbeat_s: int) -> Any:
 
 
 def resolve_storage(url: str = "") -> str:
-    """``url``, else ``$I2X_OPTUNA_STORAGE``, else the SQLite file under ``mlruns/``."""
+    """``url`` (``--storage`` or ``tune.storage``), else ``$I2X_OPTUNA_STORAGE``, else the
+    SQLite file under ``mlruns/``. A password is taken from the environment only: in a
+    flag it shows in ``ps``, in the config it would be copied into params, checkpoints,
+    the explanation and the study's attributes."""
     import os
 
+    if has_secret(url):
+        raise I2XError(f"the storage URL {redact(url)} holds a password; pass it in ${STORAGE_ENV} (read from the environment "
+                       "only), not in --storage, tune.storage or --overrides")
     return url or os.environ.get(STORAGE_ENV, "") or DEFAULT_STORAGE
-
-
-def redact(url: str) -> str:
-    """A storage URL without its password, for logs and tags."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True) if "://" in url else url
-    except Exception:  # noqa: BLE001 - not an SQLAlchemy URL (journal:...): nothing to hide
-        return url
 
 
 def open_study(name: str, url: str, config: Config) -> Any:

@@ -25,6 +25,7 @@ import torch
 from i2x import tracking
 from i2x.config import Config, apply_overrides, config_from_dict, load_config, parse_overrides
 from i2x.errors import I2XError
+from i2x.secrets import redact
 from i2x.training import resolve_model
 
 GALLERY_PAGE = 32  # prototypes per gallery page: 128 tiles in one figure are unreadable
@@ -428,7 +429,7 @@ def tune_run(args: argparse.Namespace) -> str:
     if args.worker:
         return tune_worker(args)
     from i2x.comparison import STRATEGIES, final_evaluation, summary_markdown, verdict_line
-    from i2x.tuning import open_study, redact, resolve_storage, run_study
+    from i2x.tuning import open_study, resolve_storage, run_study
     from i2x.viz import plot_optuna, plot_strategies
 
     if not args.run_id:
@@ -502,7 +503,7 @@ def tune_worker(args: argparse.Namespace) -> str:
     try:
         study = optuna.load_study(study_name=args.study, storage=storage_for(url, 30))
     except KeyError:
-        raise I2XError(f"no study '{args.study}' in {url}; start it with 'i2x tune --run-id ...' first") from None
+        raise I2XError(f"no study '{args.study}' in {redact(url)}; start it with 'i2x tune --run-id ...' first") from None
     attrs = study.user_attrs
     scratch = tracking.scratch_dir("tune-worker")
     try:

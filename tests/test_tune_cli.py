@@ -161,3 +161,37 @@ def test_report_command_regenerates_into_a_folder_or_the_run(explained, tmp_path
     train_id = client.get_run(explain_id).data.tags["i2x.train_run_id"]
     bad = cli(env, root, "report", "--run-id", train_id)
     assert bad.returncode == 2 and "reports are made for explain and tune runs" in bad.stderr.strip().splitlines()[-1]
+
+
+def test_a_storage_password_reaches_no_artifact_tag_attribute_checkpoint_or_message(explained, pg_database, tmp_path):
+    """The local server trusts 127.0.0.1, so it accepts any password: a planted one must
+    then appear nowhere that i2x writes."""
+    import optuna
+
+    root, env, explain_id, client = explained
+    secret = "Tr0ub4dor-and-3"
+    with_password = pg_database.replace("postgres@", f"postgres:{secret}@")
+    work = root / "work-secret"
+    # in a flag or the config it is refused (argv shows in ps; config is copied everywhere)
+    for args in (["--storage", with_password], ["--overrides", f"tune.storage={with_password}"]):
+        out = cli(env, root, "tune", "--run-id", explain_id, "--config", "smoke", *args)
+        assert out.returncode == 2 and secret not in out.stderr and "holds a password" in out.stderr.strip().splitlines()[-1]
+    # from the environment it is used, and masked wherever the URL is written
+    env = {**env, "I2X_OPTUNA_STORAGE": with_password}
+    out = cli(env, root, "tune", "--run-id", explain_id, "--config", "smoke", "--study", "secret",
+              "--overrides", f"work_dir={work},tune.n_trials=2")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert secret not in out.stdout + out.stderr
+    tune = next(r for r in client.search_runs([client.get_run(explain_id).info.experiment_id], "tags.`optuna.study_name` = 'secret'"))
+    assert tune.data.tags["optuna.storage"].startswith("postgresql://postgres:***@")
+    written = {"params and tags": repr(tune.data.params) + repr(tune.data.tags)}
+    for run in client.search_runs([tune.info.experiment_id]):
+        written[f"run {run.info.run_id}"] = repr(run.data.params) + repr(run.data.tags)
+    study = optuna.load_study(study_name="secret", storage=with_password)
+    written["study attributes"] = repr(study.user_attrs) + repr(study._storage.get_study_system_attrs(study._study_id))
+    written["trial attributes"] = repr([(t.user_attrs, t.system_attrs, t.params) for t in study.trials])
+    for path in [*root.rglob("*"), *work.rglob("*")]:  # the tracking store, artifacts, checkpoints, work folders
+        if path.is_file():
+            written[str(path)] = path.read_bytes().decode("latin-1")
+    leaks = [where for where, text in written.items() if secret in text]
+    assert leaks == []
