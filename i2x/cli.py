@@ -7,6 +7,7 @@ functions, log. User mistakes print ``i2x: error: <one line>`` and exit 2.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -159,6 +160,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except I2XError as exc:
         print(f"i2x: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt as exc:  # tracking.Stopped: SIGTERM or SIGINT; the stage's run is ended KILLED
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"i2x: stopped by {signal.Signals(signum).name}; the MLflow run is marked KILLED; run the same command again to resume",
+              file=sys.stderr)
+        return 128 + int(signum)
     return 0
 
 

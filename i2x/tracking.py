@@ -9,11 +9,15 @@ which :func:`open_run` adopts.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
+import signal
 import subprocess
+import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -70,6 +74,25 @@ def configure() -> str:
     return uri
 
 
+def init_store() -> str:
+    """Create a SQLite tracking store's tables once, under a file lock, and return the URI.
+
+    MLflow creates them on first use with alembic; two processes doing that at once on a
+    new file fail ("Online migration expected to match one row", ``_alembic_tmp_tags``) and
+    can leave the store unusable. Every i2x stage calls this before touching the store, and
+    ``make run`` calls it before ``mlflow run``, whose launcher would otherwise race.
+    """
+    import mlflow
+
+    uri = configure()
+    if not uri.startswith("sqlite:///"):
+        return uri
+    db = Path(uri.removeprefix("sqlite:///") if not uri.startswith("sqlite:////") else "/" + uri.removeprefix("sqlite:////"))
+    with folder_lock(db):
+        mlflow.MlflowClient().search_experiments(max_results=1)
+    return uri
+
+
 def git_commit(cwd: Path | None = None) -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd or Path(__file__).parent, capture_output=True, text=True, timeout=5)
@@ -94,23 +117,142 @@ def open_run(run_name: str, tags: dict[str, str], nested: bool = False, local: P
     """
     import mlflow
 
-    if local is not None:
-        _LOCAL_FILES[:] = [local]
-    configure()
-    if not os.environ.get("MLFLOW_RUN_ID") and not os.environ.get("MLFLOW_EXPERIMENT_ID") and not nested:
-        mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT))
-    run = mlflow.start_run(run_name=None if os.environ.get("MLFLOW_RUN_ID") and not nested else run_name, nested=nested)
-    client = mlflow.MlflowClient()
-    if run.info.run_name != run_name:
-        client.update_run(run.info.run_id, name=run_name)
-    mark_experiment(run.info.experiment_id)
-    mlflow.set_tags({k: redact(str(v)) for k, v in {**tags, TAG_COMMIT: tags.get(TAG_COMMIT, git_commit())}.items()})
+    with contextlib.ExitStack() as stack:
+        if local is not None:
+            _LOCAL_FILES[:] = [local]
+            stack.enter_context(folder_lock(local))
+            tags = {**tags, TAG_WORK_DIR: str(local)}
+        init_store()
+        if not os.environ.get("MLFLOW_RUN_ID") and not os.environ.get("MLFLOW_EXPERIMENT_ID") and not nested:
+            mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT))
+        run = mlflow.start_run(run_name=None if os.environ.get("MLFLOW_RUN_ID") and not nested else run_name, nested=nested)
+        client = mlflow.MlflowClient()
+        if run.info.run_name != run_name:
+            client.update_run(run.info.run_id, name=run_name)
+        mark_experiment(run.info.experiment_id)
+        mlflow.set_tags({k: redact(str(v)) for k, v in {**tags, TAG_COMMIT: tags.get(TAG_COMMIT, git_commit())}.items()})
+        if local is not None:
+            close_stale(run.info.experiment_id, local, run.info.run_id)
+        pending = stack.enter_context(stop_on_signals())
+        try:
+            yield run
+            _quiet_timer()
+            if pending:  # the stop landed where Python swallows exceptions, and the work then ended
+                raise Stopped(pending[0])
+        except KeyboardInterrupt:  # SIGTERM or SIGINT (see Stopped)
+            _quiet_timer()
+            mlflow.end_run(status="KILLED")
+            raise
+        except BaseException:
+            mlflow.end_run(status="FAILED")
+            raise
+        mlflow.end_run(status="FINISHED")
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGINT during a stage. A KeyboardInterrupt, so that ``mlflow.projects.run``
+    cancels the child stage it is waiting for, and the run ends KILLED, not RUNNING."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _quiet_timer() -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[list[int]]:
+    """Turn SIGTERM and SIGINT into :class:`Stopped` (main thread only); handlers restored on exit.
+
+    Python may run a handler inside a finalizer or weakref callback, where the exception is
+    printed and dropped. So the handler also arms a 0.1 s repeating SIGALRM that raises
+    :class:`Stopped` again until one lands; the caller stops the timer when it catches it.
+    Yields the list of signals received.
+    """
+    pending: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield pending
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        pending.append(signum)
+        signal.setitimer(signal.ITIMER_REAL, 0.1, 0.1)
+        raise Stopped(signum)
+
+    def again(_signum: int, _frame: Any) -> None:
+        raise Stopped(pending[0])
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, again)
     try:
-        yield run
-    except BaseException:
-        mlflow.end_run(status="FAILED")
-        raise
-    mlflow.end_run(status="FINISHED")
+        yield pending
+    finally:
+        _quiet_timer()
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """One process at a time per work folder (``.<name>.lock`` beside it, an flock: released
+    by the kernel when the holder dies, even by SIGKILL). A second run of the same work waits,
+    then finds the first one's outputs and reuses them."""
+    lock = folder.parent / f".{folder.name}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"i2x: another run is using {folder}; waiting for it to finish", file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def close_stale(experiment_id: str, folder: Path, current: str) -> list[str]:
+    """Runs of this work folder still RUNNING while this process holds its lock were killed
+    (SIGKILL, power loss): end them KILLED, tagged with the run that found them."""
+    from mlflow.tracking import MlflowClient
+
+    if "'" in str(folder):
+        return []  # not expressible in a filter string; such runs stay as they are
+    client = MlflowClient()
+    stale = client.search_runs([experiment_id], f"tags.`{TAG_WORK_DIR}` = '{folder}' and attributes.status = 'RUNNING'")
+    closed = []
+    for run in stale:
+        if run.info.run_id != current:
+            client.set_tag(run.info.run_id, "i2x.closed_by", current)
+            client.set_terminated(run.info.run_id, status="KILLED")
+            closed.append(run.info.run_id)
+    return closed
+
+
+def adopt_trials(experiment_id: str, study_name: str, parent_run_id: str, states: dict[int, str]) -> int:
+    """Put every trial run of ``study_name`` under ``parent_run_id`` (a rerun of a killed tune
+    resumes the study, whose earlier trials sit under the abandoned parent), and end the trial
+    runs of trials Optuna no longer runs as KILLED. ``states``: trial number -> Optuna state.
+    Returns the number of runs moved."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    moved = 0
+    for run in client.search_runs([experiment_id], f"tags.`optuna.study_name` = '{study_name}'"):
+        if run.data.tags.get(TAG_STAGE) != "tune-trial":
+            continue
+        if run.data.tags.get(TAG_PARENT) != parent_run_id:
+            client.set_tag(run.info.run_id, "i2x.adopted_from", run.data.tags.get(TAG_PARENT, ""))
+            client.set_tag(run.info.run_id, TAG_PARENT, parent_run_id)
+            moved += 1
+        number = int(run.data.tags.get("optuna.trial_number", -1))
+        if run.info.status == "RUNNING" and states.get(number) != "RUNNING":
+            client.set_tag(run.info.run_id, "optuna.state", states.get(number, "FAIL"))
+            client.set_terminated(run.info.run_id, status="KILLED")
+    return moved
 
 
 def mark_experiment(experiment_id: str) -> None:
@@ -280,7 +422,8 @@ def run_entry_point(project: Path, entry_point: str, parameters: dict[str, Any])
 
 
 @contextlib.contextmanager
-def trial_run(parent_run_id: str, number: int, params: dict[str, Any], outcome: Callable[[], dict[str, Any]] | None = None) -> Iterator[Any]:
+def trial_run(parent_run_id: str, number: int, params: dict[str, Any], outcome: Callable[[], dict[str, Any]] | None = None,
+              study_name: str = "") -> Iterator[Any]:
     """A nested MLflow run for one Optuna trial (any process: the parent is given by id).
 
     Yields ``log_epoch(epoch, val_accuracy)``. The run ends FINISHED (also when pruned:
@@ -295,7 +438,7 @@ def trial_run(parent_run_id: str, number: int, params: dict[str, Any], outcome: 
     client = MlflowClient()
     experiment_id = client.get_run(parent_run_id).info.experiment_id
     run = client.create_run(experiment_id, run_name=f"trial-{number}", tags={
-        TAG_PARENT: parent_run_id, TAG_STAGE: "tune-trial", "optuna.trial_number": str(number)})
+        TAG_PARENT: parent_run_id, TAG_STAGE: "tune-trial", "optuna.trial_number": str(number), "optuna.study_name": study_name})
     run_id = run.info.run_id
     for key, value in params.items():
         client.log_param(run_id, key, ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value)

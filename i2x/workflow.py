@@ -33,7 +33,7 @@ GALLERY_PAGE = 32  # prototypes per gallery page: 128 tiles in one figure are un
 
 def train_run(args: argparse.Namespace) -> str:
     """Train with checkpoints, tracked in MLflow; resumes from local checkpoints. Returns the run id."""
-    from i2x.checkpoints import list_checkpoints
+    from i2x.checkpoints import atomic_write_text, list_checkpoints
     from i2x.cli import resolve
     from i2x.data import load_data
     from i2x.training import resolve_device, run_folder, train
@@ -47,16 +47,12 @@ def train_run(args: argparse.Namespace) -> str:
     folder = run_folder(config)
     folder.mkdir(parents=True, exist_ok=True)
     ledger = folder / "runs.json"
-    previous = json.loads(ledger.read_text()) if ledger.is_file() else []
-    tags = {
-        tracking.TAG_STAGE: "train",
-        tracking.TAG_DATASET: config.data.name,
-        tracking.TAG_MODEL: config.model.name,
-        tracking.TAG_WORK_DIR: str(folder.resolve()),
-    }
+    tags = {tracking.TAG_STAGE: "train", tracking.TAG_DATASET: config.data.name, tracking.TAG_MODEL: config.model.name}
     with tracking.open_run(f"train {config.data.name} {config.model.name}", tags, local=folder.resolve()) as run:
         run_id = run.info.run_id
-        ledger.write_text(json.dumps(previous + [run_id]))
+        # read and written under the folder's lock (open_run), atomically: no run id is lost
+        previous = json.loads(ledger.read_text()) if ledger.is_file() else []
+        atomic_write_text(ledger, json.dumps(previous + [run_id]))
         for old in previous:
             tracking.mark_superseded(old, by=run_id)
         tracking.log_params(config.flat())
@@ -385,6 +381,9 @@ def _tune_context(explain_run_id: str, args: argparse.Namespace, scratch: Path, 
     train_run_id = run.data.tags.get(tracking.TAG_TRAIN_RUN, "")
     if run.data.tags.get(tracking.TAG_STAGE) != "explain" or not train_run_id:
         raise I2XError(f"run {explain_run_id} is not an i2x explain run of a tracked training run; pass the explain run id")
+    if run.info.status != "FINISHED":
+        raise I2XError(f"explain run {explain_run_id} is {run.info.status}, not FINISHED: its artifacts may be incomplete; "
+                       "rerun explain (it resumes) and tune from the finished run")
     doc = json.loads(tracking.download_artifacts(explain_run_id, "explanation/explanation.json", scratch).read_text())
     protos = load_prototypes(tracking.download_artifacts(explain_run_id, "prototypes/centers.npz", scratch))
     last = sorted(p for p in tracking.list_artifacts(train_run_id, "checkpoints") if p.endswith(".pt"))[-1]
@@ -418,7 +417,8 @@ def _track(parent_run_id: str):  # noqa: ANN202
     def track(trial, plan):  # noqa: ANN001, ANN202
         params = {**trial.params, "targets": list(plan.targets) or "none", "scope": [list(c) for c in plan.scope] or "every class"}
         keys = ("n_affected", "n_dropped", "n_added", "class_counts", "epoch_fraction")
-        with tracking.trial_run(parent_run_id, trial.number, params, lambda: {k: trial.user_attrs[k] for k in keys if k in trial.user_attrs}) as log_epoch:
+        with tracking.trial_run(parent_run_id, trial.number, params, lambda: {k: trial.user_attrs[k] for k in keys if k in trial.user_attrs},
+                                study_name=trial.study.study_name) as log_epoch:
             yield log_epoch
 
     return track
@@ -460,6 +460,8 @@ def tune_run(args: argparse.Namespace) -> str:
                                         "the validation accuracy (maximised) and the focal pair's validation confusions (minimised)")
             study.set_user_attr("config", config.to_dict())
             run_study(study, ctx, _track(parent.info.run_id))
+            # after a killed run: its trials move under this run; the killed trial's run ends KILLED
+            tracking.adopt_trials(parent.info.experiment_id, name, parent.info.run_id, {t.number: t.state.name for t in study.trials})
             summary = final_evaluation(study, ctx, cache=local / "controls.json")
             summary["study"] = {"name": name, "storage": redact(url), "n_trials": len(study.trials)}
             text = summary_markdown(summary)
@@ -521,6 +523,8 @@ def report_run(args: argparse.Namespace) -> Path:
 
     if not args.run_id:
         raise I2XError("say which run to report on: --run-id RUN_ID (an explain or tune run)")
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise I2XError(f"--out {args.out} is a file; give a folder (it is created if missing) so that nothing there is overwritten")
     run = tracking.get_run(args.run_id)
     stage = run.data.tags.get(tracking.TAG_STAGE)
     scratch = tracking.scratch_dir("report")

@@ -80,7 +80,7 @@ def test_sigkill_mid_training_then_resume_gives_identical_weights(tmp_path):
     env = cli_env(tmp_path)
     reference = subprocess.run(command(tmp_path / "ref"), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert reference.returncode == 0, reference.stderr[-2000:]
-    (ref_folder,) = (tmp_path / "ref").iterdir()
+    (ref_folder,) = (tmp_path / "ref").glob("train-*")  # beside it: the folder lock
     ref_files = list_checkpoints(ref_folder)
 
     proc = subprocess.Popen(command(tmp_path / "killed"), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

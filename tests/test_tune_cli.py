@@ -91,6 +91,7 @@ def test_two_workers_on_postgresql_share_one_study(explained, pg_database):
     assert sorted(by_number) == sorted(t.number for t in finished)
     assert all(len(v) == 1 for v in by_number.values())
     assert all(r.data.tags["optuna.state"] in ("COMPLETE", "PRUNED") for r in runs)
+    client.set_terminated(parent.info.run_id)  # the stand-in parent of this test
 
 
 def test_killed_study_resumes_and_keeps_completed_trials(explained, tmp_path):
@@ -128,6 +129,16 @@ def test_killed_study_resumes_and_keeps_completed_trials(explained, tmp_path):
     for number, values in before:
         assert after[number] == values
     assert "| tuned |" in out.stdout and "tuned vs full->full: accuracy" in out.stdout
+    # nothing stays RUNNING, and the finished tune run holds every trial of the study
+    experiment_id = client.get_run(explain_id).info.experiment_id
+    assert client.search_runs([experiment_id], "attributes.status = 'RUNNING'") == []
+    runs = client.search_runs([experiment_id], "tags.`optuna.study_name` = 'resume'")
+    parents = [r for r in runs if r.data.tags["i2x.stage"] == "tune"]
+    final = next(r for r in parents if r.info.status == "FINISHED")
+    assert {r.info.status for r in parents if r is not final} == {"KILLED"}
+    trials = [r for r in runs if r.data.tags["i2x.stage"] == "tune-trial"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {final.info.run_id}
+    assert {int(r.data.tags["optuna.trial_number"]) for r in trials} >= set(after)
 
 
 def test_tune_needs_an_explain_run(explained):
@@ -182,7 +193,8 @@ def test_a_storage_password_reaches_no_artifact_tag_attribute_checkpoint_or_mess
               "--overrides", f"work_dir={work},tune.n_trials=2")
     assert out.returncode == 0, out.stderr[-2000:]
     assert secret not in out.stdout + out.stderr
-    tune = next(r for r in client.search_runs([client.get_run(explain_id).info.experiment_id], "tags.`optuna.study_name` = 'secret'"))
+    tune = next(r for r in client.search_runs([client.get_run(explain_id).info.experiment_id], "tags.`optuna.study_name` = 'secret'")
+                if r.data.tags["i2x.stage"] == "tune")
     assert tune.data.tags["optuna.storage"].startswith("postgresql://postgres:***@")
     written = {"params and tags": repr(tune.data.params) + repr(tune.data.tags)}
     for run in client.search_runs([tune.info.experiment_id]):
@@ -195,3 +207,60 @@ def test_a_storage_password_reaches_no_artifact_tag_attribute_checkpoint_or_mess
             written[str(path)] = path.read_bytes().decode("latin-1")
     leaks = [where for where, text in written.items() if secret in text]
     assert leaks == []
+
+
+def _running_run(client, experiment_id, stage, work, proc, timeout=300):
+    """Wait until the stage's run on ``work`` is RUNNING in MLflow (the process is inside it)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, f"the stage ended before it could be killed: {proc.stderr.read()[-2000:]}"
+        runs = [r for r in client.search_runs([experiment_id], f"tags.`i2x.stage` = '{stage}' and attributes.status = 'RUNNING'")
+                if r.data.tags.get("i2x.work_dir", "").startswith(str(work))]
+        if runs:
+            return runs[0]
+        time.sleep(0.2)
+    raise AssertionError(f"no RUNNING {stage} run appeared")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_a_killed_explain_never_stays_running(explained, tmp_path, sig):
+    root, env, explain_id, client = explained
+    train_id = client.get_run(explain_id).data.tags["i2x.train_run_id"]
+    experiment_id = client.get_run(explain_id).info.experiment_id
+    work = tmp_path / "work"  # a fresh analysis folder: the stage really runs
+    args = ["explain", "--run-id", train_id, "--config", "smoke", "--overrides", f"work_dir={work}"]
+    proc = subprocess.Popen([sys.executable, "-m", "i2x.cli", *args], cwd=root, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    killed = _running_run(client, experiment_id, "explain", work, proc)
+    os.kill(proc.pid, sig)
+    out_text, err = proc.communicate(timeout=120)
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 128 + signal.SIGTERM, (out_text + err)[-3000:]
+        assert err.strip().splitlines()[-1].startswith("i2x: stopped by SIGTERM; the MLflow run is marked KILLED")
+        assert client.get_run(killed.info.run_id).info.status == "KILLED"
+    else:
+        assert client.get_run(killed.info.run_id).info.status == "RUNNING"  # nothing can end it at SIGKILL...
+    out = cli(env, root, *args)  # ... so the rerun, holding the folder's lock, closes it
+    assert out.returncode == 0, out.stderr[-2000:]
+    old = client.get_run(killed.info.run_id)
+    assert old.info.status == "KILLED"
+    runs = client.search_runs([experiment_id], "attributes.status = 'RUNNING'")
+    assert runs == [], [(r.info.run_name, r.data.tags.get("i2x.work_dir")) for r in runs]
+    if sig == signal.SIGKILL:
+        new = next(r for r in client.search_runs([experiment_id], "attributes.status = 'FINISHED'") if r.data.tags.get("i2x.stage") == "explain"
+                   and r.data.tags.get("i2x.work_dir", "").startswith(str(work)))
+        assert old.data.tags["i2x.closed_by"] == new.info.run_id
+
+
+def test_two_explains_of_the_same_work_at_once_both_finish(explained, tmp_path):
+    root, env, explain_id, client = explained
+    train_id = client.get_run(explain_id).data.tags["i2x.train_run_id"]
+    args = ["explain", "--run-id", train_id, "--config", "smoke", "--overrides", f"work_dir={tmp_path / 'work'}"]
+    procs = [subprocess.Popen([sys.executable, "-m", "i2x.cli", *args], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-1500:] for o in outs]
+    said = [o[0] + o[1] for o in outs]
+    # the second waited for the first's lock, then reused its finished analysis
+    assert sum("another run is using" in s for s in said) == 1 and sum("reusing the finished analysis" in s for s in said) == 1
+    assert not list((tmp_path / "work").glob("*.partial"))
