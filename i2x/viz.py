@@ -417,8 +417,8 @@ def plot_locations(images: np.ndarray, assignment: np.ndarray, labels: np.ndarra
 
 def plot_findings(images: np.ndarray, doc: dict[str, Any], findings: Sequence[dict[str, Any]], path: Path, per_row: int = 4,
                   top: int = 6, title: str = "Verified findings: images containing each prototype (red: its cell)") -> Path | None:
-    """One row per verified finding: whole images that contain the prototype, its cell
-    outlined in red, titled with the claim and the causal evidence behind it."""
+    """Each verified finding (two side by side): whole images that contain the prototype,
+    its cell outlined in red, titled with the claim and the causal evidence behind it."""
     from matplotlib.patches import Rectangle
 
     protos = {p["id"]: p for p in doc["prototypes"]}
@@ -426,26 +426,25 @@ def plot_findings(images: np.ndarray, doc: dict[str, Any], findings: Sequence[di
     rows = [f for f in findings if protos[f["prototype"]]["exemplars"]][:top]
     if not rows:
         return None
-    height = 1.6 * len(rows) + 0.6
-    fig, axes = plt.subplots(len(rows), per_row, figsize=(1.25 * per_row, height), squeeze=False)
-    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.75 / height, wspace=0.06, hspace=0.5)
-    for r, finding in enumerate(rows):
+    side = 2 if len(rows) > 1 else 1
+    lines = (len(rows) + side - 1) // side
+    height = 1.6 * lines + 0.6
+    fig, axes = plt.subplots(lines, side * per_row, figsize=(1.25 * per_row * side + 0.2 * (side - 1), height), squeeze=False)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=1 - 0.75 / height, wspace=0.06, hspace=0.5)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, finding in enumerate(rows):
+        r, c0 = divmod(i, side)
         target = finding["class"] if "class" in finding else "/".join(finding["pair"])
         check = deletion.get((finding["prototype"], (finding["class"],) if "class" in finding else tuple(finding["pair"])))
         evidence = (f"occluded: drop {check['effect']:+.2f} vs {check['baselines']['foreground']:+.2f} for matched cells"
                     if check else "verified")
-        for c in range(per_row):
-            ax = axes[r, c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            exemplars = protos[finding["prototype"]]["exemplars"]
-            if c >= len(exemplars):
-                ax.axis("off")
-                continue
-            ex = exemplars[c]
+        for j, ex in enumerate(protos[finding["prototype"]]["exemplars"][:per_row]):
+            ax = axes[r, c0 * per_row + j]
+            ax.axis("on")
             _show_image(ax, images[ex["sample"]])
             y0, x0, y1, x1 = ex["box"]
             ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="red", lw=2))
-        axes[r, 0].set_title(f"P{finding['prototype']} -> {target} ({finding['role']})\n{evidence}", fontsize=6.5, loc="left")
-    fig.suptitle(title, fontsize=7.5, y=1 - 0.12 / height)
+        axes[r, c0 * per_row].set_title(f"P{finding['prototype']} -> {target} ({finding['role']})\n{evidence}", fontsize=7, loc="left")
+    fig.suptitle(title, fontsize=8, y=1 - 0.12 / height)
     return _save(fig, path)
