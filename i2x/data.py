@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -291,6 +292,18 @@ def _load_tree(tree: Path, size: int) -> RawSplits:
     return RawSplits(train_x, train_y, test_x, test_y, classes)
 
 
+def _eight_bit(img: Any) -> Any:
+    """16-bit (and 32-bit integer) greyscale scaled to 8 bits by its range; PIL's own
+    ``convert("L")`` clips every value above 255 to white."""
+    from PIL import Image
+
+    if not (img.mode in ("I", "F") or img.mode.startswith("I;16")):
+        return img
+    arr = np.asarray(img, dtype=np.float64)
+    top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+    return Image.fromarray(np.clip(np.round(arr / top * 255.0), 0, 255).astype(np.uint8), mode="L")
+
+
 def _read_image_folder(
     folder: Path, size: int, classes: tuple[str, ...] | None
 ) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
@@ -311,6 +324,11 @@ def _read_image_folder(
     ]
     if not files:
         raise I2XError(f"no images found under {folder} (extensions {', '.join(IMG_EXTENSIONS)})")
+    if classes is None and len(found) < 2:
+        raise I2XError(f"{folder} has one class folder ({found[0]}); a classifier needs at least 2: add a folder per class")
+    empty = [name for label, name in enumerate(found) if not any(lab == label for _, lab in files)]
+    if empty:
+        raise I2XError(f"class folder(s) {', '.join(empty)} under {folder} hold no images; add images or remove the folder(s)")
     listing = hashlib.sha1()
     for p, _ in files:
         st = p.stat()
@@ -322,13 +340,13 @@ def _read_image_folder(
             return torch.from_numpy(npz["x"]), torch.from_numpy(npz["y"]), found
 
     with Image.open(files[0][0]) as first:
-        mode = "L" if first.mode in ("L", "1", "I;16") else "RGB"
+        mode = "L" if first.mode in ("L", "1", "I", "F") or first.mode.startswith("I;16") else "RGB"
     channels = 1 if mode == "L" else 3
     x = np.empty((len(files), channels, size, size), dtype=np.uint8)
     for i, (path, _) in enumerate(steps(files, f"decode {folder.name}", unit="img")):
         try:
             with Image.open(path) as img:
-                img = img.convert(mode)
+                img = _eight_bit(img).convert(mode)
                 if img.size != (size, size):
                     img = img.resize((size, size), Image.BILINEAR)
                 arr = np.asarray(img, dtype=np.uint8)

@@ -25,10 +25,16 @@ def test_help_lists_the_stages(tmp_path):
         (["train", "--config", "smoke", "--overrides", "train.epochz=1"], "unknown config key 'train.epochz'"),
         (["train", "--config", "nope"], "config 'nope' not found"),
         (["tune"], "--run-id EXPLAIN_RUN_ID"),
+        (["train", "--config", "smoke", "--overrides", "tune.storage=postgresql://ana:pw-1234@db/i2x"], "holds a password"),
+        (["tune", "--worker", "--study", "s", "--storage", "postgresql://ana:pw-1234@db/i2x"], "holds a password"),
+        (["report", "--run-id", "abc", "--out", "A_FILE"], "is a file; give a folder"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, fragment):
+    (tmp_path / "A_FILE").write_text("keep me")
     out = run_cli(tmp_path, *args)
+    assert "pw-1234" not in out.stdout + out.stderr
+    assert (tmp_path / "A_FILE").read_text() == "keep me"
     assert out.returncode == 2
     lines = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]
     assert lines[-1].startswith("i2x: error: ") and fragment in lines[-1]

@@ -127,3 +127,35 @@ def test_real_cifar10_from_shared_tarball(tmp_path, monkeypatch):
     # unpacked once, atomically: a second load reuses the cache
     assert len(list((tmp_path / "cache").glob("cifar10-*"))) == 1
     assert ROOT.exists()
+
+
+def test_an_empty_class_folder_or_a_single_class_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("I2X_CACHE_DIR", str(tmp_path / "cache"))
+    _write_tree(tmp_path / "tree")
+    (tmp_path / "tree" / "train" / "bird").mkdir()
+    (tmp_path / "tree" / "test" / "bird").mkdir()
+    with pytest.raises(I2XError, match=r"class folder\(s\) bird under .*train hold no images"):
+        load_data(DataConfig(name="imagefolder", root=str(tmp_path / "tree")), seed=0)
+    single = tmp_path / "single"
+    for split in ("train", "test"):
+        (single / split / "cat").mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(single / split / "cat" / "0.png")
+    with pytest.raises(I2XError, match="one class folder"):
+        load_data(DataConfig(name="imagefolder", root=str(single)), seed=0)
+
+
+def test_16_bit_greyscale_is_scaled_not_clipped(tmp_path, monkeypatch):
+    """A planted ramp: 16-bit values 0..65535 must become 0..255 in order, not 99% white."""
+    monkeypatch.setenv("I2X_CACHE_DIR", str(tmp_path / "cache"))
+    ramp = np.linspace(0, 65535, 8 * 8).reshape(8, 8).astype(np.uint16)
+    for split in ("train", "test"):
+        for cls, img in (("dark", ramp // 4), ("ramp", ramp)):
+            folder = tmp_path / "tree" / split / cls
+            folder.mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(img).save(folder / f"{i}.png")  # uint16: mode I;16
+    data = load_data(DataConfig(name="imagefolder", root=str(tmp_path / "tree"), image_size=8, val_fraction=0.5, analysis_size=2), seed=0)
+    x = data.test_x[data.test_y == data.classes.index("ramp")][0, 0].numpy().astype(int)
+    expected = np.round(ramp.astype(float) / 65535 * 255).astype(int)
+    assert np.abs(x - expected).max() <= 1
+    assert (x == 255).mean() < 0.05
