@@ -261,7 +261,7 @@ def compose_spec() -> dict[str, Any]:
                 "restart": "no",
             },
             "postgres": {
-                "image": "postgres:16",
+                "image": "postgres:16.6-bookworm",
                 "environment": {"POSTGRES_USER": "${POSTGRES_USER:?set POSTGRES_USER in docker/.env}",
                                 "POSTGRES_PASSWORD": "${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD in docker/.env}", "POSTGRES_DB": POSTGRES_DB},
                 "volumes": ["postgres-data:/var/lib/postgresql/data"],

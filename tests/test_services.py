@@ -38,3 +38,25 @@ def test_a_service_that_dies_at_start_says_why_in_the_error(tmp_path, monkeypatc
     with pytest.raises(I2XError) as err:
         services.up(tmp_path, [svc], timeout=30)
     assert "exited with 3" in str(err.value) and "address already in use 127.0.0.1:9" in str(err.value)
+
+
+def test_the_team_stack_binds_to_loopback_by_default_with_pinned_images_and_no_root():
+    import yaml
+
+    from .conftest import ROOT
+
+    compose = yaml.safe_load((ROOT / "docker" / "docker-compose.yml").read_text())
+    # Inside its container a server listens on 0.0.0.0 (else the port mapping cannot reach
+    # it); what matters is the host side, which is loopback unless I2X_BIND says otherwise.
+    published = [p for svc in compose["services"].values() for p in svc.get("ports", [])]
+    assert published and all(str(p).startswith("${I2X_BIND:-127.0.0.1}:") for p in published), published
+    for name, svc in compose["services"].items():
+        if "image" in svc:  # an exact release, never a floating tag
+            assert re.search(r":(RELEASE\.|\d+\.\d+)", svc["image"]) and not svc["image"].endswith(":latest"), (name, svc["image"])
+        command = " ".join(map(str, svc.get("command", []) if isinstance(svc.get("command"), list) else [svc.get("command", "")]))
+        assert not re.search(r"://[^:$/\s]*:[^$@\s]+@", command), f"{name}: a password literal in argv"
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    base = re.search(r"^FROM (\S+)", dockerfile, re.M).group(1)
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+", base), base
+    assert re.search(r"^USER (?!root)\w+", dockerfile, re.M)
+    assert "pip install -e" not in dockerfile and "[dev]" not in dockerfile
