@@ -429,6 +429,31 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     raise I2XError(f"config key '{key}' expects {type_name}, got {value!r}")
 
 
+# Bounds of numeric keys (inclusive; None: open). A value outside fails at load, in one
+# line, before any run is opened, instead of as a ZeroDivisionError or numpy overflow later.
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    "seed": (0, 2**32 - 1),
+    "data.image_size": (0, 4096),
+    "train.epochs": (1, None),
+    "train.batch_size": (1, None),
+    "train.eval_batch_size": (1, None),
+    "explain.batch_size": (1, None),
+    "explain.n_prototypes": (2, None),
+    "explain.memory_mb": (0, None),
+    "tune.n_trials": (1, None),
+    "tune.seeds": (1, None),
+}
+
+
+def _check_range(key: str, value: Any, source: str) -> None:
+    lo, hi = RANGES.get(key, (None, None))
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        bound = f"from {lo} to {hi}" if hi is not None else f"at least {lo}"
+        raise I2XError(f"config key '{key}' in {source} must be {bound}, got {value}")
+
+
 def _apply(config: Config, updates: dict[str, Any], source: str) -> Config:
     """Return ``config`` with dotted ``updates`` applied, type-checked."""
     sections = _section_types()
@@ -445,12 +470,14 @@ def _apply(config: Config, updates: dict[str, Any], source: str) -> Config:
                     f"{', '.join(hints)}"
                 )
             per_section.setdefault(head, {})[tail] = _coerce(key, value, hints[tail])
+            _check_range(key, per_section[head][tail], source)
             if isinstance(value, str) and has_secret(value):
                 raise I2XError(f"config key '{key}' in {source} holds a password ({redact(value)}); config values are copied into "
                                f"params, checkpoints and the explanation: give the URL in the environment instead "
                                f"(tune.storage: $I2X_OPTUNA_STORAGE)")
         elif head in top_hints and head not in sections and not tail:
             top[head] = _coerce(key, value, top_hints[head])
+            _check_range(key, top[head], source)
         else:
             valid = [k for k in top_hints if k not in sections] + [f"{s}.*" for s in sections]
             raise I2XError(f"unknown config key '{key}' in {source}; valid keys: {', '.join(valid)}")
@@ -522,7 +549,9 @@ def load_config(
     try:
         tree = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise I2XError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise I2XError(f"config file {path} is not valid YAML{where}: {getattr(exc, 'problem', None) or str(exc).splitlines()[0]}") from exc
     per_device = tree.pop(DEVICES_KEY, None) if isinstance(tree, dict) else None
     config = _apply(Config(), _flatten_yaml(tree, path), str(path))
     if per_device:

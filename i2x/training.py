@@ -37,7 +37,7 @@ from i2x.checkpoints import (
 from i2x.config import Config, device_kind
 from i2x.data import DataBundle, augment, iterate, to_float
 from i2x.errors import I2XError
-from i2x.models import Classifier, build_model, load_weights, resolve_auto
+from i2x.models import MODELS, Classifier, build_model, load_weights, resolve_auto
 from i2x.progress import Progress
 
 MetricsFn = Callable[[int, dict[str, float]], None]
@@ -71,7 +71,10 @@ def _diverged(step: int, what: str, config: Config, index: list[CheckpointInfo])
 
 
 def resolve_model(config: Config) -> Config:
-    """``model.name=auto`` resolved for ``train.device`` (see :data:`i2x.models.AUTO_MODELS`)."""
+    """``model.name=auto`` resolved for ``train.device`` (see :data:`i2x.models.AUTO_MODELS`);
+    an unknown name is refused here, before any MLflow run is opened."""
+    if config.model.name != "auto" and config.model.name not in MODELS:
+        raise I2XError(f"unknown model '{config.model.name}'; choose one of {', '.join(sorted(MODELS))}, or auto")
     model = resolve_auto(config.model, resolve_device(config.train.device))
     return config if model == config.model else dataclasses.replace(config, model=model)
 

@@ -28,17 +28,28 @@ def test_help_lists_the_stages(tmp_path):
         (["train", "--config", "smoke", "--overrides", "tune.storage=postgresql://ana:pw-1234@db/i2x"], "holds a password"),
         (["tune", "--worker", "--study", "s", "--storage", "postgresql://ana:pw-1234@db/i2x"], "holds a password"),
         (["report", "--run-id", "abc", "--out", "A_FILE"], "is a file; give a folder"),
+        (["train", "--config", "smoke", "--overrides", "train.batch_size=0"], "'train.batch_size' in overrides must be at least 1, got 0"),
+        (["train", "--config", "smoke", "--overrides", "train.epochs=0"], "'train.epochs' in overrides must be at least 1, got 0"),
+        (["train", "--config", "smoke", "--overrides", "data.image_size=-5"], "'data.image_size' in overrides must be from 0 to 4096"),
+        (["train", "--config", "smoke", "--seed", "99999999999999999999"], "'seed' in overrides must be from 0 to 4294967295"),
+        (["train", "--config", "BAD_YAML"], "is not valid YAML at line 3, column 1"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, fragment):
     (tmp_path / "A_FILE").write_text("keep me")
-    out = run_cli(tmp_path, *args)
+    (tmp_path / "bad.yaml").write_text("train:\n  epochs: [1\n")
+    out = run_cli(tmp_path, *[str(tmp_path / "bad.yaml") if a == "BAD_YAML" else a for a in args])
     assert "pw-1234" not in out.stdout + out.stderr
     assert (tmp_path / "A_FILE").read_text() == "keep me"
     assert out.returncode == 2
     lines = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]
     assert lines[-1].startswith("i2x: error: ") and fragment in lines[-1]
     assert "Traceback" not in out.stderr
+    if (tmp_path / "mlflow.db").exists():  # a config error opens no MLflow run
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+        assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
 
 
 @pytest.mark.slow
