@@ -131,19 +131,22 @@ def normalize_maps(cam: torch.Tensor, how: str) -> torch.Tensor:
     return flat.view_as(cam)
 
 
-def upsample(maps: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
-    """Picture-sized maps ``(N, *size)``: (bi/tri)linear as cv2.resize, then min-max again,
-    which is what pytorch-grad-cam returns for a single target layer."""
+def _resize(maps: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """``(N, *grid)`` -> ``(N, *size)``: bilinear (2-D) or trilinear (3-D), as cv2.resize."""
     mode = "bilinear" if len(size) == 2 else "trilinear"
-    up = torch.nn.functional.interpolate(maps[:, None].float(), size=size, mode=mode, align_corners=False)[:, 0]
-    return normalize_maps(up, "minmax")
+    return torch.nn.functional.interpolate(maps[:, None].float(), size=size, mode=mode, align_corners=False)[:, 0]
+
+
+def upsample(maps: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """Picture-sized maps ``(N, *size)``: resized, then min-max again, which is what
+    pytorch-grad-cam returns for a single target layer."""
+    return normalize_maps(_resize(maps, size), "minmax")
 
 
 def combine_layers(results: dict[str, SaliencyResult], size: tuple[int, ...]) -> torch.Tensor:
     """Several layers' min-max maps as one picture-sized map, as pytorch-grad-cam aggregates
     a list of target layers: resize each, average, min-max."""
-    mode = "bilinear" if len(size) == 2 else "trilinear"
-    ups = [torch.nn.functional.interpolate(r.maps[:, None].float(), size=size, mode=mode, align_corners=False)[:, 0] for r in results.values()]
+    ups = [_resize(r.maps, size) for r in results.values()]
     return normalize_maps(torch.stack(ups).clamp_min(0).mean(0), "minmax")
 
 
@@ -281,8 +284,9 @@ def _grad_cam_library(cls_name: str) -> Callable[..., Any]:
                     if len(store.activations) != len(layers):
                         raise I2XError(f"target layers {layers} produced {len(store.activations)} activations in one forward; each must run exactly once")
                     if cam.uses_gradients and scores.requires_grad:
-                        model.zero_grad(set_to_none=True)
-                        scores.sum().backward(retain_graph=True)
+                        # Gradients reach the library's hooks on the way to the input; no
+                        # parameter's .grad is written, so a caller's accumulated gradients stay.
+                        torch.autograd.grad(scores.sum(), inp)
                     results = {}
                     for i, (name, module) in enumerate(zip(layers, modules, strict=True)):
                         acts = store.activations[i]
@@ -300,7 +304,6 @@ def _grad_cam_library(cls_name: str) -> Callable[..., Any]:
                         results[name] = SaliencyResult(maps, probs, acts.to(x.device) if keep_features else None, idx)
             finally:
                 cam.activations_and_grads.release()
-                model.zero_grad(set_to_none=True)
         return _single_or_many(layer, results)
 
     return run
@@ -392,6 +395,24 @@ def plan_batch(fn: CamFn, model: nn.Module, layer: str, sample: torch.Tensor, me
     return int(max(1, min(cap, memory_mb * 2**20 // per_image)))
 
 
+def cam_method(name: str) -> CamFn:
+    """The method registered as ``name``, or one line listing the choices."""
+    if name not in CAM_METHODS:
+        raise I2XError(f"unknown saliency method '{name}'; choose one of {', '.join(CAM_METHODS)}")
+    return CAM_METHODS[name]
+
+
+def pass_batch(model: nn.Module, layer: str, images: torch.Tensor, method: str, batch_size: int, memory_mb: float | None,
+               device: torch.device) -> int:
+    """The batch of a saliency pass: ``batch_size``, or with ``memory_mb`` the measured fit
+    (:func:`plan_batch` on the first two images), at most ``batch_size``."""
+    if batch_size < 1:
+        raise I2XError(f"explain.batch_size must be at least 1, got {batch_size}")
+    if memory_mb is None or len(images) < 2:
+        return batch_size
+    return plan_batch(cam_method(method), model, layer, pixels(images[:2]).to(device), memory_mb, batch_size)
+
+
 def saliency_pass(
     model: nn.Module,
     layer: str,
@@ -414,24 +435,19 @@ def saliency_pass(
         target: ``label`` (explain the true class) or ``pred`` (the predicted class, from
             the same forward).
         batch_size: the batch, or with ``memory_mb`` the largest batch allowed.
-        memory_mb: a memory budget for one batch; the batch size is then measured with
-            :func:`plan_batch` on the first images.
+        memory_mb: a memory budget for one batch (see :func:`pass_batch`); a caller that
+            runs many passes of one architecture measures once and passes ``batch_size``.
 
     Returns:
         :class:`SaliencyResult` with ``(N, *grid)`` maps, ``(N, M)`` probs, ``(N,)`` the
         classes explained, and ``(N, d, *grid)`` features when ``keep_features``; all on
         the CPU. Every method returns its features from the same pass.
     """
-    if method not in CAM_METHODS:
-        raise I2XError(f"unknown saliency method '{method}'; choose one of {', '.join(CAM_METHODS)}")
+    fn = cam_method(method)
     if target not in ("label", "pred"):
         raise I2XError(f"explain.target must be label or pred, got '{target}'")
-    if batch_size < 1:
-        raise I2XError(f"explain.batch_size must be at least 1, got {batch_size}")
-    fn = CAM_METHODS[method]
     device = device or next(model.parameters()).device
-    if memory_mb is not None and len(labels) >= 2:
-        batch_size = plan_batch(fn, model, layer, pixels(images[:2]).to(device), memory_mb, batch_size)
+    batch_size = pass_batch(model, layer, images, method, batch_size, memory_mb, device)
     maps, probs, feats, explained = [], [], [], []
     for start in steps(range(0, len(labels), batch_size), desc or "saliency", unit="batch", enabled=desc is not None):
         xb = pixels(images[start : start + batch_size]).to(device)

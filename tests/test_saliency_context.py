@@ -273,3 +273,12 @@ def test_captum_cases_inplace_frozen_targets_and_batch_vs_single():
     # a different target per image changes the map exactly as Captum's does
     other = torch.tensor([1, 0, 3, 2, 2])
     assert torch.allclose(grad_cam(model, "conv", x, other, normalize="none").maps, _captum(twin, "conv", x, other), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam-reference", "gradcam++"])
+def test_a_callers_accumulated_gradients_are_left_alone(method):
+    model = _bn_model().eval()
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 0.25)
+    CAM_METHODS[method](model, model.target_layer, torch.rand(2, 3, 32, 32), [0, 1])
+    assert all(torch.equal(p.grad, torch.full_like(p, 0.25)) for p in model.parameters())
