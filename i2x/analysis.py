@@ -22,7 +22,7 @@ from i2x.models import Classifier
 from i2x.patterns import GroupFit, fit_group_betas, heldout_summary, learning_groups
 from i2x.progress import steps
 from i2x.prototypes import Prototypes, fit_prototypes
-from i2x.saliency import saliency_pass
+from i2x.saliency import pass_batch, saliency_pass
 from i2x.structure import Structure, build_structure
 
 MIN_CHECKPOINTS = 3
@@ -104,12 +104,15 @@ def analyse(
     maps, probs = [], []
     features = None
     tick = time.perf_counter()
+    batch = cfg.batch_size
     for t in steps(range(n_checkpoints), "saliency", unit="ckpt", enabled=progress):
         model = load_model(t).to(device)
         target = layer or model.target_layer
         final = t == n_checkpoints - 1
+        if t == 0:  # every checkpoint has the same architecture: one measurement sizes every pass
+            batch = pass_batch(model, target, images, cfg.method, cfg.batch_size, cfg.memory_mb or None, device)
         out = saliency_pass(model, target, images, labels, method=cfg.method, target=cfg.target, normalize=cfg.normalize,
-                            batch_size=cfg.batch_size, keep_features=final, device=device, memory_mb=cfg.memory_mb or None)
+                            batch_size=batch, keep_features=final, device=device)
         if final:
             features = out.features  # every method returns the plain target-layer activations
         maps.append(out.maps)
