@@ -132,7 +132,7 @@ def open_run(run_name: str, tags: dict[str, str], nested: bool = False, local: P
         mark_experiment(run.info.experiment_id)
         mlflow.set_tags({k: redact(str(v)) for k, v in {**tags, TAG_COMMIT: tags.get(TAG_COMMIT, git_commit())}.items()})
         if local is not None:
-            close_stale(run.info.experiment_id, local, run.info.run_id)
+            close_stale(local, run.info.run_id)
         pending = stack.enter_context(stop_on_signals())
         try:
             yield run
@@ -214,15 +214,18 @@ def folder_lock(folder: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def close_stale(experiment_id: str, folder: Path, current: str) -> list[str]:
+def close_stale(folder: Path, current: str) -> list[str]:
     """Runs of this work folder still RUNNING while this process holds its lock were killed
-    (SIGKILL, power loss): end them KILLED, tagged with the run that found them."""
+    (SIGKILL, power loss): end them KILLED, tagged with the run that found them. Searched in
+    every experiment of the store: the folder, not the experiment, is the work's identity
+    (``i2x train`` and ``mlflow run`` resume the same folder from different experiments)."""
     from mlflow.tracking import MlflowClient
 
     if "'" in str(folder):
         return []  # not expressible in a filter string; such runs stay as they are
     client = MlflowClient()
-    stale = client.search_runs([experiment_id], f"tags.`{TAG_WORK_DIR}` = '{folder}' and attributes.status = 'RUNNING'")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    stale = client.search_runs(experiments, f"tags.`{TAG_WORK_DIR}` = '{folder}' and attributes.status = 'RUNNING'")
     closed = []
     for run in stale:
         if run.info.run_id != current:
@@ -357,13 +360,15 @@ def get_run(run_id: str) -> Any:
         raise I2XError(f"MLflow run '{run_id}' does not exist in {uri}; check the id in the MLflow UI or set MLFLOW_TRACKING_URI") from None
 
 
-def where_to_look(experiment_id: str) -> tuple[str, str]:
-    """``(how to open the MLflow UI, the URL of the experiment's runs table)`` for this tracking URI."""
+def where_to_look(experiment_id: str, run_id: str = "") -> tuple[str, str]:
+    """``(how to open the MLflow UI, the URL of the experiment's runs table, or of one run)``
+    for this tracking URI."""
     uri = configure()
+    page = f"#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "") + f"?{RUNS_VIEW}"
     if uri.startswith(("http://", "https://")):
-        return "the tracking server is already up", f"{uri.rstrip('/')}/#/experiments/{experiment_id}?{RUNS_VIEW}"
+        return "the tracking server is already up", f"{uri.rstrip('/')}/{page}"
     return (f"mlflow ui --backend-store-uri {redact(uri)} --host 127.0.0.1 --port 5000   (or: make ui)",
-            f"http://127.0.0.1:5000/#/experiments/{experiment_id}?{RUNS_VIEW}")
+            f"http://127.0.0.1:5000/{page}")
 
 
 def download_artifacts(run_id: str, artifact_path: str, dst: Path) -> Path:
@@ -386,22 +391,6 @@ def list_artifacts(run_id: str, path: str | None = None) -> list[str]:
     from mlflow.tracking import MlflowClient
 
     return [a.path for a in MlflowClient().list_artifacts(run_id, path)]
-
-
-def mark_superseded(run_id: str, by: str) -> None:
-    """A run that was killed stays RUNNING; when a resume takes over, end it as KILLED."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
-    from mlflow.exceptions import MlflowException
-
-    try:
-        run = client.get_run(run_id)
-    except MlflowException:
-        return  # the old run lives in another tracking store; nothing to close here
-    if run.info.status == "RUNNING":
-        client.set_tag(run_id, "i2x.resumed_by", by)
-        client.set_terminated(run_id, status="KILLED")
 
 
 def run_entry_point(project: Path, entry_point: str, parameters: dict[str, Any]) -> str:

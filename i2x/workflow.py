@@ -52,9 +52,7 @@ def train_run(args: argparse.Namespace) -> str:
         run_id = run.info.run_id
         # read and written under the folder's lock (open_run), atomically: no run id is lost
         previous = json.loads(ledger.read_text()) if ledger.is_file() else []
-        atomic_write_text(ledger, json.dumps(previous + [run_id]))
-        for old in previous:
-            tracking.mark_superseded(old, by=run_id)
+        atomic_write_text(ledger, json.dumps(previous + [run_id]))  # a dead earlier run was closed by open_run
         tracking.log_params(config.flat())
         tracking.log_text(config.to_yaml(), "config/resolved.yaml")
         existing = list_checkpoints(folder)
@@ -225,9 +223,10 @@ def explain_run(args: argparse.Namespace) -> str:
             })
             from i2x.report import fit_line, headline
 
-            tracking.set_tags({tracking.TAG_HEADLINE: headline(doc), tracking.TAG_REPORT: str((out / "report" / "index.html").resolve()),
-                               tracking.TAG_DESCRIPTION: f"{headline(doc)}. {fit_line(metrics)}. Report: report/index.html."})
-            print(f"i2x explain: run {run.info.run_id} FINISHED: {headline(doc)}\n  {fit_line(metrics)}; HDBSCAN noise {metrics['noise_share']:.2f}")
+            said, fit = headline(doc), fit_line(metrics)
+            tracking.set_tags({tracking.TAG_HEADLINE: said, tracking.TAG_REPORT: str((out / "report" / "index.html").resolve()),
+                               tracking.TAG_DESCRIPTION: f"{said}. {fit}. Report: report/index.html."})
+            print(f"i2x explain: run {run.info.run_id} FINISHED: {said}\n  {fit}; HDBSCAN noise {metrics['noise_share']:.2f}")
             return run.info.run_id
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -454,7 +453,7 @@ def tune_run(args: argparse.Namespace) -> str:
             study = open_study(name, url, config)
             study.set_user_attr("explain_run_id", args.run_id)
             study.set_user_attr("mlflow_parent_run_id", parent.info.run_id)
-            study.set_user_attr("mlflow_run_url", tracking.where_to_look(parent.info.experiment_id)[1].replace("?", f"/runs/{parent.info.run_id}?"))
+            study.set_user_attr("mlflow_run_url", tracking.where_to_look(parent.info.experiment_id, parent.info.run_id)[1])
             study.set_user_attr("what", f"I2X-guided fine-tuning of {config.data.name} {config.model.name} from explain run {args.run_id}: "
                                         "each trial perturbs the training images of the prototypes it targets, fine-tunes, and reports "
                                         "the validation accuracy (maximised) and the focal pair's validation confusions (minimised)")
@@ -485,8 +484,9 @@ def tune_run(args: argparse.Namespace) -> str:
             for strategy, row in summary["strategies"].items():
                 key = strategy.replace("->", "_").replace("-", "_").replace(" (1+1)", "_1_1")
                 tracking.log_metrics({f"{key}_test_accuracy": row["accuracy_mean"], f"{key}_focal_confusions": row["focal_mean"]})
-            tracking.set_tags({tracking.TAG_VERDICT: verdict_line(summary), tracking.TAG_REPORT: str((local / "report" / "index.html").resolve()),
-                               tracking.TAG_DESCRIPTION: f"{verdict_line(summary)}. Study '{name}', {len(study.trials)} trials. Report: report/index.html."})
+            verdict = verdict_line(summary)
+            tracking.set_tags({tracking.TAG_VERDICT: verdict, tracking.TAG_REPORT: str((local / "report" / "index.html").resolve()),
+                               tracking.TAG_DESCRIPTION: f"{verdict}. Study '{name}', {len(study.trials)} trials. Report: report/index.html."})
             print(f"i2x tune: run {parent.info.run_id} FINISHED, study '{name}' ({len(study.trials)} trials)\n\n{text}")
             return parent.info.run_id
     finally:
