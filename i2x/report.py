@@ -260,26 +260,33 @@ def _contents(titles: list[str]) -> str:
     return f"<nav class=\"contents\"><b>Details:</b> {links}</nav>"
 
 
-def _summary(doc: dict[str, Any], findings_figure: Path | None, titles: list[str]) -> str:
+def _findings_caption(named: dict[str, list[dict[str, Any]]]) -> str:
+    """What the summary's picture shows: verified findings, else the prototypes only the final model uses."""
+    return ("Verified findings: images containing each prototype (red: its cell)" if named["findings"]
+            else "Used by the final model (causal check passed), not singled out by its history")
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + "."
+
+
+def _summary(doc: dict[str, Any], named: dict[str, list[dict[str, Any]]], findings_figure: Path | None, titles: list[str]) -> str:
     """The first screen: data, model, accuracy, the verified findings with their picture,
     the regression against its baseline, then the index of the details."""
     run, metrics = doc["run"], doc["metrics"]
     last = doc["checkpoints"][-1]
     accuracy = f", validation accuracy {last['val_accuracy']:.4f} at the last checkpoint" if last.get("val_accuracy") is not None else ""
-    named = named_prototypes(doc)
     lines = [
         f"Data {run['dataset']} ({len(doc['classes'])} classes, {metrics['n_samples']} analysed samples); model {run['model']}{accuracy}; "
         f"{run['method']} at {run['target_layer']} over {len(doc['checkpoints'])} checkpoints.",
-        headline(doc)[0].upper() + headline(doc)[1:] + ".",
-        fit_line(metrics)[0].upper() + fit_line(metrics)[1:] + ".",
+        _sentence(headline(doc)),
+        _sentence(fit_line(metrics)),
         "Whether fine-tuning guided by this explanation helps is in the tune run's report (i2x tune --run-id <this run>).",
     ]
     if not named["findings"] and named["model_only"]:
         lines.insert(2, f"Used by the final model but not singled out by its training history: "
                         f"{_names(sorted({r['prototype'] for r in named['model_only']}))} (pictured below).")
-    caption = "Verified findings: images containing each prototype, its cell in red" if named["findings"] else \
-        "Prototypes the final model relies on (causal check passed; history not beyond the null)"
-    return _section("Summary", lines, [_img(findings_figure, caption)]) + _contents(titles)
+    return _section("Summary", lines, [_img(findings_figure, _findings_caption(named))]) + _contents(titles)
 
 
 _STYLE = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -334,26 +341,23 @@ def explain_report(doc: dict[str, Any], arrays: dict[str, np.ndarray], out: Path
     said = statements(doc)
     run = doc["run"]
     figs["findings"] = viz.plot_findings(images, doc, named["findings"] or named["model_only"], out / "findings.png",
-                                         title="Verified findings: images containing each prototype (red: its cell)" if named["findings"]
-                                         else "Used by the final model (causal check passed), not singled out by its history")
-    sections = [
-        _section("What each class relies on", said["classes"], [_img(figs["classes"], "Shared and specialised prototypes per class (verified or not: see the causal check)")]
+                                         title=_findings_caption(named))
+    sections = [  # (title, sentences, figures): rendered in order and listed in the index
+        ("What each class relies on", said["classes"], [_img(figs["classes"], "Shared and specialised prototypes per class (verified or not: see the causal check)")]
                  + [_folded(f"Prototype gallery ({len(galleries)} page{'s' if len(galleries) != 1 else ''}): exemplar patches and coverage per class",
                             [_img(g, f"Prototype gallery page {i + 1}") for i, g in enumerate(galleries)])]),
-        _section("Where the named prototypes sit", said["locations"] or ["No verified prototype is concentrated in one part of the image."],
+        ("Where the named prototypes sit", said["locations"] or ["No verified prototype is concentrated in one part of the image."],
                  [_img(figs["locations"], "Location maps of the verified prototypes")]),
-        _section("Causal check", [s for s in said["faithfulness"] if "causal" in s or "ROAD" in s],
+        ("Causal check", [s for s in said["faithfulness"] if "causal" in s or "ROAD" in s],
                  [_img(figs["faithfulness"], "Occlusion of each named prototype against matched random cells")]),
-        _section("Where the model looks over training", [f"{len(steps)} checkpoints from step {steps[0]} to step {steps[-1]}."],
+        ("Where the model looks over training", [f"{len(steps)} checkpoints from step {steps[0]} to step {steps[-1]}."],
                  [_img(figs["saliency"], "Fixed samples across checkpoints")]),
-        _section("The order in which classes are separated", said["progression"], [_img(figs["progression"], "Confusions per checkpoint")]),
-        _section("Uncertain prototypes", said["uncertain"], [_img(figs["uncertain"], "Oscillation of each uncertain prototype")]),
-        _section("How prototypes move confidence", [s for s in said["faithfulness"] if "causal" not in s and "ROAD" not in s],
+        ("The order in which classes are separated", said["progression"], [_img(figs["progression"], "Confusions per checkpoint")]),
+        ("Uncertain prototypes", said["uncertain"], [_img(figs["uncertain"], "Oscillation of each uncertain prototype")]),
+        ("How prototypes move confidence", [s for s in said["faithfulness"] if "causal" not in s and "ROAD" not in s],
                  [_img(figs["beta"], f"beta per interval for the {len(top)} prototypes with the largest total |beta|")]),
     ]
-    titles = ["What each class relies on", "Where the named prototypes sit", "Causal check", "Where the model looks over training",
-              "The order in which classes are separated", "Uncertain prototypes", "How prototypes move confidence"]
-    body = _summary(doc, figs["findings"], titles) + "".join(sections)
+    body = _summary(doc, named, figs["findings"], [title for title, _, _ in sections]) + "".join(_section(*s) for s in sections)
     meta = (f"dataset {run['dataset']}, model {run['model']}, layer {run['target_layer']}, {run['method']}; "
             f"{doc['metrics']['n_samples']} samples, {doc['metrics']['n_prototypes']} prototypes; training run {run.get('train_run_id')}")
     index = out / "index.html"

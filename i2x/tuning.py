@@ -291,7 +291,7 @@ def run_study(study: Any, ctx: TuneContext, track: TrackFn | None = None) -> Non
     if done >= n:
         return
     study.optimize(make_objective(ctx, track), n_trials=n - done,
-                   callbacks=[MaxTrialsCallback(n, states=(TrialState.COMPLETE, TrialState.PRUNED)), TrialLines(n, done)],
+                   callbacks=[MaxTrialsCallback(n, states=(TrialState.COMPLETE, TrialState.PRUNED)), TrialLines(n)],
                    gc_after_trial=True, show_progress_bar=False)
 
 
@@ -299,8 +299,8 @@ class TrialLines:
     """One line per finished trial: n of N, its parameters, its values or PRUNED, and the
     study's ETA from this process's mean trial time (Optuna's own bar is off)."""
 
-    def __init__(self, n_trials: int, done: int) -> None:
-        self.n_trials, self.done, self.start = n_trials, done, time.perf_counter()
+    def __init__(self, n_trials: int) -> None:
+        self.n_trials, self.start = n_trials, time.perf_counter()
         self.here = 0
 
     def __call__(self, study: Any, trial: Any) -> None:
