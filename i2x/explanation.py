@@ -250,7 +250,7 @@ def _faithfulness_doc(deletion: list[DeletionResult], road: RoadResult | None, n
     rows = [{
         "prototype": r.claim.prototype, "role": r.claim.role, "classes": [name(c) for c in r.claim.classes],
         "n_images": r.n_images, "cells_per_image": _r(r.cells_per_image), "foreground_share": _r(r.foreground_share),
-        "effect": _r(r.effect), "baselines": {k: _r(v) for k, v in r.baselines.items()}, "excess": _r(r.excess),
+        "effect": _r(r.effect), "effect_ci": [_r(r.effect_ci[0]), _r(r.effect_ci[1])], "baselines": {k: _r(v) for k, v in r.baselines.items()}, "excess": _r(r.excess),
         "ci": [_r(r.ci[0]), _r(r.ci[1])], "p": _r(r.p), "p_adjusted": _r(r.p_adjusted), "verified": r.verified,
     } for r in deletion]
     tested = [r for r in deletion if r.verified is not None]

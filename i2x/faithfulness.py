@@ -13,9 +13,13 @@ occluding the same number of other cells chosen three ways, measured the same wa
 The measure is the class margin (``logit_c - max other logit``) for a shared or
 specialised prototype of class c, and ``|change of logit_a - logit_b|`` for an
 uncertain prototype of pair (a, b), over the images of those classes that contain it.
-A prototype is **verified** when its mean excess over the foreground-matched baseline
-has a bootstrap CI above 0 and its one-sided Wilcoxon p-value, Benjamini-Hochberg
-adjusted over the prototypes tested, is below ``alpha``.
+A prototype is **verified** when occluding it lowers the measure (the bootstrap CI of its
+own mean drop is above 0), its mean excess over the foreground-matched baseline has a
+bootstrap CI above 0, and its one-sided Wilcoxon p-value, Benjamini-Hochberg adjusted over
+the prototypes tested, is below ``alpha``. The first condition was added after a model
+trained on permuted labels had a "verified" prototype whose occlusion *raised* its class
+margin, only less than the matched cells did: beating the control is not enough when the
+control itself moves the wrong way.
 
 Saliency-level faithfulness of the Grad-CAM maps themselves comes from
 pytorch-grad-cam's ROAD metric (``pytorch_grad_cam.metrics.road.ROADCombined``),
@@ -57,12 +61,13 @@ class DeletionResult:
 
     Attributes:
         effect: mean drop of the measure when the prototype's cells are occluded.
+        effect_ci: bootstrap CI of ``effect``.
         baselines: mean drop for each of :data:`BASELINES` (same cell count per image).
         excess: ``effect - baselines["foreground"]``, mean over images.
         ci: bootstrap CI of ``excess``.
         p: one-sided Wilcoxon p-value of the per-image excess; ``p_adjusted`` is BH.
-        verified: ``ci[0] > 0`` and ``p_adjusted < alpha``; None when not tested
-            (fewer than ``min_images`` images contain it).
+        verified: ``effect_ci[0] > 0``, ``ci[0] > 0`` and ``p_adjusted < alpha``; None when
+            not tested (fewer than ``min_images`` images contain it).
     """
 
     claim: Claim
@@ -76,6 +81,7 @@ class DeletionResult:
     p: float
     p_adjusted: float
     verified: bool | None
+    effect_ci: tuple[float, float] = (float("nan"), float("nan"))
 
 
 @dataclass(frozen=True)
@@ -250,12 +256,15 @@ def _verdicts(raw: list[tuple[Claim, np.ndarray | None, dict]], cfg: Faithfulnes
             continue
         drops = info["drops"]
         excess = drops["prototype"] - drops["foreground"]
-        boot = excess[rng.integers(0, len(excess), size=(cfg.bootstrap, len(excess)))].mean(1)
-        lo, hi = np.quantile(boot, [(1 - cfg.ci) / 2, (1 + cfg.ci) / 2])
+        resample = rng.integers(0, len(excess), size=(cfg.bootstrap, len(excess)))  # the same resamples for both CIs
+        levels = [(1 - cfg.ci) / 2, (1 + cfg.ci) / 2]
+        lo, hi = np.quantile(excess[resample].mean(1), levels)
+        own_lo, own_hi = np.quantile(drops["prototype"][resample].mean(1), levels)
         out.append(DeletionResult(
             claim, len(rows), float(info["counts"].mean()), float(info["fg"]), float(drops["prototype"].mean()),
             {k: float(drops[k].mean()) for k in BASELINES}, float(excess.mean()), (float(lo), float(hi)),
-            float(p[i]), float(adjusted[i]), bool(lo > 0 and adjusted[i] < cfg.alpha),
+            float(p[i]), float(adjusted[i]), bool(own_lo > 0 and lo > 0 and adjusted[i] < cfg.alpha),
+            (float(own_lo), float(own_hi)),
         ))
     return out
 

@@ -104,3 +104,24 @@ def test_road_prefers_the_true_map_to_random_maps():
                        device=torch.device("cpu"))
     assert road.n_images == 24
     assert road.gradcam > road.random and road.gradcam_ci[0] > road.random_ci[1]
+
+
+def test_beating_a_control_that_moves_the_wrong_way_is_not_verified():
+    """Seen on a model trained on permuted labels: occluding the prototype RAISED its class
+    margin (drop -0.003), only less than the matched cells did (-0.017), so the excess was
+    positive with a CI above 0 and the prototype was 'verified'. A prototype that drives a
+    class must lower it when occluded; the same numbers with the signs of a real driver pass."""
+    from i2x.faithfulness import BASELINES, _verdicts
+
+    rng = np.random.default_rng(0)
+
+    def verdict(own: float, matched: float) -> bool:
+        n = 100
+        drops = {"prototype": own + 0.005 * rng.standard_normal(n), **{k: matched + 0.005 * rng.standard_normal(n) for k in BASELINES}}
+        info = {"drops": drops, "counts": np.full(n, 7.5), "fg": 0.06, "n": n}
+        (result,) = _verdicts([(Claim(3, "shared", (0,)), np.zeros(n), info)], FaithfulnessConfig(), seed=0)
+        assert result.ci[0] > 0  # the excess alone would verify both
+        return result.verified
+
+    assert verdict(own=-0.003, matched=-0.017) is False
+    assert verdict(own=0.017, matched=0.003) is True
