@@ -44,7 +44,10 @@ class DataConfig:
         test_limit: the same for the test set.
         analysis_size: size of the seeded, stratified analysis subset (drawn from the
             training portion) that the explanation runs on.
-        augment: random crop (pad 4) and horizontal flip while training.
+        augment: random crop and horizontal flip while training.
+        translate: the crop's reflect padding in pixels (airbench: 2).
+        flip: ``random`` (a coin per image and batch) or ``alternating`` (airbench: a
+            seeded coin per image, inverted every other epoch).
         synthetic_per_class: images per class and split for the ``synthetic`` set.
         synthetic_confuser: share of the ``column`` and of the ``diagonal`` images replaced by a
             planted confuser (see :func:`i2x.data.make_synthetic`); 0: none.
@@ -59,6 +62,8 @@ class DataConfig:
     test_limit: int = 0
     analysis_size: int = 1000
     augment: bool = False
+    translate: int = 4
+    flip: Literal["random", "alternating"] = "random"
     synthetic_per_class: int = 300
     synthetic_confuser: float = 0.0
 
@@ -69,11 +74,13 @@ class ModelConfig:
 
     Attributes:
         name: a key of :data:`i2x.models.MODELS`.
-        width: base channel count of the compact CNN (ignored by the ResNets).
+        width: base channel count of the compact CNN and the fast net (ignored by the
+            ResNets); 0: the registry's default (cnn 16, fastnet 64), or with ``name=auto``
+            the device's width (:data:`i2x.models.AUTO_MODELS`). A width given is kept.
     """
 
     name: str = "cnn"
-    width: int = 16
+    width: int = 0
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,18 @@ class TrainConfig:
         device: ``auto`` (cuda when available), ``cpu`` or ``cuda``.
         num_threads: torch intra-op threads; 0 keeps torch's default.
         label_smoothing: cross-entropy label smoothing (airbench's recipe uses 0.2).
+        lr_schedule: ``onecycle`` (warm-up 15%, cosine down), ``cosine``, ``constant`` or
+            ``triangle`` (airbench: 0.2x rising to the peak at 23%, then down to 0.07x).
+        bias_lr_scale: BatchNorm parameters train at this multiple of the rate, with the
+            weight decay divided by it so their decay per step is unchanged (airbench: 64).
+        lookahead_every: every this many steps, pull the weights toward an average of
+            themselves and copy it back (airbench's lookahead; 0: off). The average's
+            decay is ``0.95**every * (step/total)**3`` and it is copied back at every epoch
+            end, so each checkpoint holds the averaged weights.
+        lookahead_start: epochs before the lookahead starts (airbench: 3).
+        tta_level: the final test accuracy is also reported with test-time augmentation:
+            1 averages the mirrored image, 2 also one-pixel shifts (airbench: 2; 0: not
+            reported). Every checkpoint and explanation is of the plain model.
     """
 
     epochs: int = 3
@@ -96,7 +115,7 @@ class TrainConfig:
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    lr_schedule: str = "onecycle"
+    lr_schedule: Literal["onecycle", "cosine", "constant", "triangle"] = "onecycle"
     checkpoint_fractions: tuple[float, ...] = (0.1, 0.25, 0.5)
     checkpoint_every_epoch: bool = True
     device: str = "auto"
@@ -104,6 +123,10 @@ class TrainConfig:
     log_every: int = 20
     num_threads: int = 0
     label_smoothing: float = 0.0
+    bias_lr_scale: float = 1.0
+    lookahead_every: int = 0
+    lookahead_start: float = 3.0
+    tta_level: int = 0
 
 
 @dataclass(frozen=True)
@@ -434,6 +457,12 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
 RANGES: dict[str, tuple[float | None, float | None]] = {
     "seed": (0, 2**32 - 1),
     "data.image_size": (0, 4096),
+    "data.translate": (0, 16),
+    "model.width": (0, 4096),
+    "train.bias_lr_scale": (1e-6, None),
+    "train.lookahead_every": (0, None),
+    "train.lookahead_start": (0, None),
+    "train.tta_level": (0, 2),
     "train.epochs": (1, None),
     "train.batch_size": (1, None),
     "train.eval_batch_size": (1, None),

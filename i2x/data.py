@@ -122,6 +122,11 @@ def _from_torchvision(cls: type, root: Path | None, download: bool, name: str, h
             f"{name} not found under {where.resolve()} and the download failed "
             f"({type(exc).__name__}); {hint}, or set data_dir / {DATA_DIR_ENV}"
         ) from exc
+    except (AssertionError, ValueError, IndexError) as exc:  # torchvision's IDX reader asserts on foreign bytes
+        raise I2XError(
+            f"{name} files under {where.resolve()} are not valid ({type(exc).__name__} while reading them); "
+            f"replace them with the original files, or delete them and let torchvision download them"
+        ) from exc
 
     def as_tensor(ds: object) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.as_tensor(np.asarray(ds.data))  # type: ignore[attr-defined]
@@ -304,6 +309,14 @@ def _eight_bit(img: Any) -> Any:
     return Image.fromarray(np.clip(np.round(arr / top * 255.0), 0, 255).astype(np.uint8), mode="L")
 
 
+def _unreadable(path: Path, exc: Exception) -> I2XError:
+    from PIL import Image
+
+    if isinstance(exc, Image.DecompressionBombError):  # PIL refuses images past ~179 M pixels
+        return I2XError(f"image {path} is too large to decode safely ({str(exc).split(',')[0]}); downscale it or remove it")
+    return I2XError(f"corrupt or unreadable image {path}: {exc}; remove or replace it")
+
+
 def _read_image_folder(
     folder: Path, size: int, classes: tuple[str, ...] | None
 ) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
@@ -312,6 +325,12 @@ def _read_image_folder(
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
     found = tuple(sorted(d.name for d in folder.iterdir() if d.is_dir()))
+    for name in found:  # class names go into JSON, MLflow tags and reports, which need text
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise I2XError(f"class folder {os.fsencode(name)!r} under {os.fsdecode(os.fsencode(folder))} is not a UTF-8 name; "
+                           f"rename it (class names are written to JSON, MLflow and the report)") from None
     if not found:
         raise I2XError(f"no class folders in {folder}: expected {folder}/<class>/<image>")
     if classes is not None and found != classes:
@@ -332,15 +351,19 @@ def _read_image_folder(
     listing = hashlib.sha1()
     for p, _ in files:
         st = p.stat()
-        listing.update(f"{p}:{st.st_size}:{st.st_mtime_ns}".encode())
+        listing.update(os.fsencode(p) + f":{st.st_size}:{st.st_mtime_ns}".encode())  # any file name, UTF-8 or not
     listing.update(str(size).encode())
     cached = cache_dir() / "decoded" / f"{listing.hexdigest()}.npz"
     if cached.is_file():
         with np.load(cached) as npz:
             return torch.from_numpy(npz["x"]), torch.from_numpy(npz["y"]), found
 
-    with Image.open(files[0][0]) as first:
-        mode = "L" if first.mode in ("L", "1", "I", "F") or first.mode.startswith("I;16") else "RGB"
+    unreadable = (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError)
+    try:
+        with Image.open(files[0][0]) as first:
+            mode = "L" if first.mode in ("L", "1", "I", "F") or first.mode.startswith("I;16") else "RGB"
+    except unreadable as exc:
+        raise _unreadable(files[0][0], exc) from exc
     channels = 1 if mode == "L" else 3
     x = np.empty((len(files), channels, size, size), dtype=np.uint8)
     for i, (path, _) in enumerate(steps(files, f"decode {folder.name}", unit="img")):
@@ -350,8 +373,8 @@ def _read_image_folder(
                 if img.size != (size, size):
                     img = img.resize((size, size), Image.BILINEAR)
                 arr = np.asarray(img, dtype=np.uint8)
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-            raise I2XError(f"corrupt or unreadable image {path}: {exc}; remove or replace it") from exc
+        except unreadable as exc:
+            raise _unreadable(path, exc) from exc
         x[i] = arr[None] if channels == 1 else arr.transpose(2, 0, 1)
     y = np.array([label for _, label in files], dtype=np.int64)
     cached.parent.mkdir(parents=True, exist_ok=True)
@@ -431,18 +454,37 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255.0)
 
 
-def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Seeded random crop (reflect-padded by ``pad``) and horizontal flip of a float batch."""
-    b, _, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
+def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4, flip: torch.Tensor | None = None) -> torch.Tensor:
+    """Seeded random crop (reflect-padded by ``pad``) and horizontal flip of a float batch.
+
+    ``flip`` (``(B,)`` bool) replaces the random flip, e.g. the alternating flip of
+    :func:`flip_schedule`; the generator's draws are the same either way. One gather on
+    ``x``'s device: the random draws come from ``gen`` (CPU) and are moved there.
+    """
+    b, c, h, w = x.shape
     dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
     dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
-    flip = torch.rand(b, generator=gen) < 0.5
-    out = torch.empty_like(x)
-    for i in range(b):
-        crop = padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w]
-        out[i] = crop.flip(-1) if flip[i] else crop
-    return out
+    drawn = torch.rand(b, generator=gen) < 0.5
+    flip = drawn if flip is None else flip
+    if pad == 0 and not bool(flip.any()):
+        return x.clone()
+    dev = x.device
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect") if pad else x
+    cols = torch.arange(w)
+    cols = torch.where(flip[:, None], cols.flip(0), cols)  # a flipped crop reads its columns backwards
+    rows = (dy[:, None] + torch.arange(h)).to(dev)
+    cols = (dx[:, None] + cols).to(dev)
+    batch = torch.arange(b, device=dev)[:, None, None, None]
+    chan = torch.arange(c, device=dev)[None, :, None, None]
+    return padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def flip_schedule(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """airbench's alternating flip: image ``i`` is mirrored in epoch ``e`` when
+    ``base[i] xor (e odd)``, ``base`` a seeded coin per image, so every image is seen both
+    ways in any two consecutive epochs (random flips repeat one side half the time)."""
+    base = torch.rand(n, generator=torch.Generator().manual_seed(seed * 7_919 + 17)) < 0.5
+    return base ^ bool(epoch % 2)
 
 
 def iterate(

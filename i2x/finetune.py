@@ -15,7 +15,7 @@ from torch import nn
 from i2x.config import Config
 from i2x.data import DataBundle, augment, iterate, to_float
 from i2x.perturbation import PERTURBATIONS, Plan, affected, curate, pixel_mask, target_cells
-from i2x.training import evaluate, make_optimizer, train_step
+from i2x.training import evaluate, make_optimizer, set_lr, train_step
 
 EpochFn = Callable[[int, float], None]
 
@@ -126,9 +126,8 @@ def finetune(
                 cells = torch.where(hit[idx][:, None, None], assignment[idx], torch.full_like(assignment[idx], -1))
                 xb = kind.apply(xb, pixel_mask(cells, plan.targets, tuple(xb.shape[-2:])), plan.alpha, batch_gen)
             if config.data.augment:
-                xb = augment(xb, batch_gen)
-            for group in optimizer.param_groups:  # cosine over the whole fine-tuning
-                group["lr"] = plan.lr * 0.5 * (1 + math.cos(math.pi * step / max(1, total_steps)))
+                xb = augment(xb, batch_gen, config.data.translate)
+            set_lr(optimizer, plan.lr * 0.5 * (1 + math.cos(math.pi * step / max(1, total_steps))))  # cosine over the fine-tuning
             train_step(model, optimizer, xb.to(device), data.train_y[idx].to(device), config.train.label_smoothing)
             step += 1
         acc = evaluate(model, val_x, val_y, config.train.eval_batch_size, device)["accuracy"]

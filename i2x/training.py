@@ -35,7 +35,7 @@ from i2x.checkpoints import (
     write_index,
 )
 from i2x.config import Config, device_kind
-from i2x.data import DataBundle, augment, iterate, to_float
+from i2x.data import DataBundle, augment, flip_schedule, iterate, to_float
 from i2x.errors import I2XError
 from i2x.models import MODELS, Classifier, build_model, load_weights, resolve_auto
 from i2x.progress import Progress
@@ -105,27 +105,98 @@ def lr_at(step: int, total: int, config: Config) -> float:
         if progress < warm:
             return base * (0.04 + 0.96 * progress / warm)
         return base * (0.001 + 0.999 * 0.5 * (1 + math.cos(math.pi * (progress - warm) / (1 - warm))))
-    raise I2XError(f"train.lr_schedule must be onecycle, cosine or constant, got '{kind}'")
+    if kind == "triangle":  # airbench: 0.2x rising linearly to the peak at 23%, then down to 0.07x
+        peak = 0.23
+        if progress < peak:
+            return base * (0.2 + 0.8 * progress / peak)
+        return base * (1.0 - 0.93 * (progress - peak) / (1 - peak))
+    raise I2XError(f"train.lr_schedule must be onecycle, cosine, constant or triangle, got '{kind}'")
 
 
 def make_optimizer(model: nn.Module, config: Config, lr: float | None = None) -> torch.optim.Optimizer:
-    """The configured optimizer; ``lr`` overrides ``train.lr`` (fine-tuning uses its own)."""
+    """The configured optimizer; ``lr`` overrides ``train.lr`` (fine-tuning uses its own).
+
+    With ``train.bias_lr_scale != 1`` the BatchNorm parameters form a second group whose
+    ``lr_scale`` :func:`set_lr` applies, and whose weight decay is divided by the scale.
+    """
     t = config.train
     lr = t.lr if lr is None else lr
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups: list[dict[str, Any]] = [{"params": params, "lr_scale": 1.0, "weight_decay": t.weight_decay}]
+    if t.bias_lr_scale != 1.0:
+        norm = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) for p in m.parameters()}
+        groups = [{"params": [p for p in params if id(p) not in norm], "lr_scale": 1.0, "weight_decay": t.weight_decay},
+                  {"params": [p for p in params if id(p) in norm], "lr_scale": t.bias_lr_scale,
+                   "weight_decay": t.weight_decay / t.bias_lr_scale}]
     if t.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=t.momentum > 0)
-    if t.optimizer == "adam":
-        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=t.weight_decay)
-    raise I2XError(f"train.optimizer must be sgd or adam, got '{t.optimizer}'")
+        optimizer = torch.optim.SGD(groups, lr=lr, momentum=t.momentum, nesterov=t.momentum > 0)
+    elif t.optimizer == "adam":
+        optimizer = torch.optim.AdamW(groups, lr=lr)
+    else:
+        raise I2XError(f"train.optimizer must be sgd or adam, got '{t.optimizer}'")
+    set_lr(optimizer, lr)
+    return optimizer
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every group's rate to ``lr`` times its ``lr_scale``."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+class Lookahead:
+    """airbench's lookahead: every ``every`` steps the weights (and BatchNorm statistics)
+    move to ``avg <- lerp(avg, weights, 1 - rho)`` and are replaced by ``avg``, with
+    ``rho = 0.95**every * (step / total)**3`` (little averaging early, strong at the end)."""
+
+    def __init__(self, every: int, state: dict[str, torch.Tensor] | None = None) -> None:
+        self.every, self.avg = every, state
+
+    @torch.no_grad()
+    def step(self, model: nn.Module, done: int, total: int) -> None:
+        if done % self.every:
+            return
+        weights = model.state_dict()
+        if self.avg is None:
+            self.avg = {k: v.detach().clone() for k, v in weights.items() if v.is_floating_point()}
+            return
+        rho = 0.95 ** self.every * (done / total) ** 3
+        for k, avg in self.avg.items():
+            avg.lerp_(weights[k], 1 - rho)
+        self.copy_back(model)
+
+    @torch.no_grad()
+    def copy_back(self, model: nn.Module) -> None:
+        if self.avg is not None:
+            weights = model.state_dict()
+            for k, avg in self.avg.items():
+                weights[k].copy_(avg)
+
+
+def _tta_logits(model: nn.Module, xb: torch.Tensor, level: int) -> torch.Tensor:
+    """airbench's test-time augmentation: level 1 averages the mirror image; level 2 also
+    averages (with weight 1/2) the mirrored views shifted one pixel up-left and down-right."""
+    def mirrored(x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * model(x) + 0.5 * model(x.flip(-1)) if level >= 1 else model(x)
+
+    logits = mirrored(xb)
+    if level >= 2:
+        h, w = xb.shape[-2:]
+        padded = nn.functional.pad(xb, (1, 1, 1, 1), mode="reflect")
+        shifted = 0.5 * mirrored(padded[..., :h, :w]) + 0.5 * mirrored(padded[..., 2:, 2:])
+        logits = 0.5 * logits + 0.5 * shifted
+    return logits
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device) -> dict[str, float]:
-    """Accuracy and mean cross-entropy of ``model`` on uint8 images ``x``."""
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device,
+             tta_level: int = 0) -> dict[str, float]:
+    """Accuracy and mean cross-entropy of ``model`` on uint8 images ``x`` (with test-time
+    augmentation at ``tta_level`` > 0, see :func:`_tta_logits`)."""
     model.eval()
     correct, loss, n = 0, 0.0, 0
     for xb, yb in iterate(x, y, batch_size):
-        logits = model(xb.to(device))
+        logits = _tta_logits(model, xb.to(device), tta_level)
         yb = yb.to(device)
         loss += float(nn.functional.cross_entropy(logits, yb, reduction="sum"))
         correct += int((logits.argmax(1) == yb).sum())
@@ -145,10 +216,12 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, xb: torch.Ten
 
 
 def checkpoint_payload(
-    model: Classifier, optimizer: torch.optim.Optimizer, step: int, spe: int, metrics: dict[str, float], config: Config, data: DataBundle
+    model: Classifier, optimizer: torch.optim.Optimizer, step: int, spe: int, metrics: dict[str, float], config: Config, data: DataBundle,
+    lookahead: Lookahead | None = None,
 ) -> dict[str, Any]:
     """Everything needed to resume or analyse, in ``weights_only``-safe types."""
     return {
+        "lookahead": None if lookahead is None or lookahead.avg is None else {k: v.cpu() for k, v in lookahead.avg.items()},
         "format": CHECKPOINT_FORMAT,
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimizer": optimizer.state_dict(),
@@ -194,6 +267,8 @@ def train(
     config = resolve_model(config)
     folder = folder or run_folder(config)
     device = resolve_device(config.train.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
     if config.train.num_threads:
         torch.set_num_threads(config.train.num_threads)
     torch.manual_seed(config.seed)
@@ -208,40 +283,52 @@ def train(
 
     index: list[CheckpointInfo] = []
     start = 0
+    lookahead = Lookahead(config.train.lookahead_every) if config.train.lookahead_every else None
     existing = list_checkpoints(folder)
     if existing:
         payload = read_checkpoint(existing[-1])
         load_weights(model, payload["model"], str(existing[-1]))
         optimizer.load_state_dict(payload["optimizer"])
         start = int(payload["step"])
+        if lookahead is not None and payload.get("lookahead") is not None:
+            lookahead.avg = {k: v.to(device) for k, v in payload["lookahead"].items()}
         index_path = folder / "index.json"
         if index_path.is_file():
             index = [CheckpointInfo(**row) for row in json.loads(index_path.read_text()) if row["step"] <= start]
 
-    fit_x, fit_y = data.train_x[data.fit_idx], data.train_y[data.fit_idx]
+    # the training images live on the device (150 MB for CIFAR-10): batches and their
+    # augmentation never cross the bus; the random draws still come from CPU generators
+    fit_x, fit_y = data.train_x[data.fit_idx].to(device), data.train_y[data.fit_idx].to(device)
     if not existing and model.needs_data_init:  # set from the data once; the checkpoints carry it
-        model.init_from_data(to_float(fit_x[:5000]).to(device))
+        model.init_from_data(to_float(fit_x[:5000]))
+    t = config.train
+    lookahead_from = math.ceil(t.lookahead_start * spe)
     val_x, val_y = data.train_x[data.val_idx], data.train_y[data.val_idx]
     window_loss, window_correct, window_n = 0.0, 0, 0
     bar = Progress("train", total=total, unit="step", initial=start, enabled=progress)
     model.train()
     perm: torch.Tensor | None = None
+    flips: torch.Tensor | None = None
     for step in range(start, total):
         epoch, pos = divmod(step, spe)
         if perm is None or pos == 0:
             perm = torch.randperm(n_fit, generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
+            flips = flip_schedule(n_fit, config.seed, epoch) if config.data.flip == "alternating" else None
         idx = perm[pos * bs : (pos + 1) * bs]
-        xb = to_float(fit_x[idx])
+        xb, yb = to_float(fit_x[idx.to(device)]), fit_y[idx.to(device)]
         if config.data.augment:
-            xb = augment(xb, torch.Generator().manual_seed(config.seed * 1_000_003 + step))
-        xb, yb = xb.to(device), fit_y[idx].to(device)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, total, config)
-        loss, correct = train_step(model, optimizer, xb, yb, config.train.label_smoothing)
+            xb = augment(xb, torch.Generator().manual_seed(config.seed * 1_000_003 + step), config.data.translate,
+                         None if flips is None else flips[idx])
+        set_lr(optimizer, lr_at(step, total, config))
+        loss, correct = train_step(model, optimizer, xb, yb, t.label_smoothing)
         if not math.isfinite(loss):
             _diverged(step + 1, f"the loss is {loss}", config, index)
 
         done = step + 1
+        if lookahead is not None and done > lookahead_from:
+            lookahead.step(model, done, total)
+            if pos == spe - 1:  # every epoch ends on the averaged weights (and so does every checkpoint there)
+                lookahead.copy_back(model)
         window_loss += loss * len(yb)
         window_correct += correct
         window_n += len(yb)
@@ -259,7 +346,7 @@ def train(
             if not all(bool(torch.isfinite(w).all()) for w in model.state_dict().values() if w.is_floating_point()):
                 _diverged(done, "the weights are not finite", config, index)  # never published as a checkpoint
             path = folder / checkpoint_name(done)
-            save_checkpoint(path, checkpoint_payload(model, optimizer, done, spe, metrics, config, data))
+            save_checkpoint(path, checkpoint_payload(model, optimizer, done, spe, metrics, config, data, lookahead))
             info = CheckpointInfo(step=done, epoch=epoch_of(done, spe), metrics=metrics, file=path.name)
             index = [row for row in index if row.step != done] + [info]
             write_index(folder, index)
@@ -269,6 +356,8 @@ def train(
                 on_checkpoint(path, info)
     bar.close()
     model.eval()
-    test = evaluate(model, data.test_x, data.test_y, config.train.eval_batch_size, device)
+    test = evaluate(model, data.test_x, data.test_y, t.eval_batch_size, device)
     final = {"test_accuracy": test["accuracy"], "test_loss": test["loss"]}
+    if t.tta_level:
+        final["test_accuracy_tta"] = evaluate(model, data.test_x, data.test_y, t.eval_batch_size, device, t.tta_level)["accuracy"]
     return TrainResult(model=model, checkpoints=index, folder=folder, resumed_from=start, final_metrics=final)

@@ -159,3 +159,31 @@ def test_16_bit_greyscale_is_scaled_not_clipped(tmp_path, monkeypatch):
     expected = np.round(ramp.astype(float) / 65535 * 255).astype(int)
     assert np.abs(x - expected).max() <= 1
     assert (x == 255).mean() < 0.05
+
+
+@pytest.mark.parametrize("pad", [0, 1, 2, 4])
+def test_augment_is_a_reflect_padded_crop_and_flip_per_image(pad):
+    """The batched gather against a per-image reference written from the definition: pad
+    each image by reflection, cut the window at the drawn offset, mirror where drawn."""
+    from i2x.data import augment
+
+    x = torch.rand(16, 3, 9, 7)
+    out = augment(x, torch.Generator().manual_seed(5), pad)
+    gen = torch.Generator().manual_seed(5)
+    dy, dx = torch.randint(0, 2 * pad + 1, (16,), generator=gen), torch.randint(0, 2 * pad + 1, (16,), generator=gen)
+    flip = torch.rand(16, generator=gen) < 0.5
+    for i in range(16):
+        padded = torch.nn.functional.pad(x[i : i + 1], (pad,) * 4, mode="reflect")[0] if pad else x[i]
+        crop = padded[:, dy[i] : dy[i] + 9, dx[i] : dx[i] + 7]
+        assert torch.equal(out[i], crop.flip(-1) if flip[i] else crop)
+    forced = augment(x, torch.Generator().manual_seed(5), pad, flip=torch.ones(16, dtype=torch.bool))
+    assert torch.equal(forced[~flip], out[~flip].flip(-1))  # where the coin said no, the forced flip mirrors
+
+
+def test_alternating_flip_mirrors_every_image_in_exactly_one_of_two_epochs():
+    from i2x.data import flip_schedule
+
+    for epoch in range(4):
+        a, b = flip_schedule(1000, 3, epoch), flip_schedule(1000, 3, epoch + 1)
+        assert torch.equal(a, ~b)
+    assert 400 < int(flip_schedule(1000, 3, 0).sum()) < 600  # a fair coin per image

@@ -113,3 +113,81 @@ def test_sigkill_mid_training_then_resume_gives_identical_weights(tmp_path):
     assert runs[resumed_id].info.status == "FINISHED"
     assert runs[resumed_id].data.tags["i2x.resumed_from_step"] == survived[-1].name
     assert ROOT.exists()
+
+
+AIRBENCH = {"model.name": "fastnet", "model.width": "8", "data.augment": "true", "data.translate": "2", "data.flip": "alternating",
+            "train.epochs": "2", "train.lr_schedule": "triangle", "train.bias_lr_scale": "64", "train.lookahead_every": "3",
+            "train.lookahead_start": "0.2", "train.tta_level": "2", "train.label_smoothing": "0.2"}
+
+
+def test_airbench_recipe_resumes_bit_identically_mid_lookahead(tmp_path):
+    """Killed at the half-epoch checkpoint, after the lookahead started and while its average
+    differs from the weights, the run resumes to the same weights as an uninterrupted one:
+    the average travels in the checkpoint."""
+    config = load_config("smoke", AIRBENCH)
+    data = load_data(config.data, config.seed)
+    full = train(config, data, tmp_path / "full", progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_half(path, info):
+        if 0.4 < info.epoch < 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(config, data, tmp_path / "part", progress=False, on_checkpoint=kill_at_half)
+    saved = read_checkpoint(list_checkpoints(tmp_path / "part")[-1])
+    assert saved["lookahead"] is not None
+    assert any(not torch.equal(saved["lookahead"][k], saved["model"][k]) for k in saved["lookahead"])  # mid-interval
+    resumed = train(config, data, tmp_path / "part", progress=False)
+    assert resumed.resumed_from == saved["step"]
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.final_metrics == full.final_metrics and "test_accuracy_tta" in full.final_metrics
+    assert full.final_metrics["test_accuracy"] > 0.5  # the recipe learns the smoke task (chance 0.25)
+
+
+def test_triangle_schedule_has_airbench_shape():
+    """airbench94: 0.2x at step 0, the peak at 23% of the steps, 0.07x at the end, linear between."""
+    cfg = load_config("smoke", {"train.lr_schedule": "triangle", "train.lr": "2.0"})
+    assert lr_at(0, 1000, cfg) == pytest.approx(0.4)
+    assert lr_at(230, 1000, cfg) == pytest.approx(2.0)
+    assert lr_at(1000, 1000, cfg) == pytest.approx(0.14)
+    assert lr_at(115, 1000, cfg) == pytest.approx(1.2)  # half-way up
+
+
+def test_bias_lr_scale_puts_batchnorm_in_its_own_group():
+    from i2x.config import ModelConfig
+    from i2x.models import build_model
+    from i2x.training import make_optimizer, set_lr
+
+    model = build_model(ModelConfig(name="fastnet", width=8), 3, 10)
+    config = load_config("smoke", {"train.bias_lr_scale": "64", "train.weight_decay": "0.0128", "train.lr": "0.5"})
+    optimizer = make_optimizer(model, config)
+    plain, norm = optimizer.param_groups
+    bn_shifts = {id(m.bias) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert {id(p) for p in norm["params"]} == bn_shifts  # the frozen BatchNorm scales train in neither group
+    assert not any(id(p) in bn_shifts for p in plain["params"])
+    assert (plain["lr"], norm["lr"]) == (0.5, 32.0)
+    assert norm["weight_decay"] * norm["lr"] == pytest.approx(plain["weight_decay"] * plain["lr"])  # the same decay per step
+    set_lr(optimizer, 0.1)
+    assert (plain["lr"], norm["lr"]) == (0.1, pytest.approx(6.4))
+
+
+def test_test_time_augmentation_makes_a_lopsided_model_mirror_invariant():
+    """A planted model that reads only the left half of the image: with TTA level 1 its logits
+    for an image and its mirror image are equal; without TTA they differ. Level 2 adds the
+    one-pixel shifts, which leave a constant image unchanged (reflect padding)."""
+    from i2x.training import _tta_logits
+
+    class LeftHalf(torch.nn.Module):
+        def forward(self, x):
+            return torch.stack([x[..., : x.shape[-1] // 2].mean((1, 2, 3)), -x.mean((1, 2, 3))], 1)
+
+    model, x = LeftHalf(), torch.rand(4, 3, 8, 8)
+    assert not torch.allclose(_tta_logits(model, x, 0), _tta_logits(model, x.flip(-1), 0))
+    assert torch.allclose(_tta_logits(model, x, 1), _tta_logits(model, x.flip(-1), 1), atol=1e-6)
+    flat = torch.rand(4, 3, 1, 1).expand(4, 3, 8, 8)
+    assert torch.allclose(_tta_logits(model, flat, 2), model(flat), atol=1e-6)
+    assert not torch.allclose(_tta_logits(model, x, 2), _tta_logits(model, x, 1))  # the shifted views count
