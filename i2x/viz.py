@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def literal_text(fn: F) -> F:
+    """Draw every string as given: class names come from folder names, and matplotlib would
+    read ``$...$`` in one as mathtext (a class named ``$\\badcmd{$`` failed after the whole
+    analysis). Set for the figure being drawn only, not globally."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return fn(*args, **kwargs)
+    return wrapper  # type: ignore[return-value]
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -20,6 +34,7 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
+@literal_text
 def plot_training(checkpoints: Sequence[Any], history: Sequence[tuple[int, dict[str, float]]], path: Path) -> Path:
     """Training dynamics: loss and accuracy per logged step, validation accuracy per checkpoint,
     checkpoints marked as vertical lines."""
@@ -52,6 +67,7 @@ def _show_image(ax: Any, img: np.ndarray) -> None:
     ax.set_yticks([])
 
 
+@literal_text
 def plot_overlays(
     images: np.ndarray, heat: np.ndarray, labels: np.ndarray, conf: np.ndarray, classes: Sequence[str], title: str, path: Path, per_class: int
 ) -> Path:
@@ -83,6 +99,7 @@ def plot_overlays(
     return _save(fig, path)
 
 
+@literal_text
 def plot_gallery(
     images: np.ndarray,
     prototypes: Sequence[dict[str, Any]],
@@ -124,6 +141,7 @@ def plot_gallery(
     return _save(fig, path)
 
 
+@literal_text
 def plot_strategies(summary: dict[str, Any], order: Sequence[str], path: Path) -> Path:
     """Test accuracy and focal-pair confusions per strategy: mean +- std and every seed."""
     names = [n for n in order if n in summary["strategies"]]
@@ -149,6 +167,7 @@ def plot_strategies(summary: dict[str, Any], order: Sequence[str], path: Path) -
     return _save(fig, path)
 
 
+@literal_text
 def plot_optuna(study: Any, out: Path) -> list[Path]:
     """Optuna's own figures: optimisation history, parameter importances, Pareto front
     (two objectives). A figure Optuna cannot draw yet (too few trials) is skipped with a
@@ -194,6 +213,7 @@ def _show_exemplar(ax: Any, images: np.ndarray, ex: dict[str, Any]) -> None:
     ax.add_patch(Rectangle((bx0 - x0 - 0.5, by0 - y0 - 0.5), bx1 - bx0, by1 - by0, fill=False, ec="red", lw=1.0))
 
 
+@literal_text
 def plot_class_prototypes(images: np.ndarray, doc: dict[str, Any], path: Path, per_class: int = 4) -> Path | None:
     """For each class that has any, its strongest shared and specialised prototypes: one
     exemplar patch each, labelled with the role, evidence toward the class and coverage.
@@ -226,6 +246,7 @@ def plot_class_prototypes(images: np.ndarray, doc: dict[str, Any], path: Path, p
     return _save(fig, path)
 
 
+@literal_text
 def plot_saliency_over_training(images: np.ndarray, maps: np.ndarray, samples: Sequence[int], labels: np.ndarray,
                                 classes: Sequence[str], steps: Sequence[int], path: Path, max_cols: int = 9) -> Path:
     """Fixed samples (rows) across checkpoints (columns), Grad-CAM upsampled for the picture.
@@ -257,6 +278,7 @@ def plot_saliency_over_training(images: np.ndarray, maps: np.ndarray, samples: S
     return _save(fig, path)
 
 
+@literal_text
 def plot_beta_heatmaps(interval_beta: np.ndarray, prototype_ids: Sequence[int], classes: Sequence[str], steps: Sequence[int],
                        path: Path, max_panels: int = 8) -> Path:
     """beta (prototype x class) per interval on one shared, symmetric colour scale.
@@ -297,6 +319,7 @@ def progression_pairs(progression: Sequence[dict[str, Any]], named: Sequence[Seq
     return chosen + rest[: max(0, top - len(chosen))]
 
 
+@literal_text
 def plot_progression(progression: Sequence[dict[str, Any]], steps: Sequence[int], path: Path, top: int = 8,
                      named: Sequence[Sequence[str]] = ()) -> Path:
     """Confusion count per checkpoint: the pairs the text names, then the most confused
@@ -320,6 +343,7 @@ def plot_progression(progression: Sequence[dict[str, Any]], steps: Sequence[int]
     return _save(fig, path)
 
 
+@literal_text
 def plot_uncertain(images: np.ndarray, doc: dict[str, Any], steps: Sequence[int], path: Path, top: int = 6) -> Path | None:
     """Each uncertain prototype's oscillation d_t = beta[k,a] - beta[k,b] with its patches."""
     rows = doc["uncertain"][:top]
@@ -350,6 +374,7 @@ def plot_uncertain(images: np.ndarray, doc: dict[str, Any], steps: Sequence[int]
     return _save(fig, path)
 
 
+@literal_text
 def plot_faithfulness(rows: Sequence[dict[str, Any]], path: Path, top: int = 24) -> Path | None:
     """The causal check: for each named prototype, the drop when its cells are occluded
     beside the same number of uniform, foreground-matched and top Grad-CAM cells, with the
@@ -378,6 +403,7 @@ def plot_faithfulness(rows: Sequence[dict[str, Any]], path: Path, top: int = 24)
     return _save(fig, path)
 
 
+@literal_text
 def plot_locations(images: np.ndarray, assignment: np.ndarray, labels: np.ndarray, doc: dict[str, Any], ids: Sequence[int],
                    path: Path) -> Path | None:
     """Where each prototype sits: the share of its class's images that have it at each grid
@@ -415,6 +441,7 @@ def plot_locations(images: np.ndarray, assignment: np.ndarray, labels: np.ndarra
     return _save(fig, path)
 
 
+@literal_text
 def plot_findings(images: np.ndarray, doc: dict[str, Any], findings: Sequence[dict[str, Any]], path: Path, per_row: int = 4,
                   top: int = 6, title: str = "Verified findings: images containing each prototype (red: its cell)") -> Path | None:
     """Each verified finding (two side by side): whole images that contain the prototype,

@@ -121,6 +121,23 @@ def _stage_config(train_cfg: Config, args: argparse.Namespace) -> Config:
     return cfg
 
 
+def _same_run(final: dict, final_path: Path, payload: dict, path: Path) -> None:
+    """Refuse a checkpoint of another training run (another seed, data, model, recipe, class
+    list or architecture) in one explain call: the analysis would stitch two models' histories."""
+    def identity(p: dict) -> dict[str, object]:
+        flat = config_from_dict(p["config"]).flat()
+        keys = {k: v for k, v in flat.items() if k.split(".")[0] in ("run", "data", "model", "train")
+                and k not in ("run.work_dir", "data.root", "data.download", "train.log_every", "train.eval_batch_size", "train.device")}
+        return {**keys, "arch": p.get("arch"), "classes": p["data"]["classes"]}
+
+    want, got = identity(final), identity(payload)
+    diff = [k for k in want if want[k] != got.get(k)]
+    if diff:
+        shown = ", ".join(f"{k} {got.get(k)} vs {want[k]}" for k in diff[:3])
+        raise I2XError(f"checkpoint {path.name} is not from the training run of {final_path.name} ({shown}); "
+                       "explain the checkpoints of one run (one folder per run)")
+
+
 def _checkpoint_files(args: argparse.Namespace, scratch: Path) -> tuple[list[Path], str | None]:
     from i2x.checkpoints import list_checkpoints
 
@@ -167,6 +184,7 @@ def explain_run(args: argparse.Namespace) -> str:
         infos = []
         for path in files:
             payload = read_checkpoint(path)
+            _same_run(final, files[-1], payload, path)
             infos.append({"step": step_of(path), "epoch": float(payload["epoch"]), "val_accuracy": payload["metrics"].get("val_accuracy")})
 
         tags = {
@@ -517,6 +535,9 @@ def tune_worker(args: argparse.Namespace) -> str:
     return attrs["mlflow_parent_run_id"]
 
 
+OPTUNA_FIGURES = ("optimization_history.png", "pareto_front.png", "param_importances.png")
+
+
 def report_run(args: argparse.Namespace) -> Path:
     """Regenerate the report of an explain or tune run, into ``--out`` or back into the run."""
     from i2x.report import explain_report, tune_report
@@ -536,7 +557,9 @@ def report_run(args: argparse.Namespace) -> Path:
                 index = explain_report(doc, dict(npz), out, seed=int(doc["config"].get("seed", 0)))
         elif stage == "tune":
             summary = json.loads(tracking.download_artifacts(args.run_id, "tuning/summary.json", scratch).read_text())
-            index = tune_report(summary, out)
+            figures = [tracking.download_artifacts(args.run_id, name, scratch) for name in tracking.list_artifacts(args.run_id, "tuning")
+                       if Path(name).name in OPTUNA_FIGURES]  # drawn from the study when the run ended
+            index = tune_report(summary, out, sorted(figures, key=lambda f: OPTUNA_FIGURES.index(f.name)))
         else:
             raise I2XError(f"run {args.run_id} is a '{stage}' run; reports are made for explain and tune runs")
         if not args.out:

@@ -46,6 +46,27 @@ def test_target_layer_that_does_not_exist(tmp_path, smoke_run):
     assert_one_line_error(proc, "target layer 'net.block7' does not exist")
 
 
+@pytest.mark.parametrize("change, fragment", [
+    ({"seed": "7"}, "(run.seed 0 vs 7"),  # the same architecture: only the identity tells them apart
+    ({"model.width": "4"}, "(model.width 8 vs 4"),  # another architecture
+])
+def test_checkpoints_of_two_training_runs_are_refused(tmp_path, smoke_run, change, fragment):
+    """One folder holding checkpoints of two runs used to be explained as one history."""
+    from i2x.config import load_config
+    from i2x.data import load_data
+    from i2x.training import train
+
+    config, _, result = smoke_run
+    other = load_config("smoke", {**change, "train.epochs": "1", "work_dir": str(tmp_path)})
+    train(other, load_data(other.data, other.seed), tmp_path / "other", progress=False)
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    ours, theirs = list_checkpoints(result.folder), list_checkpoints(tmp_path / "other")
+    for path in ours[:3] + theirs[3:4]:
+        shutil.copy(path, mixed / path.name)
+    assert_one_line_error(explain(tmp_path, "--checkpoints", str(mixed)), fragment)
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["--dataset", "mnist"], "--dataset mnist contradicts the checkpoints, which were trained on synthetic"),
     (["--overrides", "model.name=resnet18"], "--overrides change model, which the checkpoints fix"),

@@ -140,3 +140,17 @@ def test_the_progression_chart_draws_the_pairs_the_text_names():
     assert last["pair"] == ["cat", "dog"] and first["pair"] == ["deer", "a"] and never == []
     drawn = [p["pair"] for p in progression_pairs(doc["progression"], [last["pair"], first["pair"]], top=8)]
     assert drawn[:2] == [["deer", "a"], ["cat", "dog"]] and len(drawn) == 8
+
+
+def test_a_class_name_with_dollar_signs_is_drawn_as_text(tmp_path):
+    """matplotlib reads ``$...$`` as mathtext: a class folder named ``$\\badcmd{$`` failed at
+    the first figure, after the whole analysis. Every plot function draws strings as given;
+    the undecorated function shows that the trap is live."""
+    from i2x.viz import plot_beta_heatmaps
+
+    classes = ["$\\badcmd{$", "dog"]
+    beta = np.random.default_rng(0).normal(size=(3, 4, 2))
+    path = plot_beta_heatmaps(beta, [0, 2], classes, [0, 10, 20, 30], tmp_path / "beta.png")
+    assert path.stat().st_size > 1000
+    with pytest.raises(ValueError):
+        plot_beta_heatmaps.__wrapped__(beta, [0, 2], classes, [0, 10, 20, 30], tmp_path / "raw.png")

@@ -139,6 +139,11 @@ def test_killed_study_resumes_and_keeps_completed_trials(explained, tmp_path):
     trials = [r for r in runs if r.data.tags["i2x.stage"] == "tune-trial"]
     assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {final.info.run_id}
     assert {int(r.data.tags["optuna.trial_number"]) for r in trials} >= set(after)
+    # `report --out` of the tune run carries the study's figures, as the run's own report does
+    out = cli(env, root, "report", "--run-id", final.info.run_id, "--out", str(tmp_path / "tune-report"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    page = (tmp_path / "tune-report" / "index.html").read_text()
+    assert "Optuna: validation accuracy per trial" in page and "The study" in page  # figures are embedded in the page
 
 
 def test_tune_needs_an_explain_run(explained):
