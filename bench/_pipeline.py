@@ -31,6 +31,11 @@ class Explained:
     times: dict[str, float]
 
 
+def _stage(name: str, times: dict[str, float], extra: str = "") -> None:
+    """One line as each stage ends, so a run stopped by a time limit still tells its stage times."""
+    print(f"stage {name}: {times[name]:.1f} s" + (f"; {extra}" if extra else ""), flush=True)
+
+
 def train_and_explain(config_name: str, data_dir: str, overrides: str) -> Explained:
     """Resolve the config, load the data, train to a temp folder, run the I2X analysis."""
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -42,10 +47,12 @@ def train_and_explain(config_name: str, data_dir: str, overrides: str) -> Explai
     t0 = time.perf_counter()
     data = load_data(config.data, config.seed)
     times["data"] = time.perf_counter() - t0
+    _stage("data", times)
     with tempfile.TemporaryDirectory() as folder:
         t0 = time.perf_counter()
         result = train(config, data, Path(folder), progress=False)
         times["train"] = time.perf_counter() - t0
+        _stage("train", times, f"test accuracy {result.final_metrics['test_accuracy']:.4f}")
         files = sorted(Path(folder).glob("ckpt-*.pt"))
         payloads = [read_checkpoint(f) for f in files]
     device = resolve_device(config.train.device)
@@ -63,4 +70,5 @@ def train_and_explain(config_name: str, data_dir: str, overrides: str) -> Explai
         analysis_index=data.analysis_idx.numpy(), labels=labels.numpy(),
     )
     times["explain"] = time.perf_counter() - t0
+    _stage("explain", times)
     return Explained(config, data, result, payloads, analysis, doc, infos, device, times)

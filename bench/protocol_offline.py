@@ -42,6 +42,7 @@ def main() -> None:
     study = open_study("offline", f"sqlite:///{tempfile.mkdtemp()}/optuna.db", config)
     run_study(study, ctx)
     times["study"] = time.perf_counter() - t0
+    print(f"stage study: {times['study']:.1f} s, {len(study.trials)} trials", flush=True)
     t0 = time.perf_counter()
     summary = final_evaluation(study, ctx)
     best = study.trials[summary["best_trial"]["number"]]
