@@ -11,7 +11,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from i2x.config import Config, available_configs, load_config, parse_overrides
+from i2x.config import available_configs
 from i2x.errors import I2XError
 
 EXIT_USAGE = 2
@@ -25,27 +25,6 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default="", help="local data root (default: $I2X_DATA_DIR, else ./data with download)")
     p.add_argument("--seed", type=int, default=-1, help="random seed (default: the config's)")
     p.add_argument("--overrides", default="", help="key=value,key=value, e.g. train.epochs=5,explain.n_prototypes=64")
-
-
-def resolve(args: argparse.Namespace) -> Config:
-    """Config from ``--config`` / ``--dataset`` / ``--data-dir`` / ``--seed`` / ``--overrides``.
-
-    The named config defaults to the dataset's own (``configs/<dataset>.yaml``), then mnist.
-    """
-    from i2x.data import DATASETS
-
-    if args.dataset and args.dataset not in DATASETS:
-        raise I2XError(f"unknown dataset '{args.dataset}'; choose one of {', '.join(sorted(DATASETS))}")
-    name = args.config or (args.dataset if args.dataset in available_configs() else "") or "mnist"
-    overrides: dict[str, str] = {}
-    if args.dataset:
-        overrides["data.name"] = args.dataset
-    if args.data_dir:
-        overrides["data.root"] = args.data_dir
-    if args.seed is not None and args.seed >= 0:
-        overrides["seed"] = str(args.seed)
-    overrides.update(parse_overrides(args.overrides))
-    return load_config(name, overrides)
 
 
 def cmd_services(args: argparse.Namespace) -> None:

@@ -89,7 +89,14 @@ def init_store() -> str:
         return uri
     db = Path(uri.removeprefix("sqlite:///") if not uri.startswith("sqlite:////") else "/" + uri.removeprefix("sqlite:////"))
     with folder_lock(db):
-        mlflow.MlflowClient().search_experiments(max_results=1)
+        try:
+            mlflow.MlflowClient().search_experiments(max_results=1)
+        except Exception as exc:  # sqlalchemy's OperationalError arrives as itself or wrapped in MlflowException
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            if "locked" in reason or "readonly" in reason or "unable to open" in reason:
+                raise I2XError(f"the tracking store {redact(uri)} cannot be used ({reason}); another process holds it, or it is "
+                               "not writable: wait, fix its permissions, or set MLFLOW_TRACKING_URI to another store") from exc
+            raise
     return uri
 
 

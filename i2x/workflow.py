@@ -12,19 +12,20 @@ functions and logs what they return under the artifact contract:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from i2x import tracking
-from i2x.config import Config, apply_overrides, config_from_dict, load_config, parse_overrides
+from i2x.config import Config, config_from_dict
 from i2x.errors import I2XError
+from i2x.runconfig import run_config
 from i2x.secrets import redact
 from i2x.training import resolve_model
 
@@ -34,12 +35,11 @@ GALLERY_PAGE = 32  # prototypes per gallery page: 128 tiles in one figure are un
 def train_run(args: argparse.Namespace) -> str:
     """Train with checkpoints, tracked in MLflow; resumes from local checkpoints. Returns the run id."""
     from i2x.checkpoints import atomic_write_text, list_checkpoints
-    from i2x.cli import resolve
     from i2x.data import load_data
     from i2x.training import resolve_device, run_folder, train
     from i2x.viz import plot_training
 
-    asked = resolve(args)
+    asked = run_config(args)
     config = resolve_model(asked)
     if asked.model.name == "auto":
         print(f"i2x: model.name=auto on {resolve_device(config.train.device).type}: {config.model.name} (width {config.model.width})", flush=True)
@@ -83,42 +83,17 @@ def train_run(args: argparse.Namespace) -> str:
     return run_id
 
 
-# What the checkpoints fix: an explain or tune run may not change these.
-_RUN_IDENTITY = ("model", "data.name", "data.image_size", "data.synthetic_per_class", "data.synthetic_confuser")
-
-
-def _stage_config(train_cfg: Config, args: argparse.Namespace) -> Config:
-    """The training run's config, with the explain and tune sections (and the analysis
-    size) taken from ``--config`` when given, then ``--seed``, ``--overrides`` and
-    ``--data-dir``. A flag or override that contradicts the checkpoints (another data set,
-    model or image size) is refused: the analysis would describe a model that was not run."""
-    cfg = train_cfg
-    if args.dataset and args.dataset != train_cfg.data.name:
-        raise I2XError(f"--dataset {args.dataset} contradicts the checkpoints, which were trained on {train_cfg.data.name}; "
-                       "drop --dataset, or explain checkpoints of that data set")
-    if args.config:
-        chosen = load_config(args.config)
-        cfg = dataclasses.replace(cfg, explain=chosen.explain, tune=chosen.tune,
-                                  data=dataclasses.replace(cfg.data, analysis_size=chosen.data.analysis_size))
-    extra = {}
-    if args.data_dir:
-        extra["data.root"] = args.data_dir
-    if args.seed is not None and args.seed >= 0:
-        extra["seed"] = str(args.seed)
-    extra.update(parse_overrides(args.overrides))
-    cfg = resolve_model(apply_overrides(cfg, extra))  # model.name=auto passed to every stage means what train chose
-    before, after = train_cfg.to_dict(), cfg.to_dict()
-
-    def at(d: dict, key: str):
-        for part in key.split("."):
-            d = d.get(part, {}) if isinstance(d, dict) else {}
-        return d
-
-    changed = [key for key in _RUN_IDENTITY if at(before, key) != at(after, key)]
-    if changed:
-        raise I2XError(f"--overrides change {', '.join(changed)}, which the checkpoints fix "
-                       f"({', '.join(f'{k}={at(before, k)}' for k in changed)}); drop those overrides, or train a new run with them")
-    return cfg
+def _data_fits(final: dict, data: Any, config: Config) -> None:
+    """Refuse data that is not what the checkpoints were trained on (another class list,
+    channel count or size, e.g. ``--data-dir`` at another ImageFolder tree): labels would
+    index the wrong logits and the explanation would be silently wrong."""
+    meta = final["data"]
+    ours = {"classes": list(data.classes), "channels": data.channels, "image_size": data.image_size}
+    theirs = {k: meta[k] for k in ours}
+    if ours != theirs:
+        diff = "; ".join(f"{k} {ours[k]} here, {theirs[k]} in the checkpoints" for k in ours if ours[k] != theirs[k])
+        raise I2XError(f"the data under {config.data.root or '(default root)'} is not what the checkpoints were trained on ({diff}); "
+                       "point --data-dir at the training data")
 
 
 def _same_run(final: dict, final_path: Path, payload: dict, path: Path) -> None:
@@ -170,8 +145,9 @@ def explain_run(args: argparse.Namespace) -> str:
         if len(files) < MIN_CHECKPOINTS:
             raise I2XError(f"found {len(files)} checkpoint(s); I2X needs at least {MIN_CHECKPOINTS} (train with more train.checkpoint_fractions or epochs)")
         final = read_checkpoint(files[-1])
-        config = _stage_config(config_from_dict(final["config"]), args)
+        config = run_config(args, config_from_dict(final["config"]))
         data = load_data(config.data, config.seed)
+        _data_fits(final, data, config)
         images = data.train_x[data.analysis_idx]
         labels = data.train_y[data.analysis_idx]
         device = resolve_device(config.train.device)
@@ -337,12 +313,11 @@ def run_main(args: argparse.Namespace) -> None:
         tracking.set_tags({f"i2x.{entry_point}_run": run_id})
         return run_id
 
-    from i2x.cli import resolve
     from i2x.data import load_data
     from i2x.plan import estimate
     from i2x.training import resolve_device
 
-    config = resolve_model(resolve(args))
+    config = resolve_model(run_config(args))
     plan = estimate(config, load_data(config.data, config.seed), resolve_device(config.train.device))
     print("\n".join(plan.lines()), flush=True)
     with tracking.open_run(f"main {config.data.name} {config.model.name}", {tracking.TAG_STAGE: "main"}):
@@ -405,8 +380,9 @@ def _tune_context(explain_run_id: str, args: argparse.Namespace, scratch: Path, 
     protos = load_prototypes(tracking.download_artifacts(explain_run_id, "prototypes/centers.npz", scratch))
     last = sorted(p for p in tracking.list_artifacts(train_run_id, "checkpoints") if p.endswith(".pt"))[-1]
     final = read_checkpoint(tracking.download_artifacts(train_run_id, last, scratch))
-    config = config_from_dict(config_dict) if config_dict else _stage_config(config_from_dict(final["config"]), args)
+    config = config_from_dict(config_dict) if config_dict else run_config(args, config_from_dict(final["config"]))
     data = load_data(config.data, config.seed)
+    _data_fits(final, data, config)
     device = resolve_device(config.train.device)
     model = model_from_checkpoint(final, last).to(device)
     cache = Path(config.work_dir) / f"assignment-{explain_run_id}.pt"

@@ -109,3 +109,24 @@ def test_mlflow_run_train_entry_point_smoke(tmp_path):
     tags = run.data.tags
     assert tags["i2x.dataset"] == "synthetic" and tags["i2x.model"] == "cnn" and "mlflow.source.git.commit" in tags
     assert run.data.params["train.epochs"] == "2"
+
+
+def test_a_locked_tracking_store_is_one_line(tmp_path):
+    """Another process holding the SQLite store (an exclusive transaction) used to end in a
+    SQLAlchemy traceback; i2x says which store and what to do, exit 2."""
+    import sqlite3
+
+    import mlflow
+
+    db = tmp_path / "mlflow.db"
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        out = run_cli(tmp_path, "train", "--config", "smoke")
+    finally:
+        holder.close()
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"i2x: error: the tracking store sqlite:///{db} cannot be used (") and "database is locked" in lines[-1]
+    assert "Traceback" not in out.stderr

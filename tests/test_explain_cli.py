@@ -84,12 +84,12 @@ def test_seed_and_overrides_reach_the_explain_config(smoke_run):
 
     from i2x.checkpoints import read_checkpoint
     from i2x.config import config_from_dict
-    from i2x.workflow import _stage_config
+    from i2x.runconfig import run_config
 
     _, _, result = smoke_run
     trained = config_from_dict(read_checkpoint(list_checkpoints(result.folder)[-1])["config"])
     args = argparse.Namespace(config="", dataset="synthetic", data_dir="", seed=5, overrides="explain.n_prototypes=6")
-    cfg = _stage_config(trained, args)
+    cfg = run_config(args, trained)
     assert (cfg.seed, cfg.explain.n_prototypes) == (5, 6) and trained.seed != 5
     assert cfg.model == trained.model and cfg.data.name == trained.data.name
 
@@ -190,10 +190,34 @@ def test_model_auto_passed_to_every_stage_means_what_train_chose():
 
     from i2x.config import load_config
     from i2x.errors import I2XError
-    from i2x.workflow import _stage_config
+    from i2x.runconfig import run_config
 
     args = argparse.Namespace(config="", dataset="", data_dir="", seed=-1, overrides="model.name=auto")
     trained = load_config("smoke", "model.name=fastnet,model.width=32")
-    assert _stage_config(trained, args).model == trained.model
+    assert run_config(args, trained).model == trained.model
     with pytest.raises(I2XError, match="--overrides change model, which the checkpoints fix"):
-        _stage_config(load_config("smoke"), args)
+        run_config(args, load_config("smoke"))
+
+
+def test_data_with_other_classes_than_the_checkpoints_is_refused(tmp_path):
+    """4-class checkpoints explained on a 3-class ImageFolder tree (--data-dir at another
+    tree): labels would index the wrong logits, so explain stops with one line."""
+    import numpy as np
+    from PIL import Image
+
+    from i2x.config import load_config
+    from i2x.data import load_data
+    from i2x.training import train
+
+    rng = np.random.default_rng(0)
+    for root, names in ((tmp_path / "four", "abcd"), (tmp_path / "three", "abc")):
+        for split, n in (("train", 60), ("test", 10)):
+            for name in names:
+                (root / split / name).mkdir(parents=True)
+                for i in range(n):
+                    Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(root / split / name / f"{i}.png")
+    config = load_config("smoke", {"data.name": "imagefolder", "data.root": str(tmp_path / "four"), "train.epochs": "1",
+                                   "data.analysis_size": "40", "work_dir": str(tmp_path / "work")})
+    train(config, load_data(config.data, config.seed), tmp_path / "ckpts", progress=False)
+    proc = explain(tmp_path, "--checkpoints", str(tmp_path / "ckpts"), "--data-dir", str(tmp_path / "three"))
+    assert_one_line_error(proc, "is not what the checkpoints were trained on (classes ['a', 'b', 'c'] here, ['a', 'b', 'c', 'd'] in the checkpoints)")

@@ -94,19 +94,24 @@ def test_two_workers_on_postgresql_share_one_study(explained, pg_database):
     client.set_terminated(parent.info.run_id)  # the stand-in parent of this test
 
 
-def test_killed_study_resumes_and_keeps_completed_trials(explained, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_study_resumes_and_keeps_completed_trials(explained, tmp_path, signum):
+    """SIGKILL leaves the runs RUNNING until the rerun closes them; SIGTERM ends them KILLED
+    at once (exit 143). Either way the rerun keeps the completed trials and ends with one
+    FINISHED tune run that holds every trial."""
     import optuna
 
     root, env, explain_id, client = explained
     storage = f"sqlite:///{tmp_path}/optuna.db"
-    args = ["tune", "--run-id", explain_id, "--config", "smoke", "--storage", storage, "--study", "resume",
+    study_name = f"resume-{signum.name.lower()}"
+    args = ["tune", "--run-id", explain_id, "--config", "smoke", "--storage", storage, "--study", study_name,
             "--overrides", f"work_dir={root / 'work'},tune.n_trials=5,tune.heartbeat_s=2"]
     proc = subprocess.Popen([sys.executable, "-m", "i2x.cli", *args], cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
     before = []
     while time.time() < deadline:
         try:
-            study = optuna.load_study(study_name="resume", storage=storage)
+            study = optuna.load_study(study_name=study_name, storage=storage)
             before = [(t.number, t.values) for t in study.trials if t.state.name == "COMPLETE"]
             running = [t for t in study.trials if t.state.name == "RUNNING"]
             if before and running:
@@ -114,16 +119,20 @@ def test_killed_study_resumes_and_keeps_completed_trials(explained, tmp_path):
         except KeyError:
             pass
         time.sleep(0.2)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    os.kill(proc.pid, signum)
+    code = proc.wait(timeout=120)
+    assert code == (-signal.SIGKILL if signum == signal.SIGKILL else 143)
     assert before, "the kill must land after a completed trial"
-    study = optuna.load_study(study_name="resume", storage=storage)
+    if signum == signal.SIGTERM:  # the handler ended the run before the process exited
+        experiment_id = client.get_run(explain_id).info.experiment_id
+        assert client.search_runs([experiment_id], "attributes.status = 'RUNNING'") == []
+    study = optuna.load_study(study_name=study_name, storage=storage)
     assert len(_finished(study)) < 5, "the kill must land before the study finished"
 
     time.sleep(5)  # past the heartbeat grace period (2 x 2 s): the killed trial is stale
     out = cli(env, root, *args)
     assert out.returncode == 0, out.stderr[-2000:]
-    study = optuna.load_study(study_name="resume", storage=storage)
+    study = optuna.load_study(study_name=study_name, storage=storage)
     assert len(_finished(study)) >= 5
     after = {t.number: t.values for t in study.trials if t.state.name == "COMPLETE"}
     for number, values in before:
@@ -132,7 +141,7 @@ def test_killed_study_resumes_and_keeps_completed_trials(explained, tmp_path):
     # nothing stays RUNNING, and the finished tune run holds every trial of the study
     experiment_id = client.get_run(explain_id).info.experiment_id
     assert client.search_runs([experiment_id], "attributes.status = 'RUNNING'") == []
-    runs = client.search_runs([experiment_id], "tags.`optuna.study_name` = 'resume'")
+    runs = client.search_runs([experiment_id], f"tags.`optuna.study_name` = '{study_name}'")
     parents = [r for r in runs if r.data.tags["i2x.stage"] == "tune"]
     final = next(r for r in parents if r.info.status == "FINISHED")
     assert {r.info.status for r in parents if r is not final} == {"KILLED"}
