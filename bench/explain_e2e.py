@@ -33,7 +33,7 @@ def main() -> None:
     images, labels = data.train_x[data.analysis_idx], data.train_y[data.analysis_idx]
     out = Path(args.out)
     validate(doc)
-    from i2x.workflow import write_explain_outputs
+    from i2x.artifacts import write_explain_outputs
 
     t0 = time.perf_counter()
     write_explain_outputs(out, doc, dumps(doc), analysis, images, labels, data.classes, infos, config)

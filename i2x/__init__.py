@@ -2,10 +2,24 @@
 
 Structured explanations of image classifiers from their training history
 (method: shared/I2X_METHOD.md). The algorithm stages are plain functions on arrays;
-MLflow lives only in :mod:`i2x.tracking` and :mod:`i2x.workflow`. Every label the
+MLflow lives only in :mod:`i2x.tracking` and the stage runs. Every label the
 explanation is derived in :mod:`i2x.labels`, checked against a within-class permutation
 null (:mod:`i2x.nulls`) and by a causal deletion test (:mod:`i2x.faithfulness`), and
 assembled in :mod:`i2x.structure`.
+
+Module map, in the order the data flows (imports point back up this list; no cycle,
+``tests/test_layout.py``)::
+
+    config, errors, secrets, progress           settings and plumbing
+    data -> models -> checkpoints -> training   step 1: checkpointed training
+    saliency -> prototypes -> intensity         steps 2-4: Grad-CAM, prototypes, p_nk
+    patterns -> labels, nulls -> structure      steps 5-7: groups, labels, the null
+    faithfulness -> analysis -> explanation     step 7b and the document
+    perturbation -> finetune -> tuning          step 8: targeted fine-tuning (Optuna)
+    comparison, plan                            the controls; the time plan
+    tracking, artifacts, viz, report            MLflow, files, figures, HTML
+    runconfig, runs.{train,explain,tune,report,main}, cli, services
+                                                a stage run each; the command line
 """
 
 from i2x.analysis import Analysis, analyse

@@ -1,7 +1,7 @@
 """Steps 2-7 end to end over one training history, with no I/O and no tracking.
 
 :func:`analyse` takes a way to load each checkpoint's model, the analysis images and
-the explain config; it returns arrays and records. :mod:`i2x.workflow` does the files,
+the explain config; it returns arrays and records. :mod:`i2x.runs.explain` and :mod:`i2x.artifacts` do the files,
 pictures and MLflow around it.
 """
 

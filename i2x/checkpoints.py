@@ -150,3 +150,33 @@ def epoch_of(step: int, steps_per_epoch: int) -> float:
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
     return max(1, math.ceil(n / batch_size))
+
+
+def check_data_fits(final: dict[str, Any], data: Any, config: Config) -> None:
+    """Refuse data that is not what the checkpoints were trained on (another class list,
+    channel count or size, e.g. ``--data-dir`` at another ImageFolder tree): labels would
+    index the wrong logits and the explanation would be silently wrong."""
+    meta = final["data"]
+    ours = {"classes": list(data.classes), "channels": data.channels, "image_size": data.image_size}
+    theirs = {k: meta[k] for k in ours}
+    if ours != theirs:
+        diff = "; ".join(f"{k} {ours[k]} here, {theirs[k]} in the checkpoints" for k in ours if ours[k] != theirs[k])
+        raise I2XError(f"the data under {config.data.root or '(default root)'} is not what the checkpoints were trained on ({diff}); "
+                       "point --data-dir at the training data")
+
+
+def check_same_run(final: dict[str, Any], final_path: Path, payload: dict[str, Any], path: Path) -> None:
+    """Refuse a checkpoint of another training run (another seed, data, model, recipe, class
+    list or architecture) in one explain call: the analysis would stitch two models' histories."""
+    def identity(p: dict) -> dict[str, object]:
+        flat = config_from_dict(p["config"]).flat()
+        keys = {k: v for k, v in flat.items() if k.split(".")[0] in ("run", "data", "model", "train")
+                and k not in ("run.work_dir", "data.root", "data.download", "train.log_every", "train.eval_batch_size", "train.device")}
+        return {**keys, "arch": p.get("arch"), "classes": p["data"]["classes"]}
+
+    want, got = identity(final), identity(payload)
+    diff = [k for k in want if want[k] != got.get(k)]
+    if diff:
+        shown = ", ".join(f"{k} {got.get(k)} vs {want[k]}" for k in diff[:3])
+        raise I2XError(f"checkpoint {path.name} is not from the training run of {final_path.name} ({shown}); "
+                       "explain the checkpoints of one run (one folder per run)")

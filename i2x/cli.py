@@ -7,12 +7,14 @@ functions, log. User mistakes print ``i2x: error: <one line>`` and exit 2.
 from __future__ import annotations
 
 import argparse
+import importlib
 import signal
 import sys
 from collections.abc import Sequence
 
 from i2x.config import available_configs
 from i2x.errors import I2XError
+from i2x.runs import RUNS
 
 EXIT_USAGE = 2
 
@@ -111,26 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command == "train":
-            from i2x.workflow import train_run
-
-            train_run(args)
-        elif args.command == "explain":
-            from i2x.workflow import explain_run
-
-            explain_run(args)
-        elif args.command == "main":
-            from i2x.workflow import run_main
-
-            run_main(args)
-        elif args.command == "tune":
-            from i2x.workflow import tune_run
-
-            tune_run(args)
-        elif args.command == "report":
-            from i2x.workflow import report_run
-
-            report_run(args)
+        if args.command in RUNS:
+            module, function = RUNS[args.command]
+            getattr(importlib.import_module(module), function)(args)
         elif args.command == "services":
             cmd_services(args)
         else:

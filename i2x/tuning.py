@@ -1,6 +1,6 @@
 """The Optuna study over targeted perturbation and fine-tuning, with honest controls.
 
-No MLflow here: :mod:`i2x.workflow` passes a ``track`` hook that opens a nested run per
+No MLflow here: :mod:`i2x.runs.tune` passes a ``track`` hook that opens a nested run per
 trial. A study lives in any Optuna storage, so workers on other processes or machines
 join it by name (``i2x tune --worker``).
 """

@@ -1,0 +1,79 @@
+"""The artifact contract of an explain run, written in one place.
+
+``out/explanation/explanation.json`` (the document), ``out/prototypes/prototypes.json`` and
+``centers.npz`` (PCA and K-Means centres, which tune reads back), ``out/saliency/maps.npz``
+(maps, probabilities, intensities, presence, assignment, groups, labels, steps, images,
+interval betas), ``out/saliency/ckpt-<step:08d>.png`` (overlays) and
+``out/prototypes/gallery*.png``. Written atomically, file by file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from i2x.config import Config
+
+GALLERY_PAGE = 32  # prototypes per gallery page: 128 tiles in one figure are unreadable
+
+
+def overlay_samples(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """A fixed, seeded set of analysis positions, ``per_class`` per class, class by class."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        chosen.extend(sorted(rng.choice(members, size=min(per_class, len(members)), replace=False)))
+    return np.asarray(chosen, dtype=np.int64)
+
+
+def write_explain_outputs(out: Path, doc: dict[str, Any], text: str, analysis: Any, images: torch.Tensor, labels: torch.Tensor,
+                          classes: list[str] | tuple[str, ...], infos: list[dict[str, Any]], config: Config) -> None:
+    """Write every explain artifact into ``out/{explanation,saliency,prototypes}``."""
+    from i2x.checkpoints import atomic_write_text
+    from i2x.saliency import upsample
+    from i2x.viz import plot_gallery, plot_overlays
+
+    for sub in ("explanation", "saliency", "prototypes"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "explanation" / "explanation.json", text)
+    atomic_write_text(out / "prototypes" / "prototypes.json", json.dumps(doc["prototypes"], indent=2, sort_keys=True))
+    tmp = out / "saliency" / ".maps.tmp.npz"
+    np.savez_compressed(
+        tmp,
+        maps=analysis.maps.numpy().astype(np.float16),
+        probs=analysis.probs.numpy().astype(np.float32),
+        intensities=analysis.intensities.p.astype(np.float16),
+        presence=analysis.intensities.presence,
+        assignment=analysis.protos.assignment.astype(np.int16),
+        groups=analysis.groups.astype(np.int16),
+        labels=labels.numpy().astype(np.int16),
+        steps=np.asarray([c["step"] for c in infos], dtype=np.int64),
+        images=images.numpy(),
+        interval_beta=analysis.structure.interval_beta.astype(np.float32),
+    )
+    os.replace(tmp, out / "saliency" / "maps.npz")
+    tmp = out / "prototypes" / ".centers.tmp.npz"
+    np.savez(tmp, pca_mean=analysis.protos.pca_mean, pca_components=analysis.protos.pca_components, centers=analysis.protos.centers)
+    os.replace(tmp, out / "prototypes" / "centers.npz")
+
+    y = labels.numpy()
+    chosen = overlay_samples(y, config.explain.overlay_per_class, config.seed)
+    size = tuple(images.shape[-2:])
+    for t, info in enumerate(infos):
+        heat = upsample(analysis.maps[t, chosen], size).numpy()
+        conf = analysis.probs[t, chosen, y[chosen]].numpy()
+        plot_overlays(images[chosen].numpy(), heat, y[chosen], conf, classes,
+                      f"Grad-CAM at checkpoint {t} (step {info['step']}, epoch {info['epoch']:.2f})",
+                      out / "saliency" / f"ckpt-{info['step']:08d}.png", per_class=config.explain.overlay_per_class)
+
+    order = sorted(doc["prototypes"], key=lambda p: (not p["uncertain"], not p["shared_by"], not p["specialised_for"], -p["n_samples"], p["id"]))
+    pages = [order[i : i + GALLERY_PAGE] for i in range(0, len(order), GALLERY_PAGE)]
+    for i, page in enumerate(pages):
+        name = "gallery.png" if i == 0 else f"gallery-{i + 1}.png"
+        plot_gallery(images.numpy(), page, classes, f"Prototypes (page {i + 1}/{len(pages)})", out / "prototypes" / name)

@@ -1,0 +1,20 @@
+"""One module per stage run, each the same shape: config (:func:`i2x.runconfig.run_config`)
+-> open an MLflow run (:func:`i2x.tracking.open_run`) -> the pure stage functions -> the
+artifacts (:mod:`i2x.artifacts`) -> log. The CLI and the MLproject entry points call them
+through :data:`RUNS`; nothing else in the package imports them.
+
+- :mod:`i2x.runs.train`: checkpoints, ``config/resolved.yaml``, ``report/training.png``;
+- :mod:`i2x.runs.explain`: the explanation, saliency, prototypes and report artifacts;
+- :mod:`i2x.runs.tune`: the Optuna study, its trial runs, the final evaluation and report;
+- :mod:`i2x.runs.report`: a report regenerated from an explain or tune run;
+- :mod:`i2x.runs.main`: ``mlflow run .``, the three stages as child runs.
+"""
+
+# command -> (module, function): the CLI's dispatch table
+RUNS: dict[str, tuple[str, str]] = {
+    "train": ("i2x.runs.train", "train_run"),
+    "explain": ("i2x.runs.explain", "explain_run"),
+    "tune": ("i2x.runs.tune", "tune_run"),
+    "report": ("i2x.runs.report", "report_run"),
+    "main": ("i2x.runs.main", "run_main"),
+}

@@ -1,0 +1,50 @@
+"""The report run: an explain or tune run's report, regenerated into a folder or the run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from i2x import tracking
+from i2x.errors import I2XError
+
+OPTUNA_FIGURES = ("optimization_history.png", "pareto_front.png", "param_importances.png")
+
+
+def report_run(args: argparse.Namespace) -> Path:
+    """Regenerate the report of an explain or tune run, into ``--out`` or back into the run."""
+    from i2x.report import explain_report, tune_report
+
+    if not args.run_id:
+        raise I2XError("say which run to report on: --run-id RUN_ID (an explain or tune run)")
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise I2XError(f"--out {args.out} is a file; give a folder (it is created if missing) so that nothing there is overwritten")
+    run = tracking.get_run(args.run_id)
+    stage = run.data.tags.get(tracking.TAG_STAGE)
+    scratch = tracking.scratch_dir("report")
+    try:
+        out = Path(args.out) if args.out else scratch / "report"
+        if stage == "explain":
+            doc = json.loads(tracking.download_artifacts(args.run_id, "explanation/explanation.json", scratch).read_text())
+            with np.load(tracking.download_artifacts(args.run_id, "saliency/maps.npz", scratch)) as npz:
+                index = explain_report(doc, dict(npz), out, seed=int(doc["config"].get("seed", 0)))
+        elif stage == "tune":
+            summary = json.loads(tracking.download_artifacts(args.run_id, "tuning/summary.json", scratch).read_text())
+            figures = [tracking.download_artifacts(args.run_id, name, scratch) for name in tracking.list_artifacts(args.run_id, "tuning")
+                       if Path(name).name in OPTUNA_FIGURES]  # drawn from the study when the run ended
+            index = tune_report(summary, out, sorted(figures, key=lambda f: OPTUNA_FIGURES.index(f.name)))
+        else:
+            raise I2XError(f"run {args.run_id} is a '{stage}' run; reports are made for explain and tune runs")
+        if not args.out:
+            for path in sorted(out.iterdir()):
+                tracking.log_artifact_to(args.run_id, path, "report")
+            print(f"i2x report: logged report/index.html to run {args.run_id}")
+        else:
+            print(f"i2x report: wrote {index}")
+        return index
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -1,0 +1,63 @@
+"""The train stage run: a tracked, resumable training with checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from i2x import tracking
+from i2x.runconfig import run_config
+from i2x.training import resolve_model
+
+
+def train_run(args: argparse.Namespace) -> str:
+    """Train with checkpoints, tracked in MLflow; resumes from local checkpoints. Returns the run id."""
+    from i2x.checkpoints import atomic_write_text, list_checkpoints
+    from i2x.data import load_data
+    from i2x.training import resolve_device, run_folder, train
+    from i2x.viz import plot_training
+
+    asked = run_config(args)
+    config = resolve_model(asked)
+    if asked.model.name == "auto":
+        print(f"i2x: model.name=auto on {resolve_device(config.train.device).type}: {config.model.name} (width {config.model.width})", flush=True)
+    data = load_data(config.data, config.seed)
+    folder = run_folder(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    ledger = folder / "runs.json"
+    tags = {tracking.TAG_STAGE: "train", tracking.TAG_DATASET: config.data.name, tracking.TAG_MODEL: config.model.name}
+    with tracking.open_run(f"train {config.data.name} {config.model.name}", tags, local=folder.resolve()) as run:
+        run_id = run.info.run_id
+        # read and written under the folder's lock (open_run), atomically: no run id is lost
+        previous = json.loads(ledger.read_text()) if ledger.is_file() else []
+        atomic_write_text(ledger, json.dumps(previous + [run_id]))  # a dead earlier run was closed by open_run
+        tracking.log_params(config.flat())
+        tracking.log_text(config.to_yaml(), "config/resolved.yaml")
+        existing = list_checkpoints(folder)
+        if existing:
+            tracking.set_tags({tracking.TAG_RESUMED_FROM: existing[-1].name})
+            for path in existing:
+                tracking.log_artifact(path, "checkpoints")
+        history: list[tuple[int, dict[str, float]]] = []
+
+        def on_metrics(step: int, metrics: dict[str, float]) -> None:
+            history.append((step, metrics))
+            tracking.log_metrics(metrics, step=step)
+
+        def on_checkpoint(path: Path, _info: object) -> None:
+            tracking.log_artifact(path, "checkpoints")
+
+        result = train(config, data, folder, on_metrics=on_metrics, on_checkpoint=on_checkpoint)
+        tracking.log_artifact(folder / "index.json", "checkpoints")
+        tracking.log_metrics(result.final_metrics)
+        scratch = tracking.scratch_dir("train")
+        try:
+            plot_training(result.checkpoints, history, scratch / "training.png")
+            tracking.log_artifact(scratch / "training.png", "report")
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        print(f"i2x train: run {run_id} FINISHED, test accuracy {result.final_metrics['test_accuracy']:.4f}, "
+              f"{len(result.checkpoints)} checkpoints in {folder}")
+    return run_id
