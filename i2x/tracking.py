@@ -355,6 +355,12 @@ def set_tags(tags: dict[str, str]) -> None:
     mlflow.set_tags({k: redact(str(v)) for k, v in tags.items()})
 
 
+def describe_run(tag: str, said: str, report: Path, description: str) -> None:
+    """The active run's one-line result (``tag``: headline or verdict), the path of its local
+    report and the description the MLflow UI shows on the run's page."""
+    set_tags({tag: said, TAG_REPORT: str(report.resolve()), TAG_DESCRIPTION: description})
+
+
 def get_run(run_id: str) -> Any:
     """The run, or a one-line error when the id does not exist in this tracking store."""
     from mlflow.exceptions import MlflowException

@@ -123,8 +123,7 @@ def explain_run(args: argparse.Namespace) -> str:
             from i2x.report import fit_line, headline
 
             said, fit = headline(doc), fit_line(metrics)
-            tracking.set_tags({tracking.TAG_HEADLINE: said, tracking.TAG_REPORT: str((out / "report" / "index.html").resolve()),
-                               tracking.TAG_DESCRIPTION: f"{said}. {fit}. Report: report/index.html."})
+            tracking.describe_run(tracking.TAG_HEADLINE, said, out / "report" / "index.html", f"{said}. {fit}. Report: report/index.html.")
             print(f"i2x explain: run {run.info.run_id} FINISHED: {said}\n  {fit}; HDBSCAN noise {metrics['noise_share']:.2f}")
             return run.info.run_id
     finally:

@@ -135,8 +135,8 @@ def tune_run(args: argparse.Namespace) -> str:
                 key = strategy.replace("->", "_").replace("-", "_").replace(" (1+1)", "_1_1")
                 tracking.log_metrics({f"{key}_test_accuracy": row["accuracy_mean"], f"{key}_focal_confusions": row["focal_mean"]})
             verdict = verdict_line(summary)
-            tracking.set_tags({tracking.TAG_VERDICT: verdict, tracking.TAG_REPORT: str((local / "report" / "index.html").resolve()),
-                               tracking.TAG_DESCRIPTION: f"{verdict}. Study '{name}', {len(study.trials)} trials. Report: report/index.html."})
+            tracking.describe_run(tracking.TAG_VERDICT, verdict, local / "report" / "index.html",
+                                  f"{verdict}. Study '{name}', {len(study.trials)} trials. Report: report/index.html.")
             print(f"i2x tune: run {parent.info.run_id} FINISHED, study '{name}' ({len(study.trials)} trials)\n\n{text}")
             return parent.info.run_id
     finally:
