@@ -72,8 +72,8 @@ def main() -> None:
     if not args.skip_resnet:
         per_step = step_seconds(config, data, device, "resnet18")
         fast = step_seconds(config, data, device, config.model.name)
-        print(f"ResNet-18 at batch {config.train.batch_size}: {per_step:.2f} s/step -> {per_step * spe / 60:.1f} min/epoch "
-              f"(estimate; {config.model.name}: {fast:.2f} s/step, {per_step / fast:.1f}x faster)")
+        print(f"ResNet-18 at batch {config.train.batch_size}: {per_step:.3f} s/step -> {per_step * spe:.1f} s/epoch "
+              f"(estimate; {config.model.name}: {fast:.3f} s/step, {per_step / fast:.1f}x faster)")
 
 
 if __name__ == "__main__":
