@@ -129,29 +129,34 @@ def open_run(run_name: str, tags: dict[str, str], nested: bool = False, local: P
             _LOCAL_FILES[:] = [local]
             stack.enter_context(folder_lock(local))
             tags = {**tags, TAG_WORK_DIR: str(local)}
-        init_store()
-        if not os.environ.get("MLFLOW_RUN_ID") and not os.environ.get("MLFLOW_EXPERIMENT_ID") and not nested:
-            mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT))
-        run = mlflow.start_run(run_name=None if os.environ.get("MLFLOW_RUN_ID") and not nested else run_name, nested=nested)
-        client = mlflow.MlflowClient()
-        if run.info.run_name != run_name:
-            client.update_run(run.info.run_id, name=run_name)
-        mark_experiment(run.info.experiment_id)
-        mlflow.set_tags({k: redact(str(v)) for k, v in {**tags, TAG_COMMIT: tags.get(TAG_COMMIT, git_commit())}.items()})
-        if local is not None:
-            close_stale(local, run.info.run_id)
+        # handlers first: a stop between start_run and the work (renaming, tagging, closing
+        # stale runs: seconds on a slow store) used to kill the process with its run RUNNING
         pending = stack.enter_context(stop_on_signals())
+        run = None
         try:
+            init_store()
+            if not os.environ.get("MLFLOW_RUN_ID") and not os.environ.get("MLFLOW_EXPERIMENT_ID") and not nested:
+                mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT))
+            run = mlflow.start_run(run_name=None if os.environ.get("MLFLOW_RUN_ID") and not nested else run_name, nested=nested)
+            client = mlflow.MlflowClient()
+            if run.info.run_name != run_name:
+                client.update_run(run.info.run_id, name=run_name)
+            mark_experiment(run.info.experiment_id)
+            mlflow.set_tags({k: redact(str(v)) for k, v in {**tags, TAG_COMMIT: tags.get(TAG_COMMIT, git_commit())}.items()})
+            if local is not None:
+                close_stale(local, run.info.run_id)
             yield run
             _quiet_timer()
             if pending:  # the stop landed where Python swallows exceptions, and the work then ended
                 raise Stopped(pending[0])
         except KeyboardInterrupt:  # SIGTERM or SIGINT (see Stopped)
             _quiet_timer()
-            mlflow.end_run(status="KILLED")
+            if run is not None:  # ours is the active run (a nested one ends before its parent)
+                mlflow.end_run(status="KILLED")
             raise
         except BaseException:
-            mlflow.end_run(status="FAILED")
+            if run is not None:
+                mlflow.end_run(status="FAILED")
             raise
         mlflow.end_run(status="FINISHED")
 
