@@ -149,8 +149,9 @@ class Lookahead:
     move to ``avg <- lerp(avg, weights, 1 - rho)`` and are replaced by ``avg``, with
     ``rho = 0.95**every * (step / total)**3`` (little averaging early, strong at the end)."""
 
-    def __init__(self, every: int, state: dict[str, torch.Tensor] | None = None) -> None:
-        self.every, self.avg = every, state
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.avg: dict[str, torch.Tensor] | None = None  # set at the first step past the start, or from a checkpoint
 
     @torch.no_grad()
     def step(self, model: nn.Module, done: int, total: int) -> None:
