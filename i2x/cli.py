@@ -34,8 +34,8 @@ def cmd_services(args: argparse.Namespace) -> None:
 
     from i2x import services
 
-    if args.action == "compose":
-        print(services.compose_yaml(), end="")
+    if args.action in ("compose", "caddyfile"):
+        print(services.compose_yaml() if args.action == "compose" else services.caddyfile(), end="")
         return
     root = Path(args.root)
     if args.action == "down":
@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="", help="write the report into this folder instead of logging it to the run")
     p = command("services", "the local stack without docker: S3 (SeaweedFS), MLflow server, optuna-dashboard",
                 ["i2x services up", "i2x services status", "i2x services down"])
-    p.add_argument("action", choices=["up", "down", "status", "compose"], help="compose prints docker/docker-compose.yml")
+    p.add_argument("action", choices=["up", "down", "status", "compose", "caddyfile"],
+                   help="compose prints docker/docker-compose.yml, caddyfile docker/Caddyfile")
     p.add_argument("--root", default="mlruns/stack", help="folder for the services' data and logs")
     p.add_argument("--backend-store-uri", default="", help="MLflow backend (default SQLite under --root; a postgresql:// URL works)")
     p.add_argument("--study-storage", default="", help="Optuna storage for the dashboard (default SQLite under --root)")

@@ -236,7 +236,7 @@ def test_compose_file_matches_the_native_stack(tmp_path, monkeypatch):
     assert committed == services.compose_yaml(), "regenerate with: i2x services compose > docker/docker-compose.yml"
     spec = yaml.safe_load(committed)
     svc = spec["services"]
-    assert {"minio", "create-bucket", "postgres", "mlflow", "dashboard", "worker"} == set(svc)
+    assert {"minio", "create-bucket", "postgres", "mlflow", "dashboard", "proxy", "worker"} == set(svc)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
     native = {s.name: s for s in services.local_stack(tmp_path)}
@@ -245,8 +245,9 @@ def test_compose_file_matches_the_native_stack(tmp_path, monkeypatch):
     assert mlflow_cmd[mlflow_cmd.index("--artifacts-destination") + 1] == native["mlflow"].command[native["mlflow"].command.index("--artifacts-destination") + 1]
     assert "--serve-artifacts" in mlflow_cmd and "--serve-artifacts" in native["mlflow"].command
     loopback = "${I2X_BIND:-127.0.0.1}"  # published on the host's loopback unless I2X_BIND is set
-    assert svc["mlflow"]["ports"] == [f"{loopback}:{native['mlflow'].port}:{native['mlflow'].port}"]
-    assert svc["dashboard"]["ports"] == [f"{loopback}:{native['dashboard'].port}:{native['dashboard'].port}"]
+    # MLflow and the dashboard are published through the authenticating proxy only, on the native ports
+    assert svc["proxy"]["ports"] == [f"{loopback}:{native[name].port}:{native[name].port}" for name in ("mlflow", "dashboard")]
+    assert svc["mlflow"]["expose"] == [str(native["mlflow"].port)] and svc["dashboard"]["expose"] == [str(native["dashboard"].port)]
     assert svc["minio"]["ports"][0] == f"{loopback}:{native['s3'].port}:9000"
     # nothing is published on every interface by default: each published port names the bind address
     published = [port for service in svc.values() for port in service.get("ports", [])]
@@ -261,7 +262,7 @@ def test_compose_file_matches_the_native_stack(tmp_path, monkeypatch):
     assert all("healthcheck" in svc[name] for name in ("minio", "postgres", "mlflow"))
     # credentials only through ${...} from .env, never literal
     env_example = (ROOT / "docker" / ".env.example").read_text()
-    for name in ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "POSTGRES_USER", "POSTGRES_PASSWORD"):
+    for name in ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "POSTGRES_USER", "POSTGRES_PASSWORD", "I2X_UI_USER", "I2X_UI_PASSWORD"):
         assert f"{name}=" in env_example and "${" + name + ":?set " + name + " in docker/.env}" in committed
     assert os.path.exists(ROOT / "docker" / "Dockerfile")
 

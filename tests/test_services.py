@@ -55,6 +55,11 @@ def test_the_team_stack_binds_to_loopback_by_default_with_pinned_images_and_no_r
             assert re.search(r":(RELEASE\.|\d+\.\d+)", svc["image"]) and not svc["image"].endswith(":latest"), (name, svc["image"])
         command = " ".join(map(str, svc.get("command", []) if isinstance(svc.get("command"), list) else [svc.get("command", "")]))
         assert not re.search(r"://[^:$/\s]*:[^$@\s]+@", command), f"{name}: a password literal in argv"
+    # MLflow and the dashboard, which have no authentication, are reached only through the proxy
+    assert "ports" not in compose["services"]["mlflow"] and "ports" not in compose["services"]["dashboard"]
+    proxy = compose["services"]["proxy"]
+    assert proxy["environment"]["I2X_UI_PASSWORD"].startswith("${I2X_UI_PASSWORD:?") and proxy["user"] != "root"
+    assert (ROOT / "docker" / "Caddyfile").read_text() == services.caddyfile(), "regenerate with: i2x services caddyfile > docker/Caddyfile"
     dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
     base = re.search(r"^FROM (\S+)", dockerfile, re.M).group(1)
     assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+", base), base
