@@ -21,8 +21,8 @@ from i2x.intensity import Intensities, compute_intensities
 from i2x.models import Classifier
 from i2x.patterns import GroupFit, fit_group_betas, heldout_summary, learning_groups
 from i2x.progress import steps
-from i2x.prototypes import Prototypes, fit_prototypes
-from i2x.saliency import pass_batch, saliency_pass
+from i2x.prototypes import Prototypes, check_n_prototypes, fit_prototypes
+from i2x.saliency import capture_target, pass_batch, pixels, saliency_pass
 from i2x.structure import Structure, build_structure
 
 MIN_CHECKPOINTS = 3
@@ -72,6 +72,28 @@ def claims_of(structure: Structure) -> list[Claim]:
     out += [Claim(s.prototype, "specialised", (c,)) for c, ss in labels.specialised.items() for s in ss]
     out += [Claim(s.prototype, "uncertain", s.pair) for s in labels.uncertain]
     return out
+
+
+@torch.no_grad()
+def preflight(model: Classifier, images: torch.Tensor, cfg: ExplainConfig, layer: str | None = None) -> tuple[int, int]:
+    """What :func:`analyse` would refuse after minutes of work, found with one image: the
+    target layer exists and runs once with a spatial output, and K fits the feature
+    locations. Returns the layer's grid ``(h, w)``.
+
+    Raises:
+        I2XError: a bad target layer, K too large.
+    """
+    target = layer or model.target_layer
+    with capture_target(model.eval(), target) as store:
+        model(pixels(images[:1]))
+    activation = store.get("activation")
+    if store["calls"] != 1 or activation is None or activation.ndim != 4:
+        shape = None if activation is None else tuple(activation.shape)
+        raise I2XError(f"target layer '{target}' ran {store['calls']} time(s) with output {shape}; pick a layer that runs once "
+                       "and outputs (B, C, h, w)")
+    h, w = activation.shape[-2:]
+    check_n_prototypes(cfg.n_prototypes, len(images), int(h), int(w))
+    return int(h), int(w)
 
 
 def analyse(

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,7 +95,15 @@ def read_checkpoint(path: Path | str) -> dict[str, Any]:
     if not path.is_file():
         raise I2XError(f"checkpoint {path} does not exist")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about a foreign pickle protocol before it refuses the file
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "GLOBAL" not in str(exc):  # not a pickle torch writes (garbage bytes, another protocol)
+            raise I2XError(f"checkpoint {path} cannot be read (UnpicklingError); it is corrupt or not an i2x checkpoint") from None
+        # weights_only refused a global: loading it would run code or build foreign objects
+        raise I2XError(f"checkpoint {path} holds objects other than tensors and plain data, which i2x refuses to load "
+                       "(weights_only=True); it is not an i2x checkpoint: delete it, or retrain") from None
     except Exception as exc:  # corrupt, truncated or not a torch file
         raise I2XError(f"checkpoint {path} cannot be read ({type(exc).__name__}); it is corrupt or not an i2x checkpoint") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:

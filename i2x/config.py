@@ -111,14 +111,14 @@ class TrainConfig:
 
     epochs: int = 3
     batch_size: int = 128
-    optimizer: str = "sgd"
+    optimizer: Literal["sgd", "adam"] = "sgd"
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
     lr_schedule: Literal["onecycle", "cosine", "constant", "triangle"] = "onecycle"
     checkpoint_fractions: tuple[float, ...] = (0.1, 0.25, 0.5)
     checkpoint_every_epoch: bool = True
-    device: str = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     eval_batch_size: int = 1000
     log_every: int = 20
     num_threads: int = 0
@@ -193,7 +193,7 @@ class ExplainConfig:
     method: str = "gradcam"
     target_layer: str = ""
     target: str = "label"
-    normalize: str = "minmax"
+    normalize: Literal["minmax", "none"] = "minmax"
     pca_components: int = 32
     n_prototypes: int = 32
     fit_max_locations: int = 200_000
@@ -471,14 +471,34 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "explain.memory_mb": (0, None),
     "tune.n_trials": (1, None),
     "tune.seeds": (1, None),
+    "train.lr": (0, None),
+    "train.momentum": (0, 1),
+    "train.weight_decay": (0, None),
+    "train.label_smoothing": (0, 1),
+    "data.val_fraction": (0, 1),
+    "explain.ridge_lambda": (0, None),
+    "explain.uncertain_threshold": (0, 1),
+    "explain.null_alpha": (0, 1),
+    "faithfulness.ci": (0, 1),
+    "faithfulness.alpha": (0, 1),
+    "tune.lr_min": (0, None),
+    "tune.lr_max": (0, None),
+    "tune.ci": (0, 1),
 }
+# Keys whose bounds above are themselves invalid values (a rate of 0, a CI level of 1).
+OPEN_RANGES = frozenset({"train.lr", "data.val_fraction", "explain.null_alpha", "faithfulness.ci", "faithfulness.alpha",
+                         "tune.lr_min", "tune.lr_max", "tune.ci"})
 
 
 def _check_range(key: str, value: Any, source: str) -> None:
     lo, hi = RANGES.get(key, (None, None))
     if isinstance(value, bool) or not isinstance(value, int | float):
         return
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
+    if key in OPEN_RANGES:
+        if (lo is not None and value <= lo) or (hi is not None and value >= hi):
+            bound = f"between {lo} and {hi}, both excluded" if hi is not None else f"above {lo}"
+            raise I2XError(f"config key '{key}' in {source} must be {bound}, got {value}")
+    elif (lo is not None and value < lo) or (hi is not None and value > hi):
         bound = f"from {lo} to {hi}" if hi is not None else f"at least {lo}"
         raise I2XError(f"config key '{key}' in {source} must be {bound}, got {value}")
 

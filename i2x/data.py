@@ -112,7 +112,12 @@ def _from_torchvision(cls: type, root: Path | None, download: bool, name: str, h
     try:
         train = cls(str(where), train=True, download=download)
         test = cls(str(where), train=False, download=download)
-    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
+    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted", or a reader's shape error
+        if not str(exc).startswith("Dataset not found"):  # the files are there but short: a cut-off copy or download
+            raise I2XError(
+                f"{name} files under {where.resolve()} are truncated or corrupt ({str(exc).splitlines()[0]}); "
+                f"replace them with the original files, or delete them and let torchvision download them"
+            ) from exc
         raise I2XError(
             f"{name} not found under {where.resolve()} ({str(exc).splitlines()[0]}); "
             f"{hint}, or set data_dir / {DATA_DIR_ENV}"

@@ -85,6 +85,15 @@ def receptive_box(cell: tuple[int, int], grid: tuple[int, int], image: tuple[int
             min(hh, int(round(cy + half_y))), min(ww, int(round(cx + half_x))))
 
 
+def check_n_prototypes(n_prototypes: int, n: int, h: int, w: int) -> None:
+    """K must be at least 2 and at most the ``n * h * w`` feature locations."""
+    if n_prototypes > n * h * w:
+        raise I2XError(f"explain.n_prototypes={n_prototypes} is larger than the {n * h * w} feature locations ({n} samples x {h}x{w}); "
+                       "lower it or raise data.analysis_size")
+    if n_prototypes < 2:
+        raise I2XError(f"explain.n_prototypes must be at least 2, got {n_prototypes}")
+
+
 def fit_prototypes(
     features: torch.Tensor,
     labels: torch.Tensor,
@@ -121,11 +130,8 @@ def fit_prototypes(
     from sklearn.decomposition import PCA
 
     n, d, h, w = features.shape
+    check_n_prototypes(n_prototypes, n, h, w)
     locations = n * h * w
-    if n_prototypes > locations:
-        raise I2XError(f"explain.n_prototypes={n_prototypes} is larger than the {locations} feature locations ({n} samples x {h}x{w}); lower it or raise data.analysis_size")
-    if n_prototypes < 2:
-        raise I2XError(f"explain.n_prototypes must be at least 2, got {n_prototypes}")
     flat = features.permute(0, 2, 3, 1).reshape(-1, d).numpy().astype(np.float32)
     rng = np.random.default_rng(seed)
     fit_rows = np.sort(rng.choice(locations, size=min(locations, fit_max_locations), replace=False))

@@ -54,7 +54,7 @@ def run_config(args: argparse.Namespace, base: Config | None = None) -> Config:
         if args.dataset and args.dataset not in DATASETS:
             raise I2XError(f"unknown dataset '{args.dataset}'; choose one of {', '.join(sorted(DATASETS))}")
         name = args.config or (args.dataset if args.dataset in available_configs() else "") or "mnist"
-        return load_config(name, ({"data.name": args.dataset} if args.dataset else {}) | _flags(args))
+        return check_registered(load_config(name, ({"data.name": args.dataset} if args.dataset else {}) | _flags(args)))
     if args.dataset and args.dataset != base.data.name:
         raise I2XError(f"--dataset {args.dataset} contradicts the checkpoints, which were trained on {base.data.name}; "
                        "drop --dataset, or explain checkpoints of that data set")
@@ -69,4 +69,18 @@ def run_config(args: argparse.Namespace, base: Config | None = None) -> Config:
     if changed:
         raise I2XError(f"--overrides change {', '.join(changed)}, which the checkpoints fix "
                        f"({', '.join(f'{k}={_at(before, k)}' for k in changed)}); drop those overrides, or train a new run with them")
+    return check_registered(cfg)
+
+
+def check_registered(cfg: Config) -> Config:
+    """Refuse names that must be keys of a registry (data set, model, saliency method) before
+    any run is opened; the registries, not the config, know their keys."""
+    from i2x.data import DATASETS
+    from i2x.models import MODELS
+    from i2x.saliency import CAM_METHODS
+
+    for key, value, registry, extra in (("data.name", cfg.data.name, DATASETS, ()), ("model.name", cfg.model.name, MODELS, ("auto",)),
+                                        ("explain.method", cfg.explain.method, CAM_METHODS, ())):
+        if value not in registry and value not in extra:
+            raise I2XError(f"unknown {key} '{value}'; choose one of {', '.join([*sorted(registry), *extra])}")
     return cfg

@@ -91,6 +91,7 @@ def init_store() -> str:
     with folder_lock(db):
         try:
             mlflow.MlflowClient().search_experiments(max_results=1)
+            _probe_write(db)
         except Exception as exc:  # sqlalchemy's OperationalError arrives as itself or wrapped in MlflowException
             reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             if "locked" in reason or "readonly" in reason or "unable to open" in reason:
@@ -98,6 +99,22 @@ def init_store() -> str:
                                "not writable: wait, fix its permissions, or set MLFLOW_TRACKING_URI to another store") from exc
             raise
     return uri
+
+
+def _probe_write(db: Path) -> None:
+    """Take and drop SQLite's write lock on ``db``: a store that reads but cannot be written
+    (file mode, immutable flag, read-only mount) fails here, not at the run's first write
+    after the run was opened."""
+    import sqlite3
+
+    con = sqlite3.connect(db, timeout=10)
+    try:
+        con.execute("BEGIN IMMEDIATE")  # a read-only connection still takes this lock; the write below fails
+        version = con.execute("PRAGMA user_version").fetchone()[0]
+        con.execute(f"PRAGMA user_version = {int(version)}")
+        con.rollback()
+    finally:
+        con.close()
 
 
 def git_commit(cwd: Path | None = None) -> str:

@@ -38,7 +38,7 @@ def _checkpoint_files(args: argparse.Namespace, scratch: Path) -> tuple[list[Pat
 
 def explain_run(args: argparse.Namespace) -> str:
     """Explain a finished training run; returns the explain run id."""
-    from i2x.analysis import MIN_CHECKPOINTS, analyse
+    from i2x.analysis import MIN_CHECKPOINTS, analyse, preflight
     from i2x.checkpoints import model_from_checkpoint, read_checkpoint, step_of
     from i2x.data import load_data
     from i2x.explanation import document_of, dumps, validate
@@ -62,6 +62,7 @@ def explain_run(args: argparse.Namespace) -> str:
             payload = payloads[t] or read_checkpoint(files[t])
             return model_from_checkpoint(payload, str(files[t]))
 
+        preflight(load_model(len(files) - 1), images, config.explain, config.explain.target_layer or None)  # before a run exists
         infos = []
         for path in files:
             payload = read_checkpoint(path)
