@@ -69,26 +69,36 @@ def test_the_mlflow_ui_opens_on_the_runs_table(mlflow_store, browser, tmp_path):
         server.wait(timeout=30)
 
 
-def test_a_fresh_stack_root_starts_the_dashboard_with_named_objectives(browser, tmp_path, monkeypatch):
+def test_a_fresh_stack_root_starts_the_dashboard_with_named_objectives(browser, tmp_path):
+    """`i2x services up --root <fresh folder>` starts the whole native stack (S3, MLflow,
+    dashboard); the dashboard used to die on the empty SQLite file ("no such table:
+    version_info"). Then a study's page names its objectives."""
     from i2x import services
     from i2x.config import load_config
     from i2x.tuning import open_study
 
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "local")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "local-secret")
+    from .conftest import cli_env
+    from .test_s3 import free_s3_port
+
     root = tmp_path / "stack"
-    port = _free_port()
-    dashboard = [s for s in services.local_stack(root, dashboard_port=port) if s.name == "dashboard"]
-    urls = services.up(root, dashboard, timeout=60)  # an empty SQLite file: the schema is created first
+    env = cli_env(tmp_path, AWS_ACCESS_KEY_ID="local", AWS_SECRET_ACCESS_KEY="local-secret")
+    ports = {"--s3-port": free_s3_port(), "--mlflow-port": _free_port(), "--dashboard-port": _free_port()}
+    cli = [sys.executable, "-m", "i2x.cli", "services"]
+    flags = ["--root", str(root), *[str(x) for pair in ports.items() for x in pair]]
+    up = subprocess.run([*cli, "up", *flags], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     try:
-        storage = dashboard[0].study_storage
+        assert up.returncode == 0, up.stderr[-2000:]
+        status = subprocess.run([*cli, "status", *flags], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        states = dict(line.split(maxsplit=1) for line in status.stdout.splitlines() if line.strip())
+        assert {name: state.split()[0] for name, state in states.items()} == {"s3": "up", "mlflow": "up", "dashboard": "up"}, status.stdout
+        storage = f"sqlite:///{root.resolve() / 'optuna' / 'optuna.db'}"
         study = open_study("i2x-unit", storage, load_config("smoke"))
         study.set_user_attr("explain_run_id", "abc123")
         for value in (0.5, 0.7):
             trial = study.ask()
             trial.suggest_float("alpha", 0.0, 1.0)
             study.tell(trial, [value, 10.0 + value])
-        browser.get(f"{urls['dashboard']}/dashboard/studies/{study._study_id}")
+        browser.get(f"http://127.0.0.1:{ports['--dashboard-port']}/dashboard/studies/{study._study_id}")
         body = _text_appears(browser, "val_accuracy")
         browser.save_screenshot(str(tmp_path / "dashboard.png"))
         assert "focal_pair_val_confusions" in body and "Objective 0" not in body
