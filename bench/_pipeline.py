@@ -12,7 +12,8 @@ import torch
 
 from i2x.analysis import Analysis, analyse
 from i2x.checkpoints import model_from_checkpoint, read_checkpoint
-from i2x.config import Config, load_config
+from i2x.config import Config
+from i2x.config_io import load_config
 from i2x.data import DataBundle, load_data
 from i2x.explanation import document_of
 from i2x.training import TrainResult, resolve_device, train

@@ -21,7 +21,7 @@ import torch
 
 from i2x.analysis import analyse
 from i2x.checkpoints import list_checkpoints, model_from_checkpoint, read_checkpoint
-from i2x.config import load_config
+from i2x.config_io import load_config
 from i2x.data import load_data
 from i2x.training import resolve_device, train
 

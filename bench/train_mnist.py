@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from i2x.config import load_config
+from i2x.config_io import load_config
 from i2x.data import load_data
 from i2x.training import train
 

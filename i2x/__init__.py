@@ -10,19 +10,24 @@ assembled in :mod:`i2x.structure`.
 Module map, in the order the data flows (imports point back up this list; no cycle,
 ``tests/test_layout.py``)::
 
-    config, errors, secrets, progress           settings and plumbing
-    data -> models -> checkpoints -> training   step 1: checkpointed training
-    saliency -> prototypes -> intensity         steps 2-4: Grad-CAM, prototypes, p_nk
+    config -> config_io, errors, secrets, progress, process
+                                                settings and plumbing
+    synthetic -> data -> batches                the data sets; float batches, augmentation
+    models -> checkpoints -> training           step 1: checkpointed training
+    saliency -> cam_methods -> prototypes -> intensity
+                                                steps 2-4: Grad-CAM, prototypes, p_nk
     patterns -> labels, nulls -> structure      steps 5-7: groups, labels, the null
     faithfulness -> analysis -> explanation     step 7b and the document
     perturbation -> finetune -> tuning          step 8: targeted fine-tuning (Optuna)
     comparison, plan                            the controls; the time plan
-    tracking, artifacts, viz, report            MLflow, files, figures, HTML
+    mlflow_store, tracking, artifacts           MLflow (its SQLite store under a lock), files
+    viz -> viz_runs, report                     figures, HTML
     runconfig, runs.{train,explain,tune,report,main}, cli, services
                                                 a stage run each; the command line
 """
 
 from i2x.analysis import Analysis, analyse
+from i2x.cam_methods import CAM_METHODS, saliency_pass
 from i2x.config import (
     Config,
     DataConfig,
@@ -31,14 +36,14 @@ from i2x.config import (
     ModelConfig,
     TrainConfig,
     TuneConfig,
-    load_config,
 )
+from i2x.config_io import load_config
 from i2x.data import DATASETS, DataBundle, load_data
 from i2x.errors import I2XError
 from i2x.explanation import document_of
 from i2x.faithfulness import Claim, deletion_test, road_scores
 from i2x.models import MODELS, build_model
-from i2x.saliency import CAM_METHODS, grad_cam, saliency_pass
+from i2x.saliency import grad_cam
 from i2x.training import train
 
 __all__ = [

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from i2x.cam_methods import pass_batch, pixels, saliency_pass
 from i2x.config import ExplainConfig, FaithfulnessConfig
 from i2x.errors import I2XError
 from i2x.faithfulness import Claim, DeletionResult, RoadResult, deletion_test, road_scores
@@ -22,7 +23,7 @@ from i2x.models import Classifier
 from i2x.patterns import GroupFit, fit_group_betas, heldout_summary, learning_groups
 from i2x.progress import steps
 from i2x.prototypes import Prototypes, check_n_prototypes, fit_prototypes
-from i2x.saliency import capture_target, pass_batch, pixels, saliency_pass
+from i2x.saliency import capture_target
 from i2x.structure import Structure, build_structure
 
 MIN_CHECKPOINTS = 3

@@ -1,4 +1,4 @@
-"""The artifact contract of an explain run, written in one place.
+"""The artifact contract of an explain run, written and read in one place.
 
 ``out/explanation/explanation.json`` (the document), ``out/prototypes/prototypes.json`` and
 ``centers.npz`` (PCA and K-Means centres, which tune reads back), ``out/saliency/maps.npz``
@@ -18,8 +18,37 @@ import numpy as np
 import torch
 
 from i2x.config import Config
+from i2x.prototypes import Prototypes
 
-GALLERY_PAGE = 32  # prototypes per gallery page: 128 tiles in one figure are unreadable
+# The contract's paths, relative to an explain (or tune) run's artifact root.
+EXPLANATION = "explanation/explanation.json"
+PROTOTYPES = "prototypes/prototypes.json"
+CENTERS = "prototypes/centers.npz"
+MAPS = "saliency/maps.npz"
+TUNE_SUMMARY = "tuning/summary.json"
+
+
+def read_explanation(path: Path) -> dict[str, Any]:
+    """The explanation document at ``path`` (a downloaded :data:`EXPLANATION`)."""
+    return json.loads(Path(path).read_text())
+
+
+def read_tune_summary(path: Path) -> dict[str, Any]:
+    """A tune run's strategies, controls and verdicts (a downloaded :data:`TUNE_SUMMARY`)."""
+    return json.loads(Path(path).read_text())
+
+
+def read_maps(path: Path) -> dict[str, np.ndarray]:
+    """Every array of a downloaded :data:`MAPS`, loaded into memory."""
+    with np.load(path) as npz:
+        return dict(npz)
+
+
+def read_prototypes(path: Path) -> Prototypes:
+    """The PCA and K-Means centres of a downloaded :data:`CENTERS`: enough to assign new
+    feature maps to the explain run's prototypes (tune does)."""
+    with np.load(path) as z:
+        return Prototypes(z["pca_mean"], z["pca_components"], z["centers"], np.empty(0), np.empty(0), np.empty(0), np.empty(0), [])
 
 
 def overlay_samples(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
@@ -37,12 +66,12 @@ def write_explain_outputs(out: Path, doc: dict[str, Any], text: str, analysis: A
     """Write every explain artifact into ``out/{explanation,saliency,prototypes}``."""
     from i2x.checkpoints import atomic_write_text
     from i2x.saliency import upsample
-    from i2x.viz import plot_gallery, plot_overlays
+    from i2x.viz import gallery_pages, plot_gallery, plot_overlays
 
     for sub in ("explanation", "saliency", "prototypes"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "explanation" / "explanation.json", text)
-    atomic_write_text(out / "prototypes" / "prototypes.json", json.dumps(doc["prototypes"], indent=2, sort_keys=True))
+    atomic_write_text(out / EXPLANATION, text)
+    atomic_write_text(out / PROTOTYPES, json.dumps(doc["prototypes"], indent=2, sort_keys=True))
     tmp = out / "saliency" / ".maps.tmp.npz"
     np.savez_compressed(
         tmp,
@@ -57,10 +86,10 @@ def write_explain_outputs(out: Path, doc: dict[str, Any], text: str, analysis: A
         images=images.numpy(),
         interval_beta=analysis.structure.interval_beta.astype(np.float32),
     )
-    os.replace(tmp, out / "saliency" / "maps.npz")
+    os.replace(tmp, out / MAPS)
     tmp = out / "prototypes" / ".centers.tmp.npz"
     np.savez(tmp, pca_mean=analysis.protos.pca_mean, pca_components=analysis.protos.pca_components, centers=analysis.protos.centers)
-    os.replace(tmp, out / "prototypes" / "centers.npz")
+    os.replace(tmp, out / CENTERS)
 
     y = labels.numpy()
     chosen = overlay_samples(y, config.explain.overlay_per_class, config.seed)
@@ -72,8 +101,7 @@ def write_explain_outputs(out: Path, doc: dict[str, Any], text: str, analysis: A
                       f"Grad-CAM at checkpoint {t} (step {info['step']}, epoch {info['epoch']:.2f})",
                       out / "saliency" / f"ckpt-{info['step']:08d}.png", per_class=config.explain.overlay_per_class)
 
-    order = sorted(doc["prototypes"], key=lambda p: (not p["uncertain"], not p["shared_by"], not p["specialised_for"], -p["n_samples"], p["id"]))
-    pages = [order[i : i + GALLERY_PAGE] for i in range(0, len(order), GALLERY_PAGE)]
+    pages = gallery_pages(doc["prototypes"])
     for i, page in enumerate(pages):
         name = "gallery.png" if i == 0 else f"gallery-{i + 1}.png"
         plot_gallery(images.numpy(), page, classes, f"Prototypes (page {i + 1}/{len(pages)})", out / "prototypes" / name)

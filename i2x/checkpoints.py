@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from i2x.config import Config, config_from_dict
+from i2x.config import Config
+from i2x.config_io import config_from_dict
 from i2x.errors import I2XError
 from i2x.models import Classifier, build_model, load_weights
 

@@ -12,7 +12,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from i2x.config import available_configs
+from i2x.config_io import available_configs
 from i2x.errors import I2XError
 from i2x.runs import RUNS
 
@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except I2XError as exc:
         print(f"i2x: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt as exc:  # tracking.Stopped: SIGTERM or SIGINT; the stage's run is ended KILLED
+    except KeyboardInterrupt as exc:  # process.Stopped: SIGTERM or SIGINT; the stage's run is ended KILLED
         signum = getattr(exc, "signum", signal.SIGINT)
         print(f"i2x: stopped by {signal.Signals(signum).name}; the MLflow run is marked KILLED; run the same command again to resume",
               file=sys.stderr)

@@ -14,7 +14,7 @@ import os
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ import torch
 from i2x.config import DataConfig
 from i2x.errors import I2XError
 from i2x.progress import steps
+from i2x.synthetic import SYNTHETIC_CLASSES, make_synthetic
 
 DATA_DIR_ENV = "I2X_DATA_DIR"
 CACHE_DIR_ENV = "I2X_CACHE_DIR"
@@ -205,77 +206,6 @@ def _load_synthetic(cfg: DataConfig, root: Path | None) -> RawSplits:
     return RawSplits(trx, try_, tex, tey, SYNTHETIC_CLASSES)
 
 
-SYNTHETIC_CLASSES = ("bar", "bar+mark", "column", "diagonal")
-SYNTHETIC_MARK_REGION = 12  # the mark lies inside the top-left 12x12 pixels
-
-
-SYNTHETIC_CONFUSER_REGION = 12  # the confuser lies inside the bottom-left 12x12 pixels
-
-
-def make_synthetic(
-    per_class: int, seed: int, size: int = 32, confuser: float = 0.0
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A data set with known ground truth, for tests and the smoke config.
-
-    Class ``bar`` is a horizontal bar in the lower half; ``bar+mark`` is the same
-    plus a planted 5x5 ring mark inside the top-left 12x12 region, and nothing else
-    tells the two apart. The ring's brightness varies from image to image (90 to 255 over
-    a background of 0 to 60), so how fast each image is learned depends on its mark. ``column`` is a vertical bar on the right, ``diagonal`` a
-    diagonal line. Background is seeded noise.
-
-    With ``confuser`` > 0, that share of the ``column`` and of the ``diagonal`` images lose
-    their shape and show only a filled 4x4 square (the confuser) in the bottom-left 12x12
-    region: the same cue under two labels, so the model confuses the two classes through it
-    and its pull swings between them as training goes.
-
-    Returns:
-        images ``(4*per_class, 1, size, size)`` uint8, labels ``(4*per_class,)``, boxes
-        ``(4*per_class, 2, 4)``: the mark's and the confuser's ``(y0, x0, y1, x1)``, -1 where
-        there is none.
-    """
-    gen = np.random.default_rng(seed)
-    n = 4 * per_class
-    images = gen.integers(0, 60, size=(n, size, size)).astype(np.float32)
-    labels = np.repeat(np.arange(4), per_class)
-    boxes = np.full((n, 2, 4), -1, dtype=np.int64)
-    half = size // 2
-    for i, label in enumerate(labels):
-        if label in (0, 1):
-            row = gen.integers(half + 2, size - 4)
-            x0 = gen.integers(0, size // 4)
-            images[i, row : row + 2, x0 : x0 + size // 2 + gen.integers(4, size // 4)] = 230
-        if label == 1:
-            y, x = gen.integers(1, SYNTHETIC_MARK_REGION - 5, size=2)
-            images[i, y : y + 5, x : x + 5] = gen.integers(70, 256)  # faint to bright: some marks are easier to learn
-            images[i, y + 1 : y + 4, x + 1 : x + 4] = 0
-            boxes[i, 0] = (y, x, y + 5, x + 5)
-        elif label == 2:
-            col = gen.integers(half + 2, size - 4)
-            y0 = gen.integers(0, size // 4)
-            images[i, y0 : y0 + size // 2 + gen.integers(4, size // 4), col : col + 2] = 230
-        elif label == 3:
-            offset = gen.integers(-6, 7)
-            for t in range(size):
-                c = t + offset
-                if 0 <= c < size - 1:
-                    images[i, t, c : c + 2] = 230
-    if confuser:
-        if not 0 < confuser <= 1:
-            raise I2XError(f"data.synthetic_confuser must be a share in (0, 1], got {confuser}")
-        cgen = np.random.default_rng(seed + 1000)  # its own stream: the rest of the set is unchanged
-        for label in (2, 3):
-            members = np.flatnonzero(labels == label)
-            for i in cgen.choice(members, size=int(round(confuser * len(members))), replace=False):
-                images[i] = cgen.integers(0, 60, size=(size, size))  # the shape is gone: only the confuser is left
-                y = cgen.integers(size - SYNTHETIC_CONFUSER_REGION, size - 5)
-                x = cgen.integers(1, SYNTHETIC_CONFUSER_REGION - 4)
-                images[i, y : y + 4, x : x + 4] = 200
-                boxes[i, 1] = (y, x, y + 4, x + 4)
-    order = gen.permutation(n)
-    x = torch.from_numpy(np.clip(images, 0, 255).astype(np.uint8)[order]).unsqueeze(1)
-    return x, torch.from_numpy(labels[order]).long(), torch.from_numpy(boxes[order])
-
-
 def _unpack(tarball: Path) -> Path:
     """Unpack ``tarball`` once into the cache dir, atomically (temp dir, then rename)."""
     digest = hashlib.sha1(f"{tarball.resolve()}:{tarball.stat().st_size}".encode()).hexdigest()[:12]
@@ -452,49 +382,3 @@ def load_data(cfg: DataConfig, seed: int) -> DataBundle:
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     out = torch.nn.functional.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True)
     return out.round().clamp(0, 255).to(torch.uint8)
-
-
-def to_float(x: torch.Tensor) -> torch.Tensor:
-    """uint8 ``(B, C, H, W)`` -> float pixels in [0, 1]."""
-    return x.float().div_(255.0)
-
-
-def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4, flip: torch.Tensor | None = None) -> torch.Tensor:
-    """Seeded random crop (reflect-padded by ``pad``) and horizontal flip of a float batch.
-
-    ``flip`` (``(B,)`` bool) replaces the random flip, e.g. the alternating flip of
-    :func:`flip_schedule`; the generator's draws are the same either way. One gather on
-    ``x``'s device: the random draws come from ``gen`` (CPU) and are moved there.
-    """
-    b, c, h, w = x.shape
-    dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
-    dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
-    drawn = torch.rand(b, generator=gen) < 0.5
-    flip = drawn if flip is None else flip
-    if pad == 0 and not bool(flip.any()):
-        return x.clone()
-    dev = x.device
-    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect") if pad else x
-    cols = torch.arange(w)
-    cols = torch.where(flip[:, None], cols.flip(0), cols)  # a flipped crop reads its columns backwards
-    rows = (dy[:, None] + torch.arange(h)).to(dev)
-    cols = (dx[:, None] + cols).to(dev)
-    batch = torch.arange(b, device=dev)[:, None, None, None]
-    chan = torch.arange(c, device=dev)[None, :, None, None]
-    return padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
-
-
-def flip_schedule(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """airbench's alternating flip: image ``i`` is mirrored in epoch ``e`` when
-    ``base[i] xor (e odd)``, ``base`` a seeded coin per image, so every image is seen both
-    ways in any two consecutive epochs (random flips repeat one side half the time)."""
-    base = torch.rand(n, generator=torch.Generator().manual_seed(seed * 7_919 + 17)) < 0.5
-    return base ^ bool(epoch % 2)
-
-
-def iterate(
-    x: torch.Tensor, y: torch.Tensor, batch_size: int
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """In-order float batches of ``x`` (uint8) and ``y``, for evaluation."""
-    for start in range(0, len(y), batch_size):
-        yield to_float(x[start : start + batch_size]), y[start : start + batch_size]

@@ -36,8 +36,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from i2x.batches import to_float
 from i2x.config import FaithfulnessConfig
-from i2x.data import to_float
 from i2x.errors import I2XError
 from i2x.nulls import benjamini_hochberg
 from i2x.perturbation import gaussian_blur

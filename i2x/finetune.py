@@ -12,8 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from i2x.batches import augment, iterate, to_float
 from i2x.config import Config
-from i2x.data import DataBundle, augment, iterate, to_float
+from i2x.data import DataBundle
 from i2x.perturbation import PERTURBATIONS, Plan, affected, curate, pixel_mask, target_cells
 from i2x.training import evaluate, make_optimizer, set_lr, train_step
 

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 
 import torch
 
+from i2x.batches import to_float
 from i2x.checkpoints import checkpoint_steps, steps_per_epoch
 from i2x.comparison import STRATEGIES
 from i2x.config import Config
-from i2x.data import DataBundle, to_float
+from i2x.data import DataBundle
 from i2x.faithfulness import BASELINES
 from i2x.models import build_model
 from i2x.saliency import grad_cam

@@ -16,10 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from i2x import viz
+from i2x import viz, viz_runs
 
-GALLERY_PAGE = 16
-GALLERY_PAGES = 4  # at most 64 prototypes drawn; all are listed in prototypes.json
+GALLERY_PAGES = 4  # at most 4 pages of viz.GALLERY_PAGE drawn; all prototypes are listed in prototypes.json
 
 
 def _names(ids: list[int]) -> str:
@@ -314,13 +313,9 @@ def explain_report(doc: dict[str, Any], arrays: dict[str, np.ndarray], out: Path
     images, labels, maps = arrays["images"], arrays["labels"].astype(int), arrays["maps"]
     classes = doc["classes"]
     steps = [c["step"] for c in doc["checkpoints"]]
-    order = sorted(doc["prototypes"], key=lambda p: (not p["uncertain"], not p["shared_by"], not p["specialised_for"], -p["n_samples"], p["id"]))
-    shown = order[: GALLERY_PAGE * GALLERY_PAGES]
-    galleries = []
-    for i in range(0, len(shown), GALLERY_PAGE):
-        page = i // GALLERY_PAGE + 1
-        pages = (len(shown) + GALLERY_PAGE - 1) // GALLERY_PAGE
-        galleries.append(viz.plot_gallery(images, shown[i : i + GALLERY_PAGE], classes, f"Prototypes, page {page}/{pages}", out / f"gallery-{page}.png"))
+    pages = viz.gallery_pages(doc["prototypes"], GALLERY_PAGES)
+    galleries = [viz.plot_gallery(images, page, classes, f"Prototypes, page {n}/{len(pages)}", out / f"gallery-{n}.png")
+                 for n, page in enumerate(pages, start=1)]
     rng = np.random.default_rng(seed)
     samples = [int(rng.choice(np.flatnonzero(labels == c))) for c in range(len(classes)) if (labels == c).any()][:10]
     named = named_prototypes(doc)
@@ -372,7 +367,7 @@ def tune_report(summary: dict[str, Any], out: Path, optuna_figures: Sequence[Pat
     from i2x.comparison import STRATEGIES, summary_table
 
     out.mkdir(parents=True, exist_ok=True)
-    fig = viz.plot_strategies(summary, list(STRATEGIES), out / "strategies.png")
+    fig = viz_runs.plot_strategies(summary, list(STRATEGIES), out / "strategies.png")
     header, body_rows = summary_table(summary)
     table = ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
              + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body_rows) + "</table>")

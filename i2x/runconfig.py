@@ -12,7 +12,8 @@ import argparse
 import dataclasses
 from typing import Any
 
-from i2x.config import Config, apply_overrides, available_configs, load_config, parse_overrides
+from i2x.config import Config
+from i2x.config_io import apply_overrides, available_configs, load_config, parse_overrides
 from i2x.errors import I2XError
 from i2x.training import resolve_model
 
@@ -75,9 +76,9 @@ def run_config(args: argparse.Namespace, base: Config | None = None) -> Config:
 def check_registered(cfg: Config) -> Config:
     """Refuse names that must be keys of a registry (data set, model, saliency method) before
     any run is opened; the registries, not the config, know their keys."""
+    from i2x.cam_methods import CAM_METHODS
     from i2x.data import DATASETS
     from i2x.models import MODELS
-    from i2x.saliency import CAM_METHODS
 
     for key, value, registry, extra in (("data.name", cfg.data.name, DATASETS, ()), ("model.name", cfg.model.name, MODELS, ("auto",)),
                                         ("explain.method", cfg.explain.method, CAM_METHODS, ())):

@@ -9,20 +9,15 @@ which :func:`open_run` adopts.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
-import signal
-import subprocess
-import sys
-import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from i2x.errors import I2XError
+from i2x.process import Stopped, folder_lock, git_commit, probe_write, quiet_timer, stop_on_signals
 from i2x.secrets import redact
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
@@ -91,7 +86,7 @@ def init_store() -> str:
     with folder_lock(db):
         try:
             mlflow.MlflowClient().search_experiments(max_results=1)
-            _probe_write(db)
+            probe_write(db)
         except Exception as exc:  # sqlalchemy's OperationalError arrives as itself or wrapped in MlflowException
             reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             if "locked" in reason or "readonly" in reason or "unable to open" in reason:
@@ -99,30 +94,6 @@ def init_store() -> str:
                                "not writable: wait, fix its permissions, or set MLFLOW_TRACKING_URI to another store") from exc
             raise
     return uri
-
-
-def _probe_write(db: Path) -> None:
-    """Take and drop SQLite's write lock on ``db``: a store that reads but cannot be written
-    (file mode, immutable flag, read-only mount) fails here, not at the run's first write
-    after the run was opened."""
-    import sqlite3
-
-    con = sqlite3.connect(db, timeout=10)
-    try:
-        con.execute("BEGIN IMMEDIATE")  # a read-only connection still takes this lock; the write below fails
-        version = con.execute("PRAGMA user_version").fetchone()[0]
-        con.execute(f"PRAGMA user_version = {int(version)}")
-        con.rollback()
-    finally:
-        con.close()
-
-
-def git_commit(cwd: Path | None = None) -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd or Path(__file__).parent, capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
 
 
 _LOCAL_FILES: list[Path] = []  # the stage's local output folder, named in upload errors
@@ -163,11 +134,11 @@ def open_run(run_name: str, tags: dict[str, str], nested: bool = False, local: P
             if local is not None:
                 close_stale(local, run.info.run_id)
             yield run
-            _quiet_timer()
+            quiet_timer()
             if pending:  # the stop landed where Python swallows exceptions, and the work then ended
                 raise Stopped(pending[0])
         except KeyboardInterrupt:  # SIGTERM or SIGINT (see Stopped)
-            _quiet_timer()
+            quiet_timer()
             if run is not None:  # ours is the active run (a nested one ends before its parent)
                 mlflow.end_run(status="KILLED")
             raise
@@ -176,71 +147,6 @@ def open_run(run_name: str, tags: dict[str, str], nested: bool = False, local: P
                 mlflow.end_run(status="FAILED")
             raise
         mlflow.end_run(status="FINISHED")
-
-
-class Stopped(KeyboardInterrupt):
-    """SIGTERM or SIGINT during a stage. A KeyboardInterrupt, so that ``mlflow.projects.run``
-    cancels the child stage it is waiting for, and the run ends KILLED, not RUNNING."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _quiet_timer() -> None:
-    if threading.current_thread() is threading.main_thread():
-        signal.setitimer(signal.ITIMER_REAL, 0)
-
-
-@contextlib.contextmanager
-def stop_on_signals() -> Iterator[list[int]]:
-    """Turn SIGTERM and SIGINT into :class:`Stopped` (main thread only); handlers restored on exit.
-
-    Python may run a handler inside a finalizer or weakref callback, where the exception is
-    printed and dropped. So the handler also arms a 0.1 s repeating SIGALRM that raises
-    :class:`Stopped` again until one lands; the caller stops the timer when it catches it.
-    Yields the list of signals received.
-    """
-    pending: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield pending
-        return
-
-    def handler(signum: int, _frame: Any) -> None:
-        pending.append(signum)
-        signal.setitimer(signal.ITIMER_REAL, 0.1, 0.1)
-        raise Stopped(signum)
-
-    def again(_signum: int, _frame: Any) -> None:
-        raise Stopped(pending[0])
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, again)
-    try:
-        yield pending
-    finally:
-        _quiet_timer()
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-@contextlib.contextmanager
-def folder_lock(folder: Path) -> Iterator[None]:
-    """One process at a time per work folder (``.<name>.lock`` beside it, an flock: released
-    by the kernel when the holder dies, even by SIGKILL). A second run of the same work waits,
-    then finds the first one's outputs and reuses them."""
-    lock = folder.parent / f".{folder.name}.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"i2x: another run is using {folder}; waiting for it to finish", file=sys.stderr, flush=True)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def close_stale(folder: Path, current: str) -> list[str]:
@@ -485,7 +391,3 @@ def trial_run(parent_run_id: str, number: int, params: dict[str, Any], outcome: 
         client.log_param(run_id, key, value if isinstance(value, (int, float, str)) else json.dumps(value, sort_keys=True)[:6000])
     client.set_tag(run_id, "optuna.state", "COMPLETE")
     client.set_terminated(run_id, status="FINISHED")
-
-
-def scratch_dir(prefix: str) -> Path:
-    return Path(tempfile.mkdtemp(prefix=f"i2x-{prefix}-"))

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from i2x.batches import augment, flip_schedule, iterate, to_float
 from i2x.checkpoints import (
     CHECKPOINT_FORMAT,
     CheckpointInfo,
@@ -34,8 +35,9 @@ from i2x.checkpoints import (
     steps_per_epoch,
     write_index,
 )
-from i2x.config import Config, device_kind
-from i2x.data import DataBundle, augment, flip_schedule, iterate, to_float
+from i2x.config import Config
+from i2x.config_io import device_kind
+from i2x.data import DataBundle
 from i2x.errors import I2XError
 from i2x.models import MODELS, Classifier, build_model, load_weights, resolve_auto
 from i2x.progress import Progress

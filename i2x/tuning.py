@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from optuna.exceptions import ExperimentalWarning
 
+from i2x.batches import to_float
 from i2x.config import Config
-from i2x.data import DataBundle, to_float
+from i2x.data import DataBundle
 from i2x.errors import I2XError
 from i2x.finetune import EpochFn, finetune
 from i2x.models import target_module
@@ -88,11 +89,6 @@ def assign_images(model: torch.nn.Module, layer: str, images: torch.Tensor, prot
     finally:
         handle.remove()
     return torch.cat(out)
-
-
-def load_prototypes(path: Path) -> Prototypes:
-    with np.load(path) as z:
-        return Prototypes(z["pca_mean"], z["pca_components"], z["centers"], np.empty(0), np.empty(0), np.empty(0), np.empty(0), [])
 
 
 def target_prototypes(scores: list[dict[str, Any]], n: int, threshold: float, pair: tuple[str, str] | None = None) -> tuple[int, ...]:

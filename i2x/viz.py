@@ -27,34 +27,11 @@ def literal_text(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
-
-
-@literal_text
-def plot_training(checkpoints: Sequence[Any], history: Sequence[tuple[int, dict[str, float]]], path: Path) -> Path:
-    """Training dynamics: loss and accuracy per logged step, validation accuracy per checkpoint,
-    checkpoints marked as vertical lines."""
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 3.6))
-    train_pts = [(s, m) for s, m in history if "loss" in m]
-    if train_pts:
-        steps = [s for s, _ in train_pts]
-        ax_loss.plot(steps, [m["loss"] for _, m in train_pts], label="train loss")
-        ax_acc.plot(steps, [m["accuracy"] for _, m in train_pts], label="train accuracy", alpha=0.7)
-    ck_steps = [c.step for c in checkpoints]
-    ax_loss.plot(ck_steps, [c.metrics.get("val_loss", np.nan) for c in checkpoints], "o-", label="val loss")
-    ax_acc.plot(ck_steps, [c.metrics.get("val_accuracy", np.nan) for c in checkpoints], "o-", label="val accuracy")
-    for ax in (ax_loss, ax_acc):
-        for s in ck_steps:
-            ax.axvline(s, color="grey", lw=0.6, ls=":")
-        ax.set_xlabel("optimizer step (dotted: checkpoints)")
-        ax.legend(loc="best", fontsize=8)
-    ax_loss.set_title("loss")
-    ax_acc.set_title("accuracy")
-    return _save(fig, path)
 
 
 def _show_image(ax: Any, img: np.ndarray) -> None:
@@ -96,7 +73,17 @@ def plot_overlays(
         ax.set_title(f"{classes[label]}\np={conf[i]:.2f}" if row == 0 else f"p={conf[i]:.2f}", fontsize=7)
     fig.suptitle(title + "  (p: confidence in the true class)", fontsize=9)
     fig.tight_layout(h_pad=1.2)
-    return _save(fig, path)
+    return save_figure(fig, path)
+
+
+GALLERY_PAGE = 16  # prototypes per gallery figure: 128 tiles in one figure are unreadable
+
+
+def gallery_pages(prototypes: Sequence[dict[str, Any]], limit: int | None = None) -> list[list[dict[str, Any]]]:
+    """The prototypes in display order (uncertain, shared, specialised, then the most
+    frequent), cut into pages of :data:`GALLERY_PAGE`; the first ``limit`` pages if given."""
+    order = sorted(prototypes, key=lambda p: (not p["uncertain"], not p["shared_by"], not p["specialised_for"], -p["n_samples"], p["id"]))
+    return [order[i : i + GALLERY_PAGE] for i in range(0, len(order), GALLERY_PAGE)][:limit]
 
 
 @literal_text
@@ -138,69 +125,7 @@ def plot_gallery(
         ax.set_xticklabels([str(c)[:8] for c in classes], fontsize=5, rotation=90)
     fig.suptitle(title + "\nU uncertain, S shared, Sp specialised, bg background; red box: the prototype's cell; bars: share of each class's samples containing it",
                  fontsize=8, y=1 - 0.05 / height)
-    return _save(fig, path)
-
-
-@literal_text
-def plot_strategies(summary: dict[str, Any], order: Sequence[str], path: Path) -> Path:
-    """Test accuracy and focal-pair confusions per strategy: mean +- std and every seed."""
-    names = [n for n in order if n in summary["strategies"]]
-    rows = [summary["strategies"][n] for n in names]
-    fig, (ax_acc, ax_foc) = plt.subplots(1, 2, figsize=(10, 3.4))
-    x = np.arange(len(names))
-    colors = ["tab:green", "tab:grey", "tab:orange", "tab:purple", "tab:brown"][: len(names)]
-    for ax, key, label in ((ax_acc, "accuracy", "test accuracy (%)"), (ax_foc, "focal_confusions", f"{summary['focal_pair']} confusions (test)")):
-        scale = 100 if key == "accuracy" else 1
-        means = [scale * np.mean(r[key]) for r in rows]
-        stds = [scale * (np.std(r[key], ddof=1) if len(r[key]) > 1 else 0) for r in rows]
-        ax.bar(x, means, yerr=stds, color=colors, alpha=0.6, capsize=4)
-        for i, r in enumerate(rows):
-            ax.plot([i] * len(r[key]), [scale * v for v in r[key]], "k.", ms=5)
-        ax.set_xticks(x)
-        ax.set_xticklabels(names, fontsize=7, rotation=15)
-        ax.set_ylabel(label)
-        lo = min(scale * min(r[key]) for r in rows)
-        hi = max(scale * max(r[key]) for r in rows)
-        pad = max(0.5 * (hi - lo), 0.5 if key == "accuracy" else 1)
-        ax.set_ylim(max(0, lo - pad), hi + pad)
-    fig.suptitle("Fine-tuning strategies on the test set (bars: mean +- std over seeds; dots: seeds)", fontsize=9)
-    return _save(fig, path)
-
-
-@literal_text
-def plot_optuna(study: Any, out: Path) -> list[Path]:
-    """Optuna's own figures: optimisation history, parameter importances, Pareto front
-    (two objectives). A figure Optuna cannot draw yet (too few trials) is skipped with a
-    note file that says why."""
-    import warnings
-
-    import optuna.visualization.matplotlib as ov
-    from optuna.exceptions import ExperimentalWarning
-    from optuna.trial import TrialState
-
-    two = len(study.directions) > 1
-    n_complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    caveat = f" (from {n_complete} completed trials{'; too few to rank parameters reliably' if n_complete < 20 else ''})"
-    figures = {"optimization_history.png": lambda: ov.plot_optimization_history(study, target=(lambda t: t.values[0]) if two else None, target_name="val accuracy"),
-               "param_importances.png": lambda: ov.plot_param_importances(study, target=(lambda t: t.values[0]) if two else None)}
-    if two:
-        figures["pareto_front.png"] = lambda: ov.plot_pareto_front(study, target_names=["val accuracy", "target-pair confusions"])
-    written = []
-    for name, draw in figures.items():
-        # Optuna's plots call plt.style.use("ggplot"), which would grey every later figure:
-        # rc_context restores the style when the figure is saved.
-        with matplotlib.rc_context(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", category=ExperimentalWarning)
-            try:
-                ax = draw()
-            except (ValueError, RuntimeError) as exc:  # e.g. importances need 2+ completed trials
-                (out / f"{name}.skipped.txt").write_text(f"{name} not drawn: {exc}\n")
-                continue
-            fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
-            if name == "param_importances.png":
-                fig.axes[0].set_title(fig.axes[0].get_title() + caveat, fontsize=9)
-            written.append(_save(fig, out / name))
-    return written
+    return save_figure(fig, path)
 
 
 def _show_exemplar(ax: Any, images: np.ndarray, ex: dict[str, Any]) -> None:
@@ -211,6 +136,17 @@ def _show_exemplar(ax: Any, images: np.ndarray, ex: dict[str, Any]) -> None:
     _show_image(ax, images[ex["sample"]][:, y0:y1, x0:x1])
     by0, bx0, by1, bx1 = ex["box"]
     ax.add_patch(Rectangle((bx0 - x0 - 0.5, by0 - y0 - 0.5), bx1 - bx0, by1 - by0, fill=False, ec="red", lw=1.0))
+
+
+def _show_exemplars(axes: Sequence[Any], images: np.ndarray, exemplars: Sequence[dict[str, Any]]) -> None:
+    """One exemplar per axis, in order; an axis without one is left blank."""
+    for ax, ex in zip(axes, [*exemplars, *[None] * len(axes)], strict=False):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if ex is None:
+            ax.axis("off")
+        else:
+            _show_exemplar(ax, images, ex)
 
 
 @literal_text
@@ -243,7 +179,7 @@ def plot_class_prototypes(images: np.ndarray, doc: dict[str, Any], path: Path, p
                 ax.set_ylabel(cls["name"], fontsize=8, rotation=0, ha="right", va="center")
     fig.suptitle("Each class's shared and specialised prototypes (ev: evidence toward the class; cov: share of its samples containing it)", fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 @literal_text
@@ -275,7 +211,7 @@ def plot_saliency_over_training(images: np.ndarray, maps: np.ndarray, samples: S
                 ax.set_title(f"ckpt {col}\nstep {steps[col]}", fontsize=6.5)
     fig.suptitle("Where the model looks, checkpoint by checkpoint (Grad-CAM toward the true class)", fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 @literal_text
@@ -307,7 +243,7 @@ def plot_beta_heatmaps(interval_beta: np.ndarray, prototype_ids: Sequence[int], 
     if im is not None:
         fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="beta: confidence change per unit saliency change")
     fig.suptitle("How each prototype's saliency moved each class's confidence, interval by interval (red: toward the class)", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def progression_pairs(progression: Sequence[dict[str, Any]], named: Sequence[Sequence[str]], top: int) -> list[dict[str, Any]]:
@@ -340,7 +276,7 @@ def plot_progression(progression: Sequence[dict[str, Any]], steps: Sequence[int]
     ax.legend(fontsize=7, ncol=2)
     ax.set_title(f"Confusions over training: the {len(named)} pair(s) the text names, then the most confused after checkpoint 0",
                  fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 @literal_text
@@ -360,18 +296,10 @@ def plot_uncertain(images: np.ndarray, doc: dict[str, Any], steps: Sequence[int]
         ax.set_title(f"P{u['prototype']}: toward {u['pair'][0]} (+) or {u['pair'][1]} (-); u={u['score']:.2f}", fontsize=8)
         ax.set_xticks(range(len(d)))
         ax.set_xticklabels([f"{steps[i]}->{steps[i + 1]}" for i in range(len(d))], fontsize=5.5, rotation=45)
-        for c in range(3):
-            a = axes[r, c + 1]
-            a.set_xticks([])
-            a.set_yticks([])
-            exs = protos[u["prototype"]]["exemplars"]
-            if c < len(exs):
-                _show_exemplar(a, images, exs[c])
-            else:
-                a.axis("off")
+        _show_exemplars(axes[r, 1:4], images, protos[u["prototype"]]["exemplars"])
     fig.suptitle("Uncertain prototypes: the sign flips show the pull switching between the two classes", fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 @literal_text
@@ -400,7 +328,7 @@ def plot_faithfulness(rows: Sequence[dict[str, Any]], path: Path, top: int = 24)
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title("Causal check: occluding a prototype vs the same number of other cells (band: 95% CI of the excess over foreground-matched)",
                  fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 @literal_text
@@ -428,17 +356,10 @@ def plot_locations(images: np.ndarray, assignment: np.ndarray, labels: np.ndarra
         ax.set_yticks([])
         ax.set_title(f"P{k} in {p['where']['class']}: {p['where']['region']} {100 * (p['where']['share'] or 0):.0f}%", fontsize=7)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=5)
-        for j in range(2):
-            a = axes[r, j + 1]
-            a.set_xticks([])
-            a.set_yticks([])
-            if j < len(p["exemplars"]):
-                _show_exemplar(a, images, p["exemplars"][j])
-            else:
-                a.axis("off")
+        _show_exemplars(axes[r, 1:3], images, p["exemplars"])
     fig.suptitle("Where each named prototype sits (share of the class's images with it at each cell) and exemplars", fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 @literal_text
@@ -474,4 +395,4 @@ def plot_findings(images: np.ndarray, doc: dict[str, Any], findings: Sequence[di
             ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="red", lw=2))
         axes[r, c0 * per_row].set_title(f"P{finding['prototype']} -> {target} ({finding['role']})\n{evidence}", fontsize=7, loc="left")
     fig.suptitle(title, fontsize=8, y=1 - 0.12 / height)
-    return _save(fig, path)
+    return save_figure(fig, path)

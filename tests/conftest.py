@@ -36,7 +36,7 @@ def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory: pytest.TempPathFactory):
     """The smoke config trained once (a few seconds): config, data, folder of checkpoints."""
-    from i2x.config import load_config
+    from i2x.config_io import load_config
     from i2x.data import load_data
     from i2x.training import train
 
@@ -68,7 +68,7 @@ PLANTED = {"data.synthetic_per_class": 300, "data.analysis_size": 800, "train.ep
 @pytest.fixture(scope="session")
 def planted_run(tmp_path_factory: pytest.TempPathFactory):
     """The smoke config at :data:`PLANTED` size, trained once: config, data, result."""
-    from i2x.config import load_config
+    from i2x.config_io import load_config
     from i2x.data import load_data
     from i2x.training import train
 

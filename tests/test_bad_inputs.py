@@ -166,7 +166,7 @@ def _mixed(change: dict[str, str]) -> Callable[[Path, pytest.FixtureRequest], di
     def setup(tmp: Path, request) -> dict[str, str]:
         """Three checkpoints of the smoke run and one of another run (``change``) in one folder."""
         from i2x.checkpoints import list_checkpoints
-        from i2x.config import load_config
+        from i2x.config_io import load_config
         from i2x.data import load_data
         from i2x.training import train
 
@@ -182,7 +182,7 @@ def _mixed(change: dict[str, str]) -> Callable[[Path, pytest.FixtureRequest], di
 
 def other_classes(tmp: Path, _request) -> dict[str, str]:
     """4-class checkpoints and a 3-class tree: labels would index the wrong logits."""
-    from i2x.config import load_config
+    from i2x.config_io import load_config
     from i2x.data import load_data
     from i2x.training import train
 

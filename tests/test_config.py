@@ -1,8 +1,7 @@
 import pytest
 
-from i2x.config import (
-    Config,
-    ExplainConfig,
+from i2x.config import Config, ExplainConfig
+from i2x.config_io import (
     apply_overrides,
     available_configs,
     config_from_dict,

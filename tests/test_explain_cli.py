@@ -12,7 +12,7 @@ def test_seed_and_overrides_reach_the_explain_config(smoke_run):
     import argparse
 
     from i2x.checkpoints import read_checkpoint
-    from i2x.config import config_from_dict
+    from i2x.config_io import config_from_dict
     from i2x.runconfig import run_config
 
     _, _, result = smoke_run
@@ -113,7 +113,7 @@ def test_model_auto_passed_to_every_stage_means_what_train_chose():
 
     import pytest
 
-    from i2x.config import load_config
+    from i2x.config_io import load_config
     from i2x.errors import I2XError
     from i2x.runconfig import run_config
 

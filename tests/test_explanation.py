@@ -11,10 +11,10 @@ import torch
 
 from i2x.analysis import analyse
 from i2x.checkpoints import list_checkpoints, model_from_checkpoint, read_checkpoint
-from i2x.data import make_synthetic
 from i2x.errors import I2XError
 from i2x.explanation import TIMESTAMP_FIELDS, document_of, dumps, validate
 from i2x.report import named_prototypes, statements
+from i2x.synthetic import make_synthetic
 
 from .conftest import PLANTED
 
@@ -103,7 +103,7 @@ def _mark_cells(config, data, analysis) -> np.ndarray:
 
 def test_the_planted_mark_is_named_verified_and_located(planted_run, planted):
     """Ground truth we control: ``bar+mark`` differs from ``bar`` only by a ring mark planted
-    in the top-left 12x12 pixels (see ``i2x.data.make_synthetic``). The explanation must
+    in the top-left 12x12 pixels (see ``i2x.synthetic.make_synthetic``). The explanation must
     (a) label as shared by ``bar+mark`` a prototype that sits on the mark -- most of its
     locations in ``bar+mark`` images are the mark's cells -- and is rare in ``bar``;
     (b) verify it causally: occluding it hurts ``bar+mark`` more than matched random cells;
@@ -133,7 +133,7 @@ def test_the_planted_mark_is_named_verified_and_located(planted_run, planted):
 @pytest.fixture(scope="module")
 def confuser_run(tmp_path_factory):
     """The planted set with a confuser in 30% of ``column`` and of ``diagonal`` images."""
-    from i2x.config import load_config
+    from i2x.config_io import load_config
     from i2x.data import load_data
     from i2x.training import train
 
@@ -145,7 +145,7 @@ def confuser_run(tmp_path_factory):
 
 def test_the_planted_confuser_is_uncertain_between_its_pair_and_verified(confuser_run):
     """Ground truth: in 30% of the ``column`` and of the ``diagonal`` images the shape is
-    replaced by the same 4x4 square (see ``i2x.data.make_synthetic``), so the model cannot
+    replaced by the same 4x4 square (see ``i2x.synthetic.make_synthetic``), so the model cannot
     tell those images apart and its pull through the square swings between the two classes.
     The prototype that sits on the square must be flagged uncertain between exactly
     {column, diagonal}, beat the permutation null, and be verified causally (occluding it

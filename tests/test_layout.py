@@ -74,3 +74,9 @@ def test_only_the_cli_reaches_the_stage_runs():
     graph = import_graph(PACKAGE)
     users = {m for m, deps in graph.items() if any(d.startswith("runs.") for d in deps)}
     assert users <= {"runs", "cli"} | {m for m in graph if m.startswith("runs.")}, users
+
+
+def test_no_module_is_over_400_lines():
+    """A module a new engineer can read in one sitting (issue 11); split by topic when one grows."""
+    sizes = {p.relative_to(PACKAGE).as_posix(): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
+    assert {name: n for name, n in sizes.items() if n > 400} == {}

@@ -65,11 +65,11 @@ def test_two_bare_mlflow_runs_on_a_new_store_both_finish(tmp_path):
 
 
 def test_the_folder_lock_is_released_when_its_holder_is_killed(tmp_path):
-    from i2x.tracking import folder_lock
+    from i2x.process import folder_lock
 
     folder = tmp_path / "explain-x"
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from i2x.tracking import folder_lock\n"
+        "import sys, time; from pathlib import Path; from i2x.process import folder_lock\n"
         f"with folder_lock(Path({str(folder)!r})):\n    print('held', flush=True); time.sleep(60)")],
         cwd=ROOT, env=cli_env(tmp_path), stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"

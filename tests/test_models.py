@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from i2x.checkpoints import model_from_checkpoint
-from i2x.config import ModelConfig, load_config
+from i2x.config import ModelConfig
+from i2x.config_io import load_config
 from i2x.errors import I2XError
 from i2x.models import MODELS, build_model, target_module
 

@@ -72,13 +72,15 @@ def test_report_files_and_a_large_k_stays_paginated(report, tmp_path):
     assert (folder / "uncertain.png").is_file() == bool(doc["uncertain"])
     text = index.read_text()
     assert "src=\"data:image/png;base64," in text and "http://" not in text and "https://" not in text  # offline, no CDN
-    # 128 prototypes: at most 4 gallery pages of 16, never one figure of 128 tiles
-    big = dict(doc, prototypes=[dict(doc["prototypes"][k % 8], id=k) for k in range(128)])
+    # 128 prototypes: pages of 16 in display order (uncertain first, then shared, specialised,
+    # the most frequent), never one figure of 128 tiles; the report draws the first 4
     from i2x import viz
 
-    pages = [viz.plot_gallery(np.zeros((300, 1, 32, 32), np.uint8), big["prototypes"][i : i + 16], doc["classes"], "p", tmp_path / f"g{i}.png")
-             for i in range(0, 64, 16)]
-    assert len(pages) == 4
+    big = [dict(doc["prototypes"][0], id=k, uncertain=k == 77, shared_by=[], specialised_for=[], n_samples=k) for k in range(128)]
+    pages = viz.gallery_pages(big)
+    assert [len(p) for p in pages] == [16] * 8 and len(viz.gallery_pages(big, 4)) == 4
+    assert [p["id"] for p in pages[0][:3]] == [77, 127, 126]  # the uncertain one, then by frequency
+    viz.plot_gallery(np.zeros((300, 1, 32, 32), np.uint8), pages[0], doc["classes"], "p", tmp_path / "g.png")
 
 
 def test_tune_report_states_each_verdict(tmp_path):

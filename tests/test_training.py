@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from i2x.checkpoints import CHECKPOINT_FORMAT, checkpoint_steps, list_checkpoints, read_checkpoint
-from i2x.config import load_config
+from i2x.config_io import load_config
 from i2x.data import load_data
 from i2x.errors import I2XError
 from i2x.training import lr_at, train

@@ -59,7 +59,7 @@ def _finished(study):
 def test_two_workers_on_postgresql_share_one_study(explained, pg_database):
     import optuna
 
-    from i2x.config import load_config
+    from i2x.config_io import load_config
     from i2x.tuning import open_study
 
     root, env, explain_id, client = explained

@@ -14,7 +14,7 @@ from i2x.comparison import (
     summarize,
     summary_markdown,
 )
-from i2x.config import apply_overrides
+from i2x.config_io import apply_overrides
 from i2x.finetune import evaluate_on_test, finetune, perturbed_pool
 from i2x.perturbation import Plan, affected
 from i2x.tuning import (

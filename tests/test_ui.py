@@ -74,7 +74,7 @@ def test_a_fresh_stack_root_starts_the_dashboard_with_named_objectives(browser, 
     dashboard); the dashboard used to die on the empty SQLite file ("no such table:
     version_info"). Then a study's page names its objectives."""
     from i2x import services
-    from i2x.config import load_config
+    from i2x.config_io import load_config
     from i2x.tuning import open_study
 
     from .conftest import cli_env

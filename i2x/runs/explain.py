@@ -7,14 +7,15 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from i2x import tracking
-from i2x.artifacts import write_explain_outputs
+from i2x.artifacts import MAPS, read_maps, write_explain_outputs
 from i2x.checkpoints import check_data_fits, check_same_run
-from i2x.config import Config, config_from_dict
+from i2x.config import Config
+from i2x.config_io import config_from_dict
 from i2x.errors import I2XError
+from i2x.process import scratch_dir
 from i2x.runconfig import run_config
 
 
@@ -44,7 +45,7 @@ def explain_run(args: argparse.Namespace) -> str:
     from i2x.explanation import document_of, dumps, validate
     from i2x.training import resolve_device
 
-    scratch = tracking.scratch_dir("explain")
+    scratch = scratch_dir("explain")
     try:
         files, train_run_id = _checkpoint_files(args, scratch)
         if len(files) < MIN_CHECKPOINTS:
@@ -108,8 +109,7 @@ def explain_run(args: argparse.Namespace) -> str:
                 write_explain_outputs(partial, doc, dumps(doc), analysis, images, labels, data.classes, infos, config)
                 from i2x.report import explain_report
 
-                with np.load(partial / "saliency" / "maps.npz") as npz:
-                    explain_report(doc, dict(npz), partial / "report", seed=config.seed)
+                explain_report(doc, read_maps(partial / MAPS), partial / "report", seed=config.seed)
                 (partial / "COMPLETE").write_text("")
                 shutil.rmtree(out, ignore_errors=True)
                 partial.rename(out)

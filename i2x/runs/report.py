@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 
-import numpy as np
-
 from i2x import tracking
 from i2x.errors import I2XError
+from i2x.process import scratch_dir
 
 OPTUNA_FIGURES = ("optimization_history.png", "pareto_front.png", "param_importances.png")
 
 
 def report_run(args: argparse.Namespace) -> Path:
     """Regenerate the report of an explain or tune run, into ``--out`` or back into the run."""
+    from i2x.artifacts import (
+        EXPLANATION,
+        MAPS,
+        TUNE_SUMMARY,
+        read_explanation,
+        read_maps,
+        read_tune_summary,
+    )
     from i2x.report import explain_report, tune_report
 
     if not args.run_id:
@@ -25,15 +31,15 @@ def report_run(args: argparse.Namespace) -> Path:
         raise I2XError(f"--out {args.out} is a file; give a folder (it is created if missing) so that nothing there is overwritten")
     run = tracking.get_run(args.run_id)
     stage = run.data.tags.get(tracking.TAG_STAGE)
-    scratch = tracking.scratch_dir("report")
+    scratch = scratch_dir("report")
     try:
         out = Path(args.out) if args.out else scratch / "report"
         if stage == "explain":
-            doc = json.loads(tracking.download_artifacts(args.run_id, "explanation/explanation.json", scratch).read_text())
-            with np.load(tracking.download_artifacts(args.run_id, "saliency/maps.npz", scratch)) as npz:
-                index = explain_report(doc, dict(npz), out, seed=int(doc["config"].get("seed", 0)))
+            doc = read_explanation(tracking.download_artifacts(args.run_id, EXPLANATION, scratch))
+            index = explain_report(doc, read_maps(tracking.download_artifacts(args.run_id, MAPS, scratch)), out,
+                                   seed=int(doc["config"].get("seed", 0)))
         elif stage == "tune":
-            summary = json.loads(tracking.download_artifacts(args.run_id, "tuning/summary.json", scratch).read_text())
+            summary = read_tune_summary(tracking.download_artifacts(args.run_id, TUNE_SUMMARY, scratch))
             figures = [tracking.download_artifacts(args.run_id, name, scratch) for name in tracking.list_artifacts(args.run_id, "tuning")
                        if Path(name).name in OPTUNA_FIGURES]  # drawn from the study when the run ended
             index = tune_report(summary, out, sorted(figures, key=lambda f: OPTUNA_FIGURES.index(f.name)))

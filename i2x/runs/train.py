@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 from i2x import tracking
+from i2x.process import scratch_dir
 from i2x.runconfig import run_config
 from i2x.training import resolve_model
 
@@ -17,7 +18,7 @@ def train_run(args: argparse.Namespace) -> str:
     from i2x.checkpoints import atomic_write_text, list_checkpoints
     from i2x.data import load_data
     from i2x.training import resolve_device, run_folder, train
-    from i2x.viz import plot_training
+    from i2x.viz_runs import plot_training
 
     asked = run_config(args)
     config = resolve_model(asked)
@@ -52,7 +53,7 @@ def train_run(args: argparse.Namespace) -> str:
         result = train(config, data, folder, on_metrics=on_metrics, on_checkpoint=on_checkpoint)
         tracking.log_artifact(folder / "index.json", "checkpoints")
         tracking.log_metrics(result.final_metrics)
-        scratch = tracking.scratch_dir("train")
+        scratch = scratch_dir("train")
         try:
             plot_training(result.checkpoints, history, scratch / "training.png")
             tracking.log_artifact(scratch / "training.png", "report")

@@ -10,20 +10,23 @@ from pathlib import Path
 import torch
 
 from i2x import tracking
-from i2x.checkpoints import check_data_fits
-from i2x.config import config_from_dict
+from i2x.artifacts import TUNE_SUMMARY
+from i2x.checkpoints import atomic_write_text, check_data_fits
+from i2x.config_io import config_from_dict
 from i2x.errors import I2XError
+from i2x.process import scratch_dir
 from i2x.runconfig import run_config
 from i2x.secrets import redact
 
 
 def _tune_context(explain_run_id: str, args: argparse.Namespace, scratch: Path, config_dict: dict | None = None):  # noqa: ANN202
     """Everything a trial needs, rebuilt from an explain run (the same in every worker)."""
+    from i2x.artifacts import CENTERS, EXPLANATION, read_explanation, read_prototypes
     from i2x.checkpoints import model_from_checkpoint, read_checkpoint
     from i2x.data import load_data
     from i2x.models import build_model
     from i2x.training import resolve_device
-    from i2x.tuning import TuneContext, assign_images, load_prototypes
+    from i2x.tuning import TuneContext, assign_images
 
     run = tracking.get_run(explain_run_id)
     train_run_id = run.data.tags.get(tracking.TAG_TRAIN_RUN, "")
@@ -32,8 +35,8 @@ def _tune_context(explain_run_id: str, args: argparse.Namespace, scratch: Path, 
     if run.info.status != "FINISHED":
         raise I2XError(f"explain run {explain_run_id} is {run.info.status}, not FINISHED: its artifacts may be incomplete; "
                        "rerun explain (it resumes) and tune from the finished run")
-    doc = json.loads(tracking.download_artifacts(explain_run_id, "explanation/explanation.json", scratch).read_text())
-    protos = load_prototypes(tracking.download_artifacts(explain_run_id, "prototypes/centers.npz", scratch))
+    doc = read_explanation(tracking.download_artifacts(explain_run_id, EXPLANATION, scratch))
+    protos = read_prototypes(tracking.download_artifacts(explain_run_id, CENTERS, scratch))
     last = sorted(p for p in tracking.list_artifacts(train_run_id, "checkpoints") if p.endswith(".pt"))[-1]
     final = read_checkpoint(tracking.download_artifacts(train_run_id, last, scratch))
     config = config_from_dict(config_dict) if config_dict else run_config(args, config_from_dict(final["config"]))
@@ -79,11 +82,11 @@ def tune_run(args: argparse.Namespace) -> str:
         return tune_worker(args)
     from i2x.comparison import STRATEGIES, final_evaluation, summary_markdown, verdict_line
     from i2x.tuning import open_study, resolve_storage, run_study
-    from i2x.viz import plot_optuna, plot_strategies
+    from i2x.viz_runs import plot_optuna, plot_strategies
 
     if not args.run_id:
         raise I2XError("say which explain run to tune from: --run-id EXPLAIN_RUN_ID (or join a study with --worker)")
-    scratch = tracking.scratch_dir("tune")
+    scratch = scratch_dir("tune")
     try:
         ctx, doc = _tune_context(args.run_id, args, scratch)
         config = ctx.config
@@ -116,7 +119,7 @@ def tune_run(args: argparse.Namespace) -> str:
             text = summary_markdown(summary)
             out = local / "tuning"  # kept locally: a failed upload loses nothing
             out.mkdir(parents=True, exist_ok=True)
-            (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+            atomic_write_text(local / TUNE_SUMMARY, json.dumps(summary, indent=2, sort_keys=True))
             (out / "summary.md").write_text(f"# I2X-guided fine-tuning: {config.data.name} / {config.model.name}\n\n{text}")
             plot_strategies(summary, list(STRATEGIES), out / "strategies.png")
             optuna_figures = plot_optuna(study, out)
@@ -125,7 +128,7 @@ def tune_run(args: argparse.Namespace) -> str:
             if config.tune.artifact_store:
                 from i2x.tuning import upload_study_artifacts
 
-                upload_study_artifacts(study, config.tune.artifact_store, [out / "summary.json", out / "strategies.png"])
+                upload_study_artifacts(study, config.tune.artifact_store, [local / TUNE_SUMMARY, out / "strategies.png"])
             from i2x.report import tune_report
 
             tune_report(summary, local / "report", optuna_figures)
@@ -157,7 +160,7 @@ def tune_worker(args: argparse.Namespace) -> str:
     except KeyError:
         raise I2XError(f"no study '{args.study}' in {redact(url)}; start it with 'i2x tune --run-id ...' first") from None
     attrs = study.user_attrs
-    scratch = tracking.scratch_dir("tune-worker")
+    scratch = scratch_dir("tune-worker")
     try:
         ctx, _ = _tune_context(attrs["explain_run_id"], args, scratch, config_dict=attrs["config"])
         run_study(study, ctx, _track(attrs["mlflow_parent_run_id"]))
