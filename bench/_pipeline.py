@@ -10,12 +10,12 @@ from typing import Any
 
 import torch
 
-from i2x.analysis import Analysis, analyse
+from i2x.analysis import Analysis
 from i2x.checkpoints import model_from_checkpoint, read_checkpoint
 from i2x.config import Config
 from i2x.config_io import load_config
 from i2x.data import DataBundle, load_data
-from i2x.explanation import document_of
+from i2x.explanation import explain
 from i2x.training import TrainResult, resolve_device, train
 
 
@@ -57,19 +57,10 @@ def train_and_explain(config_name: str, data_dir: str, overrides: str) -> Explai
         files = sorted(Path(folder).glob("ckpt-*.pt"))
         payloads = [read_checkpoint(f) for f in files]
     device = resolve_device(config.train.device)
-    images, labels = data.train_x[data.analysis_idx], data.train_y[data.analysis_idx]
     t0 = time.perf_counter()
-    analysis = analyse(len(files), lambda t: model_from_checkpoint(payloads[t], str(files[t])), images, labels,
-                       data.num_classes, config.explain, config.seed, device, progress=False, faithfulness=config.faithfulness)
     infos = [{"step": c.step, "epoch": c.epoch, "val_accuracy": c.metrics["val_accuracy"]} for c in result.checkpoints]
-    h, w = analysis.maps.shape[-2:]
-    doc = document_of(
-        analysis,
-        run={"train_run_id": None, "dataset": config.data.name, "model": config.model.name, "target_layer": payloads[-1]["target_layer"],
-             "grid": [int(h), int(w)], "image_size": list(images.shape[-2:]), "method": config.explain.method},
-        config=config.to_dict(), classes=list(data.classes), checkpoints=infos,
-        analysis_index=data.analysis_idx.numpy(), labels=labels.numpy(),
-    )
+    analysis, doc = explain(len(files), lambda t: model_from_checkpoint(payloads[t], str(files[t])), infos, data, config, device,
+                            target_layer=payloads[-1]["target_layer"], progress=False)
     times["explain"] = time.perf_counter() - t0
     _stage("explain", times)
     return Explained(config, data, result, payloads, analysis, doc, infos, device, times)

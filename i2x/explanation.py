@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
 from typing import Any
 
 import numpy as np
+import torch
 
-from i2x.analysis import Analysis
+from i2x.analysis import Analysis, analyse
+from i2x.config import Config
+from i2x.data import DataBundle
 from i2x.errors import I2XError
 from i2x.faithfulness import DeletionResult, RoadResult
+from i2x.models import Classifier
 from i2x.patterns import NOISE, PREDICTORS, GroupFit
 from i2x.prototypes import Prototypes, placement
 from i2x.structure import Structure
@@ -228,6 +233,34 @@ def build_document(
             "n_samples": int(len(labels)),
         },
     }
+
+
+def explain(n_checkpoints: int, load_model: Callable[[int], Classifier], infos: list[dict[str, Any]], data: DataBundle,
+            config: Config, device: torch.device, *, target_layer: str, train_run_id: str | None = None,
+            progress: bool = True) -> tuple[Analysis, dict[str, Any]]:
+    """Steps 2-7b over a training history, and its explanation document: the one pure
+    ``explain`` that the explain run, ``bench/`` and the tests call.
+
+    Args:
+        n_checkpoints, load_model: as :func:`~i2x.analysis.analyse` (the last is the final model).
+        infos: per checkpoint, ``{"step", "epoch", "val_accuracy"}``.
+        data: the analysis images are ``data.train_x[data.analysis_idx]``.
+        target_layer: the checkpoints' declared layer, used unless ``explain.target_layer`` is set.
+        train_run_id: the MLflow training run, when there is one.
+    """
+    images, labels = data.train_x[data.analysis_idx], data.train_y[data.analysis_idx]
+    analysis = analyse(n_checkpoints, load_model, images, labels, data.num_classes, config.explain, config.seed, device,
+                       layer=config.explain.target_layer or None, progress=progress, faithfulness=config.faithfulness)
+    h, w = analysis.maps.shape[-2:]
+    doc = document_of(
+        analysis,
+        run={"train_run_id": train_run_id, "dataset": config.data.name, "model": config.model.name,
+             "target_layer": config.explain.target_layer or target_layer, "grid": [int(h), int(w)],
+             "image_size": [int(images.shape[-2]), int(images.shape[-1])], "method": config.explain.method},
+        config=config.to_dict(), classes=list(data.classes), checkpoints=infos,
+        analysis_index=data.analysis_idx.numpy(), labels=labels.numpy(),
+    )
+    return analysis, doc
 
 
 def document_of(

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from i2x.analysis import analyse
 from i2x.checkpoints import list_checkpoints, model_from_checkpoint, read_checkpoint
 from i2x.errors import I2XError
-from i2x.explanation import TIMESTAMP_FIELDS, document_of, dumps, validate
+from i2x.explanation import TIMESTAMP_FIELDS, dumps, explain, validate
 from i2x.report import named_prototypes, statements
 from i2x.synthetic import make_synthetic
 
@@ -22,18 +21,11 @@ from .conftest import PLANTED
 def _explain(run):
     config, data, result = run
     files = list_checkpoints(result.folder)
-    images, labels = data.train_x[data.analysis_idx], data.train_y[data.analysis_idx]
-    analysis = analyse(len(files), lambda t: model_from_checkpoint(read_checkpoint(files[t]), str(files[t])),
-                       images, labels, data.num_classes, config.explain, config.seed, torch.device("cpu"), progress=False,
-                       faithfulness=config.faithfulness)
     infos = [{"step": c.step, "epoch": c.epoch, "val_accuracy": c.metrics["val_accuracy"]} for c in result.checkpoints]
-    doc = document_of(
-        analysis,
-        run={"train_run_id": None, "dataset": "synthetic", "model": "cnn", "target_layer": "net.block3", "grid": [8, 8],
-             "image_size": [32, 32], "method": "gradcam"},
-        config=config.to_dict(), classes=list(data.classes), checkpoints=infos,
-        analysis_index=data.analysis_idx.numpy(), labels=labels.numpy(),
-    )
+    analysis, doc = explain(len(files), lambda t: model_from_checkpoint(read_checkpoint(files[t]), str(files[t])), infos, data,
+                            config, torch.device("cpu"), target_layer="net.block3", progress=False)
+    assert doc["run"] == {"train_run_id": None, "dataset": "synthetic", "model": "cnn", "target_layer": "net.block3", "grid": [8, 8],
+                          "image_size": [32, 32], "method": "gradcam"}
     return analysis, doc
 
 

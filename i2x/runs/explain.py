@@ -39,10 +39,10 @@ def _checkpoint_files(args: argparse.Namespace, scratch: Path) -> tuple[list[Pat
 
 def explain_run(args: argparse.Namespace) -> str:
     """Explain a finished training run; returns the explain run id."""
-    from i2x.analysis import MIN_CHECKPOINTS, analyse, preflight
+    from i2x.analysis import MIN_CHECKPOINTS, preflight
     from i2x.checkpoints import model_from_checkpoint, read_checkpoint, step_of
     from i2x.data import load_data
-    from i2x.explanation import document_of, dumps, validate
+    from i2x.explanation import dumps, explain, validate
     from i2x.training import resolve_device
 
     scratch = scratch_dir("explain")
@@ -86,21 +86,9 @@ def explain_run(args: argparse.Namespace) -> str:
                 print(f"i2x explain: reusing the finished analysis in {out} (same checkpoints and explain config)")
                 doc = json.loads((out / "explanation" / "explanation.json").read_text())
             else:
-                analysis = analyse(len(files), load_model, images, labels, data.num_classes, config.explain, config.seed, device,
-                                   layer=config.explain.target_layer or None, faithfulness=config.faithfulness)
+                analysis, doc = explain(len(files), load_model, infos, data, config, device, target_layer=final["target_layer"],
+                                        train_run_id=train_run_id)
                 timings = analysis.timings
-                h, w = analysis.maps.shape[-2:]
-                doc = document_of(
-                    analysis,
-                    run={"train_run_id": train_run_id, "dataset": config.data.name, "model": config.model.name,
-                         "target_layer": config.explain.target_layer or final["target_layer"], "grid": [int(h), int(w)],
-                         "image_size": [int(images.shape[-2]), int(images.shape[-1])], "method": config.explain.method},
-                    config=config.to_dict(),
-                    classes=list(data.classes),
-                    checkpoints=infos,
-                    analysis_index=data.analysis_idx.numpy(),
-                    labels=labels.numpy(),
-                )
                 validate(doc)
                 # Written next to the checkpoints and kept: an upload failure loses nothing, and
                 # a re-run with the same checkpoints and config only uploads.
