@@ -85,18 +85,6 @@ class DataBundle:
 
 
 Loader = Callable[[DataConfig, Path | None], RawSplits]
-DATASETS: dict[str, Loader] = {}
-
-
-def register_dataset(name: str) -> Callable[[Loader], Loader]:
-    """Register a loader under ``name``; the CLI and MLproject choices come from here."""
-
-    def wrap(fn: Loader) -> Loader:
-        DATASETS[name] = fn
-        return fn
-
-    return wrap
-
 
 def data_root(cfg: DataConfig) -> Path | None:
     """``cfg.root``, else ``$I2X_DATA_DIR``, else None (torchvision default ``./data``)."""
@@ -143,7 +131,6 @@ def _from_torchvision(cls: type, root: Path | None, download: bool, name: str, h
     return RawSplits(trx, try_, tex, tey, tuple(str(c).split(" - ")[0] for c in train.classes))
 
 
-@register_dataset("mnist")
 def _load_mnist(cfg: DataConfig, root: Path | None) -> RawSplits:
     from torchvision.datasets import MNIST
 
@@ -151,7 +138,6 @@ def _load_mnist(cfg: DataConfig, root: Path | None) -> RawSplits:
     return _from_torchvision(MNIST, root, cfg.download, "MNIST", hint)
 
 
-@register_dataset("fashion-mnist")
 def _load_fashion(cfg: DataConfig, root: Path | None) -> RawSplits:
     from torchvision.datasets import FashionMNIST
 
@@ -159,7 +145,6 @@ def _load_fashion(cfg: DataConfig, root: Path | None) -> RawSplits:
     return _from_torchvision(FashionMNIST, root, cfg.download, "FashionMNIST", hint)
 
 
-@register_dataset("cifar10")
 def _load_cifar10(cfg: DataConfig, root: Path | None) -> RawSplits:
     """CIFAR-10 from torchvision's pickles, an ImageFolder tree, or the JPEG tarball.
 
@@ -186,7 +171,6 @@ def _load_cifar10(cfg: DataConfig, root: Path | None) -> RawSplits:
     return _from_torchvision(CIFAR10, base, cfg.download, "CIFAR-10", hint)
 
 
-@register_dataset("imagefolder")
 def _load_imagefolder(cfg: DataConfig, root: Path | None) -> RawSplits:
     """Any user tree ``<root>/train/<class>/*`` and ``<root>/test/<class>/*``."""
     if root is None or not (root / "train").is_dir() or not (root / "test").is_dir():
@@ -197,13 +181,23 @@ def _load_imagefolder(cfg: DataConfig, root: Path | None) -> RawSplits:
     return _load_tree(root, cfg.image_size or 32)
 
 
-@register_dataset("synthetic")
 def _load_synthetic(cfg: DataConfig, root: Path | None) -> RawSplits:
     """Generated shapes with a planted mark; see :func:`make_synthetic`."""
     size = cfg.image_size or 32
     trx, try_, _ = make_synthetic(cfg.synthetic_per_class, seed=1, size=size, confuser=cfg.synthetic_confuser)
     tex, tey, _ = make_synthetic(max(cfg.synthetic_per_class // 3, 10), seed=2, size=size, confuser=cfg.synthetic_confuser)
     return RawSplits(trx, try_, tex, tey, SYNTHETIC_CLASSES)
+
+
+# The data sets by name, one plain dict like MODELS, CAM_METHODS and PERTURBATIONS; the CLI and
+# MLproject choices come from here.
+DATASETS: dict[str, Loader] = {
+    "mnist": _load_mnist,
+    "fashion-mnist": _load_fashion,
+    "cifar10": _load_cifar10,
+    "imagefolder": _load_imagefolder,
+    "synthetic": _load_synthetic,
+}
 
 
 def _unpack(tarball: Path) -> Path:

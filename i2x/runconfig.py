@@ -74,14 +74,19 @@ def run_config(args: argparse.Namespace, base: Config | None = None) -> Config:
 
 
 def check_registered(cfg: Config) -> Config:
-    """Refuse names that must be keys of a registry (data set, model, saliency method) before
-    any run is opened; the registries, not the config, know their keys."""
+    """Refuse names that must be keys of a registry (data set, model, saliency method,
+    perturbation kinds) before any run is opened; the registries, not the config, know
+    their keys."""
     from i2x.cam_methods import CAM_METHODS
     from i2x.data import DATASETS
     from i2x.models import MODELS
+    from i2x.perturbation import PERTURBATIONS
 
     for key, value, registry, extra in (("data.name", cfg.data.name, DATASETS, ()), ("model.name", cfg.model.name, MODELS, ("auto",)),
                                         ("explain.method", cfg.explain.method, CAM_METHODS, ())):
         if value not in registry and value not in extra:
             raise I2XError(f"unknown {key} '{value}'; choose one of {', '.join([*sorted(registry), *extra])}")
+    unknown = [kind for kind in cfg.tune.kinds if kind not in PERTURBATIONS]
+    if unknown or not cfg.tune.kinds:
+        raise I2XError(f"tune.kinds {list(cfg.tune.kinds)} must be a non-empty list of {', '.join(PERTURBATIONS)}")
     return cfg

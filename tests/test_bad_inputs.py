@@ -253,6 +253,7 @@ BAD_INPUTS = [
     Bad("schedule choice", [*SMOKE, "train.lr_schedule=bogus"], "'train.lr_schedule' must be one of"),
     Bad("device choice", [*SMOKE, "train.device=tpu"], "config key 'train.device' must be one of auto, cpu, cuda, got 'tpu'"),
     Bad("unknown saliency method", [*SMOKE, "explain.method=gradkam"], "unknown explain.method 'gradkam'; choose one of"),
+    Bad("unknown perturbation kind", [*SMOKE, "tune.kinds=[drop,smudge]"], "tune.kinds ['drop', 'smudge'] must be a non-empty list of"),
     Bad("override without =", [*SMOKE, "noequals"], "override 'noequals' is not key=value (example:"),
     # types and ranges (a traceback or a wrong message before)
     Bad("lr not a number", [*SMOKE, "train.lr=abc"], "config key 'train.lr' expects float, got 'abc'"),

@@ -1,0 +1,82 @@
+"""The stage runs of ``i2x/runs/`` in process: no subprocess, no ``mlflow run``. Each module
+runs the smoke config against a private MLflow store (the ``mlflow_store`` fixture), and the
+next one reads what the last one wrote through :mod:`i2x.artifacts`."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from i2x import artifacts
+from i2x.cli import build_parser
+from i2x.explanation import validate
+
+
+def _args(*argv: str):
+    return build_parser().parse_args(list(argv))
+
+
+def _download(run_id: str, path: str, dst: Path) -> Path:
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst)))
+
+
+@pytest.fixture
+def trained(mlflow_store, tmp_path, monkeypatch):
+    from i2x.runs.train import train_run
+
+    monkeypatch.setenv("I2X_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    work = f"work_dir={tmp_path / 'work'}"
+    return train_run(_args("train", "--config", "smoke", "--overrides", work)), work
+
+
+def test_train_then_explain_then_report_in_process(trained, tmp_path, capsys):
+    from i2x.runs.explain import explain_run
+    from i2x.runs.report import report_run
+
+    train_id, work = trained
+    client = mlflow.MlflowClient()
+    train = client.get_run(train_id)
+    assert train.info.status == "FINISHED" and train.data.tags["i2x.stage"] == "train"
+    assert sum(a.path.endswith(".pt") for a in client.list_artifacts(train_id, "checkpoints")) >= 3
+
+    explain_id = explain_run(_args("explain", "--run-id", train_id, "--overrides", work))
+    run = client.get_run(explain_id)
+    assert run.info.status == "FINISHED" and run.data.tags["i2x.train_run_id"] == train_id
+    doc = artifacts.read_explanation(_download(explain_id, artifacts.EXPLANATION, tmp_path / "a"))
+    validate(doc)
+    assert doc["run"]["train_run_id"] == train_id and len(doc["checkpoints"]) == len(artifacts.read_maps(_download(explain_id, artifacts.MAPS, tmp_path / "a"))["steps"])
+
+    # the same checkpoints and explain config again: the finished analysis is reused, the document is the same
+    again = explain_run(_args("explain", "--run-id", train_id, "--overrides", work))
+    assert again != explain_id and "reusing the finished analysis" in capsys.readouterr().out
+    assert artifacts.read_explanation(_download(again, artifacts.EXPLANATION, tmp_path / "b")) == doc
+
+    index = report_run(_args("report", "--run-id", explain_id, "--out", str(tmp_path / "report")))
+    page = index.read_text()
+    assert index == tmp_path / "report" / "index.html" and "<title>I2X explanation" in page
+    assert all(html.escape(name) in page for name in doc["classes"])  # the page speaks of this run's classes
+
+
+@pytest.mark.slow
+def test_tune_then_its_report_in_process(trained, tmp_path):
+    from i2x.runs.explain import explain_run
+    from i2x.runs.report import report_run
+    from i2x.runs.tune import tune_run
+
+    train_id, work = trained
+    explain_id = explain_run(_args("explain", "--run-id", train_id, "--overrides", work))
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    tune_id = tune_run(_args("tune", "--run-id", explain_id, "--storage", storage, "--overrides", work))
+    client = mlflow.MlflowClient()
+    run = client.get_run(tune_id)
+    assert run.info.status == "FINISHED" and run.data.tags["i2x.stage"] == "tune"
+    summary = artifacts.read_tune_summary(_download(tune_id, artifacts.TUNE_SUMMARY, tmp_path / "t"))
+    assert summary["study"]["n_trials"] >= 3 and "full->full" in summary["strategies"]
+    trials = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{tune_id}'")
+    assert len(trials) == summary["study"]["n_trials"]
+    index = report_run(_args("report", "--run-id", tune_id, "--out", str(tmp_path / "tune-report")))
+    assert summary["verdict"]["text"].split(":")[0].replace(">", "&gt;") in index.read_text()  # the verdict, HTML-escaped
