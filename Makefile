@@ -16,6 +16,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 $(BIN)/.installed: pyproject.toml requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	rm -rf i2x.egg-info  # a stale one in the checkout would hide the new entry points (the MLflow store plugin) from `mlflow`
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
