@@ -99,13 +99,10 @@ def read_checkpoint(path: Path | str) -> dict[str, Any]:
         with warnings.catch_warnings():  # torch warns about a foreign pickle protocol before it refuses the file
             warnings.simplefilter("ignore")
             payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "GLOBAL" not in str(exc):  # not a pickle torch writes (garbage bytes, another protocol)
-            raise I2XError(f"checkpoint {path} cannot be read (UnpicklingError); it is corrupt or not an i2x checkpoint") from None
-        # weights_only refused a global: loading it would run code or build foreign objects
-        raise I2XError(f"checkpoint {path} holds objects other than tensors and plain data, which i2x refuses to load "
-                       "(weights_only=True); it is not an i2x checkpoint: delete it, or retrain") from None
     except Exception as exc:  # corrupt, truncated or not a torch file
+        if isinstance(exc, pickle.UnpicklingError) and "GLOBAL" in str(exc):  # weights_only refused a global: code or foreign objects
+            raise I2XError(f"checkpoint {path} holds objects other than tensors and plain data, which i2x refuses to load "
+                           "(weights_only=True); it is not an i2x checkpoint: delete it, or retrain") from None
         raise I2XError(f"checkpoint {path} cannot be read ({type(exc).__name__}); it is corrupt or not an i2x checkpoint") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise I2XError(f"checkpoint {path} is not an i2x checkpoint (format {CHECKPOINT_FORMAT} expected)")
