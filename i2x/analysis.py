@@ -8,6 +8,7 @@ pictures and MLflow around it.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -23,7 +24,7 @@ from i2x.models import Classifier
 from i2x.patterns import GroupFit, fit_group_betas, heldout_summary, learning_groups
 from i2x.progress import steps
 from i2x.prototypes import Prototypes, check_n_prototypes, fit_prototypes
-from i2x.saliency import capture_target
+from i2x.saliency import grad_cam
 from i2x.structure import Structure, build_structure
 
 MIN_CHECKPOINTS = 3
@@ -75,24 +76,21 @@ def claims_of(structure: Structure) -> list[Claim]:
     return out
 
 
-@torch.no_grad()
 def preflight(model: Classifier, images: torch.Tensor, cfg: ExplainConfig, layer: str | None = None) -> tuple[int, int]:
     """What :func:`analyse` would refuse after minutes of work, found with one image: the
-    target layer exists and runs once with a spatial output, and K fits the feature
-    locations. Returns the layer's grid ``(h, w)``.
+    target layer passes Grad-CAM's own checks (it exists, runs once, has a spatial grid),
+    its grid is 2-D, and K fits the feature locations. Returns the grid ``(h, w)``.
 
     Raises:
         I2XError: a bad target layer, K too large.
     """
     target = layer or model.target_layer
-    with capture_target(model.eval(), target) as store:
-        model(pixels(images[:1]))
-    activation = store.get("activation")
-    if store["calls"] != 1 or activation is None or activation.ndim != 4:
-        shape = None if activation is None else tuple(activation.shape)
-        raise I2XError(f"target layer '{target}' ran {store['calls']} time(s) with output {shape}; pick a layer that runs once "
-                       "and outputs (B, C, h, w)")
-    h, w = activation.shape[-2:]
+    with warnings.catch_warnings():  # a layer that does not move the score is reported by the real pass
+        warnings.simplefilter("ignore")
+        maps = grad_cam(model, target, pixels(images[:1])).maps
+    if maps.ndim != 3:
+        raise I2XError(f"target layer '{target}' has a {maps.ndim - 1}-D grid; prototypes need a (B, C, h, w) layer")
+    h, w = maps.shape[-2:]
     check_n_prototypes(cfg.n_prototypes, len(images), int(h), int(w))
     return int(h), int(w)
 
