@@ -26,25 +26,35 @@ Module map, in the order the data flows (imports point back up this list; no cyc
                                                 a stage run each; the command line
 """
 
-from i2x.analysis import Analysis, analyse
-from i2x.cam_methods import CAM_METHODS, saliency_pass
-from i2x.config import (
-    Config,
-    DataConfig,
-    ExplainConfig,
-    FaithfulnessConfig,
-    ModelConfig,
-    TrainConfig,
-    TuneConfig,
-)
-from i2x.config_io import load_config
-from i2x.data import DATASETS, DataBundle, load_data
-from i2x.errors import I2XError
-from i2x.explanation import document_of
-from i2x.faithfulness import Claim, deletion_test, road_scores
-from i2x.models import MODELS, build_model
-from i2x.saliency import grad_cam
-from i2x.training import train
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# The public API, imported on first use (PEP 562): ``import i2x.mlflow_store``, which MLflow
+# does in every process of this environment through its store plugin, must not pull in
+# torch and the whole package.
+_EXPORTS = {
+    "Analysis": "analysis", "analyse": "analysis",
+    "CAM_METHODS": "cam_methods", "saliency_pass": "cam_methods",
+    "Config": "config", "DataConfig": "config", "ExplainConfig": "config", "FaithfulnessConfig": "config",
+    "ModelConfig": "config", "TrainConfig": "config", "TuneConfig": "config",
+    "load_config": "config_io",
+    "DATASETS": "data", "DataBundle": "data", "load_data": "data",
+    "I2XError": "errors",
+    "document_of": "explanation",
+    "Claim": "faithfulness", "deletion_test": "faithfulness", "road_scores": "faithfulness",
+    "MODELS": "models", "build_model": "models",
+    "grad_cam": "saliency",
+    "train": "training",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"i2x.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'i2x' has no attribute {name!r}")
+
 
 __all__ = [
     "CAM_METHODS",
