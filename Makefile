@@ -24,13 +24,13 @@ install: $(BIN)/.installed
 
 run: install
 	mkdir -p mlruns
-	$(BIN)/python -c "from i2x.tracking import init_store; init_store()"  # create the store's tables once, under a lock
+	$(BIN)/python -c "from i2x.platform.tracking import init_store; init_store()"  # create the store's tables once, under a lock
 	$(BIN)/mlflow run . -P dataset=$(DATASET) -P data_dir=$(DATA_DIR) --env-manager local
 
 # The same job in the environment MLflow builds from python_env.yaml (first build: minutes).
 run-isolated: install
 	mkdir -p mlruns
-	$(BIN)/python -c "from i2x.tracking import init_store; init_store()"
+	$(BIN)/python -c "from i2x.platform.tracking import init_store; init_store()"
 	$(BIN)/mlflow run . -P dataset=$(DATASET) -P data_dir=$(DATA_DIR)
 
 test: install

@@ -10,13 +10,13 @@ from typing import Any
 
 import torch
 
-from i2x.analysis import Analysis
-from i2x.checkpoints import model_from_checkpoint, read_checkpoint
-from i2x.config import Config
-from i2x.config_io import load_config
-from i2x.data import DataBundle, load_data
-from i2x.explanation import explain
-from i2x.training import TrainResult, resolve_device, train
+from i2x.explanation.analysis import Analysis
+from i2x.explanation.document import explain
+from i2x.platform.config import Config
+from i2x.platform.config_io import load_config
+from i2x.training.checkpoints import model_from_checkpoint, read_checkpoint
+from i2x.training.data import DataBundle, load_data
+from i2x.training.loop import TrainResult, resolve_device, train
 
 
 @dataclass

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from i2x.analysis import analyse
-from i2x.checkpoints import list_checkpoints, model_from_checkpoint, read_checkpoint
-from i2x.config_io import load_config
-from i2x.data import _stratified_subset, load_data
-from i2x.training import resolve_device, run_folder, train
+from i2x.explanation.analysis import analyse
+from i2x.platform.config_io import load_config
+from i2x.training.checkpoints import list_checkpoints, model_from_checkpoint, read_checkpoint
+from i2x.training.data import _stratified_subset, load_data
+from i2x.training.loop import resolve_device, run_folder, train
 
 FRACTIONS = "[0.02,0.04,0.06,0.08,0.1,0.15,0.2,0.25,0.3,0.4,0.5,0.65,0.8]"  # + 3 epoch ends = 16
 STAGES = ("saliency", "prototypes", "intensity", "patterns", "regression", "structure")

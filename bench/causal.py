@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from i2x.analysis import analyse
-from i2x.checkpoints import list_checkpoints, model_from_checkpoint, read_checkpoint
-from i2x.config_io import load_config
-from i2x.data import load_data
-from i2x.training import resolve_device, train
+from i2x.explanation.analysis import analyse
+from i2x.platform.config_io import load_config
+from i2x.training.checkpoints import list_checkpoints, model_from_checkpoint, read_checkpoint
+from i2x.training.data import load_data
+from i2x.training.loop import resolve_device, train
 
 BEFORE = "explain.regression=origin,explain.oscillation_weight=later,explain.null_permutations=0,explain.uncertain_threshold=0.3"
 

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from i2x.checkpoints import model_from_checkpoint, read_checkpoint, steps_per_epoch
-from i2x.config_io import load_config
-from i2x.data import load_data
-from i2x.plan import estimate
-from i2x.training import evaluate, resolve_device, resolve_model, train
+from i2x.platform.config_io import load_config
+from i2x.runs.plan import estimate
+from i2x.training.checkpoints import model_from_checkpoint, read_checkpoint, steps_per_epoch
+from i2x.training.data import load_data
+from i2x.training.loop import evaluate, resolve_device, resolve_model, train
 
 
 def step_seconds(config, data, device: torch.device, name: str) -> float:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from _pipeline import train_and_explain
 
-from i2x.explanation import dumps, validate
+from i2x.explanation.document import dumps, validate
 
 
 def main() -> None:
@@ -33,13 +33,13 @@ def main() -> None:
     images, labels = data.train_x[data.analysis_idx], data.train_y[data.analysis_idx]
     out = Path(args.out)
     validate(doc)
-    from i2x.artifacts import write_explain_outputs
+    from i2x.runs.artifacts import write_explain_outputs
 
     t0 = time.perf_counter()
     write_explain_outputs(out, doc, dumps(doc), analysis, images, labels, data.classes, infos, config)
     import numpy as np
 
-    from i2x.report import explain_report
+    from i2x.reporting.html import explain_report
 
     with np.load(out / "saliency" / "maps.npz") as npz:
         explain_report(doc, dict(npz), out / "report", seed=config.seed)

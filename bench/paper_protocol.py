@@ -52,7 +52,7 @@ def main() -> None:
         lines.append(f"| {name} | {(run.info.end_time - run.info.start_time) / 60000:.1f} |")
     lines.append(f"\nTest accuracy of the trained model: {runs['train'].data.metrics.get('test_accuracy', float('nan')):.4f}")
     summary = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=stages["tune"], artifact_path="tuning/summary.json")).read_text())
-    from i2x.comparison import summary_markdown
+    from i2x.tuning.comparison import summary_markdown
 
     model = runs["train"].data.tags.get("i2x.model", "?")
     lines += ["", f"{args.dataset}, {model}, {len(summary['strategies']['tuned']['seeds'])} seeds:", "", summary_markdown(summary),

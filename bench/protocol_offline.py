@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from _pipeline import train_and_explain
 
-from i2x.checkpoints import model_from_checkpoint
-from i2x.comparison import final_evaluation, summary_markdown
-from i2x.tuning import TuneContext, assign_images, open_study, run_study
+from i2x.training.checkpoints import model_from_checkpoint
+from i2x.tuning.comparison import final_evaluation, summary_markdown
+from i2x.tuning.study import TuneContext, assign_images, open_study, run_study
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Benchmark: native batched Grad-CAM vs pytorch-grad-cam vs the forward-only floor.
 
 Fair by construction, all in one run on the same model, inputs, layer, targets and batch:
-  - native:  i2x.saliency.grad_cam, then upsampled to the input size, the same output
+  - native:  i2x.explanation.saliency.grad_cam, then upsampled to the input size, the same output
              pytorch-grad-cam returns;
   - library: pytorch_grad_cam.GradCAM, built fresh in each round and released after it,
              so its hooks are never registered while the others are timed;
@@ -43,8 +43,8 @@ METHODS = ("native", "library", "floor")
 def build(arch: str, channels: int) -> tuple[torch.nn.Module, str]:
     """An i2x registry model with 10 classes (its own target layer), or ``tv:NAME``, a
     torchvision ImageNet model with 1000 classes (give the layer)."""
-    from i2x.config import ModelConfig
-    from i2x.models import build_model
+    from i2x.platform.config import ModelConfig
+    from i2x.training.models import build_model
 
     if arch.startswith("tv:"):
         import torchvision
@@ -70,7 +70,7 @@ def runner(method: str, model, layer: str, x: torch.Tensor, targets: torch.Tenso
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from i2x.saliency import grad_cam, upsample
+    from i2x.explanation.saliency import grad_cam, upsample
 
     size = tuple(x.shape[-2:])
     wanted = [ClassifierOutputTarget(int(t)) for t in targets.tolist()]

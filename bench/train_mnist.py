@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from i2x.config_io import load_config
-from i2x.data import load_data
-from i2x.training import train
+from i2x.platform.config_io import load_config
+from i2x.training.data import load_data
+from i2x.training.loop import train
 
 
 def main() -> None:

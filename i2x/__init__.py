@@ -1,29 +1,22 @@
 """i2x: Interpretability to Explainability.
 
-Structured explanations of image classifiers from their training history
-(method: shared/I2X_METHOD.md). The algorithm stages are plain functions on arrays;
-MLflow lives only in :mod:`i2x.tracking` and the stage runs. Every label the
-explanation is derived in :mod:`i2x.labels`, checked against a within-class permutation
-null (:mod:`i2x.nulls`) and by a causal deletion test (:mod:`i2x.faithfulness`), and
-assembled in :mod:`i2x.structure`.
+Structured explanations of image classifiers from their training history (method:
+``shared/I2X_METHOD.md``). The folders follow the data, and imports run one way, down this list
+(``tests/test_layout.py``)::
 
-Module map, in the order the data flows (imports point back up this list; no cycle,
-``tests/test_layout.py``)::
+    cli                 the command line: dispatches to a run
+    runs/               one MLflow run per stage (train, explain, tune, report, main),
+                        the config resolver, the artifact contract, the time plan
+    reporting/          figures and the HTML report
+    tuning/             step 8: targeted perturbation, fine-tuning, the Optuna study, controls
+    explanation/        steps 2-7b: Grad-CAM, prototypes, intensity, patterns, labels, the null,
+                        the causal check, the explanation document
+    training/           step 1: data sets, batches, models, checkpointed training
+    platform/           config, errors, progress, processes, MLflow (tracking, the store
+                        plugin), credentials, services
 
-    config -> config_io, errors, secrets, progress, process
-                                                settings and plumbing
-    synthetic -> data -> batches                the data sets; float batches, augmentation
-    models -> checkpoints -> training           step 1: checkpointed training
-    saliency -> cam_methods -> prototypes -> intensity
-                                                steps 2-4: Grad-CAM, prototypes, p_nk
-    patterns -> labels, nulls -> structure      steps 5-7: groups, labels, the null
-    faithfulness -> analysis -> explanation     step 7b and the document
-    perturbation -> finetune -> tuning          step 8: targeted fine-tuning (Optuna)
-    comparison, plan                            the controls; the time plan
-    mlflow_store, tracking, artifacts           MLflow (its SQLite store under a lock), files
-    viz -> viz_runs, report                     figures, HTML
-    runconfig, runs.{train,explain,tune,report,main}, cli, services
-                                                a stage run each; the command line
+The algorithm folders (training, explanation, tuning) are plain functions on arrays; MLflow
+lives only in :mod:`i2x.platform.tracking` and the runs.
 """
 
 from __future__ import annotations
@@ -31,22 +24,22 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-# The public API, imported on first use (PEP 562): ``import i2x.mlflow_store``, which MLflow
+# The public API, imported on first use (PEP 562): ``import i2x.platform.mlflow_store``, which MLflow
 # does in every process of this environment through its store plugin, must not pull in
 # torch and the whole package.
 _EXPORTS = {
-    "Analysis": "analysis", "analyse": "analysis",
-    "CAM_METHODS": "cam_methods", "saliency_pass": "cam_methods",
-    "Config": "config", "DataConfig": "config", "ExplainConfig": "config", "FaithfulnessConfig": "config",
-    "ModelConfig": "config", "TrainConfig": "config", "TuneConfig": "config",
-    "load_config": "config_io",
-    "DATASETS": "data", "DataBundle": "data", "load_data": "data",
-    "I2XError": "errors",
-    "document_of": "explanation",
-    "Claim": "faithfulness", "deletion_test": "faithfulness", "road_scores": "faithfulness",
-    "MODELS": "models", "build_model": "models",
-    "grad_cam": "saliency",
-    "train": "training",
+    "Analysis": "explanation.analysis", "analyse": "explanation.analysis",
+    "CAM_METHODS": "explanation.cam_methods", "saliency_pass": "explanation.cam_methods",
+    "Config": "platform.config", "DataConfig": "platform.config", "ExplainConfig": "platform.config", "FaithfulnessConfig": "platform.config",
+    "ModelConfig": "platform.config", "TrainConfig": "platform.config", "TuneConfig": "platform.config",
+    "load_config": "platform.config_io",
+    "DATASETS": "training.data", "DataBundle": "training.data", "load_data": "training.data",
+    "I2XError": "platform.errors",
+    "document_of": "explanation.document",
+    "Claim": "explanation.faithfulness", "deletion_test": "explanation.faithfulness", "road_scores": "explanation.faithfulness",
+    "MODELS": "training.models", "build_model": "training.models",
+    "grad_cam": "explanation.saliency",
+    "train": "training.loop",
 }
 
 

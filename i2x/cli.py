@@ -12,15 +12,15 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from i2x.config_io import available_configs
-from i2x.errors import I2XError
+from i2x.platform.config_io import available_configs
+from i2x.platform.errors import I2XError
 from i2x.runs import RUNS
 
 EXIT_USAGE = 2
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
-    from i2x.data import DATASETS
+    from i2x.training.data import DATASETS
 
     p.add_argument("--dataset", default="", help=f"one of {', '.join(sorted(DATASETS))} (default: the config's)")
     p.add_argument("--config", default="", help=f"a YAML path or one of {', '.join(available_configs())} (default: the dataset's)")
@@ -32,7 +32,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 def cmd_services(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from i2x import services
+    from i2x.platform import services
 
     if args.action in ("compose", "caddyfile"):
         print(services.compose_yaml() if args.action == "compose" else services.caddyfile(), end="")

@@ -36,9 +36,9 @@ def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory: pytest.TempPathFactory):
     """The smoke config trained once (a few seconds): config, data, folder of checkpoints."""
-    from i2x.config_io import load_config
-    from i2x.data import load_data
-    from i2x.training import train
+    from i2x.platform.config_io import load_config
+    from i2x.training.data import load_data
+    from i2x.training.loop import train
 
     work = tmp_path_factory.mktemp("smoke")
     config = load_config("smoke", {"work_dir": str(work)})
@@ -68,9 +68,9 @@ PLANTED = {"data.synthetic_per_class": 300, "data.analysis_size": 800, "train.ep
 @pytest.fixture(scope="session")
 def planted_run(tmp_path_factory: pytest.TempPathFactory):
     """The smoke config at :data:`PLANTED` size, trained once: config, data, result."""
-    from i2x.config_io import load_config
-    from i2x.data import load_data
-    from i2x.training import train
+    from i2x.platform.config_io import load_config
+    from i2x.training.data import load_data
+    from i2x.training.loop import train
 
     work = tmp_path_factory.mktemp("planted")
     config = load_config("smoke", {"work_dir": str(work), **PLANTED})

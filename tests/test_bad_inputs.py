@@ -124,7 +124,7 @@ def _smoke_folder(request) -> Path:
 
 
 def _copy_checkpoints(tmp: Path, request, name: str, count: int) -> Path:
-    from i2x.checkpoints import list_checkpoints
+    from i2x.training.checkpoints import list_checkpoints
 
     folder = tmp / name
     folder.mkdir()
@@ -165,10 +165,10 @@ def truncated_checkpoint(tmp: Path, request) -> dict[str, str]:
 def _mixed(change: dict[str, str]) -> Callable[[Path, pytest.FixtureRequest], dict[str, str]]:
     def setup(tmp: Path, request) -> dict[str, str]:
         """Three checkpoints of the smoke run and one of another run (``change``) in one folder."""
-        from i2x.checkpoints import list_checkpoints
-        from i2x.config_io import load_config
-        from i2x.data import load_data
-        from i2x.training import train
+        from i2x.platform.config_io import load_config
+        from i2x.training.checkpoints import list_checkpoints
+        from i2x.training.data import load_data
+        from i2x.training.loop import train
 
         folder = _copy_checkpoints(tmp, request, "mixed", 3)
         other = load_config("smoke", {**change, "train.epochs": "1", "work_dir": str(tmp)})
@@ -182,9 +182,9 @@ def _mixed(change: dict[str, str]) -> Callable[[Path, pytest.FixtureRequest], di
 
 def other_classes(tmp: Path, _request) -> dict[str, str]:
     """4-class checkpoints and a 3-class tree: labels would index the wrong logits."""
-    from i2x.config_io import load_config
-    from i2x.data import load_data
-    from i2x.training import train
+    from i2x.platform.config_io import load_config
+    from i2x.training.data import load_data
+    from i2x.training.loop import train
 
     four, three = _tree(tmp / "four", dict.fromkeys("abcd", 30)), _tree(tmp / "three", dict.fromkeys("abc", 30))
     config = load_config("smoke", {"data.name": "imagefolder", "data.root": str(four), "train.epochs": "1",

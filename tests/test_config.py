@@ -1,14 +1,14 @@
 import pytest
 
-from i2x.config import Config, ExplainConfig
-from i2x.config_io import (
+from i2x.platform.config import Config, ExplainConfig
+from i2x.platform.config_io import (
     apply_overrides,
     available_configs,
     config_from_dict,
     load_config,
     parse_overrides,
 )
-from i2x.errors import I2XError
+from i2x.platform.errors import I2XError
 
 
 def test_named_configs_load_and_differ():

@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from i2x.config import DataConfig
-from i2x.data import DATASETS, load_data
-from i2x.errors import I2XError
-from i2x.synthetic import make_synthetic
+from i2x.platform.config import DataConfig
+from i2x.platform.errors import I2XError
+from i2x.training.data import DATASETS, load_data
+from i2x.training.synthetic import make_synthetic
 
 from .conftest import ROOT, SHARED_DATASETS, cli_env
 
@@ -166,7 +166,7 @@ def test_16_bit_greyscale_is_scaled_not_clipped(tmp_path, monkeypatch):
 def test_augment_is_a_reflect_padded_crop_and_flip_per_image(pad):
     """The batched gather against a per-image reference written from the definition: pad
     each image by reflection, cut the window at the drawn offset, mirror where drawn."""
-    from i2x.batches import augment
+    from i2x.training.batches import augment
 
     x = torch.rand(16, 3, 9, 7)
     out = augment(x, torch.Generator().manual_seed(5), pad)
@@ -182,7 +182,7 @@ def test_augment_is_a_reflect_padded_crop_and_flip_per_image(pad):
 
 
 def test_alternating_flip_mirrors_every_image_in_exactly_one_of_two_epochs():
-    from i2x.batches import flip_schedule
+    from i2x.training.batches import flip_schedule
 
     for epoch in range(4):
         a, b = flip_schedule(1000, 3, epoch), flip_schedule(1000, 3, epoch + 1)

@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from i2x.checkpoints import list_checkpoints
+from i2x.training.checkpoints import list_checkpoints
 
 from .conftest import ROOT, cli_env
 
@@ -11,9 +11,9 @@ from .conftest import ROOT, cli_env
 def test_seed_and_overrides_reach_the_explain_config(smoke_run):
     import argparse
 
-    from i2x.checkpoints import read_checkpoint
-    from i2x.config_io import config_from_dict
-    from i2x.runconfig import run_config
+    from i2x.platform.config_io import config_from_dict
+    from i2x.runs.runconfig import run_config
+    from i2x.training.checkpoints import read_checkpoint
 
     _, _, result = smoke_run
     trained = config_from_dict(read_checkpoint(list_checkpoints(result.folder)[-1])["config"])
@@ -37,7 +37,7 @@ def test_mlflow_run_main_smoke_trains_explains_and_tunes(tmp_path):
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from i2x.explanation import validate
+    from i2x.explanation.document import validate
 
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     client = MlflowClient()
@@ -113,9 +113,9 @@ def test_model_auto_passed_to_every_stage_means_what_train_chose():
 
     import pytest
 
-    from i2x.config_io import load_config
-    from i2x.errors import I2XError
-    from i2x.runconfig import run_config
+    from i2x.platform.config_io import load_config
+    from i2x.platform.errors import I2XError
+    from i2x.runs.runconfig import run_config
 
     args = argparse.Namespace(config="", dataset="", data_dir="", seed=-1, overrides="model.name=auto")
     trained = load_config("smoke", "model.name=fastnet,model.width=32")

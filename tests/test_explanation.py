@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from i2x.checkpoints import list_checkpoints, model_from_checkpoint, read_checkpoint
-from i2x.errors import I2XError
-from i2x.explanation import TIMESTAMP_FIELDS, dumps, explain, validate
-from i2x.report import named_prototypes, statements
-from i2x.synthetic import make_synthetic
+from i2x.explanation.document import TIMESTAMP_FIELDS, dumps, explain, validate
+from i2x.platform.errors import I2XError
+from i2x.reporting.html import named_prototypes, statements
+from i2x.training.checkpoints import list_checkpoints, model_from_checkpoint, read_checkpoint
+from i2x.training.synthetic import make_synthetic
 
 from .conftest import PLANTED
 
@@ -95,7 +95,7 @@ def _mark_cells(config, data, analysis) -> np.ndarray:
 
 def test_the_planted_mark_is_named_verified_and_located(planted_run, planted):
     """Ground truth we control: ``bar+mark`` differs from ``bar`` only by a ring mark planted
-    in the top-left 12x12 pixels (see ``i2x.synthetic.make_synthetic``). The explanation must
+    in the top-left 12x12 pixels (see ``i2x.training.synthetic.make_synthetic``). The explanation must
     (a) label as shared by ``bar+mark`` a prototype that sits on the mark -- most of its
     locations in ``bar+mark`` images are the mark's cells -- and is rare in ``bar``;
     (b) verify it causally: occluding it hurts ``bar+mark`` more than matched random cells;
@@ -125,9 +125,9 @@ def test_the_planted_mark_is_named_verified_and_located(planted_run, planted):
 @pytest.fixture(scope="module")
 def confuser_run(tmp_path_factory):
     """The planted set with a confuser in 30% of ``column`` and of ``diagonal`` images."""
-    from i2x.config_io import load_config
-    from i2x.data import load_data
-    from i2x.training import train
+    from i2x.platform.config_io import load_config
+    from i2x.training.data import load_data
+    from i2x.training.loop import train
 
     work = tmp_path_factory.mktemp("confuser")
     config = load_config("smoke", {"work_dir": str(work), **PLANTED, "data.synthetic_confuser": 0.3})
@@ -137,7 +137,7 @@ def confuser_run(tmp_path_factory):
 
 def test_the_planted_confuser_is_uncertain_between_its_pair_and_verified(confuser_run):
     """Ground truth: in 30% of the ``column`` and of the ``diagonal`` images the shape is
-    replaced by the same 4x4 square (see ``i2x.synthetic.make_synthetic``), so the model cannot
+    replaced by the same 4x4 square (see ``i2x.training.synthetic.make_synthetic``), so the model cannot
     tell those images apart and its pull through the square swings between the two classes.
     The prototype that sits on the square must be flagged uncertain between exactly
     {column, diagonal}, beat the permutation null, and be verified causally (occluding it
@@ -169,7 +169,7 @@ def permuted_run(planted_run):
     config, data, _ = planted_run
     gen = torch.Generator().manual_seed(3)
     shuffled = dataclasses.replace(data, train_y=data.train_y[torch.randperm(len(data.train_y), generator=gen)])
-    from i2x.training import train
+    from i2x.training.loop import train
 
     return config, shuffled, train(config, shuffled, Path(config.work_dir) / "permuted", progress=False)
 

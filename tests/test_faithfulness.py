@@ -5,8 +5,14 @@ import pytest
 import torch
 from torch import nn
 
-from i2x.config import FaithfulnessConfig
-from i2x.faithfulness import Claim, deletion_test, foreground_cells, matched_cells, road_scores
+from i2x.explanation.faithfulness import (
+    Claim,
+    deletion_test,
+    foreground_cells,
+    matched_cells,
+    road_scores,
+)
+from i2x.platform.config import FaithfulnessConfig
 
 
 class CellModel(nn.Module):
@@ -111,7 +117,7 @@ def test_beating_a_control_that_moves_the_wrong_way_is_not_verified():
     margin (drop -0.003), only less than the matched cells did (-0.017), so the excess was
     positive with a CI above 0 and the prototype was 'verified'. A prototype that drives a
     class must lower it when occluded; the same numbers with the signs of a real driver pass."""
-    from i2x.faithfulness import BASELINES, _verdicts
+    from i2x.explanation.faithfulness import BASELINES, _verdicts
 
     rng = np.random.default_rng(0)
 

@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from i2x.intensity import compute_intensities, prototype_intensity
+from i2x.explanation.intensity import compute_intensities, prototype_intensity
 
 
 def test_intensity_is_mean_saliency_over_assigned_locations():

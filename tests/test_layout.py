@@ -1,7 +1,9 @@
-"""The package's house plan: imports between i2x modules (function-local ones included)
-form no cycle, so every module has a place in one order (issue 11)."""
+"""The package's house plan (issues 11 and 25): the folders follow the method's data, imports
+between them (function-local ones included) run one way, down :data:`LAYERS`, and no module
+imports in a cycle."""
 
 import ast
+import shutil
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "i2x"
@@ -37,6 +39,24 @@ def import_graph(package: Path) -> dict[str, set[str]]:
     return graph
 
 
+# Top to bottom: a module may import from its own folder and from the folders below it, never
+# from one above. ``""`` is the package's ``__init__`` (lazy exports, no static import).
+LAYERS = ("cli", "runs", "reporting", "tuning", "explanation", "training", "platform")
+
+
+def layer(module: str) -> int:
+    """Index in :data:`LAYERS` of a module (``tuning.study`` -> the ``tuning`` folder)."""
+    top = module.split(".")[0]
+    if top not in LAYERS:
+        raise AssertionError(f"i2x.{module} is in no folder of the house plan {LAYERS}; move it into one")
+    return LAYERS.index(top)
+
+
+def wrong_way(graph: dict[str, set[str]]) -> list[str]:
+    """Every import that runs up the layers, as ``'a -> b'``."""
+    return sorted(f"{m} -> {d}" for m, deps in graph.items() if m for d in deps if layer(d) < layer(m))
+
+
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     """One cycle of ``graph`` as a path that returns to its start, or None."""
     state: dict[str, int] = {}  # 1: on the current path, 2: done
@@ -64,9 +84,28 @@ def test_the_cycle_finder_finds_a_planted_cycle():
 
 def test_no_import_cycle_in_the_package():
     graph = import_graph(PACKAGE)
-    assert {"cli", "runconfig", "config", "runs", "runs.explain", "artifacts"} <= set(graph)  # the graph is read, not empty
-    assert "config" in graph["runconfig"] and {"runconfig", "artifacts"} <= graph["runs.explain"]
+    assert {"cli", "runs.runconfig", "platform.config", "runs", "runs.explain", "runs.artifacts"} <= set(graph)  # read, not empty
+    assert "platform.config" in graph["runs.runconfig"] and {"runs.runconfig", "runs.artifacts"} <= graph["runs.explain"]
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
+
+
+def test_every_module_sits_in_a_folder_and_imports_run_down_the_layers():
+    graph = import_graph(PACKAGE)
+    assert {m.split(".")[0] for m in graph if m} == set(LAYERS)  # every folder holds modules, none is unlisted
+    assert "training.data" in graph["explanation.document"]  # a real downward edge is read
+    assert wrong_way(graph) == []
+
+
+def test_a_planted_wrong_way_import_fails_the_layout(tmp_path):
+    """The checker on a copy of the package with one import planted up the layers: the
+    causal check (explanation) reaching into the tuner, as ``faithfulness`` once did."""
+    copy = tmp_path / "i2x"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    target = copy / "explanation" / "faithfulness.py"
+    target.write_text(target.read_text() + "\n\ndef _planted():\n    from i2x.tuning.perturbation import PERTURBATIONS\n    return PERTURBATIONS\n")
+    assert wrong_way(import_graph(copy)) == ["explanation.faithfulness -> tuning.perturbation"]
+    assert find_cycle(import_graph(copy)) is None  # no cycle: only the folder order catches it
+    assert wrong_way({"platform.tracking": {"runs.main"}, "runs.main": {"platform.tracking"}}) == ["platform.tracking -> runs.main"]
 
 
 def test_only_the_cli_reaches_the_stage_runs():

@@ -11,7 +11,7 @@ import pytest
 
 from .conftest import ROOT, cli_env
 
-INIT = "from i2x.tracking import init_store; import mlflow; init_store(); mlflow.MlflowClient().search_experiments(); print('ok')"
+INIT = "from i2x.platform.tracking import init_store; import mlflow; init_store(); mlflow.MlflowClient().search_experiments(); print('ok')"
 
 
 def test_three_processes_on_a_new_store_all_get_a_working_store(tmp_path):
@@ -29,13 +29,13 @@ PLAIN_MLFLOW = "import mlflow; mlflow.MlflowClient().search_experiments(); print
 
 
 def test_plain_mlflow_processes_on_a_new_store_all_get_a_working_store(tmp_path):
-    """The i2x plugin (i2x.mlflow_store) serialises MLflow's own table creation, which
+    """The i2x plugin (i2x.platform.mlflow_store) serialises MLflow's own table creation, which
     `mlflow run` reaches before any i2x code. Without it, 3 plain MLflow processes at once
     on a new file failed in 4 of 4 tries here (alembic "Online migration expected to match
     one row", "duplicate column name: step")."""
     from mlflow.tracking._tracking_service.utils import _tracking_store_registry
 
-    from i2x.mlflow_store import sqlite_store
+    from i2x.platform.mlflow_store import sqlite_store
 
     assert _tracking_store_registry.get_store_builder("sqlite:///x.db") is sqlite_store  # registered by the entry point
     for attempt in range(2):
@@ -54,7 +54,7 @@ def test_the_plugin_leaves_mlflow_start_up_light(tmp_path):
             "print(r.get_store_builder('sqlite:///x.db').__module__, sorted(m for m in sys.modules if m == 'torch' or m.startswith('i2x')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-800:]
-    assert out.stdout.split(None, 1) == ["i2x.mlflow_store", "['i2x', 'i2x.mlflow_store']\n"]
+    assert out.stdout.split(None, 1) == ["i2x.platform.mlflow_store", "['i2x', 'i2x.platform', 'i2x.platform.mlflow_store']\n"]
 
 
 @pytest.mark.slow
@@ -76,11 +76,11 @@ def test_two_bare_mlflow_runs_on_a_new_store_both_finish(tmp_path):
 
 
 def test_the_folder_lock_is_released_when_its_holder_is_killed(tmp_path):
-    from i2x.process import folder_lock
+    from i2x.platform.process import folder_lock
 
     folder = tmp_path / "explain-x"
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from i2x.process import folder_lock\n"
+        "import sys, time; from pathlib import Path; from i2x.platform.process import folder_lock\n"
         f"with folder_lock(Path({str(folder)!r})):\n    print('held', flush=True); time.sleep(60)")],
         cwd=ROOT, env=cli_env(tmp_path), stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
@@ -103,7 +103,7 @@ def test_the_folder_lock_is_released_when_its_holder_is_killed(tmp_path):
 def test_the_next_holder_closes_a_dead_runs_record(mlflow_store, tmp_path):
     import mlflow
 
-    from i2x import tracking
+    from i2x.platform import tracking
 
     folder = (tmp_path / "train-x").resolve()
     experiment = mlflow.set_experiment("i2x")

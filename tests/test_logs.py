@@ -3,13 +3,13 @@ named runs, the UI opening on the runs table, pruned trials not drawn as failure
 
 import pytest
 
-from i2x.progress import Progress, duration, steps
+from i2x.platform.progress import Progress, duration, steps
 
 
 def test_progress_in_a_log_is_a_few_plain_lines_with_an_eta(capsys, monkeypatch):
-    monkeypatch.setattr("i2x.progress.is_tty", lambda: False)
+    monkeypatch.setattr("i2x.platform.progress.is_tty", lambda: False)
     now = [0.0]
-    monkeypatch.setattr("i2x.progress.time.perf_counter", lambda: now[0])
+    monkeypatch.setattr("i2x.platform.progress.time.perf_counter", lambda: now[0])
     with Progress("train", total=20, unit="step", every_s=60) as bar:
         for _ in range(20):
             now[0] += 10  # every step takes 10 s
@@ -23,7 +23,7 @@ def test_progress_in_a_log_is_a_few_plain_lines_with_an_eta(capsys, monkeypatch)
 
 
 def test_a_disabled_or_empty_loop_prints_nothing(capsys, monkeypatch):
-    monkeypatch.setattr("i2x.progress.is_tty", lambda: False)
+    monkeypatch.setattr("i2x.platform.progress.is_tty", lambda: False)
     assert list(steps(range(3), "quiet", enabled=False)) == [0, 1, 2]
     assert list(steps([], "empty")) == []
     assert capsys.readouterr().err == ""
@@ -37,7 +37,7 @@ def test_duration(seconds, text):
 def test_runs_are_named_and_the_experiment_opens_on_its_runs(mlflow_store, monkeypatch):
     import mlflow
 
-    from i2x import tracking
+    from i2x.platform import tracking
 
     # as under `mlflow run`: the launcher made the run (random name) and passes its id
     experiment = mlflow.set_experiment("launcher")
@@ -57,7 +57,7 @@ def test_a_pruned_trial_is_finished_and_tagged_not_killed(mlflow_store):
     import mlflow
     import optuna
 
-    from i2x import tracking
+    from i2x.platform import tracking
 
     with tracking.open_run("tune", {}) as parent:
         with pytest.raises(optuna.TrialPruned), tracking.trial_run(parent.info.run_id, 3, {"alpha": 0.5}) as log_epoch:

@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from i2x.checkpoints import model_from_checkpoint
-from i2x.config import ModelConfig
-from i2x.config_io import load_config
-from i2x.errors import I2XError
-from i2x.models import MODELS, build_model, target_module
+from i2x.platform.config import ModelConfig
+from i2x.platform.config_io import load_config
+from i2x.platform.errors import I2XError
+from i2x.training.checkpoints import model_from_checkpoint
+from i2x.training.models import MODELS, build_model, target_module
 
 
 @pytest.mark.parametrize("name, channels, size, grid", [("cnn", 1, 28, 7), ("cnn", 3, 32, 8), ("resnet18", 1, 28, 4), ("resnet18", 3, 32, 4), ("resnet50", 3, 32, 4),
@@ -42,7 +42,7 @@ def test_unknown_model_and_layer_errors():
 
 
 def test_checkpoint_from_another_architecture_is_refused(smoke_run):
-    from i2x.checkpoints import list_checkpoints, read_checkpoint
+    from i2x.training.checkpoints import list_checkpoints, read_checkpoint
 
     config, _, result = smoke_run
     payload = read_checkpoint(list_checkpoints(result.folder)[-1])
@@ -74,7 +74,7 @@ def test_fastnet_whitening_decorrelates_the_training_patches():
 
 @pytest.mark.parametrize("device, name, width", [("cpu", "fastnet", 32), ("cuda", "fastnet", 64)])
 def test_model_auto_resolves_by_device(device, name, width):
-    from i2x.models import AUTO_MODELS, resolve_auto
+    from i2x.training.models import AUTO_MODELS, resolve_auto
 
     cfg = resolve_auto(ModelConfig(name="auto"), torch.device(device))
     assert (cfg.name, cfg.width) == (name, width) == AUTO_MODELS[device]
@@ -86,7 +86,7 @@ def test_model_auto_resolves_by_device(device, name, width):
 
 
 def test_cifar10_config_asks_for_auto_and_training_resolves_it():
-    from i2x.training import resolve_model
+    from i2x.training.loop import resolve_model
 
     config = load_config("cifar10")
     assert config.model.name == "auto"

@@ -1,7 +1,7 @@
 import numpy as np
 from sklearn.linear_model import Ridge
 
-from i2x.patterns import (
+from i2x.explanation.patterns import (
     NOISE,
     default_min_cluster_size,
     fit_group_betas,

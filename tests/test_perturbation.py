@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from i2x.errors import I2XError
-from i2x.perturbation import (
+from i2x.platform.errors import I2XError
+from i2x.tuning.perturbation import (
     PERTURBATIONS,
     Plan,
     affected,

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from i2x.errors import I2XError
-from i2x.prototypes import fit_prototypes, receptive_box
+from i2x.explanation.prototypes import fit_prototypes, receptive_box
+from i2x.platform.errors import I2XError
 
 
 def _clustered_features(n=12, d=6, h=3, w=3, seed=0):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from i2x import services
+from i2x.platform import services
 
 from .conftest import ROOT
 from .test_s3 import free_port

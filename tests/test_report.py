@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from i2x.report import explain_report, headline, named_prototypes, statements, tune_report
+from i2x.reporting.html import explain_report, headline, named_prototypes, statements, tune_report
 
 from .test_explanation import _explain
 
@@ -74,18 +74,18 @@ def test_report_files_and_a_large_k_stays_paginated(report, tmp_path):
     assert "src=\"data:image/png;base64," in text and "http://" not in text and "https://" not in text  # offline, no CDN
     # 128 prototypes: pages of 16 in display order (uncertain first, then shared, specialised,
     # the most frequent), never one figure of 128 tiles; the report draws the first 4
-    from i2x import viz
+    from i2x.reporting import figures
 
     big = [dict(doc["prototypes"][0], id=k, uncertain=k == 77, shared_by=[], specialised_for=[], n_samples=k) for k in range(128)]
-    pages = viz.gallery_pages(big)
-    assert [len(p) for p in pages] == [16] * 8 and len(viz.gallery_pages(big, 4)) == 4
+    pages = figures.gallery_pages(big)
+    assert [len(p) for p in pages] == [16] * 8 and len(figures.gallery_pages(big, 4)) == 4
     assert [p["id"] for p in pages[0][:3]] == [77, 127, 126]  # the uncertain one, then by frequency
-    viz.plot_gallery(np.zeros((300, 1, 32, 32), np.uint8), pages[0], doc["classes"], "p", tmp_path / "g.png")
+    figures.plot_gallery(np.zeros((300, 1, 32, 32), np.uint8), pages[0], doc["classes"], "p", tmp_path / "g.png")
 
 
 def test_tune_report_states_each_verdict(tmp_path):
-    from i2x.comparison import summarize
-    from i2x.perturbation import Plan
+    from i2x.tuning.comparison import summarize
+    from i2x.tuning.perturbation import Plan
 
     plans = {"tuned": Plan("drop", 1.0, (1,), 1, 1, 0.01), "full->full": Plan("none", 0.0, (), 1, 1, 0.01),
              "random-target": Plan("drop", 1.0, (2,), 1, 1, 0.01), "paper": Plan("drop", 1.0, (1, 3), 1, 1, 0.02),
@@ -132,8 +132,8 @@ def test_the_progression_chart_draws_the_pairs_the_text_names():
     """CIFAR-10 (fastnet, this round): an untrained model called everything 'deer', so the
     eight pairs with the highest peak were all deer pairs at checkpoint 0, while the text
     named cat/dog as the last pair separated; the chart left it out."""
-    from i2x.report import progression_claims
-    from i2x.viz import progression_pairs
+    from i2x.reporting.figures import progression_pairs
+    from i2x.reporting.html import progression_claims
 
     deer = [{"pair": ["deer", c], "confusions": [200, 5, 1, 0], "separated_at": 1} for c in "abcdefgh"]
     catdog = {"pair": ["cat", "dog"], "confusions": [0, 40, 30, 3], "separated_at": 3}
@@ -148,7 +148,7 @@ def test_a_class_name_with_dollar_signs_is_drawn_as_text(tmp_path):
     """matplotlib reads ``$...$`` as mathtext: a class folder named ``$\\badcmd{$`` failed at
     the first figure, after the whole analysis. Every plot function draws strings as given;
     the undecorated function shows that the trap is live."""
-    from i2x.viz import plot_beta_heatmaps
+    from i2x.reporting.figures import plot_beta_heatmaps
 
     classes = ["$\\badcmd{$", "dog"]
     beta = np.random.default_rng(0).normal(size=(3, 4, 2))

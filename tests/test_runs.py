@@ -1,6 +1,6 @@
 """The stage runs of ``i2x/runs/`` in process: no subprocess, no ``mlflow run``. Each module
 runs the smoke config against a private MLflow store (the ``mlflow_store`` fixture), and the
-next one reads what the last one wrote through :mod:`i2x.artifacts`."""
+next one reads what the last one wrote through :mod:`i2x.runs.artifacts`."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from i2x import artifacts
 from i2x.cli import build_parser
-from i2x.explanation import validate
+from i2x.explanation.document import validate
+from i2x.runs import artifacts
 
 
 def _args(*argv: str):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from i2x import services
+from i2x.platform import services
 
 from .conftest import ROOT, cli_env
 
@@ -268,7 +268,7 @@ def test_compose_file_matches_the_native_stack(tmp_path, monkeypatch):
 
 
 def test_services_up_requires_credentials_from_the_environment(tmp_path, monkeypatch):
-    from i2x.errors import I2XError
+    from i2x.platform.errors import I2XError
 
     monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)

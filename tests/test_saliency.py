@@ -5,11 +5,11 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from i2x.cam_methods import CAM_METHODS, saliency_pass
-from i2x.config import ModelConfig
-from i2x.errors import I2XError
-from i2x.models import build_model
-from i2x.saliency import capture_target, grad_cam, upsample
+from i2x.explanation.cam_methods import CAM_METHODS, saliency_pass
+from i2x.explanation.saliency import capture_target, grad_cam, upsample
+from i2x.platform.config import ModelConfig
+from i2x.platform.errors import I2XError
+from i2x.training.models import build_model
 
 
 class OneConv(nn.Module):

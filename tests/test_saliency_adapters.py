@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torchvision.models import densenet121, resnet18
 
-from i2x.cam_methods import CAM_METHODS
-from i2x.saliency import upsample
+from i2x.explanation.cam_methods import CAM_METHODS
+from i2x.explanation.saliency import upsample
 
 LIBRARY_CLASS = {
     "gradcam": "GradCAM", "gradcam-reference": "GradCAM", "gradcam++": "GradCAMPlusPlus", "xgradcam": "XGradCAM",

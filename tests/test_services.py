@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from i2x import services
-from i2x.errors import I2XError
+from i2x.platform import services
+from i2x.platform.errors import I2XError
 
 
 def _ports(flags):

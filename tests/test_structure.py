@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from i2x.config import ExplainConfig
-from i2x.labels import background_prototypes, oscillation, uncertainty_scores
-from i2x.nulls import benjamini_hochberg
-from i2x.patterns import GroupFit, fit_group_betas
-from i2x.structure import build_structure, pair_progression
+from i2x.explanation.labels import background_prototypes, oscillation, uncertainty_scores
+from i2x.explanation.nulls import benjamini_hochberg
+from i2x.explanation.patterns import GroupFit, fit_group_betas
+from i2x.explanation.structure import build_structure, pair_progression
+from i2x.platform.config import ExplainConfig
 
 
 def test_oscillation_by_hand():

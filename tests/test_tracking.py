@@ -1,7 +1,7 @@
 import pytest
 
-from i2x.secrets import redact
-from i2x.tuning import resolve_storage
+from i2x.platform.secrets import redact
+from i2x.tuning.study import resolve_storage
 
 
 def test_passwords_in_urls_are_masked_before_logging():

@@ -8,11 +8,16 @@ import time
 import pytest
 import torch
 
-from i2x.checkpoints import CHECKPOINT_FORMAT, checkpoint_steps, list_checkpoints, read_checkpoint
-from i2x.config_io import load_config
-from i2x.data import load_data
-from i2x.errors import I2XError
-from i2x.training import lr_at, train
+from i2x.platform.config_io import load_config
+from i2x.platform.errors import I2XError
+from i2x.training.checkpoints import (
+    CHECKPOINT_FORMAT,
+    checkpoint_steps,
+    list_checkpoints,
+    read_checkpoint,
+)
+from i2x.training.data import load_data
+from i2x.training.loop import lr_at, train
 
 from .conftest import ROOT, cli_env
 
@@ -42,6 +47,24 @@ def test_checkpoints_are_self_describing_and_load_weights_only(smoke_run):
     assert [row["step"] for row in index] == [c.step for c in result.checkpoints]
     assert not [p for p in result.folder.iterdir() if ".tmp" in p.name]  # atomic writes left no temp file
     assert result.final_metrics["test_accuracy"] > 0.9  # the smoke task is learnable
+
+
+def test_a_checkpoint_names_no_i2x_module_so_moving_code_never_breaks_old_ones(smoke_run):
+    """A checkpoint pickles only torch tensors and plain data: no class or function path of
+    i2x (which moved when the modules went into folders, issue 25), so a checkpoint written
+    by any earlier layout still loads. The globals are read from the pickle's opcodes."""
+    import io
+    import pickletools
+    import zipfile
+
+    _, _, result = smoke_run
+    for path in list_checkpoints(result.folder):
+        with zipfile.ZipFile(path) as archive:
+            pickle = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
+        text = io.StringIO()
+        pickletools.dis(pickle, out=text)
+        globals_ = {line.split("GLOBAL", 1)[1].strip().strip("'").split()[0] for line in text.getvalue().splitlines() if "GLOBAL" in line}
+        assert globals_ and globals_ <= {"torch", "torch._utils", "collections"}, globals_
 
 
 def test_training_is_deterministic(tmp_path):
@@ -158,9 +181,9 @@ def test_triangle_schedule_has_airbench_shape():
 
 
 def test_bias_lr_scale_puts_batchnorm_in_its_own_group():
-    from i2x.config import ModelConfig
-    from i2x.models import build_model
-    from i2x.training import make_optimizer, set_lr
+    from i2x.platform.config import ModelConfig
+    from i2x.training.loop import make_optimizer, set_lr
+    from i2x.training.models import build_model
 
     model = build_model(ModelConfig(name="fastnet", width=8), 3, 10)
     config = load_config("smoke", {"train.bias_lr_scale": "64", "train.weight_decay": "0.0128", "train.lr": "0.5"})
@@ -179,7 +202,7 @@ def test_test_time_augmentation_makes_a_lopsided_model_mirror_invariant():
     """A planted model that reads only the left half of the image: with TTA level 1 its logits
     for an image and its mirror image are equal; without TTA they differ. Level 2 adds the
     one-pixel shifts, which leave a constant image unchanged (reflect padding)."""
-    from i2x.training import _tta_logits
+    from i2x.training.loop import _tta_logits
 
     class LeftHalf(torch.nn.Module):
         def forward(self, x):

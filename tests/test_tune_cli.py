@@ -59,8 +59,8 @@ def _finished(study):
 def test_two_workers_on_postgresql_share_one_study(explained, pg_database):
     import optuna
 
-    from i2x.config_io import load_config
-    from i2x.tuning import open_study
+    from i2x.platform.config_io import load_config
+    from i2x.tuning.study import open_study
 
     root, env, explain_id, client = explained
     n = 4
@@ -172,7 +172,7 @@ def test_report_command_regenerates_into_a_folder_or_the_run(explained, tmp_path
     import html
     import json
 
-    from i2x.report import statements
+    from i2x.reporting.html import statements
 
     doc = json.loads(open(client.download_artifacts(explain_id, "explanation/explanation.json", str(tmp_path / "dl"))).read())
     page = (tmp_path / "rep" / "index.html").read_text()

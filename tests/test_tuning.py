@@ -5,19 +5,19 @@ import dataclasses
 import pytest
 import torch
 
-from i2x.analysis import analyse
-from i2x.checkpoints import list_checkpoints, model_from_checkpoint, read_checkpoint
-from i2x.comparison import (
+from i2x.explanation.analysis import analyse
+from i2x.platform.config_io import apply_overrides
+from i2x.training.checkpoints import list_checkpoints, model_from_checkpoint, read_checkpoint
+from i2x.tuning.comparison import (
     evaluate_strategies,
     final_evaluation,
     strategy_plans,
     summarize,
     summary_markdown,
 )
-from i2x.config_io import apply_overrides
-from i2x.finetune import evaluate_on_test, finetune, perturbed_pool
-from i2x.perturbation import Plan, affected
-from i2x.tuning import (
+from i2x.tuning.finetune import evaluate_on_test, finetune, perturbed_pool
+from i2x.tuning.perturbation import Plan, affected
+from i2x.tuning.study import (
     TuneContext,
     assign_images,
     best_trial,
@@ -79,12 +79,12 @@ def test_the_focal_pair_is_the_most_confused_candidate_pair_on_validation(ctx):
     c = _with(context, scores=SCORES, focal=None)
     focus(c)
     model = c.fresh_model()
-    from i2x.tuning import _confusions, _val_preds
+    from i2x.tuning.study import _confusions, _val_preds
 
     y, preds = c.data.train_y[c.data.val_idx], _val_preds(model, c)
     candidates = [(0, 1), (2, 3), (0, 2), (0, 3)]  # the pairs of prototypes scored >= threshold_min (0.1)
     assert _confusions(y, preds, *c.focal) == max(_confusions(y, preds, *p) for p in candidates)
-    from i2x.errors import I2XError
+    from i2x.platform.errors import I2XError
 
     with pytest.raises(I2XError, match="no prototype has an uncertainty score >= tune.threshold_min"):
         focus(_with(context, scores=[dict(s, score=0.01) for s in SCORES], focal=None))

@@ -45,7 +45,7 @@ def _text_appears(browser, text: str, timeout: float = 45) -> str:
 def test_the_mlflow_ui_opens_on_the_runs_table(mlflow_store, browser, tmp_path):
     import mlflow
 
-    from i2x import tracking
+    from i2x.platform import tracking
 
     with tracking.open_run("train mnist cnn", {tracking.TAG_STAGE: "train"}) as run:
         tracking.log_metrics({"test_accuracy": 0.99})
@@ -73,9 +73,9 @@ def test_a_fresh_stack_root_starts_the_dashboard_with_named_objectives(browser, 
     """`i2x services up --root <fresh folder>` starts the whole native stack (S3, MLflow,
     dashboard); the dashboard used to die on the empty SQLite file ("no such table:
     version_info"). Then a study's page names its objectives."""
-    from i2x import services
-    from i2x.config_io import load_config
-    from i2x.tuning import open_study
+    from i2x.platform import services
+    from i2x.platform.config_io import load_config
+    from i2x.tuning.study import open_study
 
     from .conftest import cli_env
     from .test_s3 import free_s3_port

@@ -9,18 +9,18 @@ from pathlib import Path
 
 import torch
 
-from i2x import tracking
-from i2x.artifacts import MAPS, read_maps, write_explain_outputs
-from i2x.checkpoints import check_data_fits, check_same_run
-from i2x.config import Config
-from i2x.config_io import config_from_dict
-from i2x.errors import I2XError
-from i2x.process import scratch_dir
-from i2x.runconfig import run_config
+from i2x.platform import tracking
+from i2x.platform.config import Config
+from i2x.platform.config_io import config_from_dict
+from i2x.platform.errors import I2XError
+from i2x.platform.process import scratch_dir
+from i2x.runs.artifacts import MAPS, read_maps, write_explain_outputs
+from i2x.runs.runconfig import run_config
+from i2x.training.checkpoints import check_data_fits, check_same_run
 
 
 def _checkpoint_files(args: argparse.Namespace, scratch: Path) -> tuple[list[Path], str | None]:
-    from i2x.checkpoints import list_checkpoints
+    from i2x.training.checkpoints import list_checkpoints
 
     if args.run_id:
         tracking.get_run(args.run_id)
@@ -39,11 +39,11 @@ def _checkpoint_files(args: argparse.Namespace, scratch: Path) -> tuple[list[Pat
 
 def explain_run(args: argparse.Namespace) -> str:
     """Explain a finished training run; returns the explain run id."""
-    from i2x.analysis import MIN_CHECKPOINTS, preflight
-    from i2x.checkpoints import model_from_checkpoint, read_checkpoint, step_of
-    from i2x.data import load_data
-    from i2x.explanation import dumps, explain, validate
-    from i2x.training import resolve_device
+    from i2x.explanation.analysis import MIN_CHECKPOINTS, preflight
+    from i2x.explanation.document import dumps, explain, validate
+    from i2x.training.checkpoints import model_from_checkpoint, read_checkpoint, step_of
+    from i2x.training.data import load_data
+    from i2x.training.loop import resolve_device
 
     scratch = scratch_dir("explain")
     try:
@@ -95,7 +95,7 @@ def explain_run(args: argparse.Namespace) -> str:
                 partial = out.with_name(out.name + ".partial")
                 shutil.rmtree(partial, ignore_errors=True)
                 write_explain_outputs(partial, doc, dumps(doc), analysis, images, labels, data.classes, infos, config)
-                from i2x.report import explain_report
+                from i2x.reporting.html import explain_report
 
                 explain_report(doc, read_maps(partial / MAPS), partial / "report", seed=config.seed)
                 (partial / "COMPLETE").write_text("")
@@ -109,7 +109,7 @@ def explain_run(args: argparse.Namespace) -> str:
                 **{k: float("nan") if v is None else v for k, v in metrics.items() if k not in ("n_prototypes", "n_samples")},
                 **{f"time_{k}_s": v for k, v in timings.items()},
             })
-            from i2x.report import fit_line, headline
+            from i2x.reporting.html import fit_line, headline
 
             said, fit = headline(doc), fit_line(metrics)
             tracking.describe_run(tracking.TAG_HEADLINE, said, out / "report" / "index.html", f"{said}. {fit}. Report: report/index.html.")

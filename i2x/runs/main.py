@@ -6,10 +6,10 @@ import argparse
 import time
 from pathlib import Path
 
-from i2x import tracking
-from i2x.config import Config
-from i2x.runconfig import run_config
-from i2x.training import resolve_model
+from i2x.platform import tracking
+from i2x.platform.config import Config
+from i2x.runs.runconfig import run_config
+from i2x.training.loop import resolve_model
 
 
 def run_main(args: argparse.Namespace) -> None:
@@ -27,9 +27,9 @@ def run_main(args: argparse.Namespace) -> None:
         tracking.set_tags({f"i2x.{entry_point}_run": run_id})
         return run_id
 
-    from i2x.data import load_data
-    from i2x.plan import estimate
-    from i2x.training import resolve_device
+    from i2x.runs.plan import estimate
+    from i2x.training.data import load_data
+    from i2x.training.loop import resolve_device
 
     config = resolve_model(run_config(args))
     plan = estimate(config, load_data(config.data, config.seed), resolve_device(config.train.device))

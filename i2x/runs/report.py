@@ -6,16 +6,17 @@ import argparse
 import shutil
 from pathlib import Path
 
-from i2x import tracking
-from i2x.errors import I2XError
-from i2x.process import scratch_dir
+from i2x.platform import tracking
+from i2x.platform.errors import I2XError
+from i2x.platform.process import scratch_dir
 
 OPTUNA_FIGURES = ("optimization_history.png", "pareto_front.png", "param_importances.png")
 
 
 def report_run(args: argparse.Namespace) -> Path:
     """Regenerate the report of an explain or tune run, into ``--out`` or back into the run."""
-    from i2x.artifacts import (
+    from i2x.reporting.html import explain_report, tune_report
+    from i2x.runs.artifacts import (
         EXPLANATION,
         MAPS,
         TUNE_SUMMARY,
@@ -23,7 +24,6 @@ def report_run(args: argparse.Namespace) -> Path:
         read_maps,
         read_tune_summary,
     )
-    from i2x.report import explain_report, tune_report
 
     if not args.run_id:
         raise I2XError("say which run to report on: --run-id RUN_ID (an explain or tune run)")

@@ -7,18 +7,18 @@ import json
 import shutil
 from pathlib import Path
 
-from i2x import tracking
-from i2x.process import scratch_dir
-from i2x.runconfig import run_config
-from i2x.training import resolve_model
+from i2x.platform import tracking
+from i2x.platform.process import scratch_dir
+from i2x.runs.runconfig import run_config
+from i2x.training.loop import resolve_model
 
 
 def train_run(args: argparse.Namespace) -> str:
     """Train with checkpoints, tracked in MLflow; resumes from local checkpoints. Returns the run id."""
-    from i2x.checkpoints import atomic_write_text, list_checkpoints
-    from i2x.data import load_data
-    from i2x.training import resolve_device, run_folder, train
-    from i2x.viz_runs import plot_training
+    from i2x.reporting.run_figures import plot_training
+    from i2x.training.checkpoints import atomic_write_text, list_checkpoints
+    from i2x.training.data import load_data
+    from i2x.training.loop import resolve_device, run_folder, train
 
     asked = run_config(args)
     config = resolve_model(asked)

@@ -9,24 +9,24 @@ from pathlib import Path
 
 import torch
 
-from i2x import tracking
-from i2x.artifacts import TUNE_SUMMARY
-from i2x.checkpoints import atomic_write_text, check_data_fits
-from i2x.config_io import config_from_dict
-from i2x.errors import I2XError
-from i2x.process import scratch_dir
-from i2x.runconfig import run_config
-from i2x.secrets import redact
+from i2x.platform import tracking
+from i2x.platform.config_io import config_from_dict
+from i2x.platform.errors import I2XError
+from i2x.platform.process import scratch_dir
+from i2x.platform.secrets import redact
+from i2x.runs.artifacts import TUNE_SUMMARY
+from i2x.runs.runconfig import run_config
+from i2x.training.checkpoints import atomic_write_text, check_data_fits
 
 
 def _tune_context(explain_run_id: str, args: argparse.Namespace, scratch: Path, config_dict: dict | None = None):  # noqa: ANN202
     """Everything a trial needs, rebuilt from an explain run (the same in every worker)."""
-    from i2x.artifacts import CENTERS, EXPLANATION, read_explanation, read_prototypes
-    from i2x.checkpoints import model_from_checkpoint, read_checkpoint
-    from i2x.data import load_data
-    from i2x.models import build_model
-    from i2x.training import resolve_device
-    from i2x.tuning import TuneContext, assign_images
+    from i2x.runs.artifacts import CENTERS, EXPLANATION, read_explanation, read_prototypes
+    from i2x.training.checkpoints import model_from_checkpoint, read_checkpoint
+    from i2x.training.data import load_data
+    from i2x.training.loop import resolve_device
+    from i2x.training.models import build_model
+    from i2x.tuning.study import TuneContext, assign_images
 
     run = tracking.get_run(explain_run_id)
     train_run_id = run.data.tags.get(tracking.TAG_TRAIN_RUN, "")
@@ -48,7 +48,7 @@ def _tune_context(explain_run_id: str, args: argparse.Namespace, scratch: Path, 
     if cache.is_file():
         assignment = torch.load(cache, weights_only=True)
     else:
-        from i2x.checkpoints import save_checkpoint
+        from i2x.training.checkpoints import save_checkpoint
 
         assignment = assign_images(model, doc["run"]["target_layer"], data.train_x, protos, config.explain.batch_size, device)
         save_checkpoint(cache, assignment)  # atomic
@@ -80,9 +80,9 @@ def tune_run(args: argparse.Namespace) -> str:
     """The Optuna study for an explain run, then the controls and the test-set summary."""
     if args.worker:
         return tune_worker(args)
-    from i2x.comparison import STRATEGIES, final_evaluation, summary_markdown, verdict_line
-    from i2x.tuning import open_study, resolve_storage, run_study
-    from i2x.viz_runs import plot_optuna, plot_strategies
+    from i2x.reporting.run_figures import plot_optuna, plot_strategies
+    from i2x.tuning.comparison import STRATEGIES, final_evaluation, summary_markdown, verdict_line
+    from i2x.tuning.study import open_study, resolve_storage, run_study
 
     if not args.run_id:
         raise I2XError("say which explain run to tune from: --run-id EXPLAIN_RUN_ID (or join a study with --worker)")
@@ -126,10 +126,10 @@ def tune_run(args: argparse.Namespace) -> str:
             for path in sorted(out.iterdir()):
                 tracking.log_artifact(path, "tuning")
             if config.tune.artifact_store:
-                from i2x.tuning import upload_study_artifacts
+                from i2x.tuning.study import upload_study_artifacts
 
                 upload_study_artifacts(study, config.tune.artifact_store, [local / TUNE_SUMMARY, out / "strategies.png"])
-            from i2x.report import tune_report
+            from i2x.reporting.html import tune_report
 
             tune_report(summary, local / "report", optuna_figures)
             for path in sorted((local / "report").iterdir()):
@@ -150,7 +150,7 @@ def tune_worker(args: argparse.Namespace) -> str:
     """Join a running study by name: run trials until the study holds ``n_trials``."""
     import optuna
 
-    from i2x.tuning import resolve_storage, run_study, storage_for
+    from i2x.tuning.study import resolve_storage, run_study, storage_for
 
     if not args.study:
         raise I2XError("--worker needs --study NAME (and --storage URL unless it is the default)")

@@ -1,0 +1,187 @@
+"""Steps 2-7 end to end over one training history, with no I/O and no tracking.
+
+:func:`analyse` takes a way to load each checkpoint's model, the analysis images and
+the explain config; it returns arrays and records. :mod:`i2x.runs.explain` and :mod:`i2x.runs.artifacts` do the files,
+pictures and MLflow around it.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from i2x.explanation.cam_methods import pass_batch, pixels, saliency_pass
+from i2x.explanation.faithfulness import (
+    Claim,
+    DeletionResult,
+    RoadResult,
+    deletion_test,
+    road_scores,
+)
+from i2x.explanation.intensity import Intensities, compute_intensities
+from i2x.explanation.patterns import GroupFit, fit_group_betas, heldout_summary, learning_groups
+from i2x.explanation.prototypes import Prototypes, check_n_prototypes, fit_prototypes
+from i2x.explanation.saliency import grad_cam
+from i2x.explanation.structure import Structure, build_structure
+from i2x.platform.config import ExplainConfig, FaithfulnessConfig
+from i2x.platform.errors import I2XError
+from i2x.platform.progress import steps
+from i2x.training.models import Classifier
+
+MIN_CHECKPOINTS = 3
+
+
+@dataclass
+class Analysis:
+    """Everything the explanation is built from.
+
+    Attributes:
+        maps: ``(T, N, h, w)`` float32 grid saliency.
+        probs: ``(T, N, M)`` float32 softmax confidences.
+        preds: ``(T, N)`` argmax of probs.
+        protos: prototypes of the final model.
+        intensities: P, presence, dP, dY.
+        groups: ``(T-1, N)`` HDBSCAN labels.
+        fits: one ridge fit per (interval, group).
+        structure: the step-7 structure.
+        heldout: pooled held-out R^2 per predictor set, groups and noise apart
+            (see :func:`i2x.explanation.patterns.heldout_summary`).
+        deletion: the causal check of every named prototype (None when off).
+        road: ROAD of the final Grad-CAM maps beside random maps (None when off).
+        timings: seconds per stage.
+    """
+
+    maps: torch.Tensor
+    probs: torch.Tensor
+    preds: np.ndarray
+    protos: Prototypes
+    intensities: Intensities
+    groups: np.ndarray
+    fits: list[GroupFit]
+    structure: Structure
+    heldout: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    deletion: list[DeletionResult] | None = None
+    road: RoadResult | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def claims_of(structure: Structure) -> list[Claim]:
+    """Every candidate label of ``structure`` as a claim to test causally: shared and
+    specialised per class, then uncertain with its pair. Candidates, not only the labels that
+    beat the permutation null: the null asks whether the training history singles a
+    prototype out, the deletion test whether the final model uses it; the report needs both."""
+    labels = structure.candidates
+    out = [Claim(k, "shared", (c,)) for c, ks in labels.shared.items() for k in ks]
+    out += [Claim(s.prototype, "specialised", (c,)) for c, ss in labels.specialised.items() for s in ss]
+    out += [Claim(s.prototype, "uncertain", s.pair) for s in labels.uncertain]
+    return out
+
+
+def preflight(model: Classifier, images: torch.Tensor, cfg: ExplainConfig, layer: str | None = None) -> tuple[int, int]:
+    """What :func:`analyse` would refuse after minutes of work, found with one image: the
+    target layer passes Grad-CAM's own checks (it exists, runs once, has a spatial grid),
+    its grid is 2-D, and K fits the feature locations. Returns the grid ``(h, w)``.
+
+    Raises:
+        I2XError: a bad target layer, K too large.
+    """
+    target = layer or model.target_layer
+    with warnings.catch_warnings():  # a layer that does not move the score is reported by the real pass
+        warnings.simplefilter("ignore")
+        maps = grad_cam(model, target, pixels(images[:1])).maps
+    if maps.ndim != 3:
+        raise I2XError(f"target layer '{target}' has a {maps.ndim - 1}-D grid; prototypes need a (B, C, h, w) layer")
+    h, w = maps.shape[-2:]
+    check_n_prototypes(cfg.n_prototypes, len(images), int(h), int(w))
+    return int(h), int(w)
+
+
+def analyse(
+    n_checkpoints: int,
+    load_model: Callable[[int], Classifier],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    cfg: ExplainConfig,
+    seed: int,
+    device: torch.device,
+    layer: str | None = None,
+    progress: bool = True,
+    faithfulness: FaithfulnessConfig | None = None,
+) -> Analysis:
+    """Run the I2X analysis over ``n_checkpoints`` checkpoints (the last is the final model).
+
+    Args:
+        load_model: ``t -> model`` for checkpoint index t (loaded lazily, one at a time).
+        images: ``(N, C, H, W)`` uint8 analysis images; labels: ``(N,)``.
+        layer: target layer; defaults to the model's declared one.
+        faithfulness: the causal check's config; None or ``enabled=False`` skips it.
+
+    Raises:
+        I2XError: fewer than 3 checkpoints, a bad target layer, K too large.
+    """
+    if n_checkpoints < MIN_CHECKPOINTS:
+        raise I2XError(f"the run has {n_checkpoints} checkpoint(s); I2X needs at least {MIN_CHECKPOINTS} (train with more train.checkpoint_fractions or epochs)")
+    timings: dict[str, float] = {}
+    maps, probs = [], []
+    features = None
+    tick = time.perf_counter()
+    batch = cfg.batch_size
+    for t in steps(range(n_checkpoints), "saliency", unit="ckpt", enabled=progress):
+        model = load_model(t).to(device)
+        target = layer or model.target_layer
+        final = t == n_checkpoints - 1
+        if t == 0:  # every checkpoint has the same architecture: one measurement sizes every pass
+            batch = pass_batch(model, target, images, cfg.method, cfg.batch_size, cfg.memory_mb or None, device)
+        out = saliency_pass(model, target, images, labels, method=cfg.method, target=cfg.target, normalize=cfg.normalize,
+                            batch_size=batch, keep_features=final, device=device)
+        if final:
+            features = out.features  # every method returns the plain target-layer activations
+        maps.append(out.maps)
+        probs.append(out.probs)
+        final_model = model
+    maps_t, probs_t = torch.stack(maps), torch.stack(probs)
+    timings["saliency"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    assert features is not None
+    protos = fit_prototypes(
+        features, labels, num_classes, cfg.n_prototypes, cfg.pca_components, cfg.fit_max_locations,
+        cfg.n_exemplars, seed, tuple(images.shape[-2:]), cfg.kmeans_n_init, saliency=maps_t[-1].numpy(),
+    )
+    timings["prototypes"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    intens = compute_intensities(maps_t, probs_t, protos.assignment, protos.k)
+    timings["intensity"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    groups = learning_groups(intens.dy, cfg.min_cluster_size, cfg.patterns_max_dim, seed, progress=progress)
+    timings["patterns"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    y = labels.numpy()
+    fits = fit_group_betas(intens.dp, intens.dy, groups, cfg.ridge_lambda, cfg.min_group_for_r2, seed, labels=y,
+                           regression=cfg.regression, folds=cfg.r2_folds)
+    timings["regression"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    preds = probs_t.argmax(2).numpy()
+    structure = build_structure(fits, groups, intens.presence, protos.coverage, y, preds, cfg, dp=intens.dp, dy=intens.dy, seed=seed)
+    timings["structure"] = time.perf_counter() - tick
+
+    deletion: list[DeletionResult] | None = None
+    road = None
+    if faithfulness is not None and faithfulness.enabled:
+        tick = time.perf_counter()
+        final_maps = maps_t[-1].numpy()
+        deletion = deletion_test(final_model, images, labels, protos.assignment, final_maps, claims_of(structure), faithfulness,
+                                 seed, device, cfg.batch_size)
+        road = road_scores(final_model, images, labels, final_maps, faithfulness, seed, device)
+        timings["faithfulness"] = time.perf_counter() - tick
+    return Analysis(maps_t, probs_t, preds, protos, intens, groups, fits, structure, heldout_summary(fits), deletion, road, timings)

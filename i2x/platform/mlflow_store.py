@@ -1,0 +1,44 @@
+"""An MLflow tracking-store plugin for ``sqlite:`` URIs: MLflow's own store, created under
+a file lock.
+
+MLflow creates a new SQLite store's tables with alembic on first use. Two processes doing
+that at once on a new file fail ("Online migration expected to match one row", "duplicate
+column name") and can leave the store unusable. ``mlflow run`` touches the store in its
+launcher before any i2x code runs, so :func:`i2x.platform.tracking.init_store` cannot serialise
+that; this plugin, registered under MLflow's ``mlflow.tracking_store`` entry point for the
+``sqlite`` scheme (``pyproject.toml``), runs in every MLflow process of this environment
+and builds the store while holding an ``flock`` on ``.<db>.init.lock`` beside the file
+(released by the kernel when the holder dies). The store itself is MLflow's, unchanged.
+
+Only the standard library is imported here: MLflow loads this module when it starts.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from typing import Any
+
+
+def db_path(store_uri: str) -> Path | None:
+    """The database file of a ``sqlite:`` URI, or None (in-memory, ``file:`` URIs)."""
+    rest = store_uri.partition("://")[2].split("?", 1)[0]
+    if not rest.startswith("/") or rest in ("/", "/:memory:") or rest.startswith("/file:"):
+        return None
+    return Path(rest[1:])  # sqlite:///rel.db -> rel.db, sqlite:////abs.db -> /abs.db
+
+
+def sqlite_store(store_uri: str, artifact_uri: str | None = None) -> Any:
+    """MLflow's SQLAlchemy tracking store for ``store_uri``, built by one process at a time."""
+    from mlflow.tracking._tracking_service.utils import _get_sqlalchemy_store
+
+    path = db_path(store_uri)
+    if path is None or not path.parent.is_dir():  # MLflow reports a missing folder itself
+        return _get_sqlalchemy_store(store_uri, artifact_uri)
+    fd = os.open(path.parent / f".{path.name}.init.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return _get_sqlalchemy_store(store_uri, artifact_uri)
+    finally:
+        os.close(fd)

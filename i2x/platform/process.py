@@ -1,0 +1,112 @@
+"""Process plumbing of a stage run, without MLflow: SIGTERM/SIGINT as an exception, one
+process per work folder (an flock the kernel releases when its holder dies), a write probe
+for a SQLite file, scratch folders and the git commit. :mod:`i2x.platform.tracking` builds the run
+lifecycle on these.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGINT during a stage. A KeyboardInterrupt, so that ``mlflow.projects.run``
+    cancels the child stage it is waiting for, and the run ends KILLED, not RUNNING."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def quiet_timer() -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[list[int]]:
+    """Turn SIGTERM and SIGINT into :class:`Stopped` (main thread only); handlers restored on exit.
+
+    Python may run a handler inside a finalizer or weakref callback, where the exception is
+    printed and dropped. So the handler also arms a 0.1 s repeating SIGALRM that raises
+    :class:`Stopped` again until one lands; the caller stops the timer when it catches it.
+    Yields the list of signals received.
+    """
+    pending: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield pending
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        pending.append(signum)
+        signal.setitimer(signal.ITIMER_REAL, 0.1, 0.1)
+        raise Stopped(signum)
+
+    def again(_signum: int, _frame: Any) -> None:
+        raise Stopped(pending[0])
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, again)
+    try:
+        yield pending
+    finally:
+        quiet_timer()
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """One process at a time per work folder (``.<name>.lock`` beside it, an flock: released
+    by the kernel when the holder dies, even by SIGKILL). A second run of the same work waits,
+    then finds the first one's outputs and reuses them."""
+    lock = folder.parent / f".{folder.name}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"i2x: another run is using {folder}; waiting for it to finish", file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def probe_write(db: Path) -> None:
+    """Take and drop SQLite's write lock on ``db``: a store that reads but cannot be written
+    (file mode, immutable flag, read-only mount) fails here, not at the run's first write
+    after the run was opened."""
+    import sqlite3
+
+    con = sqlite3.connect(db, timeout=10)
+    try:
+        con.execute("BEGIN IMMEDIATE")  # a read-only connection still takes this lock; the write below fails
+        version = con.execute("PRAGMA user_version").fetchone()[0]
+        con.execute(f"PRAGMA user_version = {int(version)}")
+        con.rollback()
+    finally:
+        con.close()
+
+
+def git_commit(cwd: Path | None = None) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd or Path(__file__).parent, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def scratch_dir(prefix: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f"i2x-{prefix}-"))

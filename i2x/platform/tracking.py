@@ -1,0 +1,400 @@
+"""Everything that talks to MLflow lives here; the algorithm never imports mlflow.
+
+Tracking URI: ``$MLFLOW_TRACKING_URI`` when set, else ``sqlite:///mlruns/mlflow.db``
+(MLflow 3 refuses a plain ``./mlruns`` file store); artifacts then go under ``mlruns/``.
+Under ``mlflow run`` the launcher already created the run and passes ``MLFLOW_RUN_ID``,
+which :func:`open_run` adopts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from i2x.platform.errors import I2XError
+from i2x.platform.process import (
+    Stopped,
+    folder_lock,
+    git_commit,
+    probe_write,
+    quiet_timer,
+    stop_on_signals,
+)
+from i2x.platform.secrets import redact
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+DEFAULT_EXPERIMENT = "i2x"
+
+# Tag keys, one place.
+TAG_STAGE = "i2x.stage"
+TAG_DATASET = "i2x.dataset"
+TAG_MODEL = "i2x.model"
+TAG_COMMIT = "mlflow.source.git.commit"
+TAG_TRAIN_RUN = "i2x.train_run_id"
+TAG_PARENT = "mlflow.parentRunId"
+TAG_RESUMED_FROM = "i2x.resumed_from_step"
+TAG_WORK_DIR = "i2x.work_dir"
+TAG_HEADLINE = "i2x.headline"  # explain: the verified findings in one line
+TAG_VERDICT = "i2x.verdict"  # tune: tuned vs full->full in one line
+TAG_REPORT = "i2x.report"  # the stage's local report/index.html
+
+
+# boto3 >= 1.36 sends CRC checksum headers some S3 servers reject; send them only when
+# required. Retries are bounded so an outage ends in an error, not a hang.
+_S3_ENV_DEFAULTS = {
+    "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+    "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
+    "AWS_MAX_ATTEMPTS": "3",
+    "AWS_RETRY_MODE": "standard",
+    # MLflow's per-file download bars are debris in a redirected log.
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+# MLflow 3.17's UI picks its view from the URL's ``workflowType`` (else the browser's last
+# choice, GenAI by default, which opens an experiment on the traces "Overview"), so every URL
+# i2x prints asks for the runs table. The experiment is also tagged as model development, which
+# the UI reads when that switch is off.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+RUNS_VIEW = "workflowType=machine_learning"
+TAG_DESCRIPTION = "mlflow.note.content"  # the run page's description
+
+
+def configure() -> str:
+    """Set the tracking URI (env wins) and the S3 client defaults; return the URI."""
+    import mlflow
+
+    for key, value in _S3_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def init_store() -> str:
+    """Create a SQLite tracking store's tables once, under a file lock, and return the URI.
+
+    MLflow creates them on first use with alembic; two processes doing that at once on a
+    new file fail ("Online migration expected to match one row", ``_alembic_tmp_tags``) and
+    can leave the store unusable. Every i2x stage calls this before touching the store, and
+    ``make run`` calls it before ``mlflow run``, whose launcher would otherwise race.
+    """
+    import mlflow
+
+    uri = configure()
+    if not uri.startswith("sqlite:///"):
+        return uri
+    db = Path(uri.removeprefix("sqlite:///") if not uri.startswith("sqlite:////") else "/" + uri.removeprefix("sqlite:////"))
+    with folder_lock(db):
+        try:
+            mlflow.MlflowClient().search_experiments(max_results=1)
+            probe_write(db)
+        except Exception as exc:  # sqlalchemy's OperationalError arrives as itself or wrapped in MlflowException
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            if "locked" in reason or "readonly" in reason or "unable to open" in reason:
+                raise I2XError(f"the tracking store {redact(uri)} cannot be used ({reason}); another process holds it, or it is "
+                               "not writable: wait, fix its permissions, or set MLFLOW_TRACKING_URI to another store") from exc
+            raise
+    return uri
+
+
+_LOCAL_FILES: list[Path] = []  # the stage's local output folder, named in upload errors
+
+
+@contextlib.contextmanager
+def open_run(run_name: str, tags: dict[str, str], nested: bool = False, local: Path | None = None) -> Iterator[Any]:
+    """Start (or adopt ``MLFLOW_RUN_ID``) a run named ``run_name``; mark it FAILED if an exception escapes.
+
+    A run adopted from ``mlflow run`` is renamed too (the launcher gives a random name),
+    and the experiment is marked so that the MLflow UI opens on its runs table.
+
+    The experiment is ``$MLFLOW_EXPERIMENT_NAME`` / ``$MLFLOW_EXPERIMENT_ID`` when set
+    (``mlflow run`` sets the id), else ``i2x``. ``local`` is the folder where the stage
+    keeps its outputs; an upload error says that they are kept there.
+    """
+    import mlflow
+
+    with contextlib.ExitStack() as stack:
+        if local is not None:
+            _LOCAL_FILES[:] = [local]
+            stack.enter_context(folder_lock(local))
+            tags = {**tags, TAG_WORK_DIR: str(local)}
+        # handlers first: a stop between start_run and the work (renaming, tagging, closing
+        # stale runs: seconds on a slow store) used to kill the process with its run RUNNING
+        pending = stack.enter_context(stop_on_signals())
+        run = None
+        try:
+            init_store()
+            if not os.environ.get("MLFLOW_RUN_ID") and not os.environ.get("MLFLOW_EXPERIMENT_ID") and not nested:
+                mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT))
+            run = mlflow.start_run(run_name=None if os.environ.get("MLFLOW_RUN_ID") and not nested else run_name, nested=nested)
+            client = mlflow.MlflowClient()
+            if run.info.run_name != run_name:
+                client.update_run(run.info.run_id, name=run_name)
+            mark_experiment(run.info.experiment_id)
+            mlflow.set_tags({k: redact(str(v)) for k, v in {**tags, TAG_COMMIT: tags.get(TAG_COMMIT, git_commit())}.items()})
+            if local is not None:
+                close_stale(local, run.info.run_id)
+            yield run
+            quiet_timer()
+            if pending:  # the stop landed where Python swallows exceptions, and the work then ended
+                raise Stopped(pending[0])
+        except KeyboardInterrupt:  # SIGTERM or SIGINT (see Stopped)
+            quiet_timer()
+            if run is not None:  # ours is the active run (a nested one ends before its parent)
+                mlflow.end_run(status="KILLED")
+            raise
+        except BaseException:
+            if run is not None:
+                mlflow.end_run(status="FAILED")
+            raise
+        mlflow.end_run(status="FINISHED")
+
+
+def close_stale(folder: Path, current: str) -> list[str]:
+    """Runs of this work folder still RUNNING while this process holds its lock were killed
+    (SIGKILL, power loss): end them KILLED, tagged with the run that found them. Searched in
+    every experiment of the store: the folder, not the experiment, is the work's identity
+    (``i2x train`` and ``mlflow run`` resume the same folder from different experiments)."""
+    from mlflow.tracking import MlflowClient
+
+    if "'" in str(folder):
+        return []  # not expressible in a filter string; such runs stay as they are
+    client = MlflowClient()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    stale = client.search_runs(experiments, f"tags.`{TAG_WORK_DIR}` = '{folder}' and attributes.status = 'RUNNING'")
+    closed = []
+    for run in stale:
+        if run.info.run_id != current:
+            client.set_tag(run.info.run_id, "i2x.closed_by", current)
+            client.set_terminated(run.info.run_id, status="KILLED")
+            closed.append(run.info.run_id)
+    return closed
+
+
+def adopt_trials(experiment_id: str, study_name: str, parent_run_id: str, states: dict[int, str]) -> int:
+    """Put every trial run of ``study_name`` under ``parent_run_id`` (a rerun of a killed tune
+    resumes the study, whose earlier trials sit under the abandoned parent), and end the trial
+    runs of trials Optuna no longer runs as KILLED. ``states``: trial number -> Optuna state.
+    Returns the number of runs moved."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    moved = 0
+    for run in client.search_runs([experiment_id], f"tags.`optuna.study_name` = '{study_name}'"):
+        if run.data.tags.get(TAG_STAGE) != "tune-trial":
+            continue
+        if run.data.tags.get(TAG_PARENT) != parent_run_id:
+            client.set_tag(run.info.run_id, "i2x.adopted_from", run.data.tags.get(TAG_PARENT, ""))
+            client.set_tag(run.info.run_id, TAG_PARENT, parent_run_id)
+            moved += 1
+        number = int(run.data.tags.get("optuna.trial_number", -1))
+        if run.info.status == "RUNNING" and states.get(number) != "RUNNING":
+            client.set_tag(run.info.run_id, "optuna.state", states.get(number, "FAIL"))
+            client.set_terminated(run.info.run_id, status="KILLED")
+    return moved
+
+
+def mark_experiment(experiment_id: str) -> None:
+    """Tag the experiment as model development (once), so the UI opens on the runs."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    key, value = EXPERIMENT_KIND
+    if client.get_experiment(experiment_id).tags.get(key) != value:
+        client.set_experiment_tag(experiment_id, key, value)
+
+
+def readable(value: float) -> float:
+    """6 significant digits: 0.9942000110944113 (a float32 artefact) is logged as 0.9942."""
+    return float(f"{value:.6g}")
+
+
+def log_params(params: dict[str, Any]) -> None:
+    """Log params; values are stringified, lists joined, passwords in URLs masked, and
+    MLflow's 6000-char cap respected."""
+    import mlflow
+
+    clean = {k: (",".join(map(str, v)) if isinstance(v, (list, tuple)) else v) for k, v in params.items()}
+    mlflow.log_params({k: redact(str(v))[:6000] for k, v in clean.items()})
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    import mlflow
+
+    mlflow.log_metrics({k: readable(float(v)) for k, v in metrics.items()}, step=step)
+
+
+@contextlib.contextmanager
+def _upload(what: str, local: Path | None = None) -> Iterator[None]:
+    """Turn an artifact-store failure (S3 down, bad credentials) into one actionable line."""
+    from mlflow.exceptions import MlflowException
+
+    upload_errors: tuple[type[BaseException], ...] = (MlflowException, OSError)
+    try:
+        import boto3.exceptions
+        import botocore.exceptions
+
+        upload_errors += (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, boto3.exceptions.Boto3Error)
+    except ImportError:
+        pass
+    try:
+        yield
+    except upload_errors as exc:
+        import mlflow
+
+        run = mlflow.active_run()
+        where = run.info.artifact_uri if run else "the artifact store"
+        text = " ".join(str(exc).split())
+        code = re.search(r"An error occurred \((\w+)\)", text)
+        first = code.group(1) if code else (text[:160] or type(exc).__name__)
+        folder = _LOCAL_FILES[0] if _LOCAL_FILES else local
+        kept = f"; local files are kept in {folder}" if folder else ""
+        raise I2XError(f"uploading {what} to {where} failed ({type(exc).__name__}: {first}){kept}; "
+                       "fix the store or its credentials and re-run the same command: finished stages are not redone") from None
+
+
+def log_artifact(path: Path, artifact_path: str | None = None) -> None:
+    """Log a file; an upload failure becomes a one-line :class:`I2XError`. S3 writes an
+    object under its final key only once the upload is complete, so a failure never
+    leaves a partial artifact that looks whole."""
+    import mlflow
+
+    with _upload(f"{artifact_path or ''}/{Path(path).name}".lstrip("/"), Path(path).parent):
+        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+def log_artifact_to(run_id: str, path: Path, artifact_path: str | None = None) -> None:
+    """Log into a given (possibly finished) run, not the active one."""
+    from mlflow.tracking import MlflowClient
+
+    with _upload(f"{artifact_path or ''}/{Path(path).name}".lstrip("/"), Path(path).parent):
+        MlflowClient().log_artifact(run_id, str(path), artifact_path)
+
+
+def log_text(text: str, artifact_file: str) -> None:
+    import mlflow
+
+    with _upload(artifact_file):
+        mlflow.log_text(redact(text), artifact_file)
+
+
+def set_tags(tags: dict[str, str]) -> None:
+    import mlflow
+
+    mlflow.set_tags({k: redact(str(v)) for k, v in tags.items()})
+
+
+def describe_run(tag: str, said: str, report: Path, description: str) -> None:
+    """The active run's one-line result (``tag``: headline or verdict), the path of its local
+    report and the description the MLflow UI shows on the run's page."""
+    set_tags({tag: said, TAG_REPORT: str(report.resolve()), TAG_DESCRIPTION: description})
+
+
+def get_run(run_id: str) -> Any:
+    """The run, or a one-line error when the id does not exist in this tracking store."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    uri = configure()
+    try:
+        return MlflowClient().get_run(run_id)
+    except MlflowException:
+        raise I2XError(f"MLflow run '{run_id}' does not exist in {uri}; check the id in the MLflow UI or set MLFLOW_TRACKING_URI") from None
+
+
+def where_to_look(experiment_id: str, run_id: str = "") -> tuple[str, str]:
+    """``(how to open the MLflow UI, the URL of the experiment's runs table, or of one run)``
+    for this tracking URI."""
+    uri = configure()
+    page = f"#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "") + f"?{RUNS_VIEW}"
+    if uri.startswith(("http://", "https://")):
+        return "the tracking server is already up", f"{uri.rstrip('/')}/{page}"
+    return (f"mlflow ui --backend-store-uri {redact(uri)} --host 127.0.0.1 --port 5000   (or: make ui)",
+            f"http://127.0.0.1:5000/{page}")
+
+
+def download_artifacts(run_id: str, artifact_path: str, dst: Path) -> Path:
+    """Download a run's artifact (file or folder) into ``dst``; returns the local path."""
+    from mlflow.artifacts import download_artifacts as _download
+    from mlflow.exceptions import MlflowException
+
+    dst.mkdir(parents=True, exist_ok=True)
+    try:
+        return Path(_download(run_id=run_id, artifact_path=artifact_path, dst_path=str(dst)))
+    except MlflowException as exc:
+        raise I2XError(f"could not download '{artifact_path}' of run {run_id} ({str(exc).splitlines()[0][:160]}); "
+                       "check that the run made it and that the artifact store is reachable") from None
+    except Exception as exc:  # botocore errors: store down, bad credentials
+        raise I2XError(f"could not download '{artifact_path}' of run {run_id} ({type(exc).__name__}: "
+                       f"{str(exc).splitlines()[0][:160]}); check the artifact store and its credentials") from None
+
+
+def list_artifacts(run_id: str, path: str | None = None) -> list[str]:
+    from mlflow.tracking import MlflowClient
+
+    return [a.path for a in MlflowClient().list_artifacts(run_id, path)]
+
+
+def run_entry_point(project: Path, entry_point: str, parameters: dict[str, Any]) -> str:
+    """Run another entry point of this project as a child of the active run; returns its id.
+
+    ``env_manager="local"`` is explicit: this process already runs in the project's
+    environment, and an inner run without it builds a fresh one (MLflow #11849, #6611).
+    """
+    import mlflow
+    from mlflow.exceptions import ExecutionException
+
+    try:
+        submitted = mlflow.projects.run(str(project), entry_point=entry_point, parameters=parameters,
+                                        env_manager="local", synchronous=True)
+    except ExecutionException as exc:
+        raise I2XError(f"stage '{entry_point}' failed ({str(exc).splitlines()[0]}); its error is printed above") from None
+    return submitted.run_id
+
+
+@contextlib.contextmanager
+def trial_run(parent_run_id: str, number: int, params: dict[str, Any], outcome: Callable[[], dict[str, Any]] | None = None,
+              study_name: str = "") -> Iterator[Any]:
+    """A nested MLflow run for one Optuna trial (any process: the parent is given by id).
+
+    Yields ``log_epoch(epoch, val_accuracy)``. The run ends FINISHED (also when pruned:
+    MLflow has no PRUNED status, and KILLED draws a failure's red cross; the tag
+    ``optuna.state=PRUNED`` says it) or FAILED. Logged by hand: optuna-integration's
+    MLflowCallback is deprecated and serialises trials. ``outcome()`` gives params known only
+    once the trial has trained (images affected, class counts), logged when it finishes.
+    """
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    run = client.create_run(experiment_id, run_name=f"trial-{number}", tags={
+        TAG_PARENT: parent_run_id, TAG_STAGE: "tune-trial", "optuna.trial_number": str(number), "optuna.study_name": study_name})
+    run_id = run.info.run_id
+    for key, value in params.items():
+        client.log_param(run_id, key, ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value)
+
+    def log_epoch(epoch: int, acc: float) -> None:
+        client.log_metric(run_id, "val_accuracy", readable(acc), step=epoch)
+
+    try:
+        yield log_epoch
+    except optuna.TrialPruned:
+        client.set_tag(run_id, "optuna.state", "PRUNED")
+        client.set_tag(run_id, TAG_DESCRIPTION, "Pruned by Optuna's median pruner: its validation accuracy fell below the median of earlier trials at the same epoch.")
+        client.set_terminated(run_id, status="FINISHED")
+        raise
+    except BaseException:
+        client.set_tag(run_id, "optuna.state", "FAIL")
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    for key, value in (outcome() if outcome else {}).items():
+        client.log_param(run_id, key, value if isinstance(value, (int, float, str)) else json.dumps(value, sort_keys=True)[:6000])
+    client.set_tag(run_id, "optuna.state", "COMPLETE")
+    client.set_terminated(run_id, status="FINISHED")

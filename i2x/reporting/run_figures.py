@@ -1,0 +1,100 @@
+"""Figures of a run's progress rather than of the explanation: the training curves and
+checkpoints, the study's strategies against their controls, and Optuna's own plots. The
+drawing rules (Agg, literal text) are :mod:`i2x.reporting.figures`'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+
+from i2x.reporting.figures import literal_text, plt, save_figure
+
+
+@literal_text
+def plot_training(checkpoints: Sequence[Any], history: Sequence[tuple[int, dict[str, float]]], path: Path) -> Path:
+    """Training dynamics: loss and accuracy per logged step, validation accuracy per checkpoint,
+    checkpoints marked as vertical lines."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 3.6))
+    train_pts = [(s, m) for s, m in history if "loss" in m]
+    if train_pts:
+        steps = [s for s, _ in train_pts]
+        ax_loss.plot(steps, [m["loss"] for _, m in train_pts], label="train loss")
+        ax_acc.plot(steps, [m["accuracy"] for _, m in train_pts], label="train accuracy", alpha=0.7)
+    ck_steps = [c.step for c in checkpoints]
+    ax_loss.plot(ck_steps, [c.metrics.get("val_loss", np.nan) for c in checkpoints], "o-", label="val loss")
+    ax_acc.plot(ck_steps, [c.metrics.get("val_accuracy", np.nan) for c in checkpoints], "o-", label="val accuracy")
+    for ax in (ax_loss, ax_acc):
+        for s in ck_steps:
+            ax.axvline(s, color="grey", lw=0.6, ls=":")
+        ax.set_xlabel("optimizer step (dotted: checkpoints)")
+        ax.legend(loc="best", fontsize=8)
+    ax_loss.set_title("loss")
+    ax_acc.set_title("accuracy")
+    return save_figure(fig, path)
+
+
+@literal_text
+def plot_strategies(summary: dict[str, Any], order: Sequence[str], path: Path) -> Path:
+    """Test accuracy and focal-pair confusions per strategy: mean +- std and every seed."""
+    names = [n for n in order if n in summary["strategies"]]
+    rows = [summary["strategies"][n] for n in names]
+    fig, (ax_acc, ax_foc) = plt.subplots(1, 2, figsize=(10, 3.4))
+    x = np.arange(len(names))
+    colors = ["tab:green", "tab:grey", "tab:orange", "tab:purple", "tab:brown"][: len(names)]
+    for ax, key, label in ((ax_acc, "accuracy", "test accuracy (%)"), (ax_foc, "focal_confusions", f"{summary['focal_pair']} confusions (test)")):
+        scale = 100 if key == "accuracy" else 1
+        means = [scale * np.mean(r[key]) for r in rows]
+        stds = [scale * (np.std(r[key], ddof=1) if len(r[key]) > 1 else 0) for r in rows]
+        ax.bar(x, means, yerr=stds, color=colors, alpha=0.6, capsize=4)
+        for i, r in enumerate(rows):
+            ax.plot([i] * len(r[key]), [scale * v for v in r[key]], "k.", ms=5)
+        ax.set_xticks(x)
+        ax.set_xticklabels(names, fontsize=7, rotation=15)
+        ax.set_ylabel(label)
+        lo = min(scale * min(r[key]) for r in rows)
+        hi = max(scale * max(r[key]) for r in rows)
+        pad = max(0.5 * (hi - lo), 0.5 if key == "accuracy" else 1)
+        ax.set_ylim(max(0, lo - pad), hi + pad)
+    fig.suptitle("Fine-tuning strategies on the test set (bars: mean +- std over seeds; dots: seeds)", fontsize=9)
+    return save_figure(fig, path)
+
+
+@literal_text
+def plot_optuna(study: Any, out: Path) -> list[Path]:
+    """Optuna's own figures: optimisation history, parameter importances, Pareto front
+    (two objectives). A figure Optuna cannot draw yet (too few trials) is skipped with a
+    note file that says why."""
+    import warnings
+
+    import optuna.visualization.matplotlib as ov
+    from optuna.exceptions import ExperimentalWarning
+    from optuna.trial import TrialState
+
+    two = len(study.directions) > 1
+    n_complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    caveat = f" (from {n_complete} completed trials{'; too few to rank parameters reliably' if n_complete < 20 else ''})"
+    figures = {"optimization_history.png": lambda: ov.plot_optimization_history(study, target=(lambda t: t.values[0]) if two else None, target_name="val accuracy"),
+               "param_importances.png": lambda: ov.plot_param_importances(study, target=(lambda t: t.values[0]) if two else None)}
+    if two:
+        figures["pareto_front.png"] = lambda: ov.plot_pareto_front(study, target_names=["val accuracy", "target-pair confusions"])
+    written = []
+    for name, draw in figures.items():
+        # Optuna's plots call plt.style.use("ggplot"), which would grey every later figure:
+        # rc_context restores the style when the figure is saved.
+        with matplotlib.rc_context(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=ExperimentalWarning)
+            try:
+                ax = draw()
+            except (ValueError, RuntimeError) as exc:  # e.g. importances need 2+ completed trials
+                (out / f"{name}.skipped.txt").write_text(f"{name} not drawn: {exc}\n")
+                continue
+            fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+            if name == "param_importances.png":
+                fig.axes[0].set_title(fig.axes[0].get_title() + caveat, fontsize=9)
+            written.append(save_figure(fig, out / name))
+    return written

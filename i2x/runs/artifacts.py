@@ -1,0 +1,107 @@
+"""The artifact contract of an explain run, written and read in one place.
+
+``out/explanation/explanation.json`` (the document), ``out/prototypes/prototypes.json`` and
+``centers.npz`` (PCA and K-Means centres, which tune reads back), ``out/saliency/maps.npz``
+(maps, probabilities, intensities, presence, assignment, groups, labels, steps, images,
+interval betas), ``out/saliency/ckpt-<step:08d>.png`` (overlays) and
+``out/prototypes/gallery*.png``. Written atomically, file by file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from i2x.explanation.prototypes import Prototypes
+from i2x.platform.config import Config
+
+# The contract's paths, relative to an explain (or tune) run's artifact root.
+EXPLANATION = "explanation/explanation.json"
+PROTOTYPES = "prototypes/prototypes.json"
+CENTERS = "prototypes/centers.npz"
+MAPS = "saliency/maps.npz"
+TUNE_SUMMARY = "tuning/summary.json"
+
+
+def read_explanation(path: Path) -> dict[str, Any]:
+    """The explanation document at ``path`` (a downloaded :data:`EXPLANATION`)."""
+    return json.loads(Path(path).read_text())
+
+
+def read_tune_summary(path: Path) -> dict[str, Any]:
+    """A tune run's strategies, controls and verdicts (a downloaded :data:`TUNE_SUMMARY`)."""
+    return json.loads(Path(path).read_text())
+
+
+def read_maps(path: Path) -> dict[str, np.ndarray]:
+    """Every array of a downloaded :data:`MAPS`, loaded into memory."""
+    with np.load(path) as npz:
+        return dict(npz)
+
+
+def read_prototypes(path: Path) -> Prototypes:
+    """The PCA and K-Means centres of a downloaded :data:`CENTERS`: enough to assign new
+    feature maps to the explain run's prototypes (tune does)."""
+    with np.load(path) as z:
+        return Prototypes(z["pca_mean"], z["pca_components"], z["centers"], np.empty(0), np.empty(0), np.empty(0), np.empty(0), [])
+
+
+def overlay_samples(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """A fixed, seeded set of analysis positions, ``per_class`` per class, class by class."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        chosen.extend(sorted(rng.choice(members, size=min(per_class, len(members)), replace=False)))
+    return np.asarray(chosen, dtype=np.int64)
+
+
+def write_explain_outputs(out: Path, doc: dict[str, Any], text: str, analysis: Any, images: torch.Tensor, labels: torch.Tensor,
+                          classes: list[str] | tuple[str, ...], infos: list[dict[str, Any]], config: Config) -> None:
+    """Write every explain artifact into ``out/{explanation,saliency,prototypes}``."""
+    from i2x.explanation.saliency import upsample
+    from i2x.reporting.figures import gallery_pages, plot_gallery, plot_overlays
+    from i2x.training.checkpoints import atomic_write_text
+
+    for sub in ("explanation", "saliency", "prototypes"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / EXPLANATION, text)
+    atomic_write_text(out / PROTOTYPES, json.dumps(doc["prototypes"], indent=2, sort_keys=True))
+    tmp = out / "saliency" / ".maps.tmp.npz"
+    np.savez_compressed(
+        tmp,
+        maps=analysis.maps.numpy().astype(np.float16),
+        probs=analysis.probs.numpy().astype(np.float32),
+        intensities=analysis.intensities.p.astype(np.float16),
+        presence=analysis.intensities.presence,
+        assignment=analysis.protos.assignment.astype(np.int16),
+        groups=analysis.groups.astype(np.int16),
+        labels=labels.numpy().astype(np.int16),
+        steps=np.asarray([c["step"] for c in infos], dtype=np.int64),
+        images=images.numpy(),
+        interval_beta=analysis.structure.interval_beta.astype(np.float32),
+    )
+    os.replace(tmp, out / MAPS)
+    tmp = out / "prototypes" / ".centers.tmp.npz"
+    np.savez(tmp, pca_mean=analysis.protos.pca_mean, pca_components=analysis.protos.pca_components, centers=analysis.protos.centers)
+    os.replace(tmp, out / CENTERS)
+
+    y = labels.numpy()
+    chosen = overlay_samples(y, config.explain.overlay_per_class, config.seed)
+    size = tuple(images.shape[-2:])
+    for t, info in enumerate(infos):
+        heat = upsample(analysis.maps[t, chosen], size).numpy()
+        conf = analysis.probs[t, chosen, y[chosen]].numpy()
+        plot_overlays(images[chosen].numpy(), heat, y[chosen], conf, classes,
+                      f"Grad-CAM at checkpoint {t} (step {info['step']}, epoch {info['epoch']:.2f})",
+                      out / "saliency" / f"ckpt-{info['step']:08d}.png", per_class=config.explain.overlay_per_class)
+
+    pages = gallery_pages(doc["prototypes"])
+    for i, page in enumerate(pages):
+        name = "gallery.png" if i == 0 else f"gallery-{i + 1}.png"
+        plot_gallery(images.numpy(), page, classes, f"Prototypes (page {i + 1}/{len(pages)})", out / "prototypes" / name)
