@@ -46,7 +46,7 @@ def train_and_explain(config_name: str, data_dir: str, overrides: str) -> Explai
     config = load_config(config_name, f"data.root={data_dir}{extra}")
     times: dict[str, float] = {}
     t0 = time.perf_counter()
-    data = load_data(config.data, config.seed)
+    data = load_data(config.data, config.seed, config.plant)
     times["data"] = time.perf_counter() - t0
     _stage("data", times)
     with tempfile.TemporaryDirectory() as folder:

@@ -43,7 +43,7 @@ def main() -> None:
     extra = f",{args.overrides}" if args.overrides else ""
     config = load_config(args.config, f"data.root={args.data_dir},data.analysis_size={n_max},work_dir={args.work_dir},"
                                       f"train.checkpoint_fractions={FRACTIONS}{extra}")
-    data = load_data(config.data, config.seed)
+    data = load_data(config.data, config.seed, config.plant)
     folder = run_folder(config)
     files = list_checkpoints(folder)
     if len(files) < max(counts):

@@ -39,7 +39,7 @@ def main() -> None:
     args = parser.parse_args()
     overrides = ",".join(o for o in (f"data.root={args.data_dir}", args.overrides, BEFORE if args.before else "") if o)
     config = load_config(args.config, overrides)
-    data = load_data(config.data, config.seed)
+    data = load_data(config.data, config.seed, config.plant)
     folder = Path(args.ckpts)
     if not list_checkpoints(folder) if folder.is_dir() else True:
         t0 = time.perf_counter()

@@ -43,7 +43,7 @@ def main() -> None:
     overrides = f"data.root={args.data_dir}" + (f",{args.overrides}" if args.overrides else "")
     config = resolve_model(load_config(args.config, overrides))
     device = resolve_device(config.train.device)
-    data = load_data(config.data, config.seed)
+    data = load_data(config.data, config.seed, config.plant)
     spe = steps_per_epoch(len(data.fit_idx), config.train.batch_size)
     print(f"{config.data.name}: {len(data.fit_idx)} training images, {config.model.name} width {config.model.width}, "
           f"{config.train.epochs} epochs x {spe} steps of {config.train.batch_size}, device {device.type}, "

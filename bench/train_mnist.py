@@ -29,7 +29,7 @@ def main() -> None:
     overrides = f"data.root={args.data_dir}" + (f",{args.overrides}" if args.overrides else "")
     config = load_config(args.config, overrides)
     start = time.perf_counter()
-    data = load_data(config.data, config.seed)
+    data = load_data(config.data, config.seed, config.plant)
     loaded = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         result = train(config, data, Path(folder), progress=False)

@@ -42,7 +42,7 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory):
 
     work = tmp_path_factory.mktemp("smoke")
     config = load_config("smoke", {"work_dir": str(work)})
-    data = load_data(config.data, config.seed)
+    data = load_data(config.data, config.seed, config.plant)
     result = train(config, data, work / "ckpts", progress=False)
     return config, data, result
 
@@ -74,7 +74,7 @@ def planted_run(tmp_path_factory: pytest.TempPathFactory):
 
     work = tmp_path_factory.mktemp("planted")
     config = load_config("smoke", {"work_dir": str(work), **PLANTED})
-    data = load_data(config.data, config.seed)
+    data = load_data(config.data, config.seed, config.plant)
     result = train(config, data, work / "ckpts", progress=False)
     return config, data, result
 

@@ -114,6 +114,11 @@ def bad_yaml(tmp: Path, _request) -> dict[str, str]:
     return {"FILE": str(tmp / "bad.yaml")}
 
 
+def one_group_file(tmp: Path, _request) -> dict[str, str]:
+    (tmp / "groups.csv").write_text("id,group\n0,water\n1,water\n")
+    return {"FILE": str(tmp / "groups.csv")}
+
+
 def list_yaml(tmp: Path, _request) -> dict[str, str]:
     (tmp / "list.yaml").write_text("- train\n- explain\n")
     return {"FILE": str(tmp / "list.yaml")}
@@ -172,7 +177,7 @@ def _mixed(change: dict[str, str]) -> Callable[[Path, pytest.FixtureRequest], di
 
         folder = _copy_checkpoints(tmp, request, "mixed", 3)
         other = load_config("smoke", {**change, "train.epochs": "1", "work_dir": str(tmp)})
-        train(other, load_data(other.data, other.seed), tmp / "other", progress=False)
+        train(other, load_data(other.data, other.seed, other.plant), tmp / "other", progress=False)
         theirs = list_checkpoints(tmp / "other")[3]
         shutil.copy(theirs, folder / theirs.name)
         return {"CKPTS": str(folder)}
@@ -189,7 +194,7 @@ def other_classes(tmp: Path, _request) -> dict[str, str]:
     four, three = _tree(tmp / "four", dict.fromkeys("abcd", 30)), _tree(tmp / "three", dict.fromkeys("abc", 30))
     config = load_config("smoke", {"data.name": "imagefolder", "data.root": str(four), "train.epochs": "1",
                                    "data.analysis_size": "40", "work_dir": str(tmp / "work")})
-    train(config, load_data(config.data, config.seed), tmp / "ckpts4", progress=False)
+    train(config, load_data(config.data, config.seed, config.plant), tmp / "ckpts4", progress=False)
     return {"CKPTS": str(tmp / "ckpts4"), "DIR": str(three)}
 
 
@@ -270,6 +275,11 @@ BAD_INPUTS = [
     Bad("one prototype", [*SMOKE, "explain.n_prototypes=1"], "'explain.n_prototypes' in overrides must be at least 2, got 1"),
     Bad("CI level 1", [*SMOKE, "faithfulness.ci=1"], "'faithfulness.ci' in overrides must be between 0 and 1, both excluded"),
     Bad("huge seed", ["train", "--config", "smoke", "--seed", "99999999999999999999"], "'seed' in overrides must be from 0 to 4294967295"),
+    # planted defects and groups (issue 21): refused before any run
+    Bad("plant class out of range", [*SMOKE, "plant.kind=shortcut,plant.classes=[9]"], "plant.classes must be class indices in 0..3, got [9]"),
+    Bad("plant share above 1", [*SMOKE, "plant.rho=1.5"], "'plant.rho' in overrides must be from 0 to 1, got 1.5"),
+    Bad("group file with one group", [*SMOKE, "plant.group_file={FILE}"], "has 1 group(s); worst-group accuracy needs at least 2",
+        one_group_file),
     # config files
     Bad("YAML syntax", ["train", "--config", "{FILE}"], "is not valid YAML at line 3, column 1", bad_yaml),
     Bad("YAML list", ["train", "--config", "{FILE}"], "must hold a mapping of sections, got list", list_yaml),

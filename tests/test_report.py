@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from i2x.reporting.html import explain_report, headline, named_prototypes, statements, tune_report
+from i2x.reporting.claims import headline, named_prototypes, statements
+from i2x.reporting.html import explain_report, tune_report
 
 from .test_explanation import _explain
 
@@ -60,8 +61,31 @@ def test_claims_rest_on_counts_and_checks():
     assert not any(s.startswith("Class") for s in said["classes"])
     assert any(s.startswith("The final model relies on P0 for a") for s in said["classes"])
     assert any(s.startswith("Not verified: P1 (b): labelled by the training history") for s in said["classes"])
-    assert said["locations"] == ["P0 sits in the top-left of the image in 100% of the 40 a images that contain it (figure: locations.png). "
-                                 "A prototype fixed in one place can be a shortcut: check that the model should look there."]
+    assert said["locations"] == ["P0 sits in the top-left of the image in 100% of the 40 images of class a that contain it (figure: "
+                                 "locations.png). A prototype fixed in one place can be a shortcut: check that the model should look there."]
+
+
+def test_a_correlation_or_a_count_is_stated_only_as_far_as_its_test_goes():
+    """Issue 21: a Spearman of -0.07 is 'no relation', not 'pairs with more distinct
+    prototypes were separated earlier'; a significant one is stated with its p-value; label
+    counts that match the null's are said to come from class structure."""
+    base = {"config": {"explain": {}}, "checkpoints": [{"step": 0}], "classes": ["a", "b"], "background": [], "faithfulness": None,
+            "regression": {}, "metrics": {}, "prototypes": [], "class_structure": [], "progression": [], "uncertain": []}
+    weak = statements({**base, "null": None, "distinct_vs_separation_spearman": -0.07, "distinct_vs_separation_p": 0.81})
+    assert [s for s in weak["progression"] if "Spearman" in s] == [
+        "No relation shown between a pair's distinct prototypes and when it was separated (Spearman -0.07, p = 0.81 against classes "
+        "permuted); the paper's claim that such pairs separate first is not confirmed here."]
+    strong = statements({**base, "null": None, "distinct_vs_separation_spearman": -0.62, "distinct_vs_separation_p": 0.004})
+    assert any(s.startswith("Pairs whose classes have more distinct prototypes were separated earlier (Spearman -0.62 over all pairs, p = 0.004")
+               for s in strong["progression"])
+    null = {"n_permutations": 200, "counts": {"shared": {"real": 24, "null_mean": 23.0, "null_std": 1.7},
+                                              "specialised": {"real": 0, "null_mean": 0.0, "null_std": 0.0},
+                                              "uncertain": {"real": 6, "null_mean": 9.0, "null_std": 2.1}}}
+    said = statements({**base, "null": null, "distinct_vs_separation_spearman": None})["uncertain"]
+    assert any(s.startswith("The shared and uncertain candidate labels are about as many as the null makes") for s in said), said
+    apart = {**null, "counts": {**null["counts"], "shared": {"real": 24, "null_mean": 12.0, "null_std": 1.7}}}
+    said = statements({**base, "null": apart, "distinct_vs_separation_spearman": None})["uncertain"]
+    assert any(s.startswith("The uncertain candidate labels are about as many") for s in said), said
 
 
 def test_report_files_and_a_large_k_stays_paginated(report, tmp_path):
@@ -132,8 +156,8 @@ def test_the_progression_chart_draws_the_pairs_the_text_names():
     """CIFAR-10 (fastnet, this round): an untrained model called everything 'deer', so the
     eight pairs with the highest peak were all deer pairs at checkpoint 0, while the text
     named cat/dog as the last pair separated; the chart left it out."""
+    from i2x.reporting.claims import progression_claims
     from i2x.reporting.figures import progression_pairs
-    from i2x.reporting.html import progression_claims
 
     deer = [{"pair": ["deer", c], "confusions": [200, 5, 1, 0], "separated_at": 1} for c in "abcdefgh"]
     catdog = {"pair": ["cat", "dog"], "confusions": [0, 40, 30, 3], "separated_at": 3}

@@ -69,7 +69,7 @@ def test_a_checkpoint_names_no_i2x_module_so_moving_code_never_breaks_old_ones(s
 
 def test_training_is_deterministic(tmp_path):
     config = load_config("smoke", {"train.epochs": "1"})
-    data = load_data(config.data, config.seed)
+    data = load_data(config.data, config.seed, config.plant)
     a = train(config, data, tmp_path / "a", progress=False).model.state_dict()
     b = train(config, data, tmp_path / "b", progress=False).model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -78,7 +78,7 @@ def test_training_is_deterministic(tmp_path):
 def test_a_diverging_run_stops_with_one_line_and_publishes_no_nan_checkpoint(tmp_path):
     """train.lr=1e6 used to finish FINISHED with loss NaN and NaN checkpoints."""
     config = load_config("smoke", {"train.epochs": "1", "train.lr": "1e6"})
-    data = load_data(config.data, config.seed)
+    data = load_data(config.data, config.seed, config.plant)
     with pytest.raises(I2XError, match=r"training diverged at step 4: the weights are not finite; lower train.lr \(now 1e\+06\); checkpoints up to step 2 are kept"):
         train(config, data, tmp_path / "run", progress=False)
     for path in list_checkpoints(tmp_path / "run"):
@@ -148,7 +148,7 @@ def test_airbench_recipe_resumes_bit_identically_mid_lookahead(tmp_path):
     differs from the weights, the run resumes to the same weights as an uninterrupted one:
     the average travels in the checkpoint."""
     config = load_config("smoke", AIRBENCH)
-    data = load_data(config.data, config.seed)
+    data = load_data(config.data, config.seed, config.plant)
     full = train(config, data, tmp_path / "full", progress=False)
 
     class Killed(Exception):

@@ -25,7 +25,13 @@ from i2x.explanation.faithfulness import (
 )
 from i2x.explanation.intensity import Intensities, compute_intensities
 from i2x.explanation.patterns import GroupFit, fit_group_betas, heldout_summary, learning_groups
-from i2x.explanation.prototypes import Prototypes, check_n_prototypes, fit_prototypes
+from i2x.explanation.prototypes import (
+    Prototypes,
+    blank_cells,
+    check_n_prototypes,
+    content_background,
+    fit_prototypes,
+)
 from i2x.explanation.saliency import grad_cam
 from i2x.explanation.structure import Structure, build_structure
 from i2x.platform.config import ExplainConfig, FaithfulnessConfig
@@ -70,15 +76,25 @@ class Analysis:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def claims_of(structure: Structure) -> list[Claim]:
+def claims_of(structure: Structure, coverage: np.ndarray | None = None, min_coverage: float = 1.0) -> list[Claim]:
     """Every candidate label of ``structure`` as a claim to test causally: shared and
     specialised per class, then uncertain with its pair. Candidates, not only the labels that
     beat the permutation null: the null asks whether the training history singles a
-    prototype out, the deletion test whether the final model uses it; the report needs both."""
+    prototype out, the deletion test whether the final model uses it; the report needs both.
+
+    With ``coverage`` ``(K, M)``, also a ``cue`` claim for every prototype in at least
+    ``min_coverage`` of one class's images that is neither background nor already that
+    class's candidate: whether the final model relies on it does not hang on the sign of the
+    noisy training-history evidence (a planted shortcut's evidence can come out negative on
+    a small run; the shortcut check asks the final model)."""
     labels = structure.candidates
     out = [Claim(k, "shared", (c,)) for c, ks in labels.shared.items() for k in ks]
     out += [Claim(s.prototype, "specialised", (c,)) for c, ss in labels.specialised.items() for s in ss]
     out += [Claim(s.prototype, "uncertain", s.pair) for s in labels.uncertain]
+    if coverage is not None:
+        named = {(c.prototype, c.classes[0]) for c in out if c.role != "uncertain"}
+        out += [Claim(int(k), "cue", (int(c),)) for k, c in zip(*np.nonzero(coverage >= min_coverage), strict=True)
+                if int(k) not in structure.background and (int(k), int(c)) not in named]
     return out
 
 
@@ -172,7 +188,10 @@ def analyse(
 
     tick = time.perf_counter()
     preds = probs_t.argmax(2).numpy()
-    structure = build_structure(fits, groups, intens.presence, protos.coverage, y, preds, cfg, dp=intens.dp, dy=intens.dy, seed=seed)
+    blank = blank_cells(images, tuple(protos.assignment.shape[-2:]), cfg.background_blank_std)
+    content = content_background(protos.assignment, blank, cfg.background_blank_share, cfg.background_ring_share)
+    structure = build_structure(fits, groups, intens.presence, protos.coverage, y, preds, cfg, dp=intens.dp, dy=intens.dy, seed=seed,
+                                content=content)
     timings["structure"] = time.perf_counter() - tick
 
     deletion: list[DeletionResult] | None = None
@@ -180,7 +199,8 @@ def analyse(
     if faithfulness is not None and faithfulness.enabled:
         tick = time.perf_counter()
         final_maps = maps_t[-1].numpy()
-        deletion = deletion_test(final_model, images, labels, protos.assignment, final_maps, claims_of(structure), faithfulness,
+        deletion = deletion_test(final_model, images, labels, protos.assignment, final_maps, claims_of(structure, protos.coverage, cfg.shared_coverage),
+                                 faithfulness,
                                  seed, device, cfg.batch_size)
         road = road_scores(final_model, images, labels, final_maps, faithfulness, seed, device)
         timings["faithfulness"] = time.perf_counter() - tick

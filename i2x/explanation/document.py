@@ -209,9 +209,11 @@ def build_document(
         "class_structure": class_rows,
         "progression": progression,
         "distinct_vs_separation_spearman": _r(structure.distinct_vs_separation),
+        "distinct_vs_separation_p": _r(structure.distinct_vs_separation_p),
         "scores": [score_row(s) for s in structure.scores],
         "uncertain": [{**score_row(s), **checks("uncertain", -1, s.prototype, s.pair)} for s in cands.uncertain],
         "background": sorted(background),
+        "background_reasons": {str(k): why for k, why in sorted(structure.background_reasons.items())},
         "regression": regression,
         "null": null_doc,
         "faithfulness": faith,
@@ -285,6 +287,8 @@ def _faithfulness_doc(deletion: list[DeletionResult], road: RoadResult | None, n
         "n_images": r.n_images, "cells_per_image": _r(r.cells_per_image), "foreground_share": _r(r.foreground_share),
         "effect": _r(r.effect), "effect_ci": [_r(r.effect_ci[0]), _r(r.effect_ci[1])], "baselines": {k: _r(v) for k, v in r.baselines.items()}, "excess": _r(r.excess),
         "ci": [_r(r.ci[0]), _r(r.ci[1])], "p": _r(r.p), "p_adjusted": _r(r.p_adjusted), "verified": r.verified,
+        "gradcam_overlap": _r(r.gradcam_overlap), "beyond_gradcam": _r(r.beyond_gradcam),
+        "beyond_gradcam_ci": [_r(r.beyond_gradcam_ci[0]), _r(r.beyond_gradcam_ci[1])],
     } for r in deletion]
     tested = [r for r in deletion if r.verified is not None]
     verified = [r for r in tested if r.verified]

@@ -47,7 +47,8 @@ BASELINES = ("uniform", "foreground", "gradcam")
 
 @dataclass(frozen=True)
 class Claim:
-    """One named prototype to test: ``classes`` is ``(c,)`` for shared/specialised and
+    """One named prototype to test: ``classes`` is ``(c,)`` for shared, specialised and cue
+    (a prototype common in class c, tested whatever its training-history label) and
     ``(a, b)`` for uncertain."""
 
     prototype: int
@@ -68,6 +69,12 @@ class DeletionResult:
         p: one-sided Wilcoxon p-value of the per-image excess; ``p_adjusted`` is BH.
         verified: ``effect_ci[0] > 0``, ``ci[0] > 0`` and ``p_adjusted < alpha``; None when
             not tested (fewer than ``min_images`` images contain it).
+        gradcam_overlap: mean share of the prototype's cells that are among the image's as
+            many top Grad-CAM cells: near 1, the prototype's drop is Grad-CAM's drop, and
+            what it adds is the structure (which classes share it, when it was learned).
+        beyond_gradcam / beyond_gradcam_ci: ``effect`` minus the drop of as many top Grad-CAM
+            cells, and its bootstrap CI: above 0, the model relies on the prototype more than
+            Grad-CAM's map shows (a hidden cue, such as a planted shortcut on MNIST).
     """
 
     claim: Claim
@@ -82,6 +89,9 @@ class DeletionResult:
     p_adjusted: float
     verified: bool | None
     effect_ci: tuple[float, float] = (float("nan"), float("nan"))
+    gradcam_overlap: float = float("nan")
+    beyond_gradcam: float = float("nan")
+    beyond_gradcam_ci: tuple[float, float] = (float("nan"), float("nan"))
 
 
 @dataclass(frozen=True)
@@ -196,7 +206,7 @@ def deletion_test(
     for claim in claims:
         own_all = flat_a == claim.prototype
         rows = np.flatnonzero(own_all.any(1) & np.isin(y.numpy(), claim.classes) & ~own_all.all(1))
-        if len(rows) > cfg.max_images:
+        if 0 < cfg.max_images < len(rows):
             rows = np.sort(rng.choice(rows, size=cfg.max_images, replace=False))
         if len(rows) < cfg.min_images:
             raw.append((claim, None, {"n": len(rows)}))
@@ -228,7 +238,8 @@ def deletion_test(
                 # move is the claim, for every variant alike.
                 per_draw.append(np.abs(drop) if claim.role == "uncertain" else drop)
             drops[name] = np.mean(per_draw, axis=0)
-        raw.append((claim, rows, {"drops": drops, "counts": counts, "fg": (own & fg[rows]).sum() / max(1, own.sum())}))
+        overlap = float(((own & top).sum(1) / np.maximum(counts, 1)).mean())
+        raw.append((claim, rows, {"drops": drops, "counts": counts, "fg": (own & fg[rows]).sum() / max(1, own.sum()), "overlap": overlap}))
     return _verdicts(raw, cfg, seed)
 
 
@@ -242,7 +253,10 @@ def _verdicts(raw: list[tuple[Claim, np.ndarray | None, dict]], cfg: Faithfulnes
         excess = raw[i][2]["drops"]["prototype"] - raw[i][2]["drops"]["foreground"]
         p[i] = 1.0 if np.allclose(excess, 0) else float(wilcoxon(excess, alternative="greater").pvalue)
     adjusted = np.ones(len(raw))
-    adjusted[tested] = benjamini_hochberg(p[tested])
+    for family in (lambda role: role != "cue", lambda role: role == "cue"):  # labels and cues corrected apart
+        idx = [i for i in tested if family(raw[i][0].role)]
+        if idx:
+            adjusted[idx] = benjamini_hochberg(p[idx])
     out = []
     for i, (claim, rows, info) in enumerate(raw):
         if rows is None:
@@ -255,11 +269,14 @@ def _verdicts(raw: list[tuple[Claim, np.ndarray | None, dict]], cfg: Faithfulnes
         levels = [(1 - cfg.ci) / 2, (1 + cfg.ci) / 2]
         lo, hi = np.quantile(excess[resample].mean(1), levels)
         own_lo, own_hi = np.quantile(drops["prototype"][resample].mean(1), levels)
+        beyond = drops["prototype"] - drops["gradcam"]
+        beyond_lo, beyond_hi = np.quantile(beyond[resample].mean(1), levels)
         out.append(DeletionResult(
             claim, len(rows), float(info["counts"].mean()), float(info["fg"]), float(drops["prototype"].mean()),
             {k: float(drops[k].mean()) for k in BASELINES}, float(excess.mean()), (float(lo), float(hi)),
             float(p[i]), float(adjusted[i]), bool(own_lo > 0 and lo > 0 and adjusted[i] < cfg.alpha),
-            (float(own_lo), float(own_hi)),
+            (float(own_lo), float(own_hi)), info.get("overlap", float("nan")),
+            float(beyond.mean()), (float(beyond_lo), float(beyond_hi)),
         ))
     return out
 

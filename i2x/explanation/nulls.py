@@ -98,29 +98,66 @@ def permutation_null(
     rng = np.random.default_rng(seed + 7)
     members_of = [np.flatnonzero(labels == c) for c in np.unique(labels)]
     cands = _candidates(real)
-    null_stats = np.zeros((cfg.null_permutations, len(cands)))
-    null_counts = {role: np.zeros(cfg.null_permutations) for role in ROLES}
-    for r in range(cfg.null_permutations):
-        perm = np.arange(len(labels))
-        for members in members_of:
-            perm[members] = members[rng.permutation(len(members))]
-        fits = fit_group_betas(dp[:, perm], dy, groups, cfg.ridge_lambda, 0, seed, regression=cfg.regression, score=False)
-        lab = derive_labels(fits, groups, presence, coverage, labels, background, cfg)
-        for i, (role, cls, k, _) in enumerate(cands):
-            null_stats[r, i] = _statistic(lab, role, cls, k)
-        for role, _c, _k, _s in _candidates(lab):
-            null_counts[role][r] += 1
+
+    def replicates(count: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        stats = np.zeros((count, len(cands)))
+        tally = {role: np.zeros(count) for role in ROLES}
+        for r in range(count):
+            perm = np.arange(len(labels))
+            for members in members_of:
+                perm[members] = members[rng.permutation(len(members))]
+            fits = fit_group_betas(dp[:, perm], dy, groups, cfg.ridge_lambda, 0, seed, regression=cfg.regression, score=False)
+            lab = derive_labels(fits, groups, presence, coverage, labels, background, cfg)
+            for i, (role, cls, k, _) in enumerate(cands):
+                stats[r, i] = _statistic(lab, role, cls, k)
+            for role, _c, _k, _s in _candidates(lab):
+                tally[role][r] += 1
+        return stats, tally
+
+    null_stats, null_counts = replicates(cfg.null_permutations)
+    # Adaptive (OURS): while a label's verdict would change within the Monte Carlo error of its
+    # p-value, double the replicates (same stream: the first ones are unchanged), up to the cap.
+    statistic = np.array([c[3] for c in cands])
+    while 0 < len(null_stats) < cfg.null_max_permutations and _unresolved(null_stats, statistic, cands, cfg.null_alpha):
+        more, tally = replicates(min(len(null_stats), cfg.null_max_permutations - len(null_stats)))
+        null_stats = np.concatenate([null_stats, more])
+        null_counts = {role: np.concatenate([null_counts[role], tally[role]]) for role in ROLES}
+    n = len(null_stats)
     real_counts = {role: sum(1 for c in cands if c[0] == role) for role in ROLES}
     counts = {}
     for role in ROLES:
         nc = null_counts[role]
-        counts[role] = {"real": float(real_counts[role]), "null_mean": float(nc.mean()), "null_std": float(nc.std(ddof=1)) if len(nc) > 1 else 0.0,
+        counts[role] = {"real": float(real_counts[role]), "null_mean": float(nc.mean()) if n else 0.0,
+                        "null_std": float(nc.std(ddof=1)) if len(nc) > 1 else 0.0,
                         "p": float((1 + (nc >= real_counts[role]).sum()) / (1 + len(nc)))}
-    p = np.array([(1 + (null_stats[:, i] >= s).sum()) / (1 + cfg.null_permutations) for i, (_, _, _, s) in enumerate(cands)])
+    p = _p_values(null_stats, statistic)
+    adjusted = _adjusted(p, cands)
+    tests = [LabelTest(role, cls, k, s, float(null_stats[:, i].mean()) if n else 0.0, float(p[i]), float(adjusted[i]),
+                       bool(adjusted[i] < cfg.null_alpha))
+             for i, (role, cls, k, s) in enumerate(cands)]
+    return NullTest(n, counts, tests)
+
+
+def _p_values(null_stats: np.ndarray, statistic: np.ndarray) -> np.ndarray:
+    """``(1 + #{null >= real}) / (1 + n)`` per candidate."""
+    return (1 + (null_stats >= statistic[None, :]).sum(0)) / (1 + len(null_stats))
+
+
+def _adjusted(p: np.ndarray, cands: list[tuple[str, int, int, float]]) -> np.ndarray:
+    """Benjamini-Hochberg within each role."""
     adjusted = np.ones(len(cands))
     for role in ROLES:
         idx = np.array([i for i, c in enumerate(cands) if c[0] == role], dtype=int)
         adjusted[idx] = benjamini_hochberg(p[idx])
-    tests = [LabelTest(role, cls, k, s, float(null_stats[:, i].mean()), float(p[i]), float(adjusted[i]), bool(adjusted[i] < cfg.null_alpha))
-             for i, (role, cls, k, s) in enumerate(cands)]
-    return NullTest(cfg.null_permutations, counts, tests)
+    return adjusted
+
+
+def _unresolved(null_stats: np.ndarray, statistic: np.ndarray, cands: list[tuple[str, int, int, float]], alpha: float) -> bool:
+    """Would any label's verdict change if its p-value moved by 3 Monte Carlo standard
+    errors (``sqrt(p (1 - p) / n)``, with p at least ``1 / n``)?"""
+    n = len(null_stats)
+    p = _p_values(null_stats, statistic)
+    se = np.sqrt(np.maximum(p, 1 / n) * (1 - p) / n)
+    low = _adjusted(np.clip(p - 3 * se, 1 / (n + 1), 1), cands) < alpha
+    high = _adjusted(np.clip(p + 3 * se, 0, 1), cands) < alpha
+    return bool((low != high).any())

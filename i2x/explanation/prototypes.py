@@ -259,3 +259,68 @@ def placement(assignment: np.ndarray, labels: np.ndarray, k: int, cls: int, min_
             return Placement(cls, name, float(share), int(len(hit)))
     best = int(tally.argmax())
     return Placement(cls, NINTHS[best // 3][best % 3], float(tally[best]), int(len(hit)))
+
+
+def blank_cells(images: torch.Tensor, grid: tuple[int, int], max_std: float, max_offset: float = 0.1) -> np.ndarray:
+    """``(N, h, w)`` bool: empty-canvas cells, whose pixels are near-constant (the largest
+    per-channel standard deviation below ``max_std``) at the image's background level (within
+    ``max_offset`` of the median border pixel), all in [0, 1] pixel units. A solid planted
+    mark is near-constant too, but not at the background level, so it is not blank.
+
+    Args:
+        images: ``(N, C, H, W)`` uint8.
+    """
+    x = images.float() / 255
+    mean = torch.nn.functional.adaptive_avg_pool2d(x, grid)
+    square = torch.nn.functional.adaptive_avg_pool2d(x * x, grid)
+    std = (square - mean * mean).clamp_min(0).sqrt().amax(1)
+    border = torch.cat([x[..., 0, :], x[..., -1, :], x[..., :, 0], x[..., :, -1]], dim=-1).median(dim=-1).values
+    offset = (mean - border[..., None, None]).abs().amax(1)
+    return ((std < max_std) & (offset < max_offset)).numpy()
+
+
+def content_background(assignment: np.ndarray, blank: np.ndarray, blank_share: float, ring_share: float) -> dict[int, str]:
+    """Prototypes that are background by what they cover, not only by how common they are:
+    ``blank`` when at least ``blank_share`` of their cells are near-constant, ``border ring``
+    when at least ``ring_share`` of their cells lie on the grid's outer ring spread over three
+    or more sides (a mark in one corner touches at most two sides and is kept).
+
+    Args:
+        assignment: ``(N, h, w)``; blank: ``(N, h, w)`` from :func:`blank_cells`.
+
+    Returns:
+        prototype id -> reason.
+    """
+    _, h, w = assignment.shape
+    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    sides = np.stack([rows == 0, rows == h - 1, cols == 0, cols == w - 1])  # (4, h, w)
+    ring = sides.any(0)
+    out: dict[int, str] = {}
+    for k in np.unique(assignment):
+        mine = assignment == k
+        n = mine.sum()
+        if blank[mine].mean() >= blank_share:
+            out[int(k)] = "blank"
+            continue
+        per_cell = mine.sum(0)
+        on_ring = per_cell[ring].sum() / n
+        side_share = np.array([per_cell[s].sum() / n for s in sides])
+        if on_ring >= ring_share and (side_share >= 0.1).sum() >= 3:
+            out[int(k)] = "border ring"
+    return out
+
+
+def cells_box(assignment: np.ndarray, k: int, image: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """``(y0, x0, y1, x1)`` pixel box around every grid cell of one image assigned to
+    prototype ``k`` (where the prototype is in that image, not one cell of it); None when
+    the image has none.
+
+    Args:
+        assignment: ``(h, w)`` prototype ids of one image; image: ``(H, W)``.
+    """
+    rows, cols = np.nonzero(assignment == k)
+    if len(rows) == 0:
+        return None
+    (h, w), (height, width) = assignment.shape, image
+    return (int(rows.min() * height // h), int(cols.min() * width // w),
+            int(-(-(rows.max() + 1) * height // h)), int(-(-(cols.max() + 1) * width // w)))

@@ -62,6 +62,8 @@ class Structure:
     background: list[int] = field(default_factory=list)
     null: NullTest | None = None
     distinct_vs_separation: float | None = None
+    distinct_vs_separation_p: float | None = None
+    background_reasons: dict[int, str] = field(default_factory=dict)
 
     @property
     def interval_beta(self) -> np.ndarray:
@@ -123,6 +125,7 @@ def build_structure(
     dp: np.ndarray | None = None,
     dy: np.ndarray | None = None,
     seed: int = 0,
+    content: dict[int, str] | None = None,
 ) -> Structure:
     """Derive the structured explanation from the group fits.
 
@@ -132,9 +135,13 @@ def build_structure(
         labels: ``(N,)``; preds: ``(T, N)``.
         dp, dy: ``(T-1, N, K)`` and ``(T-1, N, M)``, needed for the permutation null when
             ``cfg.null_permutations`` > 0; without them every candidate label is kept.
+        content: background by content (:func:`i2x.explanation.prototypes.content_background`),
+            added to the coverage rule's.
     """
     k, m = coverage.shape
-    background = background_prototypes(coverage, cfg.background_coverage, cfg.background_class_share)
+    reasons = dict.fromkeys(background_prototypes(coverage, cfg.background_coverage, cfg.background_class_share), "in most classes")
+    reasons |= {k: why for k, why in (content or {}).items() if k not in reasons}
+    background = sorted(reasons)
     lab = derive_labels(fits, groups, presence, coverage, labels, background, cfg)
     null = None
     shared, specialised, uncertain = lab.shared, lab.specialised, lab.uncertain
@@ -150,18 +157,32 @@ def build_structure(
     for c in range(m):
         rest = np.delete(coverage, c, axis=1).max(1) if m > 1 else np.zeros(k)
         distinct[c] = int(((coverage[:, c] >= cfg.distinct_coverage) & (coverage[:, c] >= cfg.distinct_ratio * rest)).sum())
-    corr = _distinct_vs_separation(progression, distinct, preds.shape[0])
-    return Structure(lab, shared, specialised, progression, uncertain, distinct, background, null, corr)
+    corr, corr_p = _distinct_vs_separation(progression, distinct, preds.shape[0], cfg.null_permutations, seed)
+    return Structure(lab, shared, specialised, progression, uncertain, distinct, background, null, corr, corr_p, reasons)
 
 
-def _distinct_vs_separation(progression: list[PairProgression], distinct: dict[int, int], t: int) -> float | None:
+def _distinct_vs_separation(progression: list[PairProgression], distinct: dict[int, int], t: int, permutations: int,
+                            seed: int) -> tuple[float | None, float | None]:
     """Spearman correlation between a pair's distinct prototypes and its separation
-    checkpoint (never separated counts as T). PAPER expects it negative."""
+    checkpoint (never separated counts as T), and its two-sided p-value. PAPER expects it
+    negative. Pairs share classes, so they are not independent and scipy's p-value would be
+    too small: the null permutes the classes' distinct counts (``permutations`` draws, 0: no p)."""
     from scipy.stats import spearmanr
 
-    x = [distinct[p.a] + distinct[p.b] for p in progression]
     y = [t if p.separated_at is None else p.separated_at for p in progression]
-    if len(set(x)) < 2 or len(set(y)) < 2:
-        return None
-    rho = spearmanr(x, y).statistic
-    return None if np.isnan(rho) else float(rho)
+
+    def rho_of(counts: dict[int, int]) -> float | None:
+        x = [counts[p.a] + counts[p.b] for p in progression]
+        if len(set(x)) < 2 or len(set(y)) < 2:
+            return None
+        r = spearmanr(x, y).statistic
+        return None if np.isnan(r) else float(r)
+
+    rho = rho_of(distinct)
+    if rho is None or permutations <= 0:
+        return rho, None
+    rng = np.random.default_rng([seed, 31])
+    classes, values = list(distinct), np.array(list(distinct.values()))
+    null = [rho_of(dict(zip(classes, rng.permutation(values), strict=True))) for _ in range(permutations)]
+    extreme = sum(1 for r in null if r is not None and abs(r) >= abs(rho) - 1e-12)
+    return rho, (extreme + 1) / (permutations + 1)

@@ -1,9 +1,8 @@
 """Frozen, typed configuration: one dataclass per section, its defaults and docs.
 
 :mod:`i2x.platform.config_io` reads it (``configs/*.yaml``, ``key=value`` overrides, checkpoints)
-and checks every value's type and range. Every choice that ``shared/I2X_METHOD.md`` marks as OURS is a field here with its
-default, and the fully resolved config is logged to MLflow and stored in every
-checkpoint.
+and checks every value's type and range. Every choice the method marks as OURS is a field here
+with its default; the resolved config is logged to MLflow and stored in every checkpoint.
 """
 
 from __future__ import annotations
@@ -14,8 +13,10 @@ from typing import Any, Literal
 
 import yaml
 
+from i2x.platform.config_steps import ExplainConfig, FaithfulnessConfig, TuneConfig
+
 CONFIG_DIR_ENV = "I2X_CONFIG_DIR"
-SECTIONS = ("data", "model", "train", "explain", "faithfulness", "tune")
+SECTIONS = ("data", "plant", "model", "train", "explain", "faithfulness", "tune")
 # Keys that older versions wrote into checkpoints and that no longer exist: ignored when a
 # checkpoint's config is read back, refused everywhere else.
 RETIRED_KEYS = frozenset({"explain.r2_holdout"})
@@ -59,6 +60,39 @@ class DataConfig:
     flip: Literal["random", "alternating"] = "random"
     synthetic_per_class: int = 300
     synthetic_confuser: float = 0.0
+
+
+@dataclass(frozen=True)
+class PlantConfig:
+    """A defect planted in any data set after loading, so the truth is known (OURS; off by
+    default). Seeded by the run's seed; recorded in params, checkpoints and the explanation.
+    Groups are (class, mark present or absent): for metrics and baselines only; no explanation
+    or tuning step reads them.
+
+    Attributes:
+        kind: ``shortcut``: the mark on a share ``rho`` of the training images of ``classes``
+            (``other`` of the rest); ``confuser``: on ``rho`` of each of two ``classes``.
+        test: share of every class's test images marked, independently of class, so the
+            model's reliance shows as a gap between groups.
+        mark: ``square``, ``ring`` or ``stripes`` (a texture), ``size`` pixels a side, in
+            ``color`` (one value for all channels, or one each).
+        position: ``fixed`` (in ``corner``) or ``random`` (inside the corner's square of side
+            ``region``; 0: twice the size).
+        group_file: a CSV ``id,group`` (test-image index -> group): a user's own groups.
+    """
+
+    kind: Literal["none", "shortcut", "confuser"] = "none"
+    classes: tuple[int, ...] = (0,)
+    rho: float = 0.95
+    other: float = 0.0
+    test: float = 0.5
+    mark: Literal["square", "ring", "stripes"] = "square"
+    size: int = 5
+    color: tuple[int, ...] = (255,)
+    position: Literal["fixed", "random"] = "fixed"
+    corner: Literal["tl", "tr", "bl", "br"] = "br"
+    region: int = 0
+    group_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -123,214 +157,13 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class ExplainConfig:
-    """Steps 2-7 of the method. Every field is an OURS choice unless noted.
-
-    Attributes:
-        method: saliency method, a key of :data:`i2x.explanation.cam_methods.CAM_METHODS` (PAPER: gradcam).
-        target_layer: dotted module name of the layer to explain; empty means the model's
-            declared last conv block (the method's choice).
-        target: ``label`` explains the true class, ``pred`` the predicted one.
-        normalize: ``minmax`` (ReLU then min-max per map, as pytorch-grad-cam) or ``none``.
-        pca_components: PCA size before K-Means.
-        n_prototypes: K. PAPER: 32 for MNIST, 128 for CIFAR-10.
-        fit_max_locations: K-Means/PCA fit on at most this many random locations.
-        kmeans_n_init: K-Means restarts.
-        n_exemplars: exemplar patches kept per prototype.
-        min_cluster_size: HDBSCAN min cluster size; 0 means max(10, N/200).
-        patterns_max_dim: PCA-reduce dY to this many dims before HDBSCAN when M is larger.
-        ridge_lambda: the ridge penalty lambda.
-        regression: ``centred`` fits beta on dP and dY centred within each group (an
-            unpenalised intercept); ``origin`` is the paper's fit through the origin, kept
-            for comparison (its held-out R^2 was negative on every data set tried: a group
-            of dY clusters has a large common shift that no fit through 0 can represent).
-        r2_folds: k of the k-fold held-out R^2.
-        min_group_for_r2: groups smaller than this get no held-out R^2 (folds of a few
-            samples say nothing). Held-out figures are pooled over groups.
-        evidence_includes_noise: let HDBSCAN noise (group -1) contribute to evidence.
-        shared_coverage: presence share that makes a prototype shared by a class.
-        specialised_purity: share of a group's members that must be of class c.
-        background_coverage / background_class_share: a prototype with at least this
-            coverage in at least this share of the classes is background (blank canvas,
-            borders): marked, and never a class's shared or specialised prototype.
-        distinct_coverage / distinct_ratio: a prototype is distinct for class c when its
-            coverage of c is at least ``distinct_coverage`` and ``distinct_ratio`` times its
-            coverage of any other class (for the paper's "more distinct prototypes are
-            resolved first").
-        separation_ratio: a pair counts as separated once its confusion count stays
-            at or below this fraction of its peak.
-        min_peak_confusions: a pair's separation is reported in words only when its peak
-            confusion count reaches this (4 confusions say nothing about an order).
-        top_drivers: prototypes listed per pair separation.
-        uncertain_threshold: u_k at or above which k is a candidate uncertain prototype (and
-            a target of the paper recipe). 0.15, not the first version's 0.3: the min-weighted
-            oscillation scores lower (default MNIST: largest u 0.21), and a candidate is
-            stated only after the permutation null and the causal check.
-        oscillation_weight: ``runs`` merges the intervals of one sign into runs and weights
-            each flip by the smaller of the two runs, so one onset after near-zero noise is not
-            oscillation and a swing spread over two intervals is; ``min`` weights each flip by
-            the smaller of its two intervals (the previous rule); ``later`` is the first
-            version (weight |d_t|). Both kept for comparison.
-        null_permutations: replicates of the within-class permutation null that every
-            shared, specialised and uncertain label must beat (0 turns the test off).
-        null_alpha: Benjamini-Hochberg level at which a label beats the null.
-        concentration_share: the report says where a verified prototype sits when at least
-            this share of its class's images have it in one ninth (else quarter, else half)
-            of the image.
-        overlay_per_class: samples per class drawn in the saliency overlays.
-        batch_size: images per saliency/feature batch; for saliency, the largest batch.
-        memory_mb: memory budget of one saliency batch; the batch size is measured from
-            the target layer's activations and the graph after it (0: use batch_size).
-    """
-
-    method: str = "gradcam"
-    target_layer: str = ""
-    target: str = "label"
-    normalize: Literal["minmax", "none"] = "minmax"
-    pca_components: int = 32
-    n_prototypes: int = 32
-    fit_max_locations: int = 200_000
-    kmeans_n_init: int = 3
-    n_exemplars: int = 8
-    min_cluster_size: int = 0
-    patterns_max_dim: int = 16
-    ridge_lambda: float = 1.0
-    regression: Literal["centred", "origin"] = "centred"
-    r2_folds: int = 5
-    min_group_for_r2: int = 30
-    evidence_includes_noise: bool = True
-    shared_coverage: float = 0.8
-    specialised_purity: float = 0.5
-    background_coverage: float = 0.8
-    background_class_share: float = 0.8
-    distinct_coverage: float = 0.5
-    distinct_ratio: float = 2.0
-    separation_ratio: float = 0.25
-    min_peak_confusions: int = 10
-    top_drivers: int = 3
-    uncertain_threshold: float = 0.15
-    oscillation_weight: Literal["runs", "min", "later"] = "runs"
-    null_permutations: int = 200
-    null_alpha: float = 0.05
-    concentration_share: float = 0.8
-    overlay_per_class: int = 2
-    batch_size: int = 500
-    memory_mb: int = 2048
-
-
-@dataclass(frozen=True)
-class FaithfulnessConfig:
-    """The causal check of every named prototype (METHOD step 7b; OURS, the paper has none).
-
-    Attributes:
-        enabled: run the deletion check (and ROAD) in every explain run.
-        fill: what occluded cells become: ``mean`` (the analysis set's mean colour) or
-            ``blur`` (the image blurred, so only fine detail is removed).
-        blur_sigma: Gaussian sigma in pixels of the ``blur`` fill.
-        draws: random cell sets per image for each random baseline.
-        max_images: images per prototype (a seeded subsample of those that contain it).
-        min_images: fewer images than this: the prototype is "not tested", never verified.
-        foreground_threshold: a cell is foreground when its pixels differ from the image's
-            border colour by at least this much on average (pixels in [0, 1]).
-        bootstrap: resamples for the CI of the mean excess effect.
-        ci: level of that CI.
-        alpha: Benjamini-Hochberg level of the one-sided Wilcoxon test across prototypes;
-            verified = CI above 0 and adjusted p below alpha.
-        road_images: images for pytorch-grad-cam's ROAD score (0: skip ROAD).
-        road_percentiles: ROAD's removal percentiles.
-    """
-
-    enabled: bool = True
-    fill: Literal["mean", "blur"] = "mean"
-    blur_sigma: float = 2.0
-    draws: int = 4
-    max_images: int = 100
-    min_images: int = 10
-    foreground_threshold: float = 0.1
-    bootstrap: int = 1000
-    ci: float = 0.95
-    alpha: float = 0.05
-    road_images: int = 64
-    road_percentiles: tuple[int, ...] = (20, 40, 60, 80)
-
-
-@dataclass(frozen=True)
-class TuneConfig:
-    """Step 8, generalised into an Optuna search (all OURS; PAPER: drop, alpha=1, every
-    uncertain prototype, 1 epoch curated then 1 epoch full).
-
-    Attributes:
-        n_trials: total trials of the study (COMPLETE + PRUNED), over all workers.
-        storage: Optuna storage URL; empty means ``sqlite:///mlruns/optuna.db``. A
-            PostgreSQL URL or ``journal:<path>`` (several processes on one host) work too.
-        study_name: empty means ``i2x-<explain run id>``.
-        kinds: perturbation kinds searched (keys of :data:`i2x.tuning.perturbation.PERTURBATIONS`).
-        target_modes: searched: ``prototypes`` targets the n most uncertain prototypes;
-            ``pair`` only those whose pair is the focal pair (acts on its images alone).
-        max_targets: upper bound of n, the number of most uncertain prototypes targeted.
-        threshold_min / threshold_max: range of the uncertainty threshold searched; the
-            upper end is capped at the largest observed u_k, so every trial has a target.
-        lr_min / lr_max: fine-tuning learning rate range (log scale).
-        epochs_choices: epochs per phase searched.
-        epoch_samples: images per fine-tuning epoch of the tuned strategy and its controls
-            (a seeded subset of the fit split; 0 = whole epochs). Trades fidelity for time on
-            a CPU; the summary prints the fraction of an epoch used.
-        paper_whole_epochs: the paper recipe and its full->full control run whole epochs
-            whatever ``epoch_samples`` says (the paper fine-tunes whole epochs).
-        curation: ``pair`` (OURS) affects only the images of a target's pair classes that
-            contain it; ``literal`` every image that contains it (the paper's wording, which
-            deleted whole classes on MNIST).
-        max_class_drop: a drop never removes more than this share of a class; where it binds,
-            the images where the targets cover fewest cells are kept.
-        upweight_max: the repeat factor of ``upweight`` at alpha = 1.
-        match_tolerance: random-target prototypes affect within this relative difference of
-            the targets' number of images.
-        second_objective: add the focal pair's validation confusions as a second objective
-            (a Pareto front in the dashboard; Optuna cannot prune multi-objective trials).
-        seeds: seeds per strategy in the final evaluation.
-        ci: level of the paired-difference CIs behind each verdict.
-        heartbeat_s: RDB-storage heartbeat; stale trials are failed and retried.
-        startup_trials: trials before the median pruner starts pruning.
-        paper_lr: learning rate of the ``paper`` strategy; 0 uses the tuned trial's
-            (the paper does not give one).
-        artifact_store: ``s3://<bucket>`` to attach the summary and figures to the study
-            through Optuna's Boto3ArtifactStore (shown in optuna-dashboard); the endpoint
-            is ``$MLFLOW_S3_ENDPOINT_URL``. Empty: no Optuna artifacts.
-    """
-
-    n_trials: int = 8
-    storage: str = ""
-    study_name: str = ""
-    kinds: tuple[str, ...] = ("drop", "upweight", "mask", "blur", "noise")
-    target_modes: tuple[Literal["prototypes", "pair"], ...] = ("prototypes", "pair")
-    max_targets: int = 8
-    threshold_min: float = 0.1
-    threshold_max: float = 0.6
-    lr_min: float = 1e-4
-    lr_max: float = 0.03
-    epochs_choices: tuple[int, ...] = (1, 2)
-    epoch_samples: int = 0
-    paper_whole_epochs: bool = True
-    curation: Literal["pair", "literal"] = "pair"
-    max_class_drop: float = 0.5
-    upweight_max: float = 4.0
-    match_tolerance: float = 0.2
-    second_objective: bool = True
-    seeds: int = 3
-    ci: float = 0.95
-    heartbeat_s: int = 30
-    startup_trials: int = 3
-    paper_lr: float = 0.0
-    artifact_store: str = ""
-
-
-@dataclass(frozen=True)
 class Config:
     """The whole resolved configuration of a run."""
 
     seed: int = 0
     work_dir: str = "mlruns/i2x-work"
     data: DataConfig = field(default_factory=DataConfig)
+    plant: PlantConfig = field(default_factory=PlantConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     explain: ExplainConfig = field(default_factory=ExplainConfig)

@@ -103,6 +103,7 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
 RANGES: dict[str, tuple[float | None, float | None]] = {
     "seed": (0, 2**32 - 1),
     "data.image_size": (0, 4096),
+    "plant.rho": (0, 1), "plant.other": (0, 1), "plant.test": (0, 1), "plant.size": (1, 256), "plant.region": (0, 4096),
     "data.translate": (0, 16),
     "model.width": (0, 4096),
     "train.bias_lr_scale": (1e-6, None),

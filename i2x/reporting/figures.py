@@ -34,7 +34,7 @@ def save_figure(fig: Any, path: Path) -> Path:
     return path
 
 
-def _show_image(ax: Any, img: np.ndarray) -> None:
+def show_image(ax: Any, img: np.ndarray) -> None:
     """``img``: (C, H, W) uint8."""
     if img.shape[0] == 1:
         ax.imshow(img[0], cmap="gray", vmin=0, vmax=255)
@@ -68,7 +68,7 @@ def plot_overlays(
             continue
         ax = axes[row, col]
         ax.axis("on")
-        _show_image(ax, images[i])
+        show_image(ax, images[i])
         ax.imshow(heat[i], cmap="jet", alpha=0.45, vmin=0, vmax=1)
         ax.set_title(f"{classes[label]}\np={conf[i]:.2f}" if row == 0 else f"p={conf[i]:.2f}", fontsize=7)
     fig.suptitle(title + "  (p: confidence in the true class)", fontsize=9)
@@ -133,12 +133,12 @@ def _show_exemplar(ax: Any, images: np.ndarray, ex: dict[str, Any]) -> None:
     from matplotlib.patches import Rectangle
 
     y0, x0, y1, x1 = ex.get("crop", ex["box"])
-    _show_image(ax, images[ex["sample"]][:, y0:y1, x0:x1])
+    show_image(ax, images[ex["sample"]][:, y0:y1, x0:x1])
     by0, bx0, by1, bx1 = ex["box"]
     ax.add_patch(Rectangle((bx0 - x0 - 0.5, by0 - y0 - 0.5), bx1 - bx0, by1 - by0, fill=False, ec="red", lw=1.0))
 
 
-def _show_exemplars(axes: Sequence[Any], images: np.ndarray, exemplars: Sequence[dict[str, Any]]) -> None:
+def show_exemplars(axes: Sequence[Any], images: np.ndarray, exemplars: Sequence[dict[str, Any]]) -> None:
     """One exemplar per axis, in order; an axis without one is left blank."""
     for ax, ex in zip(axes, [*exemplars, *[None] * len(axes)], strict=False):
         ax.set_xticks([])
@@ -197,7 +197,7 @@ def plot_saliency_over_training(images: np.ndarray, maps: np.ndarray, samples: S
     size = images.shape[-2:]
     fig, axes = plt.subplots(len(samples), len(cols) + 1, figsize=(1.25 * (len(cols) + 1), 1.3 * len(samples)), squeeze=False)
     for r, i in enumerate(samples):
-        _show_image(axes[r, 0], images[i])
+        show_image(axes[r, 0], images[i])
         axes[r, 0].set_ylabel(classes[labels[i]], fontsize=7, rotation=0, ha="right", va="center")
         if r == 0:
             axes[r, 0].set_title("image", fontsize=7)
@@ -205,7 +205,7 @@ def plot_saliency_over_training(images: np.ndarray, maps: np.ndarray, samples: S
         up = torch.nn.functional.interpolate(grid[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0].numpy()
         for c, col in enumerate(cols):
             ax = axes[r, c + 1]
-            _show_image(ax, images[i])
+            show_image(ax, images[i])
             ax.imshow(up[c], cmap="jet", alpha=0.5, vmin=0, vmax=max(float(up[c].max()), 1e-6))
             if r == 0:
                 ax.set_title(f"ckpt {col}\nstep {steps[col]}", fontsize=6.5)
@@ -296,103 +296,7 @@ def plot_uncertain(images: np.ndarray, doc: dict[str, Any], steps: Sequence[int]
         ax.set_title(f"P{u['prototype']}: toward {u['pair'][0]} (+) or {u['pair'][1]} (-); u={u['score']:.2f}", fontsize=8)
         ax.set_xticks(range(len(d)))
         ax.set_xticklabels([f"{steps[i]}->{steps[i + 1]}" for i in range(len(d))], fontsize=5.5, rotation=45)
-        _show_exemplars(axes[r, 1:4], images, protos[u["prototype"]]["exemplars"])
+        show_exemplars(axes[r, 1:4], images, protos[u["prototype"]]["exemplars"])
     fig.suptitle("Uncertain prototypes: the sign flips show the pull switching between the two classes", fontsize=9)
     fig.tight_layout()
-    return save_figure(fig, path)
-
-
-@literal_text
-def plot_faithfulness(rows: Sequence[dict[str, Any]], path: Path, top: int = 24) -> Path | None:
-    """The causal check: for each named prototype, the drop when its cells are occluded
-    beside the same number of uniform, foreground-matched and top Grad-CAM cells, with the
-    bootstrap CI of its excess over the foreground-matched baseline. Verified in green."""
-    rows = [r for r in rows if r["verified"] is not None][:top]
-    if not rows:
-        return None
-    fig, ax = plt.subplots(figsize=(9, 0.32 * len(rows) + 1.3))
-    y = np.arange(len(rows))[::-1]
-    marks = {"uniform": ("x", "tab:grey"), "foreground": ("s", "tab:blue"), "gradcam": ("^", "tab:orange")}
-    for name, (marker, color) in marks.items():
-        ax.scatter([r["baselines"][name] for r in rows], y, marker=marker, color=color, s=22, label=f"{name} cells", zorder=2)
-    for yi, r in zip(y, rows, strict=True):
-        fg = r["baselines"]["foreground"]
-        ax.plot([fg + r["ci"][0], fg + r["ci"][1]], [yi, yi], color="tab:green" if r["verified"] else "tab:red", lw=3, alpha=0.35)
-    ax.scatter([r["effect"] for r in rows], y, marker="o", s=40, c=["tab:green" if r["verified"] else "tab:red" for r in rows],
-               label="the prototype's cells", zorder=3)
-    ax.set_yticks(y)
-    ax.set_yticklabels([f"P{r['prototype']} {r['role']} {'/'.join(r['classes'])}" + (" (verified)" if r["verified"] else " (not verified)")
-                        for r in rows], fontsize=7)
-    ax.axvline(0, color="grey", lw=0.6)
-    ax.set_xlabel("drop of the class margin (|pair margin change| for uncertain) when the cells are occluded")
-    ax.legend(fontsize=7, loc="lower right")
-    ax.set_title("Causal check: occluding a prototype vs the same number of other cells (band: 95% CI of the excess over foreground-matched)",
-                 fontsize=8)
-    return save_figure(fig, path)
-
-
-@literal_text
-def plot_locations(images: np.ndarray, assignment: np.ndarray, labels: np.ndarray, doc: dict[str, Any], ids: Sequence[int],
-                   path: Path) -> Path | None:
-    """Where each prototype sits: the share of its class's images that have it at each grid
-    cell, beside two exemplar crops.
-
-    Args:
-        assignment: ``(N, h, w)``; labels: ``(N,)``; ids: prototypes to draw.
-    """
-    if not ids:
-        return None
-    protos = {p["id"]: p for p in doc["prototypes"]}
-    classes = doc["classes"]
-    fig, axes = plt.subplots(len(ids), 3, figsize=(5.4, 1.75 * len(ids)), squeeze=False)
-    for r, k in enumerate(ids):
-        p = protos[k]
-        c = classes.index(p["where"]["class"])
-        members = assignment[labels == c]
-        freq = (members == k).mean(0)
-        ax = axes[r, 0]
-        im = ax.imshow(freq, cmap="magma", vmin=0, vmax=max(float(freq.max()), 1e-6))
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_title(f"P{k} in {p['where']['class']}: {p['where']['region']} {100 * (p['where']['share'] or 0):.0f}%", fontsize=7)
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=5)
-        _show_exemplars(axes[r, 1:3], images, p["exemplars"])
-    fig.suptitle("Where each named prototype sits (share of the class's images with it at each cell) and exemplars", fontsize=8)
-    fig.tight_layout()
-    return save_figure(fig, path)
-
-
-@literal_text
-def plot_findings(images: np.ndarray, doc: dict[str, Any], findings: Sequence[dict[str, Any]], path: Path, per_row: int = 4,
-                  top: int = 6, title: str = "Verified findings: images containing each prototype (red: its cell)") -> Path | None:
-    """Each verified finding (two side by side): whole images that contain the prototype,
-    its cell outlined in red, titled with the claim and the causal evidence behind it."""
-    from matplotlib.patches import Rectangle
-
-    protos = {p["id"]: p for p in doc["prototypes"]}
-    deletion = {(r["prototype"], tuple(r["classes"])): r for r in (doc.get("faithfulness") or {}).get("deletion", [])}
-    rows = [f for f in findings if protos[f["prototype"]]["exemplars"]][:top]
-    if not rows:
-        return None
-    side = 2 if len(rows) > 1 else 1
-    lines = (len(rows) + side - 1) // side
-    height = 1.6 * lines + 0.6
-    fig, axes = plt.subplots(lines, side * per_row, figsize=(1.25 * per_row * side + 0.2 * (side - 1), height), squeeze=False)
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=1 - 0.75 / height, wspace=0.06, hspace=0.5)
-    for ax in axes.flat:
-        ax.axis("off")
-    for i, finding in enumerate(rows):
-        r, c0 = divmod(i, side)
-        target = finding["class"] if "class" in finding else "/".join(finding["pair"])
-        check = deletion.get((finding["prototype"], (finding["class"],) if "class" in finding else tuple(finding["pair"])))
-        evidence = (f"occluded: drop {check['effect']:+.2f} vs {check['baselines']['foreground']:+.2f} for matched cells"
-                    if check else "verified")
-        for j, ex in enumerate(protos[finding["prototype"]]["exemplars"][:per_row]):
-            ax = axes[r, c0 * per_row + j]
-            ax.axis("on")
-            _show_image(ax, images[ex["sample"]])
-            y0, x0, y1, x1 = ex["box"]
-            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="red", lw=2))
-        axes[r, c0 * per_row].set_title(f"P{finding['prototype']} -> {target} ({finding['role']})\n{evidence}", fontsize=7, loc="left")
-    fig.suptitle(title, fontsize=8, y=1 - 0.12 / height)
     return save_figure(fig, path)

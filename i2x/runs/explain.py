@@ -52,7 +52,7 @@ def explain_run(args: argparse.Namespace) -> str:
             raise I2XError(f"found {len(files)} checkpoint(s); I2X needs at least {MIN_CHECKPOINTS} (train with more train.checkpoint_fractions or epochs)")
         final = read_checkpoint(files[-1])
         config = run_config(args, config_from_dict(final["config"]))
-        data = load_data(config.data, config.seed)
+        data = load_data(config.data, config.seed, config.plant)
         check_data_fits(final, data, config)
         images = data.train_x[data.analysis_idx]
         labels = data.train_y[data.analysis_idx]
@@ -109,7 +109,7 @@ def explain_run(args: argparse.Namespace) -> str:
                 **{k: float("nan") if v is None else v for k, v in metrics.items() if k not in ("n_prototypes", "n_samples")},
                 **{f"time_{k}_s": v for k, v in timings.items()},
             })
-            from i2x.reporting.html import fit_line, headline
+            from i2x.reporting.claims import fit_line, headline
 
             said, fit = headline(doc), fit_line(metrics)
             tracking.describe_run(tracking.TAG_HEADLINE, said, out / "report" / "index.html", f"{said}. {fit}. Report: report/index.html.")

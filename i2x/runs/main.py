@@ -32,7 +32,7 @@ def run_main(args: argparse.Namespace) -> None:
     from i2x.training.loop import resolve_device
 
     config = resolve_model(run_config(args))
-    plan = estimate(config, load_data(config.data, config.seed), resolve_device(config.train.device))
+    plan = estimate(config, load_data(config.data, config.seed, config.plant), resolve_device(config.train.device))
     print("\n".join(plan.lines()), flush=True)
     with tracking.open_run(f"main {config.data.name} {config.model.name}", {tracking.TAG_STAGE: "main"}):
         tracking.log_metrics({f"plan_{name}_s": round(s, 1) for name, s in plan.stages.items()}, step=0)

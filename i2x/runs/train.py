@@ -7,9 +7,14 @@ import json
 import shutil
 from pathlib import Path
 
+import torch
+
 from i2x.platform import tracking
+from i2x.platform.config import Config
 from i2x.platform.process import scratch_dir
 from i2x.runs.runconfig import run_config
+from i2x.training.data import DataBundle
+from i2x.training.groups import Groups
 from i2x.training.loop import resolve_model
 
 
@@ -18,13 +23,15 @@ def train_run(args: argparse.Namespace) -> str:
     from i2x.reporting.run_figures import plot_training
     from i2x.training.checkpoints import atomic_write_text, list_checkpoints
     from i2x.training.data import load_data
+    from i2x.training.groups import groups_of
     from i2x.training.loop import resolve_device, run_folder, train
 
     asked = run_config(args)
     config = resolve_model(asked)
     if asked.model.name == "auto":
         print(f"i2x: model.name=auto on {resolve_device(config.train.device).type}: {config.model.name} (width {config.model.width})", flush=True)
-    data = load_data(config.data, config.seed)
+    data = load_data(config.data, config.seed, config.plant)
+    groups = groups_of(config.plant, data.classes, data.test_y.numpy(), None if data.test_marks is None else data.test_marks.numpy())
     folder = run_folder(config)
     folder.mkdir(parents=True, exist_ok=True)
     ledger = folder / "runs.json"
@@ -53,6 +60,8 @@ def train_run(args: argparse.Namespace) -> str:
         result = train(config, data, folder, on_metrics=on_metrics, on_checkpoint=on_checkpoint)
         tracking.log_artifact(folder / "index.json", "checkpoints")
         tracking.log_metrics(result.final_metrics)
+        if groups is not None:
+            _log_groups(config, data, groups, result.model)
         scratch = scratch_dir("train")
         try:
             plot_training(result.checkpoints, history, scratch / "training.png")
@@ -62,3 +71,17 @@ def train_run(args: argparse.Namespace) -> str:
         print(f"i2x train: run {run_id} FINISHED, test accuracy {result.final_metrics['test_accuracy']:.4f}, "
               f"{len(result.checkpoints)} checkpoints in {folder}")
     return run_id
+
+
+def _log_groups(config: Config, data: DataBundle, groups: Groups, model: torch.nn.Module) -> None:
+    """Test accuracy per group, worst group and the aligned/conflicting gap: metrics, a table
+    (``evaluation/groups.json``) and one line."""
+    from i2x.training.groups import describe, group_metrics, group_table
+    from i2x.training.loop import predictions, resolve_device
+
+    pred = predictions(model, data.test_x, config.train.eval_batch_size, resolve_device(config.train.device))
+    rows = group_table(pred.numpy(), data.test_y.numpy(), groups)
+    metrics = group_metrics(rows)
+    tracking.log_metrics(metrics)
+    tracking.log_text(json.dumps({"source": groups.source, "groups": rows}, indent=1), "evaluation/groups.json")
+    print(f"i2x train: {describe(rows, metrics)}", flush=True)

@@ -40,7 +40,7 @@ def _tune_context(explain_run_id: str, args: argparse.Namespace, scratch: Path, 
     last = sorted(p for p in tracking.list_artifacts(train_run_id, "checkpoints") if p.endswith(".pt"))[-1]
     final = read_checkpoint(tracking.download_artifacts(train_run_id, last, scratch))
     config = config_from_dict(config_dict) if config_dict else run_config(args, config_from_dict(final["config"]))
-    data = load_data(config.data, config.seed)
+    data = load_data(config.data, config.seed, config.plant)
     check_data_fits(final, data, config)
     device = resolve_device(config.train.device)
     model = model_from_checkpoint(final, last).to(device)

@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from i2x.platform.config import DataConfig
+from i2x.platform.config import DataConfig, PlantConfig
 from i2x.platform.errors import I2XError
 from i2x.platform.progress import steps
+from i2x.training.plants import apply_plant, check_plant
 from i2x.training.synthetic import SYNTHETIC_CLASSES, make_synthetic
 
 DATA_DIR_ENV = "I2X_DATA_DIR"
@@ -57,6 +58,9 @@ class DataBundle:
         val_idx: indices into ``train_x`` held out for validation.
         analysis_idx: seeded, stratified subset of ``fit_idx`` that the explanation uses.
         mean / std: per-channel statistics of the fit split, in [0, 1] pixel units.
+        train_marks / test_marks: ``(N, 4)`` boxes ``(y0, x0, y1, x1)`` of a planted mark
+            (:mod:`i2x.training.plants`), -1 where an image has none; None without a plant.
+            The truth, for metrics and tests: no explanation or tuning step reads them.
     """
 
     name: str
@@ -70,6 +74,8 @@ class DataBundle:
     analysis_idx: torch.Tensor
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    train_marks: torch.Tensor | None = None
+    test_marks: torch.Tensor | None = None
 
     @property
     def channels(self) -> int:
@@ -326,8 +332,9 @@ def _stratified_subset(labels: torch.Tensor, count: int, gen: torch.Generator) -
     return torch.sort(torch.cat(chosen)).values
 
 
-def load_data(cfg: DataConfig, seed: int) -> DataBundle:
-    """Load ``cfg.name`` and carve the seeded validation and analysis subsets.
+def load_data(cfg: DataConfig, seed: int, plant: PlantConfig | None = None) -> DataBundle:
+    """Load ``cfg.name``, plant ``plant``'s mark (if any), and carve the seeded validation
+    and analysis subsets.
 
     Raises:
         I2XError: unknown data set, missing data offline, or a corrupt image.
@@ -348,6 +355,10 @@ def load_data(cfg: DataConfig, seed: int) -> DataBundle:
         test_x, test_y = test_x[keep].contiguous(), test_y[keep].contiguous()
     if cfg.image_size and train_x.shape[-1] != cfg.image_size:
         train_x, test_x = (_resize(t, cfg.image_size) for t in (train_x, test_x))
+    marks: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
+    if plant is not None and plant.kind != "none":
+        check_plant(plant, len(raw.classes), int(train_x.shape[1]), int(train_x.shape[-1]))
+        train_x, test_x, *marks = apply_plant(plant, seed, train_x, train_y, test_x, test_y)
 
     val_mask = torch.zeros(len(train_y), dtype=torch.bool)
     val_mask[_stratified_subset(train_y, round(cfg.val_fraction * len(train_y)), gen)] = True
@@ -370,6 +381,8 @@ def load_data(cfg: DataConfig, seed: int) -> DataBundle:
         analysis_idx=analysis_idx,
         mean=tuple(round(float(m), 6) for m in mean),
         std=tuple(round(float(s), 6) for s in std),
+        train_marks=marks[0],
+        test_marks=marks[1],
     )
 
 

@@ -85,7 +85,10 @@ def fingerprint(config: Config) -> str:
     """Hash of everything that changes the trained weights (not the explain section)."""
     d = config.to_dict()
     train = {k: v for k, v in d["train"].items() if k not in ("log_every", "eval_batch_size")}
-    key = json.dumps({"seed": d["seed"], "data": d["data"], "model": d["model"], "train": train}, sort_keys=True)
+    parts = {"seed": d["seed"], "data": d["data"], "model": d["model"], "train": train}
+    if d["plant"]["kind"] != "none":  # a clean run keeps the folder it had before planting existed
+        parts["plant"] = {k: v for k, v in d["plant"].items() if k != "group_file"}
+    key = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
@@ -205,6 +208,13 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
         correct += int((logits.argmax(1) == yb).sum())
         n += len(yb)
     return {"accuracy": correct / max(n, 1), "loss": loss / max(n, 1)}
+
+
+@torch.no_grad()
+def predictions(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """``(N,)`` predicted classes of ``model`` on uint8 images ``x``."""
+    model.eval()
+    return torch.cat([model(xb.to(device)).argmax(1).cpu() for xb, _ in iterate(x, torch.zeros(len(x), dtype=torch.long), batch_size)])
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, xb: torch.Tensor, yb: torch.Tensor,

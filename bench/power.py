@@ -1,0 +1,214 @@
+"""Detection power of the explanation on planted shortcuts (issue 21).
+
+For a data set, a sweep over the planted share ``rho`` of one class's training images, the
+number of analysed images ``N`` and seeds, plus two controls per seed (the clean data set, and
+a model trained on permuted labels), this measures:
+
+- **power**: the share of seeds where the mark's prototype (the one assigned to >= 80% of the
+  mark's grid cells in the marked analysis images) is stated as a finding for the planted class
+  and located in words;
+- **false findings**: on the clean data, the share of seeds where a finding for that class sits
+  in the mark's corner (a mark that is not there); on permuted labels, the share of seeds with
+  any finding at all.
+
+Models are trained once per (rho, seed) into ``--work`` and reused: a rerun only explains, and
+each N re-explains the same checkpoints (the analysis subset is drawn after the splits, so the
+training is unchanged). Results are appended to ``--out`` (JSON lines) as they come; a rerun
+skips what is there. ``--table`` prints the power table and draws the figure from that file.
+
+    python bench/power.py --dataset mnist --rho 1,0.5,0.2,0.1,0.05 --seeds 5 --n 2000
+    python bench/power.py --table bench/out/power-mnist.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from i2x.explanation.document import explain  # noqa: E402
+from i2x.platform.config_io import apply_overrides, load_config  # noqa: E402
+from i2x.reporting.claims import named_prototypes, shortcut_checks  # noqa: E402
+from i2x.training.checkpoints import list_checkpoints, model_from_checkpoint, read_checkpoint  # noqa: E402
+from i2x.training.data import load_data  # noqa: E402
+from i2x.training.loop import resolve_device, run_folder, train  # noqa: E402
+
+# What each data set's sweep cuts, so that it fits a 2-core CPU (stated in the README with the curve).
+SETTINGS = {
+    "mnist": ("mnist", "data.train_limit=20000,train.epochs=2"),
+    "cifar10": ("cifar10", "data.train_limit=10000,model.name=cnn,model.width=32,train.epochs=8,train.batch_size=256,"
+                "train.lr=0.05,train.lr_schedule=onecycle,train.label_smoothing=0,train.bias_lr_scale=1,train.lookahead_every=0,"
+                "train.tta_level=0,data.augment=false,explain.n_prototypes=64"),
+}
+CORNER = ("bottom-right", "bottom-right quarter")  # where the planted mark sits, in the report's words
+PLANT = "plant.kind=shortcut,plant.mark=square,plant.position=fixed,plant.corner=br,plant.test=0.5"
+
+
+def mark_prototype(doc: dict, data, analysis, share: float = 0.8) -> int | None:
+    """The prototype assigned to at least ``share`` of the mark's grid cells (those at least
+    half covered by the mark) in the marked analysis images, or None."""
+    boxes = data.train_marks[data.analysis_idx].numpy()
+    a = analysis.protos.assignment
+    h, w = a.shape[-2:]
+    ch, cw = data.image_size / h, data.image_size / w
+    cells = []
+    for i in np.flatnonzero(boxes[:, 0] >= 0):
+        y0, x0, y1, x1 = boxes[i]
+        for r in range(h):
+            for c in range(w):
+                dy = min(y1, (r + 1) * ch) - max(y0, r * ch)
+                dx = min(x1, (c + 1) * cw) - max(x0, c * cw)
+                if dy > 0 and dx > 0 and dy * dx >= 0.5 * ch * cw:
+                    cells.append(int(a[i, r, c]))
+    if not cells:
+        return None
+    ids, counts = np.unique(cells, return_counts=True)
+    return int(ids[counts.argmax()]) if counts.max() >= share * len(cells) else None
+
+
+def judge(doc: dict, target: str, k: int | None) -> dict:
+    """Is prototype ``k`` stated for ``target``: as a shortcut check (the report's lead, which
+    locates it in words), or as a finding; and which shortcut checks the run states at all."""
+    checks = shortcut_checks(doc)
+    named = named_prototypes(doc)
+    mine = [r for r in checks if r["class"] == target]
+    corner = sorted({r["prototype"] for r in mine if r["where"].get("region") in CORNER})
+    detected = k is not None and any(r["prototype"] == k for r in mine)
+    finding = k is not None and any(r["prototype"] == k and r.get("class") == target for r in named["findings"])
+    return {"mark_prototype": k, "detected": bool(detected), "finding": bool(finding), "n_findings": len(named["findings"]),
+            "shortcut_checks": [(r["prototype"], r["class"], r["where"].get("region")) for r in checks],
+            "corner_checks": corner, "lead": checks[0]["prototype"] if checks else None}
+
+
+def _first(doc: dict) -> int | None:
+    named = named_prototypes(doc)["findings"]
+    return named[0]["prototype"] if named else None
+
+
+def _permuted(data, seed: int):
+    """The same bundle with its training labels permuted (seeded): nothing real to explain."""
+    gen = torch.Generator().manual_seed(1000 + seed)
+    return dataclasses.replace(data, train_y=data.train_y[torch.randperm(len(data.train_y), generator=gen)])
+
+
+def one(dataset: str, rho: float | None, seed: int, n: int, work: Path, permuted: bool, target: int) -> dict:
+    name, cut = SETTINGS[dataset]
+    plant = f",{PLANT},plant.classes=[{target}],plant.rho={rho}" if rho is not None else ""
+    config = load_config(name, f"work_dir={work},seed={seed},{cut}{plant}")
+    data = _permuted(load_data(config.data, config.seed, config.plant), seed) if permuted else load_data(config.data, config.seed, config.plant)
+    folder = run_folder(config) if not permuted else work / "permuted" / run_folder(config).name
+    t0 = time.perf_counter()
+    result = train(config, data, folder, progress=False)
+    t_train = time.perf_counter() - t0
+    files = list_checkpoints(folder)
+    payloads = [read_checkpoint(f) for f in files]
+    # the same model, a different analysis subset of size n (drawn after the splits)
+    analysed = apply_overrides(config, {"data.analysis_size": n})
+    adata = load_data(analysed.data, analysed.seed, analysed.plant)
+    adata = _permuted(adata, seed) if permuted else adata
+    infos = [{"step": c.step, "epoch": c.epoch, "val_accuracy": c.metrics["val_accuracy"]} for c in result.checkpoints]
+    t0 = time.perf_counter()
+    analysis, doc = explain(len(files), lambda t: model_from_checkpoint(payloads[t], str(files[t])), infos, adata, analysed,
+                            resolve_device("cpu"), target_layer=payloads[-1]["target_layer"], progress=False)
+    t_explain = time.perf_counter() - t0
+    k = mark_prototype(doc, adata, analysis) if rho is not None else None
+    (work / "docs").mkdir(parents=True, exist_ok=True)
+    (work / "docs" / f"{dataset}-rho{rho}-seed{seed}-n{n}{'-permuted' if permuted else ''}.json").write_text(json.dumps(doc))
+    row = {"dataset": dataset, "rho": rho, "seed": seed, "n": n, "permuted": permuted, "target": target,
+           "test_accuracy": result.final_metrics["test_accuracy"], "train_s": round(t_train, 1), "explain_s": round(t_explain, 1),
+           **judge(doc, data.classes[target], k)}
+    return row
+
+
+def table(path: Path) -> None:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    planted = [r for r in rows if r["rho"] is not None and not r["permuted"]]
+    print("| rho | N | seeds | power: mark stated as a shortcut check and located | mark leads the report | also a null-backed finding | mark prototype exists |")
+    print("|---|---|---|---|---|---|---|")
+    for rho in sorted({r["rho"] for r in planted}, reverse=True):
+        for n in sorted({r["n"] for r in planted}):
+            sel = [r for r in planted if r["rho"] == rho and r["n"] == n]
+            if sel:
+                print(f"| {rho:g} | {n} | {len(sel)} | {np.mean([r['detected'] for r in sel]):.0%} | "
+                      f"{np.mean([r['lead'] is not None and r['lead'] == r['mark_prototype'] for r in sel]):.0%} | "
+                      f"{np.mean([r['finding'] for r in sel]):.0%} | {np.mean([r['mark_prototype'] is not None for r in sel]):.0%} |")
+    clean = [r for r in rows if r["rho"] is None and not r["permuted"]]
+    perm = [r for r in rows if r["permuted"]]
+    if clean:
+        print(f"clean data ({len(clean)} runs): a shortcut check for the target class in the mark's corner in "
+              f"{np.mean([bool(r['corner_checks']) for r in clean]):.0%}; any shortcut check in {np.mean([bool(r['shortcut_checks']) for r in clean]):.0%} "
+              f"({sum(len(r['shortcut_checks']) for r in clean)} in all: {[c for r in clean for c in r['shortcut_checks']]})")
+    if perm:
+        print(f"permuted labels ({len(perm)} runs): any shortcut check in {np.mean([bool(r['shortcut_checks']) for r in perm]):.0%}, "
+              f"any finding in {np.mean([r['n_findings'] > 0 for r in perm]):.0%}")
+    _figure(planted, path.with_suffix(".png"))
+
+
+def _figure(planted: list[dict], out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for n in sorted({r["n"] for r in planted}):
+        rhos = sorted({r["rho"] for r in planted if r["n"] == n})
+        power = [np.mean([r["detected"] for r in planted if r["n"] == n and r["rho"] == rho]) for rho in rhos]
+        ax.plot(rhos, power, marker="o", label=f"N = {n}")
+    ax.axhline(0.8, color="grey", lw=0.8, ls="--")
+    ax.set_xscale("log")
+    ax.set_xlabel("share of the class's training images with the mark (rho)")
+    ax.set_ylabel("power: mark stated and located")
+    ax.set_ylim(-0.05, 1.05)
+    ax.legend(frameon=False)
+    ax.set_title(f"{planted[0]['dataset']}: detection power of a planted shortcut" if planted else "")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    print(f"figure: {out}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", choices=sorted(SETTINGS), default="mnist")
+    ap.add_argument("--rho", default="1,0.5,0.2,0.1,0.05", help="planted shares, comma-separated")
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--n", default="2000", help="analysed images, comma-separated")
+    ap.add_argument("--controls", type=int, default=-1, help="seeds of the clean and permuted-label controls (-1: --seeds)")
+    ap.add_argument("--target", type=int, default=7, help="the planted class")
+    ap.add_argument("--work", default="bench/out/power-work")
+    ap.add_argument("--out", default="")
+    ap.add_argument("--table", default="", help="print the table and draw the figure of a results file, then stop")
+    args = ap.parse_args()
+    if args.table:
+        table(Path(args.table))
+        return
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    out = Path(args.out or f"bench/out/power-{args.dataset}.jsonl")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = {(r["rho"], r["seed"], r["n"], r["permuted"]) for r in map(json.loads, out.read_text().splitlines())} if out.is_file() else set()
+    controls = args.seeds if args.controls < 0 else args.controls
+    jobs = [(float(rho), s, int(n), False) for s in range(args.seeds) for rho in args.rho.split(",") for n in args.n.split(",")]
+    jobs += [(None, s, int(n), perm) for s in range(controls) for perm in (False, True) for n in args.n.split(",")]
+    todo = [j for j in jobs if j not in done]
+    start = time.perf_counter()
+    for i, (rho, seed, n, perm) in enumerate(todo):
+        row = one(args.dataset, rho, seed, n, Path(args.work), perm, args.target)
+        with out.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        elapsed = time.perf_counter() - start
+        eta = elapsed / (i + 1) * (len(todo) - i - 1)
+        print(f"[{i + 1}/{len(todo)}] rho={rho} seed={seed} N={n} permuted={perm}: detected={row['detected']} "
+              f"(P{row['mark_prototype']}), shortcut checks {row['shortcut_checks']}, findings {row['n_findings']}, test acc {row['test_accuracy']:.4f}, "
+              f"train {row['train_s']} s, explain {row['explain_s']} s; ETA {eta / 60:.1f} min", flush=True)
+    table(out)
+
+
+if __name__ == "__main__":
+    main()

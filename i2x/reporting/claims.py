@@ -1,0 +1,290 @@
+"""The report's words: plain-language claims made from the explanation document, each
+stated only as far as its control, null or test supports it (figures are named, not drawn)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def prototype_names(ids: list[int]) -> str:
+    parts = [f"P{k}" for k in ids]
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def _share(value: float, several: bool) -> str:
+    """``all``, or ``at least 85%`` for the smallest of several, ``85%`` for one."""
+    if round(100 * value) >= 100:
+        return "all"
+    return f"at least {100 * value:.0f}%" if several else f"{100 * value:.0f}%"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _explain_cfg(doc: dict[str, Any]) -> dict[str, Any]:
+    return doc.get("config", {}).get("explain", {})
+
+
+def named_prototypes(doc: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Every candidate label, sorted by what it earned.
+
+    - ``findings``: beats the permutation null (or the null is off) and passes the causal check;
+    - ``model_only``: passes the causal check, but its training history does not beat the null;
+    - ``not_verified``: fails the causal check, or too few images to test it.
+
+    Shared/specialised rows carry ``class``; uncertain rows their ``pair``.
+    """
+    out: dict[str, list[dict[str, Any]]] = {"findings": [], "model_only": [], "not_verified": []}
+
+    def put(row: dict[str, Any]) -> None:
+        if not row.get("verified"):
+            out["not_verified"].append(row)
+        elif row.get("beats_null") is False:
+            out["model_only"].append(row)
+        else:
+            out["findings"].append(row)
+
+    for cls in doc["class_structure"]:
+        for role in ("shared", "specialised"):
+            for row in cls[role]:
+                put({**row, "role": role, "class": cls["name"]})
+    for u in doc["uncertain"]:
+        put({**u, "role": "uncertain"})
+    out["findings"].sort(key=lambda r: -effect_rank(doc, r))
+    out["model_only"].sort(key=lambda r: -effect_rank(doc, r))
+    return out
+
+
+def effect_rank(doc: dict[str, Any], row: dict[str, Any]) -> float:
+    """How strongly a label's prototype drives the model, for ranking findings: its excess
+    drop over matched random cells (the causal check), weighted by how concentrated it is in
+    one place (the share of its class's images with it in one region), so that a planted
+    shortcut leads. 0 when it was not tested."""
+    excess = next((d["excess"] for d in (doc.get("faithfulness") or {}).get("deletion", [])
+                   if d["prototype"] == row["prototype"] and d["role"] == row["role"] and d["excess"] is not None), 0.0)
+    where = (doc["prototypes"][row["prototype"]].get("where") or {}) if row["prototype"] < len(doc["prototypes"]) else {}
+    return float(excess) * max(float(where.get("share") or 0.0), 0.1)
+
+
+def shortcut_checks(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Class-specific prototypes the final model relies on beyond what Grad-CAM shows, from
+    one place (shared, specialised or cue rows of the causal check):
+
+    - the causal check verified it;
+    - it lies mostly outside the image's top Grad-CAM cells (at most
+      ``explain.shortcut_max_overlap`` of its cells among them), yet occluding it lowers the
+      class margin more than occluding as many of those cells (bootstrap CI above 0);
+    - it sits in one region in at least ``explain.concentration_share`` of its class's images.
+
+    A planted shortcut on MNIST is such a prototype; an object part usually is not (Grad-CAM
+    already looks there). Strongest first; each row carries its deletion row. The
+    training-history null is not asked: a cue in every image of a class is class structure to
+    a within-class null by construction.
+    """
+    concentration = float(_explain_cfg(doc).get("concentration_share", 0.8))
+    max_overlap = float(_explain_cfg(doc).get("shortcut_max_overlap", 0.5))
+    out = []
+    for d in (doc.get("faithfulness") or {}).get("deletion", []):
+        where = doc["prototypes"][d["prototype"]].get("where") or {}
+        ci = d.get("beyond_gradcam_ci") or [None, None]
+        overlap = d.get("gradcam_overlap")
+        if (d["role"] != "uncertain" and d["verified"] and ci[0] is not None and ci[0] > 0
+                and overlap is not None and overlap <= max_overlap
+                and (where.get("share") or 0) >= concentration and where.get("class") == d["classes"][0]):
+            out.append({"prototype": d["prototype"], "role": d["role"], "class": d["classes"][0], "deletion": d, "where": where})
+    return sorted(out, key=lambda r: -r["deletion"]["beyond_gradcam"])
+
+
+def headline(doc: dict[str, Any], limit: int = 4) -> str:
+    """One line: shortcut checks first, then the verified findings (prototype -> class or
+    pair) by effect, or that there are none."""
+    named = named_prototypes(doc)
+    if doc.get("faithfulness") is None:
+        return "causal check off: no prototype is stated as a finding"
+    checks = shortcut_checks(doc)
+    lead = ("shortcut check: " + ", ".join(f"P{r['prototype']} -> {r['class']} ({r['where']['region']})" for r in checks[:2])
+            + (f" and {len(checks) - 2} more" if len(checks) > 2 else "") + "; ") if checks else ""
+    found = named["findings"]
+    if not found:
+        return lead + f"no finding: none of {_plural(len(named['not_verified']) + len(named['model_only']), 'named prototype')} passed both the causal check and the permutation null"
+    seen = dict.fromkeys(f"P{r['prototype']} -> {r['class'] if 'class' in r else '/'.join(r['pair'])}" for r in found)
+    shown = list(seen)[:limit]
+    more = f" and {len(seen) - limit} more" if len(seen) > limit else ""
+    return lead + f"{_plural(len(seen), 'verified finding')}: {', '.join(shown)}{more}"
+
+
+def fit_line(metrics: dict[str, Any]) -> str:
+    """The causal count and the regression's held-out R^2 beside its class-only baseline."""
+    def num(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    checked = (f"{metrics['n_verified']} of {_plural(metrics['n_named'], 'named prototype')} passed the causal check"
+               if metrics.get("n_named") is not None else "causal check off")
+    return (f"{checked}; held-out R^2 {num(metrics.get('mean_r2_heldout'))} against {num(metrics.get('r2_class'))} from the class "
+            f"alone (the gap is what prototypes add; near 0 or negative: they explain little)")
+
+
+def progression_claims(doc: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None, list[dict[str, Any]]]:
+    """The pairs the report names: the last separated, the first separated (None when
+    no pair qualifies, or the same pair), and up to three never separated. Only pairs with
+    at least ``explain.min_peak_confusions`` confusions at some checkpoint qualify."""
+    min_peak = int(doc["config"].get("explain", {}).get("min_peak_confusions", 10))
+    separated = [p for p in doc["progression"] if p["separated_at"] is not None and max(p["confusions"]) >= min_peak]
+    never = [p for p in doc["progression"] if p["separated_at"] is None and max(p["confusions"]) >= min_peak]
+    never = sorted(never, key=lambda p: -p["confusions"][-1])[:3]
+    if not separated:
+        return None, None, never
+    last = max(separated, key=lambda p: (p["separated_at"], max(p["confusions"])))
+    first = min(separated, key=lambda p: (p["separated_at"], -max(p["confusions"])))
+    return last, (first if first is not last else None), never
+
+
+def statements(doc: dict[str, Any]) -> dict[str, list[str]]:
+    """Plain-language findings, generated from the explanation, by report section. Only
+    prototypes that passed the causal check are stated as findings; each sentence names
+    the figure that backs it."""
+    out: dict[str, list[str]] = {"shortcuts": [], "classes": [], "locations": [], "progression": [], "uncertain": [], "faithfulness": []}
+    for r in shortcut_checks(doc):
+        d, where = r["deletion"], r["where"]
+        out["shortcuts"].append(
+            f"P{r['prototype']} drives class {r['class']} from the {where['region']} of the image ({100 * where['share']:.0f}% of the "
+            f"{where['n_images']} images of class {r['class']} that contain it): occluding it lowers the class margin by "
+            f"{d['effect']:.2f} logits, more than as many of Grad-CAM's top cells do ({d['baselines']['gradcam']:.2f}; difference "
+            f"{d['beyond_gradcam']:+.2f}, CI [{d['beyond_gradcam_ci'][0]:+.2f}, {d['beyond_gradcam_ci'][1]:+.2f}]) although only "
+            f"{100 * d['gradcam_overlap']:.0f}% of its cells are among them: the saliency maps understate it. Check whether this is a "
+            f"shortcut (figures: locations.png, findings.png).")
+    cfg = _explain_cfg(doc)
+    protos = {p["id"]: p for p in doc["prototypes"]}
+    checked = doc.get("faithfulness") is not None
+    named = named_prototypes(doc)
+    for cls in doc["class_structure"]:
+        found = [r for r in named["findings"] if r.get("class") == cls["name"]]
+        shared = sorted((r for r in found if r["role"] == "shared"), key=lambda r: -(r["evidence"] or 0))[:3]
+        if shared:
+            cov = min(r["coverage"] for r in shared)
+            out["classes"].append(f"Class {cls['name']} relies on {prototype_names([r['prototype'] for r in shared])}: "
+                                  f"{'each is' if len(shared) > 1 else 'it is'} in {_share(cov, len(shared) > 1)} of its samples, its rise in "
+                                  f"saliency pushed the class's confidence up beyond a within-class permutation null, and occluding it hurts "
+                                  f"the class more than occluding matched random cells (figures: class_prototypes.png, faithfulness.png).")
+        for r in sorted((r for r in found if r["role"] == "specialised"), key=lambda r: -(r["evidence"] or 0))[:2]:
+            out["classes"].append(f"Some {cls['name']} samples use P{r['prototype']} instead: it is in {100 * r['group_coverage']:.0f}% of one "
+                                  f"learning group but only {100 * r['coverage']:.0f}% of the class, a variant within the class "
+                                  f"(figures: class_prototypes.png, faithfulness.png).")
+        used = sorted({r["prototype"] for r in named["model_only"] if r.get("class") == cls["name"]})
+        if used:
+            out["classes"].append(f"The final model relies on {prototype_names(used)} for {cls['name']} (occluding "
+                                  f"{'it' if len(used) == 1 else 'them'} hurts the class more than matched random cells), but the training "
+                                  f"history does not single {'it' if len(used) == 1 else 'them'} out beyond class structure (permutation null) "
+                                  f"(figure: faithfulness.png).")
+    if not named["findings"] and not named["model_only"]:
+        out["classes"].append("No prototype passed the causal check; the explanation names no finding for this model." if checked
+                              else "The causal check did not run; no prototype is stated as a finding.")
+    failed: dict[int, list[str]] = {}
+    for r in named["not_verified"]:
+        failed.setdefault(r["prototype"], []).append(r["class"] if "class" in r else "/".join(r["pair"]))
+    if failed:
+        listed = ", ".join(f"P{k} ({', '.join(dict.fromkeys(cs))})" for k, cs in sorted(failed.items()))
+        out["classes"].append(f"Not verified: {listed}: labelled by the training history for those classes, but occluding "
+                              f"{'it' if len(failed) == 1 else 'them'} there does not hurt the model more than matched random cells "
+                              f"(or too few images contain {'it' if len(failed) == 1 else 'them'}); not findings (figure: faithfulness.png).")
+    background = doc.get("background", [])
+    if background:
+        reasons = doc.get("background_reasons") or {}
+        why = {"in most classes": "in most images of most classes", "blank": "on near-constant cells (empty canvas)",
+               "border ring": "on the image's border, all around"}
+        by_reason: dict[str, list[int]] = {}
+        for k in background:
+            by_reason.setdefault(reasons.get(str(k), "in most classes"), []).append(k)
+        said = "; ".join(f"{prototype_names(ks)} {why[r]}" for r, ks in by_reason.items())
+        out["classes"].append(f"Background, never counted as a class's evidence: {said} (figure: gallery-1.png).")
+
+    concentration = float(cfg.get("concentration_share", 0.8))
+    for k in sorted({r["prototype"] for r in named["findings"] + named["model_only"]}):
+        where = protos[k]["where"]
+        if where["share"] is not None and where["share"] >= concentration:
+            out["locations"].append(f"P{k} sits in the {where['region']} of the image in {100 * where['share']:.0f}% of the "
+                                    f"{where['n_images']} images of class {where['class']} that contain it (figure: locations.png). A prototype "
+                                    f"fixed in one place can be a shortcut: check that the model should look there.")
+
+    steps = [c["step"] for c in doc["checkpoints"]]
+    min_peak = int(cfg.get("min_peak_confusions", 10))
+    last, first, never = progression_claims(doc)
+    if last is not None:
+        out["progression"].append(f"{last['pair'][0]} and {last['pair'][1]} were the last pair separated, at checkpoint "
+                                  f"{last['separated_at']} (step {steps[last['separated_at']]}), after up to "
+                                  f"{_plural(max(last['confusions']), 'confusion')} (figure: progression.png).")
+        if first is not last:
+            out["progression"].append(f"{first['pair'][0]} and {first['pair'][1]} were separated first, at checkpoint "
+                                      f"{first['separated_at']} (figure: progression.png).")
+    else:
+        out["progression"].append(f"No class pair reached {min_peak} confusions at any checkpoint, so no separation order is claimed "
+                                  f"(figure: progression.png).")
+    for p in never:
+        out["progression"].append(f"{p['pair'][0]} and {p['pair'][1]} are never fully separated: still "
+                                  f"{_plural(p['confusions'][-1], 'confusion')} at the last checkpoint (figure: progression.png).")
+    rho, p = doc.get("distinct_vs_separation_spearman"), doc.get("distinct_vs_separation_p")
+    if rho is not None and p is not None and p < 0.05:
+        out["progression"].append(f"Pairs whose classes have more distinct prototypes were separated {'earlier' if rho < 0 else 'later'} "
+                                  f"(Spearman {rho:+.2f} over all pairs, p = {p:.3f} against classes permuted; the paper expects earlier).")
+    elif rho is not None:
+        out["progression"].append(f"No relation shown between a pair's distinct prototypes and when it was separated (Spearman "
+                                  f"{rho:+.2f}{f', p = {p:.2f} against classes permuted' if p is not None else ', untested'}); the "
+                                  f"paper's claim that such pairs separate first is not confirmed here.")
+
+    shown = 10
+    found_u = [u for u in named["findings"] if u["role"] == "uncertain"]
+    for u in found_u[:shown]:
+        out["uncertain"].append(f"P{u['prototype']} oscillates between {u['pair'][0]} and {u['pair'][1]} (uncertainty {u['score']:.2f}, beyond "
+                                f"the permutation null), and occluding it moves the {u['pair'][0]}/{u['pair'][1]} margin more than matched "
+                                f"random cells (figures: uncertain.png, faithfulness.png).")
+    if len(found_u) > shown:
+        out["uncertain"].append(f"... and {len(found_u) - shown} more, listed in explanation/explanation.json.")
+    other_u = [u["prototype"] for u in doc["uncertain"] if u["prototype"] not in {f["prototype"] for f in found_u}]
+    if other_u:
+        out["uncertain"].append(f"{prototype_names(other_u)} scored as oscillating but failed the permutation null or the causal check: not findings "
+                                f"(figure: faithfulness.png).")
+    if not doc["uncertain"]:
+        out["uncertain"].append("No prototype oscillates enough to count as uncertain (figure: uncertain.png).")
+    null = doc.get("null")
+    if null:
+        c = null["counts"]
+        out["uncertain"].append("Against a within-class permutation null (" + _plural(null["n_permutations"], "replicate") + "): "
+                                + "; ".join(f"{role} candidate labels {c[role]['real']:.0f} vs {c[role]['null_mean']:.1f} +- "
+                                            f"{c[role]['null_std']:.1f} in the null" for role in ("shared", "specialised", "uncertain"))
+                                + ". Only labels that beat the null individually are kept.")
+        alike = [role for role in ("shared", "specialised", "uncertain")
+                 if c[role]["real"] and abs(c[role]["real"] - c[role]["null_mean"]) <= 2 * max(c[role]["null_std"], 0.5)]
+        if alike:
+            out["uncertain"].append(f"The {' and '.join(alike)} candidate labels are about as many as the null makes with the link "
+                                    f"between saliency and confidence broken: as a set, they come from which classes contain which "
+                                    f"prototypes, not from how the model learned. A label is stated only where it beats the null "
+                                    f"on its own.")
+
+    reg = doc.get("regression") or {}
+    r2 = (reg.get("heldout_r2") or {}).get("groups", {})
+    if r2.get("prototypes") is not None:
+        verdict = ("predict confidence changes better than class identity alone" if reg.get("prototypes_beat_class")
+                   else "do NOT predict confidence changes better than class identity alone")
+        adds = "and add to it" if reg.get("prototypes_add_to_class") else "and add nothing to it"
+        out["faithfulness"].append(
+            f"Prototype changes {verdict} {adds}: held-out R^2 {r2['prototypes']:.2f} vs class one-hot "
+            f"{r2['class']:.2f}, both {r2['prototypes+class']:.2f}, group mean alone {r2['group_mean']:.2f} "
+            f"({reg.get('folds')}-fold, {reg.get('mode')} fit, learning groups only; figure: beta_heatmap.png).")
+    noise = (reg.get("heldout_r2") or {}).get("noise", {})
+    if noise.get("prototypes") is not None:
+        out["faithfulness"].append(f"HDBSCAN noise ({100 * doc['metrics']['noise_share']:.0f}% of samples) is scored apart: R^2 "
+                                   f"{noise['prototypes']:.2f} vs class one-hot {noise['class']:.2f}.")
+    faith = doc.get("faithfulness")
+    if faith:
+        sm = faith["summary"]
+        if sm["n_tested"]:
+            out["faithfulness"].append(f"{sm['n_verified']} of {sm['n_tested']} named prototypes passed the causal check (mean excess "
+                                       f"drop over matched random cells {sm['mean_excess']:+.2f}; figure: faithfulness.png).")
+        road = faith["road"]
+        if road:
+            better = road["gradcam_ci"][0] > road["random_ci"][1]
+            out["faithfulness"].append(f"ROAD (pytorch-grad-cam, {road['n_images']} images): the final Grad-CAM maps score "
+                                       f"{road['gradcam']:.3f} [{road['gradcam_ci'][0]:.3f}, {road['gradcam_ci'][1]:.3f}] against "
+                                       f"{road['random']:.3f} for random maps: {'more' if better else 'not clearly more'} faithful than chance.")
+    return out

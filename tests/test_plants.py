@@ -1,0 +1,68 @@
+"""Planted defects (issue 21): the mark lands where and how often the config says, on any
+data set, and nothing else of the bundle moves."""
+
+import pytest
+import torch
+
+from i2x.platform.config import PlantConfig
+from i2x.platform.config_io import load_config
+from i2x.platform.errors import I2XError
+from i2x.training.data import load_data
+from i2x.training.plants import apply_plant, check_plant, stamp
+
+
+def _blank(n_per_class: int, classes: int, channels: int = 1, size: int = 12):
+    y = torch.arange(classes).repeat_interleave(n_per_class)
+    return torch.zeros(len(y), channels, size, size, dtype=torch.uint8), y
+
+
+def test_a_shortcut_marks_exactly_rho_of_its_class_and_other_of_the_rest():
+    x, y = _blank(20, 3)
+    cfg = PlantConfig(kind="shortcut", classes=(1,), rho=0.75, other=0.1, test=0.5, size=3, color=(200,), corner="tl")
+    tx, ty = _blank(10, 3)
+    px, ptx, boxes, test_boxes = apply_plant(cfg, 0, x, y, tx, ty)
+    marked = boxes[:, 0] >= 0
+    assert [int(marked[y == c].sum()) for c in range(3)] == [2, 15, 2]  # 10% of 20, 75% of 20, 10% of 20
+    assert [int((test_boxes[:, 0] >= 0)[ty == c].sum()) for c in range(3)] == [5, 5, 5]  # test: 50% of every class
+    assert torch.equal(boxes[marked][0], torch.tensor([0, 0, 3, 3]))  # fixed, top-left, 3 pixels
+    assert int(px[marked][:, :, :3, :3].min()) == 200 and int(px[marked][:, :, 3:, :].max()) == 0 == int(px[marked][:, :, :, 3:].max())
+    assert int(px[~marked].max()) == 0  # unmarked images untouched
+    assert int(x.max()) == 0  # the inputs are not changed in place
+
+
+def test_random_position_stays_inside_the_corner_region_and_the_mark_kinds_cover_as_drawn():
+    x, y = _blank(50, 2, channels=3, size=16)
+    cfg = PlantConfig(kind="shortcut", classes=(0,), rho=1.0, test=0.0, size=3, position="random", corner="br", region=6,
+                      color=(255, 0, 0))
+    px, _, boxes, _ = apply_plant(cfg, 1, x, y, x[:2], y[:2])
+    on = boxes[boxes[:, 0] >= 0]
+    assert len(on) == 50 and int(on[:, :2].min()) >= 10 and int(on[:, 2:].max()) <= 16
+    assert len({tuple(b.tolist()) for b in on}) > 5  # positions vary
+    assert int(px[:, 1:].max()) == 0 and int(px[:, 0].max()) == 255  # red only
+    _, ring = stamp(PlantConfig(mark="ring", size=5), 1)
+    assert ring.sum() == 16 and not ring[1:4, 1:4].any()
+    _, stripes = stamp(PlantConfig(mark="stripes", size=4), 1)
+    assert stripes.tolist() == [[True] * 4, [False] * 4, [True] * 4, [False] * 4]
+
+
+def test_a_plant_is_refused_in_one_line_when_it_cannot_be_stamped():
+    with pytest.raises(I2XError, match="plant.classes must be class indices in 0..2"):
+        check_plant(PlantConfig(kind="shortcut", classes=(3,)), 3, 1, 28)
+    with pytest.raises(I2XError, match="exactly two plant.classes"):
+        check_plant(PlantConfig(kind="confuser", classes=(1,)), 3, 1, 28)
+    with pytest.raises(I2XError, match="plant.color must be 1 or 3 values"):
+        check_plant(PlantConfig(kind="shortcut", color=(1, 2)), 3, 3, 28)
+    with pytest.raises(I2XError, match="do not fit 8x8"):
+        check_plant(PlantConfig(kind="shortcut", size=9), 3, 1, 8)
+
+
+def test_planting_the_smoke_set_keeps_its_splits_and_records_the_plant(tmp_path):
+    config = load_config("smoke", {"work_dir": str(tmp_path), "plant.kind": "confuser", "plant.classes": [2, 3], "plant.rho": 0.5})
+    clean = load_data(config.data, config.seed)
+    planted = load_data(config.data, config.seed, config.plant)
+    assert clean.train_marks is None and planted.train_marks is not None
+    assert torch.equal(clean.fit_idx, planted.fit_idx) and torch.equal(clean.analysis_idx, planted.analysis_idx)
+    marked = planted.train_marks[:, 0] >= 0
+    assert [int(marked[planted.train_y == c].sum()) for c in range(4)] == [0, 0, 75, 75]
+    assert torch.equal(clean.train_x[~marked], planted.train_x[~marked])
+    assert config.to_dict()["plant"]["kind"] == "confuser"  # recorded with the run's config (params, checkpoints, JSON)
