@@ -11,7 +11,7 @@ import torch
 
 from i2x.explanation.document import TIMESTAMP_FIELDS, dumps, explain, validate
 from i2x.platform.errors import I2XError
-from i2x.reporting.claims import named_prototypes, statements
+from i2x.reporting.claims import named_prototypes, shortcut_checks, statements
 from i2x.training.checkpoints import list_checkpoints, model_from_checkpoint, read_checkpoint
 from i2x.training.synthetic import make_synthetic
 
@@ -187,5 +187,6 @@ def test_a_model_trained_on_permuted_labels_has_no_finding(permuted_run, backgro
     _, doc = _explain((config, data, result))
     named = named_prototypes(doc)
     assert not [r for r in named["findings"] if r["role"] == "shared"], named["findings"]
+    assert shortcut_checks(doc) == []  # no cue pushes a class that the labels never followed
     if not background_rule:
         assert any(row["shared"] for row in doc["class_structure"])

@@ -31,9 +31,11 @@ from i2x.explanation.prototypes import (
     check_n_prototypes,
     content_background,
     fit_prototypes,
+    off_object,
 )
 from i2x.explanation.saliency import grad_cam
 from i2x.explanation.structure import Structure, build_structure
+from i2x.explanation.transplant import TransplantResult, transplant_test
 from i2x.platform.config import ExplainConfig, FaithfulnessConfig
 from i2x.platform.errors import I2XError
 from i2x.platform.progress import steps
@@ -74,27 +76,33 @@ class Analysis:
     deletion: list[DeletionResult] | None = None
     road: RoadResult | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    transplant: list[TransplantResult] | None = None
+    off_object: np.ndarray | None = None
 
 
-def claims_of(structure: Structure, coverage: np.ndarray | None = None, min_coverage: float = 1.0) -> list[Claim]:
+def claims_of(structure: Structure, coverage: np.ndarray | None = None, cfg: ExplainConfig | None = None) -> list[Claim]:
     """Every candidate label of ``structure`` as a claim to test causally: shared and
     specialised per class, then uncertain with its pair. Candidates, not only the labels that
     beat the permutation null: the null asks whether the training history singles a
     prototype out, the deletion test whether the final model uses it; the report needs both.
 
-    With ``coverage`` ``(K, M)``, also a ``cue`` claim for every prototype in at least
-    ``min_coverage`` of one class's images that is neither background nor already that
-    class's candidate: whether the final model relies on it does not hang on the sign of the
-    noisy training-history evidence (a planted shortcut's evidence can come out negative on
-    a small run; the shortcut check asks the final model)."""
+    With ``coverage`` ``(K, M)`` and ``cfg``, also a ``cue`` claim for every class-specific
+    prototype: in at least ``cfg.cue_coverage`` of class c's images and ``cfg.distinct_ratio``
+    times its coverage of any other class, neither background nor already c's candidate.
+    Whether the final model relies on such a prototype does not hang on the training-history
+    evidence (a planted shortcut's evidence can come out negative on a small run, and a mark
+    in 20% of a class is never "shared"); the shortcut check asks the final model."""
     labels = structure.candidates
     out = [Claim(k, "shared", (c,)) for c, ks in labels.shared.items() for k in ks]
     out += [Claim(s.prototype, "specialised", (c,)) for c, ss in labels.specialised.items() for s in ss]
     out += [Claim(s.prototype, "uncertain", s.pair) for s in labels.uncertain]
-    if coverage is not None:
+    if coverage is not None and cfg is not None and coverage.shape[1] > 1:
         named = {(c.prototype, c.classes[0]) for c in out if c.role != "uncertain"}
-        out += [Claim(int(k), "cue", (int(c),)) for k, c in zip(*np.nonzero(coverage >= min_coverage), strict=True)
-                if int(k) not in structure.background and (int(k), int(c)) not in named]
+        top = coverage.argmax(1)
+        rest = np.sort(coverage, axis=1)[:, -2]
+        out += [Claim(int(k), "cue", (int(top[k]),)) for k in range(coverage.shape[0])
+                if coverage[k, top[k]] >= cfg.cue_coverage and coverage[k, top[k]] >= cfg.distinct_ratio * rest[k]
+                and int(k) not in structure.background and (int(k), int(top[k])) not in named]
     return out
 
 
@@ -190,18 +198,22 @@ def analyse(
     preds = probs_t.argmax(2).numpy()
     blank = blank_cells(images, tuple(protos.assignment.shape[-2:]), cfg.background_blank_std)
     content = content_background(protos.assignment, blank, cfg.background_blank_share, cfg.background_ring_share)
+    off = off_object(protos.assignment, labels.numpy(), blank, protos.coverage.argmax(1))
     structure = build_structure(fits, groups, intens.presence, protos.coverage, y, preds, cfg, dp=intens.dp, dy=intens.dy, seed=seed,
                                 content=content)
     timings["structure"] = time.perf_counter() - tick
 
     deletion: list[DeletionResult] | None = None
+    transplant: list[TransplantResult] | None = None
     road = None
     if faithfulness is not None and faithfulness.enabled:
         tick = time.perf_counter()
         final_maps = maps_t[-1].numpy()
-        deletion = deletion_test(final_model, images, labels, protos.assignment, final_maps, claims_of(structure, protos.coverage, cfg.shared_coverage),
-                                 faithfulness,
-                                 seed, device, cfg.batch_size)
+        claims = claims_of(structure, protos.coverage, cfg)
+        deletion = deletion_test(final_model, images, labels, protos.assignment, final_maps, claims, faithfulness, seed, device, cfg.batch_size)
+        transplant = transplant_test(final_model, images, labels, protos.assignment, [c for c in claims if c.role != "uncertain"],
+                                     faithfulness, seed, device, batch_size=cfg.batch_size)
         road = road_scores(final_model, images, labels, final_maps, faithfulness, seed, device)
         timings["faithfulness"] = time.perf_counter() - tick
-    return Analysis(maps_t, probs_t, preds, protos, intens, groups, fits, structure, heldout_summary(fits), deletion, road, timings)
+    return Analysis(maps_t, probs_t, preds, protos, intens, groups, fits, structure, heldout_summary(fits), deletion, road, timings,
+                    transplant, off)

@@ -23,6 +23,7 @@ from i2x.explanation.faithfulness import DeletionResult, RoadResult
 from i2x.explanation.patterns import NOISE, PREDICTORS, GroupFit
 from i2x.explanation.prototypes import Prototypes, placement
 from i2x.explanation.structure import Structure
+from i2x.explanation.transplant import TransplantResult
 from i2x.platform.config import Config
 from i2x.platform.errors import I2XError
 from i2x.training.data import DataBundle
@@ -64,6 +65,8 @@ def build_document(
     deletion: list[DeletionResult] | None = None,
     road: RoadResult | None = None,
     top_beta: int = 5,
+    transplant: list[TransplantResult] | None = None,
+    off_object: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Assemble the explanation. ``run`` and ``config`` are copied in as given.
 
@@ -100,7 +103,8 @@ def build_document(
         prototypes.append({
             "id": k,
             "background": k in background,
-            "where": {"class": name(where.cls), "region": where.region, "share": _r(where.share), "n_images": where.n_images},
+            "where": {"class": name(where.cls), "region": where.region, "share": _r(where.share), "n_images": where.n_images,
+                      "off_object": None if off_object is None else _r(off_object[k])},
             "coverage": {name(c): _r(protos.coverage[k, c]) for c in range(len(classes))},
             "n_locations": int((protos.assignment == k).sum()),
             "n_samples": int(protos.presence[:, k].sum()),
@@ -193,7 +197,7 @@ def build_document(
         "tests": [{"role": t.role, "class": None if t.cls < 0 else name(t.cls), "prototype": t.prototype, "statistic": _r(t.statistic),
                    "null_mean": _r(t.null_mean), "p": _r(t.p), "p_adjusted": _r(t.p_adjusted), "kept": t.kept} for t in null.tests],
     }
-    faith = _faithfulness_doc(deletion, road, name) if deletion is not None else None
+    faith = _faithfulness_doc(deletion, road, name, transplant or []) if deletion is not None else None
     noise = float((groups == NOISE).mean())
     return {
         "schema": SCHEMA_ID,
@@ -278,10 +282,12 @@ def document_of(
     """The explanation document of one :class:`~i2x.explanation.analysis.Analysis` (see :func:`build_document`)."""
     return build_document(run=run, config=config, classes=classes, checkpoints=checkpoints, protos=analysis.protos,
                           analysis_index=analysis_index, groups=analysis.groups, fits=analysis.fits, structure=analysis.structure,
-                          labels=labels, heldout=analysis.heldout, deletion=analysis.deletion, road=analysis.road)
+                          labels=labels, heldout=analysis.heldout, deletion=analysis.deletion, road=analysis.road,
+                          transplant=analysis.transplant, off_object=analysis.off_object)
 
 
-def _faithfulness_doc(deletion: list[DeletionResult], road: RoadResult | None, name: Any) -> dict[str, Any]:
+def _faithfulness_doc(deletion: list[DeletionResult], road: RoadResult | None, name: Any,
+                      transplant: list[TransplantResult]) -> dict[str, Any]:
     rows = [{
         "prototype": r.claim.prototype, "role": r.claim.role, "classes": [name(c) for c in r.claim.classes],
         "n_images": r.n_images, "cells_per_image": _r(r.cells_per_image), "foreground_share": _r(r.foreground_share),
@@ -294,6 +300,10 @@ def _faithfulness_doc(deletion: list[DeletionResult], road: RoadResult | None, n
     verified = [r for r in tested if r.verified]
     return {
         "deletion": rows,
+        "transplant": [{"prototype": r.claim.prototype, "role": r.claim.role, "classes": [name(c) for c in r.claim.classes],
+                        "n_pairs": r.n_pairs, "rise": _r(r.rise), "control": _r(r.control), "excess": _r(r.excess),
+                        "ci": [_r(r.ci[0]), _r(r.ci[1])], "p": _r(r.p), "p_adjusted": _r(r.p_adjusted), "flips": _r(r.flips),
+                        "control_flips": _r(r.control_flips), "sufficient": r.sufficient} for r in transplant],
         "road": None if road is None else {"n_images": road.n_images, "percentiles": list(road.percentiles), "gradcam": _r(road.gradcam),
                                            "random": _r(road.random), "gradcam_ci": [_r(v) for v in road.gradcam_ci],
                                            "random_ci": [_r(v) for v in road.random_ci]},

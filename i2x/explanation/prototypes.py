@@ -324,3 +324,23 @@ def cells_box(assignment: np.ndarray, k: int, image: tuple[int, int]) -> tuple[i
     (h, w), (height, width) = assignment.shape, image
     return (int(rows.min() * height // h), int(cols.min() * width // w),
             int(-(-(rows.max() + 1) * height // h)), int(-(-(cols.max() + 1) * width // w)))
+
+
+def off_object(assignment: np.ndarray, labels: np.ndarray, blank: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """``(K,)``: where prototype k sits in its class's images, the share of the *other*
+    classes' images that are blank canvas (:func:`blank_cells`), weighted by how often k is at
+    each cell. Near 1: the cue sits where the other classes have nothing, off the objects
+    (a mark in an empty corner); a part of the object sits where others have ink too.
+
+    Args:
+        assignment: ``(N, h, w)``; labels: ``(N,)``; blank: ``(N, h, w)`` bool;
+        classes: ``(K,)`` the class each prototype is read in (its most covered).
+    """
+    out = np.zeros(len(classes))
+    for k, c in enumerate(classes):
+        freq = (assignment[labels == c] == k).mean(0)
+        others = labels != c
+        if freq.sum() == 0 or not others.any():
+            continue
+        out[k] = float((freq * blank[others].mean(0)).sum() / freq.sum())
+    return out

@@ -62,9 +62,12 @@ class ExplainConfig:
         null_max_permutations: the null doubles its replicates, up to this, while a label's
             verdict would change within 3 Monte Carlo errors of its p-value.
         null_alpha: Benjamini-Hochberg level at which a label beats the null.
-        shortcut_max_overlap: a verified, concentrated class label is a shortcut check when
-            at most this share of its cells are among the image's top Grad-CAM cells and its
-            occlusion still hurts more than theirs (the maps understate it).
+        shortcut_off_object: a necessary and sufficient, concentrated cue is a shortcut check
+            only where at least this share of the other classes' images are blank canvas (off
+            the objects, as a mark in an empty corner; object parts sit where others have ink).
+        cue_coverage: a class-specific prototype (``distinct_ratio`` times more common in one
+            class than in any other) in at least this share of that class's images is tested
+            by the causal check as a ``cue``, labelled or not (a shortcut in 5% of a class).
         concentration_share: the report says where a verified prototype sits when at least
             this share of its class's images have it in one ninth (else quarter, else half)
             of the image.
@@ -108,7 +111,8 @@ class ExplainConfig:
     null_max_permutations: int = 3200
     null_alpha: float = 0.05
     concentration_share: float = 0.8
-    shortcut_max_overlap: float = 0.5
+    cue_coverage: float = 0.05
+    shortcut_off_object: float = 0.6
     overlay_per_class: int = 2
     batch_size: int = 500
     memory_mb: int = 2048

@@ -66,7 +66,7 @@ def _choose(labels: np.ndarray, share_of: dict[int, float], rng: np.random.Gener
     return marked
 
 
-def _stamp_into(x: torch.Tensor, marked: np.ndarray, cfg: PlantConfig, rng: np.random.Generator) -> torch.Tensor:
+def stamp_into(x: torch.Tensor, marked: np.ndarray, cfg: PlantConfig, rng: np.random.Generator) -> torch.Tensor:
     """Stamp the mark into the ``marked`` images of ``x`` (in place); ``(N, 4)`` boxes
     ``(y0, x0, y1, x1)``, -1 where there is none."""
     n, channels, size = x.shape[0], x.shape[1], x.shape[-1]
@@ -101,6 +101,6 @@ def apply_plant(
     train_x, test_x = train_x.clone(), test_x.clone()
     train_marked = _choose(train_y.numpy(), planted | others, rng)
     test_marked = _choose(test_y.numpy(), dict.fromkeys(range(int(test_y.max()) + 1), cfg.test), rng)
-    train_boxes = _stamp_into(train_x, train_marked, cfg, rng)
-    test_boxes = _stamp_into(test_x, test_marked, cfg, rng)
+    train_boxes = stamp_into(train_x, train_marked, cfg, rng)
+    test_boxes = stamp_into(test_x, test_marked, cfg, rng)
     return train_x, test_x, train_boxes, test_boxes
