@@ -80,3 +80,39 @@ def test_tune_then_its_report_in_process(trained, tmp_path):
     assert len(trials) == summary["study"]["n_trials"]
     index = report_run(_args("report", "--run-id", tune_id, "--out", str(tmp_path / "tune-report")))
     assert summary["verdict"]["text"].split(":")[0].replace(">", "&gt;") in index.read_text()  # the verdict, HTML-escaped
+
+
+def test_the_trained_model_is_an_mlflow_model_that_predicts_like_its_checkpoint(mlflow_store, tmp_path, monkeypatch):
+    """Issue 24: the train run logs its model with mlflow.pytorch (signature, input example,
+    class names) and, when asked, registers a version; loaded back through pyfunc it predicts
+    the same classes as the final checkpoint."""
+    import numpy as np
+    import torch
+
+    from i2x.platform.config_io import load_config
+    from i2x.platform.mlflow_model import load_pyfunc
+    from i2x.runs.train import TAG_MODEL_URI, train_run
+    from i2x.training.batches import to_float
+    from i2x.training.checkpoints import list_checkpoints, model_from_checkpoint, read_checkpoint
+    from i2x.training.data import load_data
+
+    monkeypatch.setenv("I2X_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    work = tmp_path / "work"
+    run_id = train_run(_args("train", "--config", "smoke", "--overrides", f"work_dir={work},train.register_as=smoke-cnn"))
+    client = mlflow.MlflowClient()
+    uri = client.get_run(run_id).data.tags[TAG_MODEL_URI]
+    versions = client.search_model_versions("name='smoke-cnn'")
+    assert [v.run_id for v in versions] == [run_id]
+    info = mlflow.models.get_model_info(uri)
+    assert info.signature is not None and info.metadata["classes"] == ["bar", "bar+mark", "column", "diagonal"]
+    config = load_config("smoke", {"work_dir": str(work)})
+    data = load_data(config.data, config.seed, config.plant)
+    x = to_float(data.test_x[:64])
+    final = list_checkpoints(next(work.glob("train-*")))[-1]
+    with torch.no_grad():
+        expected = model_from_checkpoint(read_checkpoint(final), str(final)).eval()(x).argmax(1).numpy()
+    for loaded in (uri, f"models:/smoke-cnn/{versions[0].version}"):
+        got = np.asarray(load_pyfunc(loaded).predict(x.numpy())).argmax(1)
+        assert np.array_equal(got, expected)
+    assert not torch.equal(torch.from_numpy(expected), torch.zeros(64, dtype=torch.long))  # a real prediction, not a constant

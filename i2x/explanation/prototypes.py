@@ -328,8 +328,8 @@ def cells_box(assignment: np.ndarray, k: int, image: tuple[int, int]) -> tuple[i
 
 def off_object(assignment: np.ndarray, labels: np.ndarray, blank: np.ndarray, classes: np.ndarray) -> np.ndarray:
     """``(K,)``: where prototype k sits in its class's images, the share of the *other*
-    classes' images that are blank canvas (:func:`blank_cells`), weighted by how often k is at
-    each cell. Near 1: the cue sits where the other classes have nothing, off the objects
+    classes' images that are blank canvas (:func:`blank_cells`), over its core (the cells where
+    it is at least half as often as at its most frequent cell), weighted by frequency. Near 1: the cue sits where the other classes have nothing, off the objects
     (a mark in an empty corner); a part of the object sits where others have ink too.
 
     Args:
@@ -342,5 +342,6 @@ def off_object(assignment: np.ndarray, labels: np.ndarray, blank: np.ndarray, cl
         others = labels != c
         if freq.sum() == 0 or not others.any():
             continue
-        out[k] = float((freq * blank[others].mean(0)).sum() / freq.sum())
+        core = freq * (freq >= 0.5 * freq.max())  # where it usually is, not every cell it ever touches
+        out[k] = float((core * blank[others].mean(0)).sum() / core.sum())
     return out

@@ -131,6 +131,8 @@ class TrainConfig:
             decay is ``0.95**every * (step/total)**3`` and it is copied back at every epoch
             end, so each checkpoint holds the averaged weights.
         lookahead_start: epochs before the lookahead starts (airbench: 3).
+        register_as: register the trained model under this name in the MLflow model
+            registry (a new version per run); empty: logged, not registered.
         tta_level: the final test accuracy is also reported with test-time augmentation:
             1 averages the mirrored image, 2 also one-pixel shifts (airbench: 2; 0: not
             reported). Every checkpoint and explanation is of the plain model.
@@ -154,6 +156,7 @@ class TrainConfig:
     lookahead_every: int = 0
     lookahead_start: float = 3.0
     tta_level: int = 0
+    register_as: str = ""
 
 
 @dataclass(frozen=True)

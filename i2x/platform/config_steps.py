@@ -112,7 +112,7 @@ class ExplainConfig:
     null_alpha: float = 0.05
     concentration_share: float = 0.8
     cue_coverage: float = 0.05
-    shortcut_off_object: float = 0.6
+    shortcut_off_object: float = 0.4
     overlay_per_class: int = 2
     batch_size: int = 500
     memory_mb: int = 2048

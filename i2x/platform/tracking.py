@@ -231,7 +231,7 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
 
 
 @contextlib.contextmanager
-def _upload(what: str, local: Path | None = None) -> Iterator[None]:
+def uploading(what: str, local: Path | None = None) -> Iterator[None]:
     """Turn an artifact-store failure (S3 down, bad credentials) into one actionable line."""
     from mlflow.exceptions import MlflowException
 
@@ -265,7 +265,7 @@ def log_artifact(path: Path, artifact_path: str | None = None) -> None:
     leaves a partial artifact that looks whole."""
     import mlflow
 
-    with _upload(f"{artifact_path or ''}/{Path(path).name}".lstrip("/"), Path(path).parent):
+    with uploading(f"{artifact_path or ''}/{Path(path).name}".lstrip("/"), Path(path).parent):
         mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
@@ -273,14 +273,14 @@ def log_artifact_to(run_id: str, path: Path, artifact_path: str | None = None) -
     """Log into a given (possibly finished) run, not the active one."""
     from mlflow.tracking import MlflowClient
 
-    with _upload(f"{artifact_path or ''}/{Path(path).name}".lstrip("/"), Path(path).parent):
+    with uploading(f"{artifact_path or ''}/{Path(path).name}".lstrip("/"), Path(path).parent):
         MlflowClient().log_artifact(run_id, str(path), artifact_path)
 
 
 def log_text(text: str, artifact_file: str) -> None:
     import mlflow
 
-    with _upload(artifact_file):
+    with uploading(artifact_file):
         mlflow.log_text(redact(text), artifact_file)
 
 

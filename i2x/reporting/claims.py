@@ -80,8 +80,8 @@ def shortcut_checks(doc: dict[str, Any]) -> list[dict[str, Any]]:
       images are blank canvas.
 
     A planted mark in an empty corner is such a prototype; a distinctive part of an object (the
-    crossing of an 8) passes the first three but sits where other digits have ink (MNIST:
-    0.91 for a corner mark, 0.21-0.35 for digit parts). Images with no blank canvas (natural
+    crossing of an 8) passes the first three but sits where other digits have ink (MNIST: 0.42
+    and 0.91 for corner marks in two runs, 0.15-0.35 for the digit parts that passed the rest). Images with no blank canvas (natural
     photographs) give no shortcut check by this rule. Whether the model *should* look there is
     the user's call, which the sentence asks.
     Ranked by :func:`dominance`, so that a cue that carries its class alone leads; each row
@@ -89,7 +89,7 @@ def shortcut_checks(doc: dict[str, Any]) -> list[dict[str, Any]]:
     of a class is class structure to a within-class null by construction.
     """
     concentration = float(_explain_cfg(doc).get("concentration_share", 0.8))
-    off_object = float(_explain_cfg(doc).get("shortcut_off_object", 0.6))
+    off_object = float(_explain_cfg(doc).get("shortcut_off_object", 0.4))
     faith = doc.get("faithfulness") or {}
     transplant = {(d["prototype"], d["role"], d["classes"][0]): d for d in faith.get("transplant", [])}
     out = []

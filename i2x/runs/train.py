@@ -17,6 +17,8 @@ from i2x.training.data import DataBundle
 from i2x.training.groups import Groups
 from i2x.training.loop import resolve_model
 
+TAG_MODEL_URI = "i2x.model_uri"  # the run's MLflow Model, for mlflow.pyfunc.load_model
+
 
 def train_run(args: argparse.Namespace) -> str:
     """Train with checkpoints, tracked in MLflow; resumes from local checkpoints. Returns the run id."""
@@ -60,6 +62,11 @@ def train_run(args: argparse.Namespace) -> str:
         result = train(config, data, folder, on_metrics=on_metrics, on_checkpoint=on_checkpoint)
         tracking.log_artifact(folder / "index.json", "checkpoints")
         tracking.log_metrics(result.final_metrics)
+        from i2x.platform.mlflow_model import log_model
+        from i2x.training.batches import to_float
+
+        uri = log_model(result.model, to_float(data.test_x[:4]).numpy(), data.classes, register_as=config.train.register_as)
+        tracking.set_tags({TAG_MODEL_URI: uri})
         if groups is not None:
             _log_groups(config, data, groups, result.model)
         scratch = scratch_dir("train")

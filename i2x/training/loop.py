@@ -84,7 +84,7 @@ def resolve_model(config: Config) -> Config:
 def fingerprint(config: Config) -> str:
     """Hash of everything that changes the trained weights (not the explain section)."""
     d = config.to_dict()
-    train = {k: v for k, v in d["train"].items() if k not in ("log_every", "eval_batch_size")}
+    train = {k: v for k, v in d["train"].items() if k not in ("log_every", "eval_batch_size", "register_as")}
     parts = {"seed": d["seed"], "data": d["data"], "model": d["model"], "train": train}
     if d["plant"]["kind"] != "none":  # a clean run keeps the folder it had before planting existed
         parts["plant"] = {k: v for k, v in d["plant"].items() if k != "group_file"}
