@@ -8,6 +8,7 @@ import html
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 
 from i2x.cli import build_parser
@@ -116,3 +117,20 @@ def test_the_trained_model_is_an_mlflow_model_that_predicts_like_its_checkpoint(
         got = np.asarray(load_pyfunc(loaded).predict(x.numpy())).argmax(1)
         assert np.array_equal(got, expected)
     assert not torch.equal(torch.from_numpy(expected), torch.zeros(64, dtype=torch.long))  # a real prediction, not a constant
+
+
+def test_a_train_run_logs_its_evaluation(trained):
+    """The confusion matrix (table and figure), the most-confused examples and the accuracy per
+    class are on every train run."""
+    import json
+
+    train_id, _ = trained
+    client = mlflow.MlflowClient()
+    names = {a.path for a in client.list_artifacts(train_id, "evaluation")}
+    assert {"evaluation/confusion.json", "evaluation/confusion.png", "evaluation/most_confused.png"} <= names
+    table = json.loads(mlflow.artifacts.load_text(f"runs:/{train_id}/evaluation/confusion.json"))
+    confusion = np.array(table["confusion"])
+    assert table["classes"] == ["bar", "bar+mark", "column", "diagonal"] and confusion.shape == (4, 4)
+    metrics = client.get_run(train_id).data.metrics
+    assert metrics["class_accuracy/bar+mark".replace("+", "_")] == confusion[1, 1] / confusion[1].sum()
+    assert abs(metrics["test_accuracy"] - np.trace(confusion) / confusion.sum()) < 1e-9

@@ -98,3 +98,49 @@ def plot_optuna(study: Any, out: Path) -> list[Path]:
                 fig.axes[0].set_title(fig.axes[0].get_title() + caveat, fontsize=9)
             written.append(save_figure(fig, out / name))
     return written
+
+
+@literal_text
+def plot_evaluation(confusion: np.ndarray, per_class: np.ndarray, classes: Sequence[str], path: Path) -> Path:
+    """The test confusion matrix (counts, row = true class) beside the accuracy per class."""
+    m = len(classes)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(4.8 + 0.45 * m, 0.42 * m + 1.6), gridspec_kw={"width_ratios": [m, 3]})
+    ax.imshow(np.log1p(confusion), cmap="Blues")
+    for (i, j), v in np.ndenumerate(confusion):
+        if v:
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=6, color="white" if v > confusion.max() / 2 else "black")
+    ax.set_xticks(range(m), classes, rotation=90, fontsize=7)
+    ax.set_yticks(range(m), classes, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("Test confusion matrix (counts)", fontsize=8)
+    bx.barh(range(m), per_class, color="tab:blue")
+    bx.set_yticks(range(m), classes, fontsize=7)
+    bx.invert_yaxis()
+    bx.set_xlim(min(0.9, float(np.nanmin(per_class)) - 0.02) if np.isfinite(np.nanmin(per_class)) else 0, 1)
+    bx.set_title("Accuracy per class", fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+@literal_text
+def plot_confused(images: np.ndarray, confused: Sequence[tuple[int, int, int]], examples: Sequence[Sequence[int]],
+                  classes: Sequence[str], path: Path) -> Path | None:
+    """The most-confused pairs: a row each, test images of the true class predicted as the other."""
+    from i2x.reporting.figures import show_image
+
+    if not confused:
+        return None
+    per = max(len(e) for e in examples)
+    fig, axes = plt.subplots(len(confused), per, figsize=(1.3 * per + 1.6, 1.35 * len(confused)), squeeze=False)
+    for r, ((a, b, n), rows) in enumerate(zip(confused, examples, strict=True)):
+        for c in range(per):
+            ax = axes[r, c]
+            ax.axis("off")
+            if c < len(rows):
+                ax.axis("on")
+                show_image(ax, images[rows[c]])
+        axes[r, 0].set_title(f"true {classes[a]}, predicted {classes[b]} ({n} test images)", fontsize=7, loc="left")
+    fig.suptitle("Most-confused pairs on the test split", fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -17,6 +17,7 @@ import numpy as np
 
 from i2x.platform.config import PlantConfig
 from i2x.platform.errors import I2XError
+from i2x.training.evaluation import metric_name
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ def group_metrics(rows: list[dict[str, object]]) -> dict[str, float]:
     mark agrees with its training correlation, on those where it conflicts, and the gap."""
     filled = [r for r in rows if r["images"]]
     out = {"worst_group_accuracy": min(float(r["accuracy"]) for r in filled)}
-    out |= {f"group_accuracy/{_metric_name(str(r['group']))}": float(r["accuracy"]) for r in filled}
+    out |= {f"group_accuracy/{metric_name(str(r['group']))}": float(r["accuracy"]) for r in filled}
     if all(r["aligned"] is not None for r in filled):
         for side, flag in (("aligned", True), ("conflicting", False)):
             part = [r for r in filled if r["aligned"] is flag]
@@ -110,10 +111,6 @@ def group_metrics(rows: list[dict[str, object]]) -> dict[str, float]:
             out["aligned_conflicting_gap"] = out["aligned_accuracy"] - out["conflicting_accuracy"]
     return out
 
-
-def _metric_name(name: str) -> str:
-    """MLflow metric names take letters, digits, ``_ - . / :`` and spaces."""
-    return re.sub(r"[^\w\-./: ]", "_", name)
 
 
 def groups_of(plant: PlantConfig, classes: tuple[str, ...], test_y: np.ndarray, test_marks: np.ndarray | None) -> Groups | None:
