@@ -1,7 +1,7 @@
 """i2x: Interpretability to Explainability.
 
 Structured explanations of image classifiers from their training history (method:
-``shared/I2X_METHOD.md``). The folders follow the data, and imports run one way, down this list
+``docs/method.md``). The folders follow the data, and imports run one way, down this list
 (``tests/test_layout.py``)::
 
     cli                 the command line: dispatches to a run
