@@ -56,10 +56,12 @@ def _contents(titles: list[str]) -> str:
     return f"<nav class=\"contents\"><b>Details:</b> {links}</nav>"
 
 
-def _findings_caption(named: dict[str, list[dict[str, Any]]]) -> str:
-    """What the summary's picture shows: verified findings, else the prototypes only the final model uses."""
-    return ("Verified findings: images containing each prototype (red: the cells where it is)" if named["findings"]
-            else "Used by the final model (causal check passed), not singled out by its history")
+def _findings_caption(named: dict[str, list[dict[str, Any]]], checks: list[dict[str, Any]] | None = None) -> str:
+    """What the summary's picture shows: shortcut checks first, then verified findings, else
+    the prototypes only the final model uses."""
+    lead = "Shortcut checks first, then " if checks else ""
+    return (f"{lead}{'v' if lead else 'V'}erified findings: images containing each prototype (red: the cells where it is)" if named["findings"]
+            else f"{lead}{'u' if lead else 'U'}sed by the final model (causal check passed), not singled out by its history")
 
 
 def _sentence(text: str) -> str:
@@ -84,7 +86,7 @@ def _summary(doc: dict[str, Any], named: dict[str, list[dict[str, Any]]], findin
     if not named["findings"] and named["model_only"]:
         lines.insert(2, f"Used by the final model but not singled out by its training history: "
                         f"{prototype_names(sorted({r['prototype'] for r in named['model_only']}))} (pictured below).")
-    return _section("Summary", lines, [_img(findings_figure, _findings_caption(named))]) + _contents(titles)
+    return _section("Summary", lines, [_img(findings_figure, _findings_caption(named, shortcut_checks(doc)))]) + _contents(titles)
 
 
 _STYLE = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -139,7 +141,7 @@ def explain_report(doc: dict[str, Any], arrays: dict[str, np.ndarray], out: Path
     said = statements(doc)
     run = doc["run"]
     lead = list({(r["prototype"], r["role"], r.get("class")): r for r in checks + (named["findings"] or named["model_only"])}.values())
-    figs["findings"] = evidence.plot_findings(images, arrays["assignment"], doc, lead, out / "findings.png", title=_findings_caption(named))
+    figs["findings"] = evidence.plot_findings(images, arrays["assignment"], doc, lead, out / "findings.png", title=_findings_caption(named, checks))
     sections = [  # (title, sentences, figures): rendered in order and listed in the index
         *([("Shortcut check", said["shortcuts"], [])] if said["shortcuts"] else []),
         ("What each class relies on", said["classes"], [_img(figs["classes"], "Shared and specialised prototypes per class (verified or not: see the causal check)")]
