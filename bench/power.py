@@ -147,7 +147,7 @@ def rejudge(path: Path, work: Path) -> None:
 def table(path: Path) -> None:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     planted = [r for r in rows if r["rho"] is not None and not r["permuted"]]
-    print("| rho | N | seeds | power: mark stated as a shortcut check and located | mark leads the report | also a null-backed finding | mark prototype exists |")
+    print("| rho | N | seeds | power: mark stated as a shortcut check and located | mark leads the report | also a verified label (null off) | mark prototype exists |")
     print("|---|---|---|---|---|---|---|")
     for rho in sorted({r["rho"] for r in planted}, reverse=True):
         for n in sorted({r["n"] for r in planted}):
