@@ -21,13 +21,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from i2x.explanation.document import explain  # noqa: E402
 from i2x.platform.config_io import load_config  # noqa: E402
 from i2x.reporting.claims import shortcut_checks  # noqa: E402
+from i2x.training.batches import to_float  # noqa: E402
 from i2x.training.checkpoints import list_checkpoints, model_from_checkpoint, read_checkpoint  # noqa: E402
 from i2x.training.data import load_data  # noqa: E402
 from i2x.training.groups import group_metrics, group_table, planted_groups  # noqa: E402
@@ -87,7 +87,7 @@ def one_seed(dataset: str, seed: int, rho: float, target: int, budget: Budget, w
     checks = shortcut_checks(doc)  # i2x acts on its report's lead, whatever class: it does not know the plant
     # DFR's held-out set: the validation images with the mark stamped in half of every class,
     # independently of class (DFR assumes a held-out set where every group occurs)
-    held_x, held_boxes = data.train_x[data.val_idx].clone(), None
+    held_x = data.train_x[data.val_idx].clone()
     rng = np.random.default_rng([seed, 4243])
     held_marked = rng.random(len(held_x)) < 0.5
     held_boxes = stamp_into(held_x, held_marked, config.plant, rng)
@@ -101,7 +101,7 @@ def one_seed(dataset: str, seed: int, rho: float, target: int, budget: Budget, w
 
     record("final (before)", final)
 
-    def run(strategy: str, weights=None, transform=None, extra=None):
+    def run(strategy: str, weights=None, transform=None):
         t0 = time.perf_counter()
         model = finetune_sampled(copy.deepcopy(final), data, weights, budget, config, seed, device, transform)
         return model, time.perf_counter() - t0
@@ -144,7 +144,7 @@ def one_seed(dataset: str, seed: int, rho: float, target: int, budget: Budget, w
     record("i2x-dfr", model, seconds=time.perf_counter() - t0 + t_assign)
     cells = assignment == k
     donor_pos = data.fit_idx[(data.train_y[data.fit_idx] == finding_cls) & cells[data.fit_idx].flatten(1).any(1)]
-    donors = (torch.stack([x for x in (data.train_x[donor_pos].float() / 255)]) if len(donor_pos) else torch.empty(0), cells[donor_pos])
+    donors = (to_float(data.train_x[donor_pos]), cells[donor_pos])
     best = None
     for how, share in (("swap", 0.25), ("swap", 0.5), ("mask", 1.0)):
         def transform(xb, yb, pos, gen, how=how, share=share):

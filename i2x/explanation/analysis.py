@@ -198,7 +198,7 @@ def analyse(
     preds = probs_t.argmax(2).numpy()
     blank = blank_cells(images, tuple(protos.assignment.shape[-2:]), cfg.background_blank_std)
     content = content_background(protos.assignment, blank, cfg.background_blank_share, cfg.background_ring_share)
-    off = off_object(protos.assignment, labels.numpy(), blank, protos.coverage.argmax(1))
+    off = off_object(protos.assignment, y, blank, protos.coverage.argmax(1))
     structure = build_structure(fits, groups, intens.presence, protos.coverage, y, preds, cfg, dp=intens.dp, dy=intens.dy, seed=seed,
                                 content=content)
     timings["structure"] = time.perf_counter() - tick

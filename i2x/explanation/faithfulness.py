@@ -40,7 +40,7 @@ from i2x.explanation.nulls import benjamini_hochberg
 from i2x.platform.config import FaithfulnessConfig
 from i2x.platform.errors import I2XError
 from i2x.training.batches import to_float
-from i2x.training.pixels import cell_mask, gaussian_blur
+from i2x.training.pixels import border_level, cell_mask, gaussian_blur
 
 BASELINES = ("uniform", "foreground", "gradcam")
 
@@ -115,9 +115,7 @@ def foreground_cells(x: torch.Tensor, grid: tuple[int, int], threshold: float) -
         x: ``(N, C, H, W)`` float images in [0, 1].
         threshold: mean absolute difference (max over channels) that makes a cell foreground.
     """
-    border = torch.cat([x[..., 0, :], x[..., -1, :], x[..., :, 0], x[..., :, -1]], dim=-1)
-    background = border.median(dim=-1).values[..., None, None]
-    deviation = (x - background).abs().amax(1, keepdim=True)
+    deviation = (x - border_level(x)[..., None, None]).abs().amax(1, keepdim=True)
     return torch.nn.functional.adaptive_avg_pool2d(deviation, grid)[:, 0] >= threshold
 
 
@@ -158,14 +156,19 @@ def _measure(logits: torch.Tensor, claim: Claim, y: torch.Tensor) -> torch.Tenso
         a, b = claim.classes
         sign = torch.where(y == a, 1.0, -1.0)
         return sign * (logits[:, a] - logits[:, b])
-    c = claim.classes[0]
+    return class_margin(logits, claim.classes[0])
+
+
+def class_margin(logits: torch.Tensor, c: int) -> torch.Tensor:
+    """``(B,)`` logit of class ``c`` minus the largest other logit."""
     others = logits.clone()
     others[:, c] = -torch.inf
     return logits[:, c] - others.max(1).values
 
 
 @torch.no_grad()
-def _logits(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+def batched_logits(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """The model's logits of ``x`` in batches, on the CPU."""
     return torch.cat([model(x[s : s + batch_size].to(device)).float().cpu() for s in range(0, len(x), batch_size)])
 
 
@@ -199,7 +202,7 @@ def deletion_test(
     fg = foreground_cells(x, (h, w), cfg.foreground_threshold).reshape(n, -1).numpy()
     flat_a = assignment.reshape(n, -1)
     rank = np.argsort(-saliency.reshape(n, -1), axis=1, kind="stable")
-    base_logits = _logits(model, x, batch_size, device)
+    base_logits = batched_logits(model, x, batch_size, device)
     y = labels.long()
     rng = np.random.default_rng(seed)
     raw: list[tuple[Claim, np.ndarray | None, dict]] = []
@@ -233,7 +236,7 @@ def deletion_test(
             for cells in masks:
                 m = cell_mask(torch.from_numpy(cells.reshape(-1, h, w)), size)
                 occluded = x[rows] * (1 - m) + fill[rows] * m
-                drop = (base - _measure(_logits(model, occluded, batch_size, device), claim, y[rows])).numpy()
+                drop = (base - _measure(batched_logits(model, occluded, batch_size, device), claim, y[rows])).numpy()
                 # A confuser can push either class: for an uncertain prototype the size of the
                 # move is the claim, for every variant alike.
                 per_draw.append(np.abs(drop) if claim.role == "uncertain" else drop)

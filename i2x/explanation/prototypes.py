@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from i2x.platform.errors import I2XError
+from i2x.training.pixels import border_level
 
 
 @dataclass(frozen=True)
@@ -274,8 +275,7 @@ def blank_cells(images: torch.Tensor, grid: tuple[int, int], max_std: float, max
     mean = torch.nn.functional.adaptive_avg_pool2d(x, grid)
     square = torch.nn.functional.adaptive_avg_pool2d(x * x, grid)
     std = (square - mean * mean).clamp_min(0).sqrt().amax(1)
-    border = torch.cat([x[..., 0, :], x[..., -1, :], x[..., :, 0], x[..., :, -1]], dim=-1).median(dim=-1).values
-    offset = (mean - border[..., None, None]).abs().amax(1)
+    offset = (mean - border_level(x)[..., None, None]).abs().amax(1)
     return ((std < max_std) & (offset < max_offset)).numpy()
 
 

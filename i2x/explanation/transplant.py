@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from i2x.explanation.faithfulness import Claim, foreground_cells
+from i2x.explanation.faithfulness import Claim, batched_logits, class_margin, foreground_cells
 from i2x.explanation.nulls import benjamini_hochberg
 from i2x.platform.config import FaithfulnessConfig
 from i2x.training.batches import to_float
@@ -52,12 +52,6 @@ class TransplantResult:
     sufficient: bool | None
 
 
-def _margin(logits: torch.Tensor, c: int) -> torch.Tensor:
-    others = logits.clone()
-    others[:, c] = -torch.inf
-    return logits[:, c] - others.max(1).values
-
-
 @torch.no_grad()
 def transplant_test(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, assignment: np.ndarray, claims: list[Claim],
                     cfg: FaithfulnessConfig, seed: int, device: torch.device, max_pairs: int = 300,
@@ -78,10 +72,7 @@ def transplant_test(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
     y = labels.numpy()
     rng = np.random.default_rng([seed, 53])
 
-    def logits(batch: torch.Tensor) -> torch.Tensor:
-        return torch.cat([model(batch[s : s + batch_size].to(device)).float().cpu() for s in range(0, len(batch), batch_size)])
-
-    base = logits(x)
+    base = batched_logits(model, x, batch_size, device)
     raw = []
     for claim in claims:
         c, k = claim.classes[0], claim.prototype
@@ -101,13 +92,13 @@ def transplant_test(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
                 options = np.flatnonzero((~own[d]).ravel())
             pick = rng.choice(options, size=min(int(cells[i].sum()), len(options)), replace=False)
             control[i].flat[pick] = True
-        before = _margin(base[recipients], c)
+        before = class_margin(base[recipients], c)
         out = {}
         for name, chosen in (("prototype", cells), ("control", control)):
             m = cell_mask(torch.from_numpy(chosen), size)
             pasted = x[recipients] * (1 - m) + x[paired] * m
-            after = logits(pasted)
-            out[name] = ((_margin(after, c) - before).numpy(), (after.argmax(1) == c).float().mean().item())
+            after = batched_logits(model, pasted, batch_size, device)
+            out[name] = ((class_margin(after, c) - before).numpy(), (after.argmax(1) == c).float().mean().item())
         raw.append((claim, out))
     tested = [i for i, (_, o) in enumerate(raw) if o is not None]
     p = np.ones(len(raw))

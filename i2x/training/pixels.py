@@ -23,3 +23,9 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     x = torch.nn.functional.pad(x, (radius, radius, radius, radius), mode="reflect")
     x = torch.nn.functional.conv2d(x, kernel.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
     return torch.nn.functional.conv2d(x, kernel.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+
+
+def border_level(x: torch.Tensor) -> torch.Tensor:
+    """``(N, C)`` the median pixel of each image's outer ring, per channel: its background
+    colour (``x``: ``(N, C, H, W)`` floats)."""
+    return torch.cat([x[..., 0, :], x[..., -1, :], x[..., :, 0], x[..., :, -1]], dim=-1).median(dim=-1).values
