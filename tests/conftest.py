@@ -79,6 +79,42 @@ def planted_run(tmp_path_factory: pytest.TempPathFactory):
     return config, data, result
 
 
+# A small MNIST run (6,000 training images, 2 epochs, 600 analysed). The mark is 4x4 pixels in
+# the bottom-right corner: exactly one cell of the CNN's 7x7 grid of 4-pixel cells; the test
+# split is marked in half of every class (plant.test's default), so every group occurs there.
+MNIST_SMALL = {"data.train_limit": 6000, "train.epochs": 2, "data.analysis_size": 600, "data.download": False,
+               "data.root": str(SHARED_DATASETS)}
+MNIST_MARK = {"plant.kind": "shortcut", "plant.classes": [7], "plant.rho": 1.0, "plant.size": 4, "plant.corner": "br"}
+
+
+def mnist_small_run(tmp_path_factory: pytest.TempPathFactory, name: str, overrides: dict):
+    """Train and explain :data:`MNIST_SMALL`: config, data, analysis, document, checkpoints."""
+    import torch
+
+    from i2x.explanation.document import explain
+    from i2x.platform.config_io import load_config
+    from i2x.training.checkpoints import list_checkpoints, model_from_checkpoint, read_checkpoint
+    from i2x.training.data import load_data
+    from i2x.training.loop import train
+
+    if not (SHARED_DATASETS / "MNIST" / "raw").is_dir():
+        pytest.fail(f"MNIST is missing under {SHARED_DATASETS} (see shared/datasets/README.md)")
+    config = load_config("mnist", {"work_dir": str(tmp_path_factory.mktemp(name)), **MNIST_SMALL, **overrides})
+    data = load_data(config.data, config.seed, config.plant)
+    result = train(config, data, tmp_path_factory.mktemp(name + "-ckpt"), progress=False)
+    files = list_checkpoints(result.folder)
+    infos = [{"step": c.step, "epoch": c.epoch, "val_accuracy": c.metrics["val_accuracy"]} for c in result.checkpoints]
+    analysis, doc = explain(len(files), lambda t: model_from_checkpoint(read_checkpoint(files[t]), str(files[t])), infos, data,
+                            config, torch.device("cpu"), target_layer=read_checkpoint(files[-1])["target_layer"], progress=False)
+    return config, data, analysis, doc, files
+
+
+@pytest.fixture(scope="session")
+def mnist_shortcut(tmp_path_factory: pytest.TempPathFactory):
+    """:func:`mnist_small_run` with :data:`MNIST_MARK` planted, once per session."""
+    return mnist_small_run(tmp_path_factory, "shortcut", MNIST_MARK)
+
+
 @pytest.fixture
 def browser(tmp_path: Path):
     """Debian's headless Chromium through selenium, 1280x900 (one laptop screen). CI must

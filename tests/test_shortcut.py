@@ -5,41 +5,17 @@ data must state no shortcut check in that corner."""
 
 import numpy as np
 import pytest
-import torch
 
-from i2x.explanation.document import explain
 from i2x.explanation.prototypes import cells_box
-from i2x.platform.config_io import load_config
 from i2x.reporting.claims import headline, shortcut_checks, statements
-from i2x.training.checkpoints import list_checkpoints, model_from_checkpoint, read_checkpoint
-from i2x.training.data import load_data
-from i2x.training.loop import train
 
-from .conftest import SHARED_DATASETS
-
-# A small MNIST run (6,000 training images, 2 epochs, 600 analysed). The mark is 4x4 pixels in
-# the bottom-right corner: exactly one cell of the CNN's 7x7 grid of 4-pixel cells.
-SMALL = {"data.train_limit": 6000, "train.epochs": 2, "data.analysis_size": 600, "data.download": False,
-         "data.root": str(SHARED_DATASETS)}
-MARK = {"plant.kind": "shortcut", "plant.classes": [7], "plant.rho": 1.0, "plant.size": 4, "plant.corner": "br"}
-
-
-def _run(tmp_path_factory, name: str, overrides: dict):
-    config = load_config("mnist", {"work_dir": str(tmp_path_factory.mktemp(name)), **SMALL, **overrides})
-    data = load_data(config.data, config.seed, config.plant)
-    result = train(config, data, tmp_path_factory.mktemp(name + "-ckpt"), progress=False)
-    files = list_checkpoints(result.folder)
-    infos = [{"step": c.step, "epoch": c.epoch, "val_accuracy": c.metrics["val_accuracy"]} for c in result.checkpoints]
-    analysis, doc = explain(len(files), lambda t: model_from_checkpoint(read_checkpoint(files[t]), str(files[t])), infos, data,
-                            config, torch.device("cpu"), target_layer=read_checkpoint(files[-1])["target_layer"], progress=False)
-    return data, analysis, doc
+from .conftest import mnist_small_run
 
 
 @pytest.fixture(scope="module")
-def planted(tmp_path_factory):
-    if not (SHARED_DATASETS / "MNIST" / "raw").is_dir():
-        pytest.fail(f"MNIST is missing under {SHARED_DATASETS} (see shared/datasets/README.md)")
-    return _run(tmp_path_factory, "shortcut", MARK)
+def planted(mnist_shortcut):
+    _, data, analysis, doc, _ = mnist_shortcut
+    return data, analysis, doc
 
 
 def test_a_planted_shortcut_leads_the_report_is_located_and_boxed(planted):
@@ -61,6 +37,6 @@ def test_a_planted_shortcut_leads_the_report_is_located_and_boxed(planted):
 
 
 def test_the_clean_data_has_no_shortcut_check_in_the_marks_corner(tmp_path_factory):
-    _, _, doc = _run(tmp_path_factory, "clean", {})
+    _, _, _, doc, _ = mnist_small_run(tmp_path_factory, "clean", {})
     corner = [r for r in shortcut_checks(doc) if r["class"] == "7" and r["where"]["region"].startswith("bottom-right")]
     assert corner == [], corner

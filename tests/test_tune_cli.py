@@ -278,3 +278,29 @@ def test_two_explains_of_the_same_work_at_once_both_finish(explained, tmp_path):
     # the second waited for the first's lock, then reused its finished analysis
     assert sum("another run is using" in s for s in said) == 1 and sum("reusing the finished analysis" in s for s in said) == 1
     assert not list((tmp_path / "work").glob("*.partial"))
+
+
+def test_with_no_finding_tune_says_so_in_one_line_and_runs_no_study(explained):
+    """Issue 22: acting on findings (the default outside the smoke config), an explanation that
+    states no shortcut check gives one line, a FINISHED tune run with that verdict, no study
+    and no trial run."""
+    import json
+
+    import optuna
+
+    from i2x.reporting.claims import shortcut_checks
+
+    root, env, explain_id, client = explained
+    doc_path = client.download_artifacts(explain_id, "explanation/explanation.json", str(root / "doc"))
+    assert shortcut_checks(json.loads(open(doc_path).read())) == []  # the premise: nothing verified to act on
+    storage = f"sqlite:///{root / 'nothing.db'}"
+    out = cli(env, root, "tune", "--run-id", explain_id, "--storage", storage, "--overrides",
+              f"work_dir={root / 'work'},tune.act_on=findings")
+    assert out.returncode == 0, out.stderr[-2000:]
+    said = [line for line in out.stdout.splitlines() if "nothing to act on" in line]
+    assert len(said) == 1 and "tune.act_on=candidates" in said[0], out.stdout
+    assert "trial" not in out.stdout + out.stderr
+    run = next(r for r in client.search_runs([client.get_run(explain_id).info.experiment_id], "tags.`i2x.act_on` = 'findings'"))
+    assert run.info.status == "FINISHED" and run.data.tags["i2x.verdict"] == "nothing to act on"
+    assert not client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+    assert optuna.get_all_study_names(storage) == []

@@ -160,6 +160,14 @@ class TuneConfig:
     uncertain prototype, 1 epoch curated then 1 epoch full).
 
     Attributes:
+        act_on: ``findings`` (OURS, default): repair what the report verified (its lead
+            shortcut check) with the strategies of :mod:`i2x.tuning.guided`, against ERM,
+            JTT, DFR and the oracle; with no finding, tune says so and stops.
+            ``candidates``: the paper's study of the uncertain prototypes (below).
+        repair_strategies: the i2x strategies the repair study searches.
+        repair_lr: the learning rate every repair strategy and baseline fine-tunes with.
+        max_accuracy_loss: a repair trial is chosen only within this much validation
+            accuracy of the final model (the best worst group among those).
         n_trials: total trials of the study (COMPLETE + PRUNED), over all workers.
         storage: Optuna storage URL; empty means ``sqlite:///mlruns/optuna.db``. A
             PostgreSQL URL or ``journal:<path>`` (several processes on one host) work too.
@@ -198,6 +206,10 @@ class TuneConfig:
             is ``$MLFLOW_S3_ENDPOINT_URL``. Empty: no Optuna artifacts.
     """
 
+    act_on: Literal["findings", "candidates"] = "findings"
+    repair_strategies: tuple[str, ...] = ("i2x-augment", "i2x-groups", "i2x-dfr")
+    repair_lr: float = 0.01
+    max_accuracy_loss: float = 0.01
     n_trials: int = 8
     storage: str = ""
     study_name: str = ""

@@ -199,3 +199,49 @@ def tune_report(summary: dict[str, Any], out: Path, optuna_figures: Sequence[Pat
     index = out / "index.html"
     index.write_text(_page("I2X-guided fine-tuning", f"study {summary.get('study', {}).get('name', '')}", body))
     return index
+
+
+def repair_report(summary: dict[str, Any], out: Path, figs: dict[str, Any]) -> Path:
+    """``index.html`` of a tune run that acted on a finding: the group table before and after
+    each strategy first, then what was changed in the training images, the verdicts, and the
+    study. With no finding: the one line that says so."""
+    from i2x.tuning.repair_summary import verdict_lines
+
+    out.mkdir(parents=True, exist_ok=True)
+    if summary.get("finding") is None:
+        body = _section("Nothing to act on", [summary["said"]], [])
+        index = out / "index.html"
+        index.write_text(_page("i2x repair", "no finding", body))
+        return index
+    rows = summary["strategies"]
+    names = list(rows)
+    head = "<tr><th>group</th>" + "".join(f"<th>{html.escape(n)}{' (reads group labels)' if rows[n]['true_groups'] else ''}</th>"
+                                          for n in names) + "</tr>"
+
+    def cell(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.1f}"
+
+    worst = "<tr><th>worst group</th>" + "".join(f"<td><b>{cell(rows[n]['worst_mean'])} +- {100 * rows[n]['worst_std']:.1f}</b></td>"
+                                                 for n in names) + "</tr>"
+    avg = "<tr><th>average</th>" + "".join(f"<td>{cell(rows[n]['accuracy_mean'])} +- {100 * rows[n]['accuracy_std']:.1f}</td>"
+                                           for n in names) + "</tr>"
+    body_rows = "".join("<tr><td>" + html.escape(g) + "</td>" + "".join(f"<td>{cell(rows[n]['groups'].get(g))}</td>" for n in names) + "</tr>"
+                        for g in summary["group_names"])
+    table = f"<table>{head}{worst}{avg}{body_rows}</table>"
+    f = summary["finding"]
+    by = "true groups (read only to score)" if summary["groups_source"] != "i2x" else f"i2x groups (class x P{f['prototype']} present)"
+    lines = [f"Acting on: {f['statement']}.",
+             f"Test accuracy (%) per group before (the final model) and after each strategy, mean over "
+             f"{rows['erm']['seeds']} seeds; groups: {by}."]
+    sections = [_section("Did the repair help? Groups before and after", lines, [table, _img(figs.get("repair"), "Worst-group and average test accuracy per strategy")])]
+    if figs.get("changed"):
+        sections.append(_section("What was changed in the training images", [], [_img(figs["changed"], "Images before and after the best i2x strategy")]))
+    sections.append(_section("Verdicts (paired over seeds)", verdict_lines(summary), []))
+    optuna = [_img(p, p.name) for p in figs.get("optuna", [])]
+    if optuna:
+        sections.append(_section("The study", [f"{summary.get('study', {}).get('n_trials', '?')} trials; validation values (the i2x "
+                                                "held-out set), not test."], optuna))
+    index = out / "index.html"
+    index.write_text(_page("i2x repair: acting on what the explanation found", f"study {summary.get('study', {}).get('name', '')}",
+                           "".join(sections)))
+    return index

@@ -71,6 +71,7 @@ def plot_optuna(study: Any, out: Path) -> list[Path]:
     note file that says why."""
     import warnings
 
+    import optuna
     import optuna.visualization.matplotlib as ov
     from optuna.exceptions import ExperimentalWarning
     from optuna.trial import TrialState
@@ -78,16 +79,23 @@ def plot_optuna(study: Any, out: Path) -> list[Path]:
     two = len(study.directions) > 1
     n_complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     caveat = f" (from {n_complete} completed trials{'; too few to rank parameters reliably' if n_complete < 20 else ''})"
-    figures = {"optimization_history.png": lambda: ov.plot_optimization_history(study, target=(lambda t: t.values[0]) if two else None, target_name="val accuracy"),
-               "param_importances.png": lambda: ov.plot_param_importances(study, target=(lambda t: t.values[0]) if two else None)}
+    names = [n.replace("_", " ") for n in (study.metric_names or ["val accuracy", "target-pair confusions"])]
+    maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+
+    def first(t: Any) -> float:  # importances rank parameters by how they reach LOW target values
+        return -t.values[0] if maximize else t.values[0]
+
+    figures = {"optimization_history.png": lambda: ov.plot_optimization_history(study, target=(lambda t: t.values[0]) if two else None, target_name=names[0]),
+               "param_importances.png": lambda: ov.plot_param_importances(study, target=first if two else None, target_name=names[0])}
     if two:
-        figures["pareto_front.png"] = lambda: ov.plot_pareto_front(study, target_names=["val accuracy", "target-pair confusions"])
+        figures["pareto_front.png"] = lambda: ov.plot_pareto_front(study, target_names=names[:2])
     written = []
     for name, draw in figures.items():
         # Optuna's plots call plt.style.use("ggplot"), which would grey every later figure:
         # rc_context restores the style when the figure is saved.
         with matplotlib.rc_context(), warnings.catch_warnings():
             warnings.simplefilter("ignore", category=ExperimentalWarning)
+            warnings.filterwarnings("ignore", message=".*(PedAnovaImportanceEvaluator|target_name).*")  # handled: first(), names
             try:
                 ax = draw()
             except (ValueError, RuntimeError) as exc:  # e.g. importances need 2+ completed trials
@@ -142,5 +150,61 @@ def plot_confused(images: np.ndarray, confused: Sequence[tuple[int, int, int]], 
                 show_image(ax, images[rows[c]])
         axes[r, 0].set_title(f"true {classes[a]}, predicted {classes[b]} ({n} test images)", fontsize=7, loc="left")
     fig.suptitle("Most-confused pairs on the test split", fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+@literal_text
+def plot_repair(summary: dict[str, Any], path: Path) -> Path:
+    """Worst-group and average test accuracy per repair strategy and baseline: mean +- std
+    over seeds; strategies that read group labels hatched."""
+    names = list(summary["strategies"])
+    rows = [summary["strategies"][n] for n in names]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    x = np.arange(len(names))
+    colors = ["tab:green" if n.startswith("i2x-") else "tab:grey" for n in names]
+    for ax, key, label in ((axes[0], "worst", "worst-group accuracy (%)"), (axes[1], "accuracy", "average accuracy (%)")):
+        means = np.array([100 * r[f"{key}_mean"] for r in rows])
+        stds = np.array([100 * r[f"{key}_std"] for r in rows])
+        bars = ax.bar(x, means, yerr=stds, color=colors, alpha=0.7, capsize=4)
+        for bar, r in zip(bars, rows, strict=True):
+            if r["true_groups"]:
+                bar.set_hatch("//")
+        ax.set_xticks(x)
+        ax.set_xticklabels(names, fontsize=7, rotation=20)
+        ax.set_ylabel(label)
+        lo, hi = float(np.min(means - stds)), float(np.max(means + stds))
+        ax.set_ylim(max(0.0, lo - 0.2 * (hi - lo) - 1), min(100.0, hi + 0.1 * (hi - lo) + 1))
+    by = "true groups" if summary["groups_source"] != "i2x" else "i2x groups"
+    fig.suptitle(f"Repair on the test set, scored by the {by} (green: i2x, no group label read; hatched: reads group labels; "
+                 "mean +- std over seeds)", fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+@literal_text
+def plot_changed(before: np.ndarray, after: np.ndarray, captions: Sequence[str], title: str, path: Path) -> Path:
+    """Images (float, in [0, 1]) before (top row) and after (bottom row) a repair strategy
+    changed them; one row when nothing changed."""
+    from i2x.reporting.figures import show_image
+
+    before, after = ((np.clip(a, 0, 1) * 255).round().astype(np.uint8) for a in (before, after))
+    n = len(before)
+    same = bool(np.array_equal(before, after))
+    rows = 1 if same else 2
+    fig, axes = plt.subplots(rows, max(n, 1), figsize=(1.6 * max(n, 1) + 0.4, 1.8 * rows + 0.5), squeeze=False)
+    for i in range(max(n, 1)):
+        for r in range(rows):
+            axes[r, i].axis("off")
+        if i >= n:
+            continue
+        show_image(axes[0, i], before[i])
+        axes[0, i].set_title(captions[i], fontsize=6)
+        if not same:
+            show_image(axes[1, i], after[i])
+    if not same:
+        axes[0, 0].text(-0.15, 0.5, "before", transform=axes[0, 0].transAxes, rotation=90, va="center", ha="right", fontsize=8)
+        axes[1, 0].text(-0.15, 0.5, "after", transform=axes[1, 0].transAxes, rotation=90, va="center", ha="right", fontsize=8)
+    fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path)

@@ -60,6 +60,7 @@ def _main_summary(ids: dict[str, str], config: Config) -> str:
     ]
     tracking.log_metrics({k: v for k, v in {"test_accuracy": accuracy, "n_verified": expl.metrics.get("n_verified"),
                                             "tuned_test_accuracy": tune.metrics.get("tuned_test_accuracy"),
+                                            **{k: v for k, v in tune.metrics.items() if k.endswith("_worst_group_accuracy")},
                                             "full_full_test_accuracy": tune.metrics.get("full_full_test_accuracy")}.items() if v is not None})
     tracking.set_tags({tracking.TAG_HEADLINE: expl.tags.get(tracking.TAG_HEADLINE, ""), tracking.TAG_VERDICT: tune.tags.get(tracking.TAG_VERDICT, ""),
                        tracking.TAG_DESCRIPTION: "  \n".join(result)})
@@ -70,6 +71,8 @@ def _main_summary(ids: dict[str, str], config: Config) -> str:
         f"tune report:    {tune.tags.get(tracking.TAG_REPORT, '(not written)')}",
         f"MLflow UI:      {ui}\n                then {url}",
         f"Optuna study:   optuna-dashboard {storage} --host 127.0.0.1 --port 8080   then http://127.0.0.1:8080"
-        if storage.startswith(("sqlite", "postgresql", "mysql")) else f"Optuna study:   {tune.tags.get('optuna.study_name', '')} in {storage}",
+        if storage.startswith(("sqlite", "postgresql", "mysql"))
+        else f"Optuna study:   {tune.tags.get('optuna.study_name', '')} in {storage}" if storage
+        else "Optuna study:   none (nothing to act on)",
     ]
     return "\ni2x main: done.\n  " + "\n  ".join(result) + "\n\nwhere to look:\n  " + "\n  ".join(look)

@@ -11,11 +11,12 @@ from i2x.platform.errors import I2XError
 from i2x.platform.process import scratch_dir
 
 OPTUNA_FIGURES = ("optimization_history.png", "pareto_front.png", "param_importances.png")
+REPAIR_FIGURES = ("repair.png", "changed.png")
 
 
 def report_run(args: argparse.Namespace) -> Path:
     """Regenerate the report of an explain or tune run, into ``--out`` or back into the run."""
-    from i2x.reporting.html import explain_report, tune_report
+    from i2x.reporting.html import explain_report, repair_report, tune_report
     from i2x.runs.artifacts import (
         EXPLANATION,
         MAPS,
@@ -41,8 +42,12 @@ def report_run(args: argparse.Namespace) -> Path:
         elif stage == "tune":
             summary = read_tune_summary(tracking.download_artifacts(args.run_id, TUNE_SUMMARY, scratch))
             figures = [tracking.download_artifacts(args.run_id, name, scratch) for name in tracking.list_artifacts(args.run_id, "tuning")
-                       if Path(name).name in OPTUNA_FIGURES]  # drawn from the study when the run ended
-            index = tune_report(summary, out, sorted(figures, key=lambda f: OPTUNA_FIGURES.index(f.name)))
+                       if Path(name).name in (*OPTUNA_FIGURES, *REPAIR_FIGURES)]  # drawn when the run ended
+            optuna = sorted((f for f in figures if f.name in OPTUNA_FIGURES), key=lambda f: OPTUNA_FIGURES.index(f.name))
+            if summary.get("act_on") == "findings":
+                index = repair_report(summary, out, {"optuna": optuna, **{f.stem: f for f in figures if f.name in REPAIR_FIGURES}})
+            else:
+                index = tune_report(summary, out, optuna)
         else:
             raise I2XError(f"run {args.run_id} is a '{stage}' run; reports are made for explain and tune runs")
         if not args.out:

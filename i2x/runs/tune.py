@@ -19,14 +19,11 @@ from i2x.runs.runconfig import run_config
 from i2x.training.checkpoints import atomic_write_text, check_data_fits
 
 
-def _tune_context(explain_run_id: str, args: argparse.Namespace, scratch: Path, config_dict: dict | None = None):  # noqa: ANN202
-    """Everything a trial needs, rebuilt from an explain run (the same in every worker)."""
-    from i2x.runs.artifacts import CENTERS, EXPLANATION, read_explanation, read_prototypes
-    from i2x.training.checkpoints import model_from_checkpoint, read_checkpoint
-    from i2x.training.data import load_data
-    from i2x.training.loop import resolve_device
-    from i2x.training.models import build_model
-    from i2x.tuning.study import TuneContext, assign_images
+def _explain_inputs(explain_run_id: str, args: argparse.Namespace, scratch: Path, config_dict: dict | None = None):  # noqa: ANN202
+    """The explain run's document, the training run's final checkpoint and the run config:
+    what tune reads before it decides what to do (checked before any run opens)."""
+    from i2x.runs.artifacts import EXPLANATION, read_explanation
+    from i2x.training.checkpoints import read_checkpoint
 
     run = tracking.get_run(explain_run_id)
     train_run_id = run.data.tags.get(tracking.TAG_TRAIN_RUN, "")
@@ -36,10 +33,24 @@ def _tune_context(explain_run_id: str, args: argparse.Namespace, scratch: Path, 
         raise I2XError(f"explain run {explain_run_id} is {run.info.status}, not FINISHED: its artifacts may be incomplete; "
                        "rerun explain (it resumes) and tune from the finished run")
     doc = read_explanation(tracking.download_artifacts(explain_run_id, EXPLANATION, scratch))
-    protos = read_prototypes(tracking.download_artifacts(explain_run_id, CENTERS, scratch))
-    last = sorted(p for p in tracking.list_artifacts(train_run_id, "checkpoints") if p.endswith(".pt"))[-1]
-    final = read_checkpoint(tracking.download_artifacts(train_run_id, last, scratch))
+    checkpoints = sorted(p for p in tracking.list_artifacts(train_run_id, "checkpoints") if p.endswith(".pt"))
+    final = read_checkpoint(tracking.download_artifacts(train_run_id, checkpoints[-1], scratch))
     config = config_from_dict(config_dict) if config_dict else run_config(args, config_from_dict(final["config"]))
+    return doc, final, checkpoints, config, train_run_id
+
+
+def _tune_context(explain_run_id: str, args: argparse.Namespace, scratch: Path, config_dict: dict | None = None, inputs=None):  # noqa: ANN001, ANN202
+    """Everything a trial needs, rebuilt from an explain run (the same in every worker)."""
+    from i2x.runs.artifacts import CENTERS, read_prototypes
+    from i2x.training.checkpoints import model_from_checkpoint
+    from i2x.training.data import load_data
+    from i2x.training.loop import resolve_device
+    from i2x.training.models import build_model
+    from i2x.tuning.study import TuneContext, assign_images
+
+    doc, final, checkpoints, config, _ = inputs or _explain_inputs(explain_run_id, args, scratch, config_dict)
+    last = checkpoints[-1]
+    protos = read_prototypes(tracking.download_artifacts(explain_run_id, CENTERS, scratch))
     data = load_data(config.data, config.seed, config.plant)
     check_data_fits(final, data, config)
     device = resolve_device(config.train.device)
@@ -58,7 +69,8 @@ def _tune_context(explain_run_id: str, args: argparse.Namespace, scratch: Path, 
         return build_model(config.model, meta["channels"], len(meta["classes"]), meta["mean"], meta["std"])
 
     ctx = TuneContext(config=config, data=data, build=build, state=final["model"], assignment=assignment,
-                      scores=doc["scores"], device=device, background=doc.get("background", []))
+                      scores=doc["scores"], device=device, background=doc.get("background", []), protos=protos,
+                      target_layer=doc["run"]["target_layer"])
     return ctx, doc
 
 
@@ -88,14 +100,16 @@ def tune_run(args: argparse.Namespace) -> str:
         raise I2XError("say which explain run to tune from: --run-id EXPLAIN_RUN_ID (or join a study with --worker)")
     scratch = scratch_dir("tune")
     try:
-        ctx, doc = _tune_context(args.run_id, args, scratch)
-        config = ctx.config
-        # Keyed by the explanation's content and the tune config, not by run ids: a re-run
-        # of the same pipeline (after a crash or a failed upload) resumes the same study.
-        import hashlib
+        inputs = _explain_inputs(args.run_id, args, scratch)
+        if inputs[3].tune.act_on == "findings":
+            from i2x.runs.repair import repair_run
 
-        stable = {k: v for k, v in doc.items() if k not in doc.get("timestamp_fields", [])}
-        key = hashlib.sha256((json.dumps(stable, sort_keys=True) + json.dumps(config.to_dict()["tune"], sort_keys=True)).encode()).hexdigest()[:12]
+            return repair_run(args, inputs, lambda: _tune_context(args.run_id, args, scratch, inputs=inputs)[0], scratch)
+        ctx, doc = _tune_context(args.run_id, args, scratch, inputs=inputs)
+        config = ctx.config
+        from i2x.runs.repair import study_key
+
+        key = study_key(doc, config)  # content, not run ids: a rerun resumes the same study
         name = args.study or config.tune.study_name or f"i2x-{config.data.name}-{key}"
         url = resolve_storage(args.storage or config.tune.storage)
         tags = {tracking.TAG_STAGE: "tune", tracking.TAG_DATASET: config.data.name, tracking.TAG_MODEL: config.model.name,
@@ -163,7 +177,14 @@ def tune_worker(args: argparse.Namespace) -> str:
     scratch = scratch_dir("tune-worker")
     try:
         ctx, _ = _tune_context(attrs["explain_run_id"], args, scratch, config_dict=attrs["config"])
-        run_study(study, ctx, _track(attrs["mlflow_parent_run_id"]))
+        if attrs.get("act_on") == "findings":  # a repair study: its trials never need JTT's early model
+            from i2x.runs.repair import repair_context, track_trials
+            from i2x.tuning.guided import Finding, make_objective
+
+            rctx = repair_context(ctx, Finding(**attrs["finding"]), ctx.state)
+            run_study(study, rctx, objective=make_objective(rctx, track_trials(attrs["mlflow_parent_run_id"])))
+        else:
+            run_study(study, ctx, _track(attrs["mlflow_parent_run_id"]))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print(f"i2x tune --worker: study '{args.study}' done")

@@ -44,6 +44,7 @@ class Budget:
     epochs: int = 1
     lr: float = 0.01
     batch_size: int = 128
+    samples: int = 0  # images per epoch; 0: the whole fit split
 
 
 def i2x_groups(assignment: torch.Tensor, labels: torch.Tensor, k: int) -> np.ndarray:
@@ -108,20 +109,21 @@ def counterfactual(xb: torch.Tensor, yb: torch.Tensor, cells: torch.Tensor, find
 def finetune_sampled(model: nn.Module, data: DataBundle, weights: np.ndarray | None, budget: Budget, config: Config, seed: int,
                      device: torch.device, transform: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor] | None = None,
                      ) -> nn.Module:
-    """Fine-tune ``model`` in place for ``budget.epochs`` x ``len(fit split)`` samples, drawn
-    with replacement by ``weights`` over the fit split (None: a plain shuffle), each batch
-    passed through ``transform(x, y, fit positions, generator)`` when given."""
+    """Fine-tune ``model`` in place for ``budget.epochs`` x ``budget.samples`` (0: the fit
+    split's size) samples, drawn with replacement by ``weights`` over the fit split (None: a
+    seeded shuffle), each batch passed through ``transform(x, y, fit positions, generator)``
+    when given."""
     fit = data.fit_idx
     gen = torch.Generator().manual_seed(seed * 7_919 + 101)
     optimizer = make_optimizer(model, config, lr=budget.lr)
-    n = len(fit)
+    n = min(budget.samples, len(fit)) if budget.samples else len(fit)
     steps_per_epoch = math.ceil(n / budget.batch_size)
     total = budget.epochs * steps_per_epoch
     probs = None if weights is None else torch.as_tensor(weights / weights.sum(), dtype=torch.float64)
     model.train()
     step = 0
     for _ in range(budget.epochs):
-        order = torch.randperm(n, generator=gen) if probs is None else torch.multinomial(probs, n, replacement=True, generator=gen)
+        order = torch.randperm(len(fit), generator=gen)[:n] if probs is None else torch.multinomial(probs, n, replacement=True, generator=gen)
         for start in range(0, n, budget.batch_size):
             pos = order[start : start + budget.batch_size]
             idx = fit[pos]

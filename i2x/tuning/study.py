@@ -8,7 +8,6 @@ join it by name (``i2x tune --worker``).
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from optuna.exceptions import ExperimentalWarning
 from i2x.explanation.prototypes import Prototypes
 from i2x.platform.config import Config
 from i2x.platform.errors import I2XError
-from i2x.platform.progress import duration, steps
+from i2x.platform.progress import doing, duration, say, steps
 from i2x.platform.secrets import has_secret, redact
 from i2x.training.batches import to_float
 from i2x.training.data import DataBundle
@@ -59,6 +58,8 @@ class TuneContext:
     device: torch.device
     background: list[int] = field(default_factory=list)
     focal: tuple[int, int] | None = None
+    protos: Prototypes | None = None
+    target_layer: str = ""
 
     def fresh_model(self) -> torch.nn.Module:
         model = self.build()
@@ -82,7 +83,7 @@ def assign_images(model: torch.nn.Module, layer: str, images: torch.Tensor, prot
     out = []
     model.eval()
     try:
-        for start in steps(range(0, len(images), batch_size), "assign", unit="batch"):
+        for start in steps(range(0, len(images), batch_size), "prototype of every image cell", unit="batch"):
             model(to_float(images[start : start + batch_size]).to(device))
             ids, _ = protos.assign(store["a"].float().cpu())
             out.append(torch.from_numpy(ids.astype(np.int16)))
@@ -197,6 +198,7 @@ def make_objective(ctx: TuneContext, track: TrackFn | None = None) -> Callable[[
             raise optuna.TrialPruned(f"no target: no prototype of the chosen mode scores >= {trial.params['threshold']:.3f}")
         model = ctx.fresh_model()
         seed = ctx.config.seed
+        doing(f"trial {trial.number + 1}: fine-tuning ({plan.kind} on {len(plan.targets)} targets)")
 
         def report(epoch: int, acc: float) -> None:
             if not two:  # Optuna cannot prune multi-objective studies
@@ -255,11 +257,15 @@ def resolve_storage(url: str = "") -> str:
     return url or os.environ.get(STORAGE_ENV, "") or DEFAULT_STORAGE
 
 
-def open_study(name: str, url: str, config: Config) -> Any:
-    """Create or load (``load_if_exists``) the seeded TPE study with a median pruner."""
+def open_study(name: str, url: str, config: Config, objectives: dict[str, str] | None = None) -> Any:
+    """Create or load (``load_if_exists``) the seeded TPE study with a median pruner;
+    ``objectives`` (metric name -> direction) replaces the candidate study's."""
     import optuna
 
     directions = ["maximize", "minimize"] if config.tune.second_objective else ["maximize"]
+    names = list(METRIC_NAMES[: len(directions)])
+    if objectives:
+        names, directions = list(objectives), list(objectives.values())
     study = optuna.create_study(
         study_name=name,
         storage=storage_for(url, config.tune.heartbeat_s),
@@ -268,13 +274,14 @@ def open_study(name: str, url: str, config: Config) -> Any:
         directions=directions,
         load_if_exists=True,
     )
-    study.set_metric_names(list(METRIC_NAMES[: len(directions)]))  # the dashboard's axes, instead of "Objective 0"
+    study.set_metric_names(names)  # the dashboard's axes, instead of "Objective 0"
     return study
 
 
-def run_study(study: Any, ctx: TuneContext, track: TrackFn | None = None) -> None:
+def run_study(study: Any, ctx: Any, track: Any = None, objective: Callable[[Any], Any] | None = None) -> None:
     """Optimise until the study holds ``tune.n_trials`` finished (complete or pruned) trials,
-    counting every worker's."""
+    counting every worker's. ``objective`` replaces the candidate study's (``ctx`` is then
+    whatever context it closes over, with a ``config``)."""
     import optuna
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
@@ -286,7 +293,7 @@ def run_study(study: Any, ctx: TuneContext, track: TrackFn | None = None) -> Non
     done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
     if done >= n:
         return
-    study.optimize(make_objective(ctx, track), n_trials=n - done,
+    study.optimize(objective or make_objective(ctx, track), n_trials=n - done,
                    callbacks=[MaxTrialsCallback(n, states=(TrialState.COMPLETE, TrialState.PRUNED)), TrialLines(n)],
                    gc_after_trial=True, show_progress_bar=False)
 
@@ -306,13 +313,13 @@ class TrialLines:
         finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
         params = " ".join(f"{k}={_short(v)}" for k, v in sorted(trial.params.items()))
         if trial.state == TrialState.COMPLETE:
-            outcome = ", ".join(f"{name} {v:.4g}" for name, v in zip(METRIC_NAMES, trial.values, strict=False))
+            outcome = ", ".join(f"{name} {v:.4g}" for name, v in zip(study.metric_names or METRIC_NAMES, trial.values, strict=False))
         else:
             outcome = trial.state.name
         per_trial = (time.perf_counter() - self.start) / self.here
         eta = duration(per_trial * max(0, self.n_trials - finished))
-        print(f"i2x tune: trial {trial.number + 1} ({finished}/{self.n_trials} done): {params} -> {outcome}; "
-              f"{duration(per_trial)}/trial, ETA {eta}", file=sys.stderr, flush=True)
+        say(f"i2x tune: trial {trial.number + 1} ({finished}/{self.n_trials} done): {params} -> {outcome}; "
+            f"{duration(per_trial)}/trial, ETA {eta}")
 
 
 def _short(value: Any) -> str:

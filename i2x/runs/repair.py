@@ -1,0 +1,212 @@
+"""The tune stage when it acts on findings (``tune.act_on: findings``, the default): repair
+what the explanation verified, or say in one line that there is nothing to act on."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from i2x.platform import tracking
+from i2x.platform.config import Config
+from i2x.platform.secrets import redact
+from i2x.runs.artifacts import TUNE_SUMMARY
+from i2x.training.checkpoints import atomic_write_text
+
+NOTHING = ("nothing to act on: the explanation states no verified finding (no shortcut check passed its causal, transplant "
+           "and location tests), so there is nothing to repair; to run the paper's study of uncertain prototypes instead, "
+           "pass --overrides tune.act_on=candidates")
+
+
+def study_key(doc: dict[str, Any], config: Config) -> str:
+    """The explanation's content and the tune config, hashed: a rerun of the same pipeline
+    (after a crash or a failed upload) resumes the same study and work folder."""
+    stable = {k: v for k, v in doc.items() if k not in doc.get("timestamp_fields", [])}
+    return hashlib.sha256((json.dumps(stable, sort_keys=True) + json.dumps(config.to_dict()["tune"], sort_keys=True)).encode()).hexdigest()[:12]
+
+
+def lead_finding(doc: dict[str, Any], classes: list[str]) -> Any:
+    """The report's lead shortcut check as a :class:`~i2x.tuning.guided.Finding`, or None."""
+    from i2x.reporting.claims import shortcut_checks
+    from i2x.tuning.guided import Finding
+
+    checks = shortcut_checks(doc)
+    if not checks:
+        return None
+    r = checks[0]
+    statement = (f"P{r['prototype']} drives class {r['class']} from the {r['where']['region']} of the image "
+                 "(the report's lead shortcut check)")
+    return Finding(int(r["prototype"]), classes.index(r["class"]), r["class"], statement)
+
+
+def _early_state(train_run_id: str, checkpoints: list[str], scratch: Path) -> dict[str, Any]:
+    """JTT's early model: the first checkpoint at or after epoch 1 (else the first)."""
+    from i2x.training.checkpoints import read_checkpoint
+
+    first = None
+    for name in checkpoints[:-1]:
+        payload = read_checkpoint(tracking.download_artifacts(train_run_id, name, scratch))
+        first = first or payload
+        if float(payload.get("epoch", 0)) >= 1.0:
+            return payload["model"]
+    return (first or read_checkpoint(tracking.download_artifacts(train_run_id, checkpoints[0], scratch)))["model"]
+
+
+def repair_context(tune_ctx: Any, finding: Any, early_state: dict[str, Any]) -> Any:
+    """A :class:`~i2x.tuning.guided.RepairContext` from the candidate study's context; the
+    truth (a plant's marks, a group file) goes only where marked."""
+    from i2x.training.groups import groups_of
+    from i2x.tuning.guided import RepairContext
+    from i2x.tuning.study import assign_images
+
+    data, config = tune_ctx.data, tune_ctx.config
+    marks = data.test_marks.numpy() if data.test_marks is not None else None
+    test_groups = groups_of(config.plant, data.classes, data.test_y.numpy(), marks)
+    true_train = None
+    if config.plant.kind == "shortcut" and data.train_marks is not None:
+        true_train = (2 * data.train_y + (data.train_marks[:, 0] >= 0).long()).numpy()
+    def assign(x):  # noqa: ANN001, ANN202
+        model = tune_ctx.fresh_model()
+        return assign_images(model, tune_ctx.target_layer, x, tune_ctx.protos, config.explain.batch_size, tune_ctx.device)
+
+    return RepairContext(config=config, data=data, build=tune_ctx.build, state=tune_ctx.state, early_state=early_state,
+                         assignment=tune_ctx.assignment, finding=finding, device=tune_ctx.device, test_groups=test_groups,
+                         true_train=true_train, assign=assign)
+
+
+def track_trials(parent_run_id: str) -> Callable[..., Any]:
+    import contextlib
+
+    @contextlib.contextmanager
+    def track(trial, strategy):  # noqa: ANN001, ANN202
+        def outcome() -> dict[str, Any]:
+            return {k: trial.user_attrs.get(k) for k in ("heldout_accuracy", "heldout_worst_i2x_group")}
+
+        with tracking.trial_run(parent_run_id, trial.number, dict(trial.params), outcome, study_name=trial.study.study_name):
+            yield
+
+    return track
+
+
+def repair_run(args: argparse.Namespace, inputs: tuple, build_ctx: Callable[[], Any], scratch: Path) -> str:
+    """Open the tune run; with no finding, say so and finish; else the repair study, the
+    evaluation of every strategy and baseline, the summary, figures and report."""
+    from i2x.tuning.study import resolve_storage
+
+    doc, final, checkpoints, config, train_run_id = inputs
+    finding = lead_finding(doc, list(final["data"]["classes"]))
+    key = study_key(doc, config)
+    name = args.study or config.tune.study_name or f"i2x-{config.data.name}-{key}"
+    url = resolve_storage(args.storage or config.tune.storage)
+    tags = {tracking.TAG_STAGE: "tune", tracking.TAG_DATASET: config.data.name, tracking.TAG_MODEL: config.model.name,
+            "i2x.explain_run_id": args.run_id, "i2x.act_on": "findings"}
+    if finding is not None:
+        tags |= {"optuna.study_name": name, "optuna.storage": redact(url)}
+    local = (Path(config.work_dir) / f"tune-{config.data.name}-{key}").resolve()
+    with tracking.open_run(f"tune {config.data.name} {config.model.name} (from explain {args.run_id[:6]})", tags, local=local) as parent:
+        tracking.log_params(config.flat())
+        if finding is None:
+            return _nothing(parent.info.run_id, local, config)
+        from i2x.tuning.guided import REPAIR_METRICS, make_objective, seed_trials
+        from i2x.tuning.study import open_study, run_study
+
+        print(f"i2x tune: acting on {finding.statement}", flush=True)
+        rctx = repair_context(build_ctx(), finding, _early_state(train_run_id, checkpoints, scratch))
+        study = open_study(name, url, config, dict.fromkeys(REPAIR_METRICS, "maximize"))
+        study.set_user_attr("explain_run_id", args.run_id)
+        study.set_user_attr("mlflow_parent_run_id", parent.info.run_id)
+        study.set_user_attr("act_on", "findings")
+        study.set_user_attr("finding", finding.__dict__)
+        study.set_user_attr("config", config.to_dict())
+        study.set_user_attr("mlflow_run_url", tracking.where_to_look(parent.info.experiment_id, parent.info.run_id)[1])
+        study.set_user_attr("what", f"i2x repair of {config.data.name} {config.model.name}, acting on {finding.statement}: each trial "
+                                    "applies one i2x strategy and reports the accuracy and the worst i2x group on the explanation's "
+                                    "held-out set (validation images with the finding moved; both maximised); no group label is read")
+        seed_trials(study, rctx)
+        run_study(study, rctx, objective=make_objective(rctx, track_trials(parent.info.run_id)))
+        tracking.adopt_trials(parent.info.experiment_id, name, parent.info.run_id, {t.number: t.state.name for t in study.trials})
+        summary = _evaluate(study, rctx, local)
+        summary["study"] = {"name": name, "storage": redact(url), "n_trials": len(study.trials)}
+        return _publish(parent, summary, rctx, study, local, config)
+
+
+def _nothing(run_id: str, local: Path, config: Config) -> str:
+    from i2x.reporting.html import repair_report
+
+    summary = {"act_on": "findings", "finding": None, "said": NOTHING}
+    local.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(local / TUNE_SUMMARY, json.dumps(summary, indent=2, sort_keys=True))
+    tracking.log_artifact(local / TUNE_SUMMARY, "tuning")
+    index = repair_report(summary, local / "report", {})
+    tracking.log_artifact(index, "report")
+    tracking.describe_run(tracking.TAG_VERDICT, "nothing to act on", index, NOTHING)
+    print(f"i2x tune: {NOTHING}", flush=True)
+    print(f"i2x tune: run {run_id} FINISHED ({config.data.name}: no finding, no study)", flush=True)
+    return run_id
+
+
+def _evaluate(study: Any, rctx: Any, local: Path) -> dict[str, Any]:
+    from i2x.tuning.guided import (
+        available,
+        best_per_strategy,
+        choose_jtt,
+        evaluate,
+        scoring_groups,
+    )
+    from i2x.tuning.repair_summary import summarize_repair
+
+    chosen = best_per_strategy(study, rctx)
+    path = local / "repair.json"
+    cache = json.loads(path.read_text()) if path.is_file() else {}
+    if "jtt" in available(rctx):
+        chosen["jtt"] = {"params": cache.get("jtt_params") or choose_jtt(rctx)}
+        cache["jtt_params"] = chosen["jtt"]["params"]
+    chosen |= {"erm": {"params": {}}, "dfr": {"params": {"C": 1.0}}, "oracle": {"params": {}}}
+    results = cache.setdefault("results", {})
+    groups = scoring_groups(rctx)
+
+    def save() -> None:
+        atomic_write_text(path, json.dumps(cache))
+
+    out = evaluate(rctx, chosen, groups, results, save)
+    summary = summarize_repair(out, chosen, groups, rctx.finding, rctx.config.tune.ci)
+    summary["chosen"] = chosen
+    return summary
+
+
+def _publish(parent: Any, summary: dict[str, Any], rctx: Any, study: Any, local: Path, config: Config) -> str:
+    from i2x.reporting.html import repair_report
+    from i2x.reporting.run_figures import plot_changed, plot_optuna, plot_repair
+    from i2x.tuning.repair_summary import changed_examples, repair_markdown, repair_verdict
+
+    out = local / "tuning"
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(local / TUNE_SUMMARY, json.dumps(summary, indent=2, sort_keys=True))
+    text = repair_markdown(summary)
+    (out / "summary.md").write_text(f"# i2x repair: {config.data.name} / {config.model.name}\n\n{text}")
+    figures = {"repair": plot_repair(summary, out / "repair.png")}
+    i2x = [n for n in summary["strategies"] if n.startswith("i2x-") and not summary["strategies"][n].get("declined")]
+    if i2x:
+        best = max(i2x, key=lambda n: summary["strategies"][n]["worst_mean"])
+        before, after, captions = changed_examples(rctx, best, summary["chosen"][best]["params"])
+        figures["changed"] = plot_changed(before, after, captions, f"What {best} changed ({rctx.finding.statement.split(' (')[0]})",
+                                          out / "changed.png")
+    figures["optuna"] = plot_optuna(study, out)
+    for path in sorted(out.iterdir()):
+        tracking.log_artifact(path, "tuning")
+    tracking.log_artifact(local / TUNE_SUMMARY, "tuning")
+    index = repair_report(summary, local / "report", figures)
+    for path in sorted((local / "report").iterdir()):
+        tracking.log_artifact(path, "report")
+    for name, row in summary["strategies"].items():
+        key = name.replace("-", "_")
+        tracking.log_metrics({f"{key}_worst_group_accuracy": row["worst_mean"], f"{key}_test_accuracy": row["accuracy_mean"]})
+    verdict = repair_verdict(summary)
+    tracking.describe_run(tracking.TAG_VERDICT, verdict, index, f"{verdict}. Study '{summary['study']['name']}', "
+                                                                f"{summary['study']['n_trials']} trials. Report: report/index.html.")
+    print(f"i2x tune: run {parent.info.run_id} FINISHED, study '{summary['study']['name']}' ({summary['study']['n_trials']} trials)\n\n{text}",
+          flush=True)
+    return parent.info.run_id

@@ -1,0 +1,374 @@
+"""Act on what the explanation verified (``tune.act_on: findings``): an Optuna study over the
+i2x repair strategies of :mod:`i2x.tuning.repair`, then every strategy and baseline re-run
+over ``tune.seeds`` seeds and scored on the test set by group.
+
+What i2x may read: the finding (a prototype ``k`` the final model relies on for class ``c``),
+the cells assigned to ``k`` in every training image, and the labels. Never a group label.
+The study's second objective is therefore built from the explanation alone: the i2x
+held-out set (:func:`heldout`) is the validation split with the finding's cells pasted into
+half of the other classes' images and erased from half of the class's own, so that every
+(class, finding present) group occurs; its worst group says whether a model still follows
+the cue. The truth (a plant's marks, a group file) is read only by the baselines marked as
+using it (``dfr``, ``oracle``) and by the test-set scoring.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from i2x.platform.config import Config
+from i2x.platform.progress import doing, duration, say
+from i2x.training.batches import to_float
+from i2x.training.data import DataBundle
+from i2x.training.groups import Groups, group_metrics, group_table
+from i2x.training.loop import predictions
+from i2x.training.pixels import cell_mask
+from i2x.tuning.repair import (
+    USES_TRUE_GROUPS,
+    Budget,
+    balanced_weights,
+    counterfactual,
+    finetune_sampled,
+    i2x_groups,
+    retrain_last_layer,
+)
+
+I2X_STRATEGIES = ("i2x-augment", "i2x-groups", "i2x-dfr")
+BASELINES = ("erm", "jtt", "dfr", "oracle")
+REPAIR_METRICS = ("heldout_accuracy", "heldout_worst_i2x_group")
+JTT_LAMBDAS = (5.0, 20.0)
+MIN_GROUP = 5  # a group with fewer validation images is not scored (its accuracy is noise)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A verified finding to act on: prototype ``k`` drives class index ``cls``."""
+
+    prototype: int
+    cls: int
+    class_name: str
+    statement: str
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """Validation images, edited by the explanation's cells (see the module doc).
+
+    Attributes:
+        x: ``(N, C, H, W)`` uint8, edited; original: the same images unedited; y: labels.
+        groups: i2x group after the edit, ``2 * class + finding present``.
+        fit: bool, the half the last-layer strategies refit on; the study scores the rest.
+    """
+
+    x: torch.Tensor
+    original: torch.Tensor
+    y: torch.Tensor
+    groups: np.ndarray
+    fit: np.ndarray
+
+
+@dataclass
+class RepairContext:
+    """What every repair trial and evaluation needs (the same in every worker)."""
+
+    config: Config
+    data: DataBundle
+    build: Callable[[], nn.Module]
+    state: dict[str, torch.Tensor]
+    early_state: dict[str, torch.Tensor]
+    assignment: torch.Tensor
+    finding: Finding
+    device: torch.device
+    test_groups: Groups | None = None
+    true_train: np.ndarray | None = None
+    assign: Callable[[torch.Tensor], torch.Tensor] | None = None  # images -> (N, h, w) prototype ids (final model)
+    _cache: dict[Any, Any] = field(default_factory=dict)
+
+    def fresh_model(self, state: dict[str, torch.Tensor] | None = None) -> nn.Module:
+        model = self.build()
+        model.load_state_dict(self.state if state is None else state)
+        return model.to(self.device).eval()
+
+    @property
+    def cells(self) -> torch.Tensor:
+        """``(N_train, h, w)`` bool: the finding's cells in every training image."""
+        if "cells" not in self._cache:
+            self._cache["cells"] = self.assignment == self.finding.prototype
+        return self._cache["cells"]
+
+    @property
+    def groups(self) -> np.ndarray:
+        """The i2x group of every training image (:func:`i2x.tuning.repair.i2x_groups`)."""
+        if "groups" not in self._cache:
+            self._cache["groups"] = i2x_groups(self.assignment, self.data.train_y, self.finding.prototype)
+        return self._cache["groups"]
+
+    @property
+    def held(self) -> HeldOut:
+        """The study's i2x held-out set (built with the run's seed)."""
+        return self.held_for(self.config.seed)
+
+    def held_for(self, seed: int) -> HeldOut:
+        """The i2x held-out set built with ``seed``: the evaluation's last-layer refits draw
+        a new one per seed, as DFR's repeats draw new held-out subsets."""
+        if ("held", seed) not in self._cache:
+            self._cache["held", seed] = heldout(self.data, self.cells, self.finding.cls, seed)
+        return self._cache["held", seed]
+
+    def budget(self) -> Budget:
+        t = self.config.tune
+        return Budget(epochs=1, lr=t.repair_lr, batch_size=self.config.train.batch_size, samples=t.epoch_samples)
+
+    def donors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fit images of the finding's class that carry it, as floats, and their cells."""
+        if "donors" not in self._cache:
+            fit = self.data.fit_idx
+            keep = (self.data.train_y[fit] == self.finding.cls) & self.cells[fit].flatten(1).any(1)
+            pos = fit[keep][:2000]
+            self._cache["donors"] = (to_float(self.data.train_x[pos]), self.cells[pos])
+        return self._cache["donors"]
+
+
+def heldout(data: DataBundle, cells: torch.Tensor, cls: int, seed: int) -> HeldOut:
+    """The i2x held-out set: the validation images, the finding's cells (from a random fit
+    image of class ``cls`` that carries it) pasted into half of the other classes' images and
+    erased (the image mean) from half of class ``cls``'s images that carry it."""
+    val = data.val_idx
+    gen = torch.Generator().manual_seed(seed * 104_729 + 17)
+    original = data.train_x[val]
+    x, y, c = to_float(original), data.train_y[val], cells[val]
+    present = c.flatten(1).any(1)
+    fit = data.fit_idx
+    donor_pos = fit[(data.train_y[fit] == cls) & cells[fit].flatten(1).any(1)]
+    paste = (y != cls) & (torch.rand(len(y), generator=gen) < 0.5) & (len(donor_pos) > 0)
+    erase = (y == cls) & present & (torch.rand(len(y), generator=gen) < 0.5)
+    size = tuple(x.shape[-2:])
+    if paste.any():
+        which = donor_pos[torch.randint(0, len(donor_pos), (int(paste.sum()),), generator=gen)]
+        m = cell_mask(cells[which], size)
+        x[paste] = x[paste] * (1 - m) + to_float(data.train_x[which]) * m
+    m = cell_mask(c & erase[:, None, None], size)
+    x = x * (1 - m) + x.mean(dim=(2, 3), keepdim=True) * m
+    now = ((present & ~erase) | paste).long()
+    split = torch.rand(len(y), generator=gen).numpy() < 0.5
+    return HeldOut((x * 255).round().clamp(0, 255).to(torch.uint8), original, y, (2 * y + now).numpy(), split)
+
+
+def worst_group(pred: np.ndarray, y: np.ndarray, groups: np.ndarray, min_size: int = MIN_GROUP) -> float:
+    """Lowest accuracy over the groups with at least ``min_size`` images."""
+    hit = np.asarray(pred) == np.asarray(y)
+    accs = [hit[groups == g].mean() for g in np.unique(groups) if (groups == g).sum() >= min_size]
+    return float(min(accs)) if accs else float("nan")
+
+
+def jtt_errors(ctx: RepairContext) -> np.ndarray:
+    """JTT's error set: the fit images the early checkpoint gets wrong (bool, fit order)."""
+    if "errors" not in ctx._cache:
+        x = ctx.data.train_x[ctx.data.fit_idx]
+        pred = predictions(ctx.fresh_model(ctx.early_state), x, 1000, ctx.device)
+        ctx._cache["errors"] = (pred != ctx.data.train_y[ctx.data.fit_idx]).numpy()
+    return ctx._cache["errors"]
+
+
+def true_heldout(ctx: RepairContext, seed: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """DFR's held-out set with true groups: the fit half of the validation images (the same
+    images i2x-dfr refits on), the plant's mark stamped in half of every class, independently
+    of class (DFR assumes every group occurs in its held-out set)."""
+    from i2x.training.plants import stamp_into
+
+    if ("true_held", seed) not in ctx._cache:
+        keep = ctx.data.val_idx[torch.from_numpy(ctx.held_for(seed).fit)]
+        x = ctx.data.train_x[keep].clone()
+        rng = np.random.default_rng([seed, 4243])
+        boxes = stamp_into(x, rng.random(len(x)) < 0.5, ctx.config.plant, rng)
+        y = ctx.data.train_y[keep]
+        ctx._cache["true_held", seed] = (x, y, (2 * y + (boxes[:, 0] >= 0).long()).numpy())
+    return ctx._cache["true_held", seed]
+
+
+def available(ctx: RepairContext) -> tuple[str, ...]:
+    """The baselines this data allows (``dfr`` and ``oracle`` need the truth) and the i2x
+    strategies asked for."""
+    truth = ctx.true_train is not None
+    base = tuple(b for b in BASELINES if truth or b not in USES_TRUE_GROUPS)
+    return base + tuple(s for s in ctx.config.tune.repair_strategies)
+
+
+def run_strategy(ctx: RepairContext, name: str, params: dict[str, Any], seed: int) -> nn.Module:
+    """Fine-tune (or refit the last layer of) a copy of the final model by one strategy."""
+    model = ctx.fresh_model()
+    fit = ctx.data.fit_idx.numpy()
+    weights = transform = None
+    if name in ("i2x-dfr", "dfr"):
+        if name == "i2x-dfr":
+            h = ctx.held_for(seed)
+            x, y, groups = h.x[h.fit], h.y[h.fit], h.groups[h.fit]
+        else:
+            x, y, groups = true_heldout(ctx, seed)
+        return retrain_last_layer(model, x, y, groups, seed, ctx.device, c=float(params.get("C", 1.0)))
+    if name == "jtt":
+        weights = 1.0 + (float(params["lambda"]) - 1.0) * jtt_errors(ctx)
+    elif name == "oracle":
+        weights = balanced_weights(ctx.true_train[fit])
+    elif name == "i2x-groups":
+        weights = balanced_weights(ctx.groups[fit]) ** float(params.get("power", 1.0))
+    elif name == "i2x-augment":
+        cells, donors, cls = ctx.cells, ctx.donors(), ctx.finding.cls
+        how, share = params["how"], float(params["share"])
+
+        def transform(xb: torch.Tensor, yb: torch.Tensor, pos: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+            return counterfactual(xb, yb, cells[ctx.data.fit_idx[pos]], cls, how, share, gen, donors)
+    elif name != "erm":
+        raise ValueError(f"unknown repair strategy {name!r}")
+    return finetune_sampled(model, ctx.data, weights, ctx.budget(), ctx.config, seed, ctx.device, transform)
+
+
+def validation_scores(ctx: RepairContext, model: nn.Module) -> tuple[float, float]:
+    """(accuracy, worst i2x group) on the scoring half of the i2x held-out set: images where
+    the finding no longer predicts its class, as on a test split where it does not. The
+    validation images as they are would reward keeping a shortcut."""
+    h = ctx.held
+    part = ~h.fit
+    y = h.y[part].numpy()
+    pred = predictions(model, h.x[part], 1000, ctx.device).numpy()
+    return float((pred == y).mean()), worst_group(pred, y, h.groups[part])
+
+
+def suggest(trial: Any, ctx: RepairContext) -> tuple[str, dict[str, Any]]:
+    """The search space: the strategy, then its strength."""
+    name = trial.suggest_categorical("strategy", list(ctx.config.tune.repair_strategies))
+    if name == "i2x-augment":
+        return name, {"how": trial.suggest_categorical("how", ["swap", "mask", "blur", "noise"]),
+                      "share": trial.suggest_float("share", 0.1, 1.0)}
+    if name == "i2x-groups":
+        return name, {"power": trial.suggest_float("power", 0.25, 1.0)}
+    return name, {"C": trial.suggest_float("C", 0.01, 10.0, log=True)}
+
+
+DEFAULTS = {"i2x-augment": {"how": "swap", "share": 0.5}, "i2x-groups": {"power": 1.0}, "i2x-dfr": {"C": 1.0}}
+
+
+def seed_trials(study: Any, ctx: RepairContext) -> None:
+    """Queue one trial per strategy at its default strength (a new study only), so that every
+    strategy is tried and has a chosen trial whatever the sampler does with few trials."""
+    if not study.trials:
+        for name in ctx.config.tune.repair_strategies:
+            study.enqueue_trial({"strategy": name, **DEFAULTS[name]})
+
+
+def make_objective(ctx: RepairContext, track: Callable[..., Any] | None = None) -> Callable[[Any], tuple[float, float]]:
+    import contextlib
+
+    def objective(trial: Any) -> tuple[float, float]:
+        name, params = suggest(trial, ctx)
+        doing(f"trial {trial.number + 1}: {name}")
+        with track(trial, name) if track else contextlib.nullcontext(None):
+            model = run_strategy(ctx, name, params, ctx.config.seed)
+            acc, worst = validation_scores(ctx, model)
+            trial.set_user_attr("heldout_accuracy", acc)
+            trial.set_user_attr("heldout_worst_i2x_group", worst)
+        return acc, worst
+
+    return objective
+
+
+def pick(trials: list[Any], base: tuple[float, float], max_loss: float) -> Any | None:
+    """Do no harm: of the complete trials that keep the held-out accuracy within
+    ``max_loss`` of the final model's and raise the held-out worst i2x group above the final
+    model's (``base``: its two values), the best worst group (ties: accuracy, then the
+    earliest). None when no trial does both: the strategy is declined."""
+    ok = [t for t in trials if t.values[0] >= base[0] - max_loss and t.values[1] > base[1]]
+    return max(ok, key=lambda t: (t.values[1], t.values[0], -t.number)) if ok else None
+
+
+def best_per_strategy(study: Any, ctx: RepairContext) -> dict[str, dict[str, Any]]:
+    """Each searched strategy's chosen trial (:func:`pick`) as ``{strategy: {params, ...}}``;
+    a declined strategy gets ``declined`` (why) and leaves the model as it is."""
+    from optuna.trial import TrialState
+
+    base = validation_scores(ctx, ctx.fresh_model())
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if not np.isnan(t.values[1])]
+    out: dict[str, dict[str, Any]] = {}
+    for name in ctx.config.tune.repair_strategies:
+        mine = [t for t in done if t.params.get("strategy") == name]
+        if not mine:
+            continue
+        best = pick(mine, base, ctx.config.tune.max_accuracy_loss)
+        if best is None:
+            out[name] = {"params": {}, "declined": (
+                f"none of its {len(mine)} trials kept the held-out accuracy within {100 * ctx.config.tune.max_accuracy_loss:g} points "
+                f"of the final model's ({100 * base[0]:.1f}%) while raising the held-out worst i2x group above its "
+                f"{100 * base[1]:.1f}%; the model is left as it was")}
+        else:
+            out[name] = {"trial": best.number, "values": list(best.values), "params": {k: v for k, v in best.params.items() if k != "strategy"}}
+    return out
+
+
+def choose_jtt(ctx: RepairContext) -> dict[str, Any]:
+    """JTT's upweight: of :data:`JTT_LAMBDAS`, the best worst validation group, by the true
+    groups where the data has them (as the JTT paper tunes it, which favours JTT), else by
+    the i2x held-out groups."""
+    best = None
+    for lam in JTT_LAMBDAS:
+        model = run_strategy(ctx, "jtt", {"lambda": lam}, ctx.config.seed)
+        if ctx.true_train is not None:
+            val = ctx.data.val_idx
+            pred = predictions(model, ctx.data.train_x[val], 1000, ctx.device).numpy()
+            score = worst_group(pred, ctx.data.train_y[val].numpy(), ctx.true_train[val.numpy()])
+        else:
+            score = validation_scores(ctx, model)[1]
+        if best is None or score > best[0]:
+            best = (score, lam)
+    return {"lambda": best[1]}
+
+
+def scoring_groups(ctx: RepairContext) -> Groups:
+    """The groups the test set is scored by: the truth where the data has it, else the i2x
+    groups of the test images (the final model's assignment) — then said so."""
+    if ctx.test_groups is not None:
+        return ctx.test_groups
+    if "i2x_test" not in ctx._cache:
+        g = i2x_groups(ctx.assign(ctx.data.test_x), ctx.data.test_y, ctx.finding.prototype)
+        names = tuple(f"{c} {'with' if m else 'without'} P{ctx.finding.prototype}" for c in ctx.data.classes for m in (0, 1))
+        ctx._cache["i2x_test"] = Groups(names, g, None, "i2x")
+    return ctx._cache["i2x_test"]
+
+
+def score(model: nn.Module, ctx: RepairContext, groups: Groups) -> dict[str, Any]:
+    pred = predictions(model, ctx.data.test_x, 1000, ctx.device).numpy()
+    y = ctx.data.test_y.numpy()
+    rows = group_table(pred, y, groups)
+    m = group_metrics(rows)
+    return {"accuracy": float((pred == y).mean()), "worst_group": m["worst_group_accuracy"], "gap": m.get("aligned_conflicting_gap"),
+            "groups": {r["group"]: r["accuracy"] for r in rows}}
+
+
+def evaluate(ctx: RepairContext, chosen: dict[str, dict[str, Any]], groups: Groups, cache: dict[str, Any],
+             save: Callable[[], None] = lambda: None) -> dict[str, list[dict[str, Any]]]:
+    """Every strategy with its chosen params, ``tune.seeds`` seeds each, scored on the test
+    set. ``cache`` holds finished ``"<strategy>/<seed>"`` results (a rerun resumes)."""
+    names = ["before"] + [n for n in available(ctx) if n in chosen or n in BASELINES]
+    todo = [(n, s) for n in names for s in (range(1) if n == "before" else range(ctx.config.tune.seeds))]
+    start, ran = time.perf_counter(), 0
+    for i, (name, s) in enumerate(todo):
+        key = f"{name}/{s}"
+        if key in cache:
+            continue
+        t0 = time.perf_counter()
+        doing(f"evaluating {name}, seed {s}")
+        keep = name == "before" or chosen[name].get("declined")
+        model = ctx.fresh_model() if keep else run_strategy(ctx, name, chosen[name]["params"], ctx.config.seed + s)
+        cache[key] = {**score(model, ctx, groups), "seconds": round(time.perf_counter() - t0, 1)}
+        save()
+        ran += 1
+        eta = (time.perf_counter() - start) / ran * (len(todo) - i - 1)
+        say(f"i2x tune: evaluated {name} seed {s} ({i + 1}/{len(todo)}): worst group {cache[key]['worst_group']:.3f}, "
+            f"accuracy {cache[key]['accuracy']:.4f}; ETA {duration(eta)}")
+    return {n: [cache[f"{n}/{s}"] for s in (range(1) if n == "before" else range(ctx.config.tune.seeds))] for n in names}

@@ -1,0 +1,128 @@
+"""The repair evaluation summarised: mean +- std per strategy and baseline, the group table,
+paired verdicts against ERM and JTT, the goal, the lines the report and the run show, and
+the images a strategy changed (for the report's picture)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from i2x.training.batches import to_float
+from i2x.training.groups import Groups
+from i2x.tuning.comparison import _mean_std, paired
+from i2x.tuning.guided import Finding, RepairContext
+from i2x.tuning.repair import USES_TRUE_GROUPS, balanced_weights, counterfactual
+
+
+def summarize_repair(results: dict[str, list[dict[str, Any]]], chosen: dict[str, dict[str, Any]], groups: Groups,
+                     finding: Finding, level: float) -> dict[str, Any]:
+    """Mean +- std per strategy, the group table, and each i2x strategy's paired verdicts
+    against ERM and JTT on worst-group and average accuracy; the goal line."""
+    rows = {}
+    for name, runs in results.items():
+        w, a = _mean_std([r["worst_group"] for r in runs]), _mean_std([r["accuracy"] for r in runs])
+        rows[name] = {"worst_mean": w[0], "worst_std": w[1], "accuracy_mean": a[0], "accuracy_std": a[1], "seeds": len(runs),
+                      "true_groups": name in USES_TRUE_GROUPS, "params": chosen.get(name, {}).get("params", {}),
+                      "declined": chosen.get(name, {}).get("declined"),
+                      "groups": {g: _mean([r["groups"][g] for r in runs]) for g in groups.names}}
+    verdicts = []
+    for name in (n for n in results if n.startswith("i2x-")):
+        for other in ("erm", "jtt"):
+            if other not in results:
+                continue
+            for metric in ("worst_group", "accuracy"):
+                diffs = [x[metric] - y[metric] for x, y in zip(results[name], results[other], strict=True)]
+                verdicts.append({"strategy": name, "against": other, "metric": metric, **paired(diffs, level, True)})
+    i2x = [n for n in results if n.startswith("i2x-")]
+    goal = None
+    if i2x and "jtt" in results and "dfr" in results:
+        best = max(i2x, key=lambda n: rows[n]["worst_mean"])
+        beats = next(v for v in verdicts if v["strategy"] == best and v["against"] == "jtt" and v["metric"] == "worst_group")
+        goal = {"strategy": best, "beats_jtt": beats["verdict"] == "better",
+                "within_2_of_dfr": rows[best]["worst_mean"] >= rows["dfr"]["worst_mean"] - 0.02,
+                "accuracy_within_1": rows[best]["accuracy_mean"] >= rows["erm"]["accuracy_mean"] - 0.01}
+        goal["met"] = all(goal[k] for k in ("beats_jtt", "within_2_of_dfr", "accuracy_within_1"))
+    return {"act_on": "findings", "finding": finding.__dict__, "groups_source": groups.source, "group_names": list(groups.names),
+            "strategies": rows, "verdicts": verdicts, "goal": goal, "ci": level}
+
+
+def _mean(values: list[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return sum(kept) / len(kept) if kept else None
+
+
+def repair_markdown(summary: dict[str, Any]) -> str:
+    """The worst-group table, the verdict lines and the goal, as Markdown."""
+    f = summary["finding"]
+    by = "the true groups" if summary["groups_source"] != "i2x" else f"the i2x groups (class x P{f['prototype']} present)"
+    lines = [f"Acting on: {f['statement']}", f"Test set scored by {by}; {summary['strategies']['erm']['seeds']} seeds per strategy.", "",
+             "| strategy | reads group labels | worst-group accuracy (%) | average accuracy (%) | chosen settings |", "|---|---|---|---|---|"]
+    for name, r in summary["strategies"].items():
+        settings = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in r["params"].items()) or "-"
+        if r.get("declined"):
+            settings = "declined: the model as it was (see below)"
+        lines.append(f"| {name} | {'yes' if r['true_groups'] else 'no'} | {100 * r['worst_mean']:.1f} +- {100 * r['worst_std']:.1f} | "
+                     f"{100 * r['accuracy_mean']:.2f} +- {100 * r['accuracy_std']:.2f} | {settings} |")
+    lines += ["", *verdict_lines(summary)]
+    lines += [f"{name} declined: {r['declined']}." for name, r in summary["strategies"].items() if r.get("declined")]
+    return "\n".join(lines) + "\n"
+
+
+def verdict_lines(summary: dict[str, Any]) -> list[str]:
+    out = []
+    for v in summary["verdicts"]:
+        lo, hi = v["ci"]
+        ci = "" if lo is None else f", {100 * summary['ci']:.0f}% CI [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+        what = "worst-group" if v["metric"] == "worst_group" else "average"
+        out.append(f"{v['strategy']} vs {v['against']}, {what} accuracy: {100 * v['mean']:+.1f} points{ci}, "
+                   f"{v['n']} paired seeds: {v['verdict'].upper()}")
+    g = summary.get("goal")
+    if g:
+        out.append(f"Goal (best i2x strategy, {g['strategy']}: beats JTT on worst group, within 2 points of DFR with true groups, "
+                   f"average accuracy within 1 point of ERM): {'MET' if g['met'] else 'NOT MET'} "
+                   f"(beats JTT: {g['beats_jtt']}; within 2 of DFR: {g['within_2_of_dfr']}; accuracy: {g['accuracy_within_1']}).")
+    return out
+
+
+def repair_verdict(summary: dict[str, Any]) -> str:
+    """One line for the run's tag: the best i2x strategy against ERM on worst group."""
+    i2x = [n for n in summary["strategies"] if n.startswith("i2x-") and not summary["strategies"][n].get("declined")]
+    if not i2x:
+        return "every i2x strategy declined (none helped on validation without costing accuracy): the model is left as it was"
+    best = max(i2x, key=lambda n: summary["strategies"][n]["worst_mean"])
+    v = next((v for v in summary["verdicts"] if v["strategy"] == best and v["against"] == "erm" and v["metric"] == "worst_group"), None)
+    r = summary["strategies"][best]
+    word = v["verdict"] if v else "no detectable difference"
+    return (f"{best} vs plain fine-tuning on worst-group accuracy: {word.upper()} "
+            f"({100 * r['worst_mean']:.1f}% vs {100 * summary['strategies']['erm']['worst_mean']:.1f}%)")
+
+
+def changed_examples(ctx: RepairContext, name: str, params: dict[str, Any], n: int = 6) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Up to ``n`` training (or held-out) images before and after a strategy changed them, and
+    a caption each: for ``i2x-groups`` the images are unchanged and the caption gives the
+    weight the strategy gives them, relative to the median image."""
+    gen = torch.Generator().manual_seed(ctx.config.seed)
+    fit, y, cls, classes = ctx.data.fit_idx, ctx.data.train_y, ctx.finding.cls, ctx.data.classes
+    k = ctx.finding.prototype
+    if name == "i2x-dfr":
+        h = ctx.held
+        edited = np.flatnonzero((h.x != h.original).flatten(1).any(1).numpy())[:n]
+        return (to_float(h.original[edited]).numpy(), to_float(h.x[edited]).numpy(),
+                [f"{classes[int(h.y[i])]}: P{k} {'added' if h.groups[i] % 2 else 'erased'} (held-out)" for i in edited])
+    if name == "i2x-groups":
+        weights = balanced_weights(ctx.groups[fit.numpy()]) ** float(params.get("power", 1.0))
+        top = np.argsort(-weights, kind="stable")[:n]
+        x = to_float(ctx.data.train_x[fit[top]]).numpy()
+        rel = weights[top] / np.median(weights)
+        return x, x, [f"{classes[int(y[fit[i]])]}, P{k} {'present' if ctx.groups[fit[i]] % 2 else 'absent'}: weight x{w:.1f}"
+                      for i, w in zip(top, rel, strict=True)]
+    how = params["how"]
+    has = ctx.cells[fit].flatten(1).any(1)
+    pool = fit[(y[fit] != cls)] if how == "swap" else fit[(y[fit] == cls) & has]
+    pick = pool[torch.randperm(len(pool), generator=gen)[:n]]
+    before = to_float(ctx.data.train_x[pick])
+    after = counterfactual(before, y[pick], ctx.cells[pick], cls, how, 1.0, gen, ctx.donors())
+    what = f"P{k} pasted in" if how == "swap" else f"P{k} {how}ed" if how != "noise" else f"P{k} noised"
+    return before.numpy(), after.numpy(), [f"{classes[int(c)]}: {what}" for c in y[pick]]

@@ -1,0 +1,139 @@
+"""Acting on a finding (issue 22): the i2x groups recover the planted groups, the counterfactual
+edits touch only the finding's cells, and the repair study with its baselines runs and scores
+the test set by group, on MNIST with a planted mark."""
+
+import numpy as np
+import pytest
+import torch
+
+from i2x.reporting.claims import shortcut_checks
+from i2x.training.batches import to_float
+from i2x.training.checkpoints import read_checkpoint
+from i2x.training.models import build_model
+from i2x.training.pixels import cell_mask
+from i2x.tuning.guided import (
+    BASELINES,
+    I2X_STRATEGIES,
+    Finding,
+    RepairContext,
+    evaluate,
+    heldout,
+    make_objective,
+    scoring_groups,
+)
+from i2x.tuning.repair import counterfactual, i2x_groups
+from i2x.tuning.repair_summary import summarize_repair
+from i2x.tuning.study import assign_images
+
+
+@pytest.fixture(scope="module")
+def repair(mnist_shortcut):
+    """A repair context on the planted run, acting on its report's lead shortcut check."""
+    from i2x.platform.config_io import config_from_dict
+    from i2x.training.groups import groups_of
+
+    config, data, analysis, doc, files = mnist_shortcut
+    final, early = read_checkpoint(files[-1]), read_checkpoint(files[len(files) // 2])
+    meta = final["data"]
+
+    def build() -> torch.nn.Module:
+        return build_model(config.model, meta["channels"], len(meta["classes"]), meta["mean"], meta["std"])
+
+    model = build()
+    model.load_state_dict(final["model"])
+    layer = final["target_layer"]
+
+    def assign(x: torch.Tensor) -> torch.Tensor:
+        return assign_images(model, layer, x, analysis.protos, 1000, torch.device("cpu"))
+
+    check = shortcut_checks(doc)[0]
+    finding = Finding(check["prototype"], data.classes.index(check["class"]), check["class"], "lead")
+    small = config_from_dict({**config.to_dict(), "tune": {**config.to_dict()["tune"], "seeds": 2, "epoch_samples": 1500, "n_trials": 3}})
+    truth = (2 * data.train_y + (data.train_marks[:, 0] >= 0).long()).numpy()
+    ctx = RepairContext(config=small, data=data, build=build, state=final["model"], early_state=early["model"],
+                        assignment=assign(data.train_x), finding=finding, device=torch.device("cpu"),
+                        test_groups=groups_of(small.plant, data.classes, data.test_y.numpy(), data.test_marks.numpy()),
+                        true_train=truth, assign=assign)
+    return ctx, assign
+
+
+def _agreement(groups: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """(share of images whose group is the true one, lowest recall over the true groups)."""
+    recall = min((groups[truth == g] == g).mean() for g in np.unique(truth))
+    return float((groups == truth).mean()), float(recall)
+
+
+def test_the_i2x_groups_recover_the_planted_groups_on_test_images(repair):
+    """On the test split the mark is in half of every class, independently of class: every
+    (class, mark) group occurs. The i2x groups, from the explanation alone, must agree with the
+    planted ones on >= 90% of the images and recover >= 80% of every group; a prototype that is
+    not the finding must not."""
+    ctx, assign = repair
+    data = ctx.data
+    truth = 2 * data.test_y.numpy() + (data.test_marks[:, 0] >= 0).numpy()
+    ids = assign(data.test_x)
+    share, recall = _agreement(i2x_groups(ids, data.test_y, ctx.finding.prototype), truth)
+    assert share >= 0.9 and recall >= 0.8, (share, recall)
+    other = next(k for k in np.unique(ids.numpy()).tolist() if k != ctx.finding.prototype and (ids == k).flatten(1).any(1).float().mean() > 0.05)
+    wrong_share, wrong_recall = _agreement(i2x_groups(ids, data.test_y, other), truth)
+    assert wrong_recall < 0.5, (other, wrong_share, wrong_recall)
+
+
+def test_the_i2x_training_groups_split_the_marked_class_from_the_rest(repair):
+    ctx, _ = repair
+    share, recall = _agreement(ctx.groups, ctx.true_train)
+    assert share >= 0.9 and recall >= 0.8, (share, recall)
+
+
+@pytest.mark.parametrize("how", ["mask", "blur", "noise", "swap"])
+def test_counterfactual_edits_touch_only_the_findings_cells(repair, how):
+    """Every changed pixel lies in a finding cell (of the image for mask/blur/noise, of the
+    donor for swap); for the planted class, the cells hold the mark."""
+    ctx, _ = repair
+    data, cls = ctx.data, ctx.finding.cls
+    pos = data.fit_idx[:400]
+    xb, yb, cells = to_float(data.train_x[pos]), data.train_y[pos], ctx.cells[pos]
+    gen = torch.Generator().manual_seed(0)
+    donors = ctx.donors()
+    out = counterfactual(xb, yb, cells, cls, how, 1.0, gen, donors)
+    changed = (out != xb).any(1)  # (B, H, W)
+    assert changed.any()
+    if how == "swap":
+        allowed = cell_mask(donors[1], tuple(xb.shape[-2:])).bool().any(1).any(0)  # any donor's cells
+        assert not changed[yb == cls].any()  # the class's own images are left alone
+    else:
+        allowed = cell_mask(cells, tuple(xb.shape[-2:])).bool().any(1)
+        assert not changed[yb != cls].any()
+        marks = data.train_marks[pos][(yb == cls) & changed.flatten(1).any(1)]
+        assert len(marks) and (marks[:, 2] == 28).all() and (marks[:, 3] == 28).all()  # the planted corner
+    assert not (changed & ~allowed).any(), int((changed & ~allowed).sum())
+
+
+def test_the_held_out_set_has_every_group_from_the_explanation_alone(repair):
+    ctx, _ = repair
+    h = heldout(ctx.data, ctx.cells, ctx.finding.cls, 0)
+    names = np.unique(h.groups)
+    assert len(names) == 2 * len(ctx.data.classes), names  # every class with and without the finding
+    assert (h.x == h.original).flatten(1).all(1).float().mean() < 0.7  # about half were edited
+
+
+def test_the_repair_study_and_every_baseline_run_and_are_scored_by_the_true_groups(repair):
+    import optuna
+
+    ctx, _ = repair
+    study = optuna.create_study(directions=["maximize", "maximize"], sampler=optuna.samplers.TPESampler(seed=0))
+    study.optimize(make_objective(ctx), n_trials=3)
+    assert all(len(t.values) == 2 and 0 <= t.values[0] <= 1 for t in study.trials)
+    chosen = {t.params["strategy"]: {"params": {k: v for k, v in t.params.items() if k != "strategy"}} for t in study.trials}
+    chosen |= {"erm": {"params": {}}, "jtt": {"params": {"lambda": 5.0}}, "dfr": {"params": {"C": 1.0}}, "oracle": {"params": {}}}
+    groups = scoring_groups(ctx)
+    assert groups.source == "plant"
+    results = evaluate(ctx, chosen, groups, {})
+    assert set(BASELINES) <= set(results) and set(results) - {"before", *BASELINES} <= set(I2X_STRATEGIES)
+    summary = summarize_repair(results, chosen, groups, ctx.finding, 0.95)
+    before = summary["strategies"]["before"]
+    # planted truth: the final model follows the mark, so a conflicting group is far below average
+    assert before["worst_mean"] < before["accuracy_mean"] - 0.2, before
+    assert summary["strategies"]["dfr"]["true_groups"] and not summary["strategies"]["erm"]["true_groups"]
+    assert all(len(results[n]) == 2 for n in results if n != "before")
+    assert {v["against"] for v in summary["verdicts"]} == {"erm", "jtt"}
