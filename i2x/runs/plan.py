@@ -9,7 +9,11 @@ forward batch. Each stage's estimate multiplies those by the work the config ask
   forward passes; the clustering and the permutation null (CPU work that does not depend
   on the model) come on top and are not in the estimate;
 - tune: every fine-tuning step of the study's trials and of the final evaluation
-  (each strategy x ``tune.seeds``, two phases each), plus their validation passes.
+  (each strategy x ``tune.seeds``, two phases each), plus their validation passes. When
+  tune acts on findings (the default) the estimate is for a run that finds one; with none,
+  tune takes seconds.
+
+When the total is over an hour, :meth:`StagePlan.lines` ends with the flags that cut it.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from i2x.training.data import DataBundle
 from i2x.training.loop import make_optimizer, train_step
 from i2x.training.models import build_model
 from i2x.tuning.comparison import STRATEGIES
+from i2x.tuning.guided import BASELINES as BASELINE_STRATEGIES
+from i2x.tuning.guided import JTT_LAMBDAS
 
 
 @dataclass(frozen=True)
@@ -43,14 +49,37 @@ class StagePlan:
     cam_image_s: float
     forward_image_s: float
     stages: dict[str, float]
+    tune_note: str = ""
+    cuts: tuple[str, ...] = ()
 
     def lines(self) -> list[str]:
         total = sum(self.stages.values())
         head = (f"plan: {self.device}, {self.model} (width {self.width}), {self.n_fit} training images, "
                 f"{self.n_analysis} analysed; timed warm-up: {self.step_s:.2f} s per training step, "
                 f"{1000 * self.cam_image_s:.1f} ms per Grad-CAM image")
-        return [head] + [f"  {name:8s} ~ {_clock(s)}" for name, s in self.stages.items()] + [
-            f"  total    ~ {_clock(total)} (explain: network passes only; clustering and the null come on top)"]
+        out = [head] + [f"  {name:8s} ~ {_clock(s)}" + (f" ({self.tune_note})" if name == "tune" and self.tune_note else "")
+                        for name, s in self.stages.items()]
+        out.append(f"  total    ~ {_clock(total)} (explain: network passes only; clustering and the null come on top)")
+        if total > LONG_S and self.cuts:
+            out.append(f"  over an hour: to cut it, add -P overrides={','.join(self.cuts)} (or -P config=smoke for a one-minute "
+                       "synthetic run); pass the same to i2x train/explain/tune --overrides")
+        return out
+
+
+LONG_S = 3600.0
+
+
+def cuts(config: Config, stages: dict[str, float]) -> tuple[str, ...]:
+    """Overrides that roughly halve the two longest stages (exact values for this config)."""
+    t, tune = config.train, config.tune
+    options = {
+        "train": [f"train.epochs={max(1, t.epochs // 2)}"] if t.epochs > 1 else [],
+        "explain": [f"data.analysis_size={max(200, config.data.analysis_size // 2)}"] if config.data.analysis_size > 400 else [],
+        "tune": [f"tune.n_trials={max(2, tune.n_trials // 2)}", f"tune.seeds={max(2, tune.seeds - 1)}"]
+        + ([f"tune.epoch_samples={max(1000, tune.epoch_samples // 2)}"] if tune.epoch_samples else []),
+    }
+    longest = sorted(stages, key=lambda k: -stages[k])[:2]
+    return tuple(flag for stage in longest for flag in options.get(stage, []))
 
 
 def _clock(seconds: float) -> str:
@@ -94,5 +123,12 @@ def estimate(config: Config, data: DataBundle, device: torch.device, repeats: in
     final = len(STRATEGIES) * tune.seeds * 2 * max(mean_epochs, 1) * (per_epoch + n_val * forward_s)
     if tune.paper_whole_epochs and tune.epoch_samples:  # the paper and its control run whole epochs
         final += 2 * tune.seeds * 2 * (spe * step_s - per_epoch)
-    stages = {"train": train_s, "explain": explain_s, "tune": trials + final + tune.seeds * len(STRATEGIES) * len(data.test_y) * forward_s}
-    return StagePlan(device.type, config.model.name, config.model.width, n_fit, n, step_s, cam_s, forward_s, stages)
+    tune_s = trials + final + tune.seeds * len(STRATEGIES) * len(data.test_y) * forward_s
+    note = ""
+    if tune.act_on == "findings":  # one epoch per trial and per strategy and seed; see i2x.tuning.guided
+        runs = tune.n_trials + len(JTT_LAMBDAS) + (len(BASELINE_STRATEGIES) + len(tune.repair_strategies)) * tune.seeds
+        tune_s = runs * per_epoch + (tune.n_trials * n_val + len(data.train_y) + runs * len(data.test_y)) * forward_s
+        note = "if the explanation states a finding to act on; seconds if it states none"
+    stages = {"train": train_s, "explain": explain_s, "tune": tune_s}
+    return StagePlan(device.type, config.model.name, config.model.width, n_fit, n, step_s, cam_s, forward_s, stages, note,
+                     cuts(config, stages))
