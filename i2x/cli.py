@@ -116,7 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command in RUNS:
             module, function = RUNS[args.command]
-            getattr(importlib.import_module(module), function)(args)
+            from i2x.platform.progress import heartbeat
+
+            with heartbeat(args.command):
+                getattr(importlib.import_module(module), function)(args)
         elif args.command == "services":
             cmd_services(args)
         else:

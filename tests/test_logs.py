@@ -66,3 +66,46 @@ def test_a_pruned_trial_is_finished_and_tagged_not_killed(mlflow_store):
     trial = mlflow.MlflowClient().search_runs([parent.info.experiment_id], "tags.`i2x.stage` = 'tune-trial'")[0]
     assert trial.info.status == "FINISHED" and trial.data.tags["optuna.state"] == "PRUNED"
     assert "Pruned" in trial.data.tags["mlflow.note.content"]
+
+
+def _gaps(times: list[float]) -> list[float]:
+    return [b - a for a, b in zip(times, times[1:], strict=False)]
+
+
+def test_the_heartbeat_leaves_no_gap_over_its_period_in_a_stage_with_a_long_silent_step():
+    """Issue 24, on a fake clock: a stage prints progress lines at 0-40 s, then computes for
+    5 minutes without a loop (a solver), then prints again. The heartbeat's rule, checked once
+    a second, fills the silence so that no two lines are more than 30 s apart, naming the work."""
+    from i2x.platform.progress import Beat
+
+    progress_lines = [0.0, 10.0, 40.0, 340.0, 350.0]
+    assert max(_gaps(progress_lines)) > 30  # the premise: without the heartbeat there is a 300 s hole
+    beat, last, printed, said = Beat("explain", 30.0, start=0.0), 0.0, [], []
+    for now in range(0, 351):
+        if float(now) in progress_lines:
+            last = float(now)
+            printed.append(last)
+            continue
+        line = beat.due(float(now), last, "causal check")
+        if line:
+            last = float(now)
+            printed.append(last)
+            said.append(line)
+    assert max(_gaps(printed)) <= 30, _gaps(printed)
+    assert len(said) == 9 and said[0] == "i2x explain: working (causal check), 1m10s into the stage", said[:2]
+
+
+def test_a_stage_under_the_heartbeat_prints_what_it_is_doing_while_silent(capsys, monkeypatch):
+    import time
+
+    from i2x.platform.progress import doing, heartbeat
+
+    monkeypatch.setenv("I2X_PROGRESS_EVERY", "0.2")
+    monkeypatch.setattr("i2x.platform.progress.is_tty", lambda: False)
+    with heartbeat("tune"):
+        doing("trial 3: i2x-dfr")
+        time.sleep(1.0)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines and all(line.startswith("i2x tune: working (trial 3: i2x-dfr), ") for line in lines), lines
+    time.sleep(0.5)
+    assert capsys.readouterr().err == ""  # the thread stopped with the stage

@@ -38,7 +38,7 @@ from i2x.explanation.structure import Structure, build_structure
 from i2x.explanation.transplant import TransplantResult, transplant_test
 from i2x.platform.config import ExplainConfig, FaithfulnessConfig
 from i2x.platform.errors import I2XError
-from i2x.platform.progress import steps
+from i2x.platform.progress import doing, steps
 from i2x.training.models import Classifier
 
 MIN_CHECKPOINTS = 3
@@ -174,6 +174,7 @@ def analyse(
 
     tick = time.perf_counter()
     assert features is not None
+    doing("prototypes (PCA and K-Means over the final model's feature cells)")
     protos = fit_prototypes(
         features, labels, num_classes, cfg.n_prototypes, cfg.pca_components, cfg.fit_max_locations,
         cfg.n_exemplars, seed, tuple(images.shape[-2:]), cfg.kmeans_n_init, saliency=maps_t[-1].numpy(),
@@ -185,11 +186,13 @@ def analyse(
     timings["intensity"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
+    doing("learning groups (HDBSCAN over the confidence changes)")
     groups = learning_groups(intens.dy, cfg.min_cluster_size, cfg.patterns_max_dim, seed, progress=progress)
     timings["patterns"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
     y = labels.numpy()
+    doing("regression of confidence changes on prototype changes, per group")
     fits = fit_group_betas(intens.dp, intens.dy, groups, cfg.ridge_lambda, cfg.min_group_for_r2, seed, labels=y,
                            regression=cfg.regression, folds=cfg.r2_folds)
     timings["regression"] = time.perf_counter() - tick
@@ -199,6 +202,7 @@ def analyse(
     blank = blank_cells(images, tuple(protos.assignment.shape[-2:]), cfg.background_blank_std)
     content = content_background(protos.assignment, blank, cfg.background_blank_share, cfg.background_ring_share)
     off = off_object(protos.assignment, y, blank, protos.coverage.argmax(1))
+    doing("class structure and the training-history permutation null")
     structure = build_structure(fits, groups, intens.presence, protos.coverage, y, preds, cfg, dp=intens.dp, dy=intens.dy, seed=seed,
                                 content=content)
     timings["structure"] = time.perf_counter() - tick
@@ -210,9 +214,12 @@ def analyse(
         tick = time.perf_counter()
         final_maps = maps_t[-1].numpy()
         claims = claims_of(structure, protos.coverage, cfg)
+        doing("causal check: deleting each candidate's cells against matched random cells")
         deletion = deletion_test(final_model, images, labels, protos.assignment, final_maps, claims, faithfulness, seed, device, cfg.batch_size)
+        doing("transplant test: pasting each candidate into other classes' images")
         transplant = transplant_test(final_model, images, labels, protos.assignment, [c for c in claims if c.role != "uncertain"],
                                      faithfulness, seed, device, batch_size=cfg.batch_size)
+        doing("ROAD: Grad-CAM against random maps")
         road = road_scores(final_model, images, labels, final_maps, faithfulness, seed, device)
         timings["faithfulness"] = time.perf_counter() - tick
     return Analysis(maps_t, probs_t, preds, protos, intens, groups, fits, structure, heldout_summary(fits), deletion, road, timings,

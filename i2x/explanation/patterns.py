@@ -36,7 +36,7 @@ def learning_groups(dy: np.ndarray, min_cluster_size: int, max_dim: int, seed: i
     intervals, n, m = dy.shape
     mcs = min_cluster_size or default_min_cluster_size(n)
     out = np.full((intervals, n), NOISE, dtype=np.int64)
-    for t in steps(range(intervals), "patterns", unit="interval", enabled=progress):
+    for t in steps(range(intervals), "learning groups (HDBSCAN) of checkpoint intervals", unit="interval", enabled=progress):
         x = dy[t].astype(np.float64)
         if m > max_dim:
             x = PCA(n_components=max_dim, random_state=seed).fit_transform(x)

@@ -5,6 +5,11 @@ A tqdm bar written to a file is carriage-return debris. When stderr is not a TTY
 one when the loop ends, each with the count, the elapsed time and the ETA:
 
     i2x saliency: 3/7 ckpt, 41s elapsed, ETA 55s
+
+Work that is not a counted loop (a solver, one long pass) is covered by :func:`heartbeat`,
+which every stage runs under: when no progress line has been printed for that long, it
+prints what the stage is doing (the last :func:`doing` or the last loop) and for how long,
+so that no line of a log is more than ``I2X_PROGRESS_EVERY`` seconds from the one before.
 """
 
 from __future__ import annotations
@@ -34,6 +39,61 @@ def is_tty() -> bool:
     return sys.stderr.isatty()
 
 
+_state = {"last": time.monotonic(), "doing": ""}  # the last progress line printed; what is running now
+
+
+def say(text: str) -> None:
+    _state["last"] = time.monotonic()
+    print(text, file=sys.stderr, flush=True)
+
+
+def doing(what: str) -> None:
+    """Say what the stage is doing now (the heartbeat names it; nothing is printed)."""
+    _state["doing"] = what
+
+
+class Beat:
+    """The heartbeat's rule, clock-free: :meth:`due` returns the line to print at ``now``,
+    if ``every_s`` have passed since the last line of any kind, else None."""
+
+    def __init__(self, stage: str, every_s: float, start: float) -> None:
+        self.stage, self.every_s, self.start = stage, every_s, start
+
+    def due(self, now: float, last: float, what: str) -> str | None:
+        if now - last < self.every_s:
+            return None
+        return f"i2x {self.stage}: working{f' ({what})' if what else ''}, {duration(now - self.start)} into the stage"
+
+
+class heartbeat:  # noqa: N801 (used as a context manager, like contextlib's)
+    """Run a stage with a daemon thread that applies :class:`Beat` once a second. Off on a
+    terminal (the bars move) and when ``I2X_PROGRESS_EVERY`` is 0."""
+
+    def __init__(self, stage: str) -> None:
+        import threading
+
+        every = float(os.environ.get("I2X_PROGRESS_EVERY", "30"))
+        self.enabled = every > 0 and not is_tty()
+        self.beat = Beat(stage, every, time.monotonic())
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"i2x-heartbeat-{stage}", daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.wait(min(1.0, self.beat.every_s / 4)):
+            line = self.beat.due(time.monotonic(), _state["last"], _state["doing"])
+            if line:
+                say(line)
+
+    def __enter__(self) -> heartbeat:
+        _state["last"], _state["doing"] = time.monotonic(), ""
+        if self.enabled:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop.set()
+
+
 class Progress:
     """``update()`` once per step; ``close()`` at the end (or use it as a context manager).
 
@@ -53,6 +113,7 @@ class Progress:
         self.postfix = ""
         self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, leave=False) if enabled and is_tty() else None
         self.closed = False
+        doing(desc)
 
     def eta_s(self) -> float | None:
         done = self.n - self.start_n
@@ -79,7 +140,7 @@ class Progress:
             self.bar.update(n)
         elif self.enabled and time.perf_counter() - self.last >= self.every_s and self.n != self.total:
             self.last = time.perf_counter()
-            print(self.line(), file=sys.stderr, flush=True)
+            say(self.line())
 
     def close(self) -> None:
         if self.closed:
@@ -88,7 +149,7 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
         if self.enabled and self.n > self.start_n:
-            print(self.line(), file=sys.stderr, flush=True)
+            say(self.line())
 
     def __enter__(self) -> Progress:
         return self
