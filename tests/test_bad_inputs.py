@@ -34,7 +34,7 @@ from PIL import Image
 from .conftest import SHARED_DATASETS, cli_env
 
 # The other lines stderr may hold: MLflow's own INFO log and i2x's progress lines.
-ALLOWED_LINE = re.compile(r"^(\d{4}/\d\d/\d\d \d\d:\d\d:\d\d INFO mlflow\.|i2x [\w -]+: \S+ \w+, [\dhms ]+ elapsed)")
+ALLOWED_LINE = re.compile(r"^(\d{4}/\d\d/\d\d \d\d:\d\d:\d\d INFO mlflow\.|i2x [\w -]+: \S+ \w+, [\dhms ]+ elapsed|i2x \w+: working)")
 SECRET = "pw-1234"
 
 
@@ -219,6 +219,34 @@ def running_explain_run(tmp: Path, _request) -> dict[str, str]:
     return {"RUN": _tracked_run(tmp, {"i2x.stage": "explain", "i2x.train_run_id": train_id}, None)}
 
 
+def _run_with(tmp: Path, stage: str, artifact: str, text: str) -> dict[str, str]:
+    """A FINISHED ``stage`` run (of a FINISHED train run) whose ``artifact`` holds ``text``."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp}/mlflow.db")
+    client.create_experiment("i2x", artifact_location=(tmp / "artifacts").as_uri())
+    train_id = _tracked_run(tmp, {"i2x.stage": "train"}, "FINISHED")
+    run_id = _tracked_run(tmp, {"i2x.stage": stage, "i2x.train_run_id": train_id}, None)
+    local = tmp / "made" / artifact
+    local.parent.mkdir(parents=True)
+    local.write_text(text)
+    client.log_artifact(run_id, str(local), str(Path(artifact).parent))
+    client.set_terminated(run_id, "FINISHED")
+    return {"RUN": run_id}
+
+
+def _cut_explanation(tmp: Path, _request) -> dict[str, str]:
+    return _run_with(tmp, "explain", "explanation/explanation.json", '{"schema": "i2x.explanation/1.1", "classes": ["0", "1"')
+
+
+def _foreign_explanation(tmp: Path, _request) -> dict[str, str]:
+    return _run_with(tmp, "explain", "explanation/explanation.json", '{"schema": "something else", "rows": []}')
+
+
+def _cut_summary(tmp: Path, _request) -> dict[str, str]:
+    return _run_with(tmp, "tune", "tuning/summary.json", '{"act_on": "findings", "strategies": {"erm": ')
+
+
 def empty_store(tmp: Path, _request) -> dict[str, str]:
     import mlflow
 
@@ -330,6 +358,15 @@ BAD_INPUTS = [
     Bad("worker on a missing study", ["tune", "--worker", "--study", "nope", "--storage", "sqlite:///{FOLDER}/optuna.db"],
         "no study 'nope' in sqlite:///", lambda tmp, _request: {"FOLDER": str(tmp)}),
     Bad("report a train run", ["report", "--run-id", "{RUN}"], "is a 'train' run; reports are made for explain and tune runs", train_run),
+    # issue 23: these raised JSONDecodeError / KeyError, and tune opened a run and left it FAILED
+    Bad("report an explanation cut short", ["report", "--run-id", "{RUN}"], "explanation.json of this run is damaged (JSONDecodeError",
+        _cut_explanation),
+    Bad("tune from an explanation cut short", ["tune", "--run-id", "{RUN}"], "explanation.json of this run is damaged (JSONDecodeError",
+        _cut_explanation),
+    Bad("tune from an explanation of another schema", ["tune", "--run-id", "{RUN}"], "does not match schema i2x.explanation/1.1",
+        _foreign_explanation),
+    Bad("report a tune summary cut short", ["report", "--run-id", "{RUN}"], "summary.json of this run is damaged (JSONDecodeError",
+        _cut_summary),
     Bad("report into a file", ["report", "--run-id", "abc", "--out", "A_FILE"], "is a file; give a folder"),
     Bad("read-only store", ["train", "--config", "smoke"], "cannot be used (attempt to write a readonly database)", read_only_store),
     # the work itself

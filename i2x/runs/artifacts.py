@@ -28,14 +28,44 @@ MAPS = "saliency/maps.npz"
 TUNE_SUMMARY = "tuning/summary.json"
 
 
+def _json(path: Path, fix: str) -> dict[str, Any]:
+    """A JSON object from ``path``, or one line that says the file is damaged and ``fix``."""
+    from i2x.platform.errors import I2XError
+
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise I2XError(f"{Path(path).name} of this run is damaged ({type(exc).__name__}: {str(exc)[:120]}); {fix}") from None
+    if not isinstance(value, dict):
+        raise I2XError(f"{Path(path).name} of this run is damaged (a JSON {type(value).__name__}, not an object); {fix}")
+    return value
+
+
 def read_explanation(path: Path) -> dict[str, Any]:
-    """The explanation document at ``path`` (a downloaded :data:`EXPLANATION`)."""
-    return json.loads(Path(path).read_text())
+    """The explanation document at ``path`` (a downloaded :data:`EXPLANATION`), checked
+    against its schema: a damaged or foreign document is one line, before anything opens."""
+    from i2x.explanation.document import validate
+    from i2x.platform.errors import I2XError
+
+    fix = "rerun i2x explain on its training run to write it again"
+    doc = _json(path, fix)
+    try:
+        validate(doc)
+    except I2XError as exc:
+        raise I2XError(f"{exc}; {fix}") from None
+    return doc
 
 
 def read_tune_summary(path: Path) -> dict[str, Any]:
     """A tune run's strategies, controls and verdicts (a downloaded :data:`TUNE_SUMMARY`)."""
-    return json.loads(Path(path).read_text())
+    from i2x.platform.errors import I2XError
+
+    fix = "rerun i2x tune on its explain run (it resumes) to write it again"
+    summary = _json(path, fix)
+    whole = "strategies" in summary if summary.get("act_on") != "findings" or summary.get("finding") else "said" in summary
+    if not whole:
+        raise I2XError(f"{Path(path).name} of this run is damaged (no strategies or verdict in it); {fix}")
+    return summary
 
 
 def read_maps(path: Path) -> dict[str, np.ndarray]:
