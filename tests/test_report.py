@@ -19,7 +19,22 @@ def report(smoke_run, tmp_path_factory):
         "steps": np.array([c["step"] for c in doc["checkpoints"]]), "assignment": analysis.protos.assignment,
     }
     out = tmp_path_factory.mktemp("report")
-    return doc, explain_report(doc, arrays, out)
+    return doc, explain_report(doc, arrays, out, evaluation=_evaluation(smoke_run, tmp_path_factory.mktemp("evaluation")))
+
+
+def _evaluation(smoke_run, out):
+    """The smoke model's test evaluation, written as a train run writes it."""
+    import torch
+
+    from i2x.reporting.evaluation import write_evaluation
+    from i2x.training.checkpoints import list_checkpoints, model_from_checkpoint, read_checkpoint
+    from i2x.training.loop import predictions
+
+    _, data, result = smoke_run
+    last = list_checkpoints(result.folder)[-1]
+    pred = predictions(model_from_checkpoint(read_checkpoint(last), str(last)), data.test_x, 500, torch.device("cpu")).numpy()
+    write_evaluation(out, pred, data.test_y.numpy(), data.test_x.numpy(), data.classes, None)
+    return out
 
 
 def test_statements_follow_the_explanation(report):
@@ -145,6 +160,12 @@ def test_report_in_headless_chromium(report, browser, tmp_path):
     for sentence in said["classes"] + said["uncertain"] + said["faithfulness"]:
         assert sentence in body
     assert "Causal check" in body
+    # issue 24: the evaluation leads the details, with the confusion matrix drawn
+    headings = [h.text for h in browser.find_elements("css selector", "section h2")]
+    assert headings[:2] == ["Summary", "How the model does on the test set"], headings  # the first detail section
+    matrix = browser.find_element("css selector", "img[alt='Test confusion matrix and accuracy per class']")
+    assert matrix.get_property("naturalWidth") > 200
+    assert "test images correctly" in body
     # the gallery is folded: present, but not in the page's height until opened
     assert browser.find_elements("css selector", "details img")
     shot = tmp_path / "first_screen.png"

@@ -102,7 +102,8 @@ def _page(title: str, meta: str, body: str) -> str:
             f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1><p class=\"meta\">{html.escape(meta)}</p>{body}</body></html>\n")
 
 
-def explain_report(doc: dict[str, Any], arrays: dict[str, np.ndarray], out: Path, seed: int = 0, run_id: str | None = None) -> Path:
+def explain_report(doc: dict[str, Any], arrays: dict[str, np.ndarray], out: Path, seed: int = 0, run_id: str | None = None,
+                   evaluation: Path | None = None) -> Path:
     """Figures and ``index.html`` for an explain run.
 
     Args:
@@ -110,7 +111,10 @@ def explain_report(doc: dict[str, Any], arrays: dict[str, np.ndarray], out: Path
         arrays: ``saliency/maps.npz`` contents (maps, labels, images, interval_beta, steps).
         out: folder to write into.
         run_id: the explain run's MLflow id, named in the summary's tune command.
+        evaluation: the training run's ``evaluation/`` folder, shown first in the details.
     """
+    from i2x.reporting.evaluation import evaluation_lines
+
     out.mkdir(parents=True, exist_ok=True)
     images, labels, maps = arrays["images"], arrays["labels"].astype(int), arrays["maps"]
     classes = doc["classes"]
@@ -142,7 +146,12 @@ def explain_report(doc: dict[str, Any], arrays: dict[str, np.ndarray], out: Path
     run = doc["run"]
     lead = list({(r["prototype"], r["role"], r.get("class")): r for r in checks + (named["findings"] or named["model_only"])}.values())
     figs["findings"] = evidence.plot_findings(images, arrays["assignment"], doc, lead, out / "findings.png", title=_findings_caption(named, checks))
+    judged = evaluation_lines(evaluation) if evaluation is not None else []
     sections = [  # (title, sentences, figures): rendered in order and listed in the index
+        *([("How the model does on the test set", judged,
+            [_img(evaluation / "confusion.png", "Test confusion matrix and accuracy per class"),
+             _img(evaluation / "most_confused.png", "The most-confused pairs: test images of the true class taken for the other")])]
+          if judged else []),
         *([("Shortcut check", said["shortcuts"], [])] if said["shortcuts"] else []),
         ("What each class relies on", said["classes"], [_img(figs["classes"], "Shared and specialised prototypes per class (verified or not: see the causal check)")]
                  + [_folded(f"Prototype gallery ({len(galleries)} page{'s' if len(galleries) != 1 else ''}): exemplar patches and coverage per class",

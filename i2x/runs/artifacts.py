@@ -41,6 +41,18 @@ def _json(path: Path, fix: str) -> dict[str, Any]:
     return value
 
 
+def fetch_evaluation(train_run_id: str | None, dst: Path) -> Path | None:
+    """The training run's ``evaluation/`` folder, downloaded into ``dst`` (None without one)."""
+    from i2x.platform import tracking
+
+    if not train_run_id:
+        return None
+    names = [n for n in tracking.list_artifacts(train_run_id, "evaluation") if Path(n).name.endswith((".json", ".png"))]
+    for name in names:
+        tracking.download_artifacts(train_run_id, name, dst)
+    return dst / "evaluation" if names else None
+
+
 def read_explanation(path: Path) -> dict[str, Any]:
     """The explanation document at ``path`` (a downloaded :data:`EXPLANATION`), checked
     against its schema: a damaged or foreign document is one line, before anything opens."""

@@ -97,7 +97,10 @@ def explain_run(args: argparse.Namespace) -> str:
                 write_explain_outputs(partial, doc, dumps(doc), analysis, images, labels, data.classes, infos, config)
                 from i2x.reporting.html import explain_report
 
-                explain_report(doc, read_maps(partial / MAPS), partial / "report", seed=config.seed)
+                from i2x.runs.artifacts import fetch_evaluation
+
+                explain_report(doc, read_maps(partial / MAPS), partial / "report", seed=config.seed,
+                               evaluation=fetch_evaluation(train_run_id, scratch / "train-evaluation"))
                 (partial / "COMPLETE").write_text("")
                 shutil.rmtree(out, ignore_errors=True)
                 partial.rename(out)

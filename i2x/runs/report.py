@@ -21,6 +21,7 @@ def report_run(args: argparse.Namespace) -> Path:
         EXPLANATION,
         MAPS,
         TUNE_SUMMARY,
+        fetch_evaluation,
         read_explanation,
         read_maps,
         read_tune_summary,
@@ -38,7 +39,8 @@ def report_run(args: argparse.Namespace) -> Path:
         if stage == "explain":
             doc = read_explanation(tracking.download_artifacts(args.run_id, EXPLANATION, scratch))
             index = explain_report(doc, read_maps(tracking.download_artifacts(args.run_id, MAPS, scratch)), out,
-                                   seed=int(doc["config"].get("seed", 0)), run_id=args.run_id)
+                                   seed=int(doc["config"].get("seed", 0)), run_id=args.run_id,
+                                   evaluation=fetch_evaluation(doc["run"].get("train_run_id"), scratch / "train-evaluation"))
         elif stage == "tune":
             summary = read_tune_summary(tracking.download_artifacts(args.run_id, TUNE_SUMMARY, scratch))
             figures = [tracking.download_artifacts(args.run_id, name, scratch) for name in tracking.list_artifacts(args.run_id, "tuning")

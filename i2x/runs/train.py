@@ -83,31 +83,17 @@ def _evaluate(config: Config, data: DataBundle, groups: Groups | None, model: to
     """The final model on the test split: per-class accuracy (metrics), the confusion matrix
     (``evaluation/confusion.json`` and a figure), the most-confused examples, and, where the
     data has groups, accuracy per group, worst group and the aligned/conflicting gap."""
-    from i2x.reporting.run_figures import plot_confused, plot_evaluation
-    from i2x.training.evaluation import evaluate_predictions, evaluation_metrics
-    from i2x.training.groups import describe, group_metrics, group_table
+    from i2x.reporting.evaluation import write_evaluation
     from i2x.training.loop import predictions, resolve_device
 
     pred = predictions(model, data.test_x, config.train.eval_batch_size, resolve_device(config.train.device)).numpy()
-    y = data.test_y.numpy()
-    ev = evaluate_predictions(pred, y, len(data.classes))
-    tracking.log_metrics(evaluation_metrics(ev, data.classes))
-    tracking.log_text(json.dumps({"classes": list(data.classes), "confusion": ev.confusion.tolist(),
-                                  "per_class_accuracy": [None if a != a else float(a) for a in ev.per_class],
-                                  "most_confused": [{"true": data.classes[a], "predicted": data.classes[b], "count": n, "test_index": e}
-                                                    for (a, b, n), e in zip(ev.confused, ev.examples, strict=True)]}, indent=1),
-                      "evaluation/confusion.json")
     scratch = scratch_dir("evaluation")
     try:
-        tracking.log_artifact(plot_evaluation(ev.confusion, ev.per_class, data.classes, scratch / "confusion.png"), "evaluation")
-        confused = plot_confused(data.test_x.numpy(), ev.confused, ev.examples, data.classes, scratch / "most_confused.png")
-        if confused is not None:
-            tracking.log_artifact(confused, "evaluation")
+        metrics, line = write_evaluation(scratch, pred, data.test_y.numpy(), data.test_x.numpy(), data.classes, groups)
+        tracking.log_metrics(metrics)
+        for path in sorted(scratch.iterdir()):
+            tracking.log_artifact(path, "evaluation")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    if groups is not None:
-        rows = group_table(pred, y, groups)
-        metrics = group_metrics(rows)
-        tracking.log_metrics(metrics)
-        tracking.log_text(json.dumps({"source": groups.source, "groups": rows}, indent=1), "evaluation/groups.json")
-        print(f"i2x train: {describe(rows, metrics)}", flush=True)
+    if line:
+        print(f"i2x train: {line}", flush=True)
