@@ -60,6 +60,10 @@ def test_train_then_explain_then_report_in_process(trained, tmp_path, capsys):
     page = index.read_text()
     assert index == tmp_path / "report" / "index.html" and "<title>I2X explanation" in page
     assert all(html.escape(name) in page for name in doc["classes"])  # the page speaks of this run's classes
+    # the training run's evaluation leads the details, in the regenerated report and in the run's own
+    assert '<h2>How the model does on the test set</h2>' in page and "Test confusion matrix" in page
+    logged = _download(explain_id, "report/index.html", tmp_path / "c").read_text()
+    assert '<h2>How the model does on the test set</h2>' in logged
 
 
 @pytest.mark.slow

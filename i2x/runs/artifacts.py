@@ -49,8 +49,8 @@ def fetch_evaluation(train_run_id: str | None, dst: Path) -> Path | None:
         return None
     names = [n for n in tracking.list_artifacts(train_run_id, "evaluation") if Path(n).name.endswith((".json", ".png"))]
     for name in names:
-        tracking.download_artifacts(train_run_id, name, dst)
-    return dst / "evaluation" if names else None
+        tracking.download_artifacts(train_run_id, name, dst)  # a file lands as dst/<name's last part>
+    return dst if names else None
 
 
 def read_explanation(path: Path) -> dict[str, Any]:
