@@ -46,6 +46,7 @@ from i2x.tuning.guided import (  # noqa: E402
     make_objective,
     seed_trials,
 )
+from i2x.tuning.repair_summary import chosen_strategy  # noqa: E402
 from i2x.tuning.study import assign_images  # noqa: E402
 
 SETTINGS = {
@@ -102,6 +103,8 @@ def one_seed(dataset: str, seed: int, rho: float, target: int, trials: int, lr: 
     results = evaluate(ctx, chosen, ctx.test_groups, {})
     for name in I2X_STRATEGIES:  # no finding: tune does nothing, the model stays as it was
         results.setdefault(name, results["before"])
+    pick = chosen_strategy(chosen)  # what tune hands the user, chosen on the held-out set
+    results["i2x (chosen)"] = results[pick] if pick else results["before"]
     where = ""
     if finding is not None:
         box = np.argwhere(ctx.cells[data.train_marks[:, 0] >= 0].any(0).numpy())
@@ -112,7 +115,8 @@ def one_seed(dataset: str, seed: int, rho: float, target: int, trials: int, lr: 
         rows.append({"dataset": dataset, "seed": seed, "rho": rho, "strategy": "final (before)" if name == "before" else name,
                      "true_groups": name in USES_TRUE_GROUPS, "seconds": r["seconds"], "accuracy": r["accuracy"],
                      "worst_group": r["worst_group"], "gap": r["gap"], "groups": r["groups"],
-                     "params": chosen.get(name, {}).get("params", {}), "acted": finding is not None or not name.startswith("i2x-"),
+                     "params": chosen.get(name, {}).get("params", {}), "declined": bool(chosen.get(name, {}).get("declined")),
+                     "heldout": chosen.get(name, {}).get("values"), "chosen": pick, "acted": finding is not None or not name.startswith("i2x-"),
                      "finding": None if finding is None else finding.prototype, "finding_class": None if finding is None else finding.class_name,
                      "finding_is_mark": bool(finding is not None and finding.cls == target
                                              and doc["prototypes"][finding.prototype]["where"]["region"].startswith("bottom-right")),
@@ -122,7 +126,7 @@ def one_seed(dataset: str, seed: int, rho: float, target: int, trials: int, lr: 
 
 def table(path: Path) -> None:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    order = ["final (before)", "erm", "jtt", "dfr", "oracle", "i2x-augment", "i2x-groups", "i2x-dfr"]
+    order = ["final (before)", "erm", "jtt", "dfr", "oracle", "i2x-augment", "i2x-groups", "i2x-dfr", "i2x (chosen)"]
     seeds = sorted({r["seed"] for r in rows})
     print(f"{rows[0]['dataset']}, rho {rows[0]['rho']}, seeds {seeds}; findings: {sorted({(r['seed'], r.get('finding')) for r in rows})}")
     print("| strategy | uses true groups | worst-group acc | average acc | gap aligned-conflicting | vs ERM (worst, paired) | "

@@ -188,9 +188,8 @@ def _publish(parent: Any, summary: dict[str, Any], rctx: Any, study: Any, local:
     text = repair_markdown(summary)
     (out / "summary.md").write_text(f"# i2x repair: {config.data.name} / {config.model.name}\n\n{text}")
     figures = {"repair": plot_repair(summary, out / "repair.png")}
-    i2x = [n for n in summary["strategies"] if n.startswith("i2x-") and not summary["strategies"][n].get("declined")]
-    if i2x:
-        best = max(i2x, key=lambda n: summary["strategies"][n]["worst_mean"])
+    best = summary.get("chosen_strategy")
+    if best is not None:
         before, after, captions = changed_examples(rctx, best, summary["chosen"][best]["params"])
         figures["changed"] = plot_changed(before, after, captions, f"What {best} changed ({rctx.finding.statement.split(' (')[0]})",
                                           out / "changed.png")
