@@ -68,6 +68,21 @@ def test_a_pruned_trial_is_finished_and_tagged_not_killed(mlflow_store):
     assert "Pruned" in trial.data.tags["mlflow.note.content"]
 
 
+@pytest.mark.parametrize(("raised", "status"), [(KeyboardInterrupt, "KILLED"), (RuntimeError, "FAILED")])
+def test_a_stopped_trial_ends_killed_and_a_failed_one_failed(mlflow_store, raised, status):
+    """Issue 23: a stop inside a trial (process.Stopped is a KeyboardInterrupt) left the trial's
+    run FAILED while its tune run ended KILLED; now both end KILLED. An error stays FAILED."""
+    import mlflow
+
+    from i2x.platform import tracking
+
+    with pytest.raises(raised), tracking.open_run("tune", {}) as parent, tracking.trial_run(parent.info.run_id, 0, {"alpha": 0.5}):
+        raise raised()
+    client = mlflow.MlflowClient()
+    trial = client.search_runs([parent.info.experiment_id], "tags.`i2x.stage` = 'tune-trial'")[0]
+    assert trial.info.status == status and client.get_run(parent.info.run_id).info.status == status
+
+
 def _gaps(times: list[float]) -> list[float]:
     return [b - a for a, b in zip(times, times[1:], strict=False)]
 

@@ -390,9 +390,9 @@ def trial_run(parent_run_id: str, number: int, params: dict[str, Any], outcome: 
         client.set_tag(run_id, TAG_DESCRIPTION, "Pruned by Optuna's median pruner: its validation accuracy fell below the median of earlier trials at the same epoch.")
         client.set_terminated(run_id, status="FINISHED")
         raise
-    except BaseException:
+    except BaseException as exc:  # a stop (SIGINT, SIGTERM: KeyboardInterrupt) ends it KILLED, like its parent
         client.set_tag(run_id, "optuna.state", "FAIL")
-        client.set_terminated(run_id, status="FAILED")
+        client.set_terminated(run_id, status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     for key, value in (outcome() if outcome else {}).items():
         client.log_param(run_id, key, value if isinstance(value, (int, float, str)) else json.dumps(value, sort_keys=True)[:6000])

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from i2x.platform import tracking
 from i2x.platform.config import Config
+from i2x.platform.progress import doing
 from i2x.runs.runconfig import run_config
 from i2x.training.loop import resolve_model
 
@@ -39,6 +40,7 @@ def run_main(args: argparse.Namespace) -> None:
         ids, took = {}, {}
         for name, extra in (("train", {}), ("explain", {"run_id": "train"}), ("tune", {"run_id": "explain"})):
             start = time.perf_counter()
+            doing(f"the {name} stage, in its own process")
             ids[name] = stage(name, {k: ids[v] for k, v in extra.items()})
             took[name] = time.perf_counter() - start
             tracking.log_metrics({f"stage_{name}_s": round(took[name], 1)}, step=0)
