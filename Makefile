@@ -5,7 +5,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-DATASET ?= mnist
+CONFIG ?=
+DATASET ?= $(if $(CONFIG),,mnist)
 # Local data: the offline copies next to the repo when present, else torchvision downloads into ./data.
 DATA_DIR ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared/datasets),)
 export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
@@ -25,7 +26,7 @@ install: $(BIN)/.installed
 run: install
 	mkdir -p mlruns
 	$(BIN)/python -c "from i2x.platform.tracking import init_store; init_store()"  # create the store's tables once, under a lock
-	$(BIN)/mlflow run . -P dataset=$(DATASET) -P data_dir=$(DATA_DIR) --env-manager local
+	$(BIN)/mlflow run . -P dataset=$(DATASET) -P config=$(CONFIG) -P data_dir=$(DATA_DIR) --env-manager local
 
 # The same job in the environment MLflow builds from python_env.yaml (first build: minutes).
 run-isolated: install
@@ -40,8 +41,10 @@ lint: install
 	$(BIN)/ruff check i2x pipelines tests bench
 
 ui: install
-	@echo "MLflow UI: open the URL that 'main' printed (http://127.0.0.1:5000/#/experiments/<id>?workflowType=machine_learning),"
-	@echo "or click 'Model training' at the top left once: MLflow 3 opens on its GenAI view otherwise, and the browser remembers the choice."
+	@echo "MLflow UI: open a runs table below (these URLs ask for the runs view: MLflow 3 opens on its GenAI view otherwise)"
+	@$(BIN)/python -c "import mlflow; from i2x.platform.tracking import where_to_look; c = mlflow.MlflowClient(); \
+	  [print(f'  {e.name}: ' + where_to_look(e.experiment_id)[1]) for e in c.search_experiments() if c.search_runs([e.experiment_id], max_results=1)]" \
+	  || echo "  (no runs yet: make run first)"
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
 
 dashboard: install
