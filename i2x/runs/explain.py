@@ -96,7 +96,6 @@ def explain_run(args: argparse.Namespace) -> str:
                 shutil.rmtree(partial, ignore_errors=True)
                 write_explain_outputs(partial, doc, dumps(doc), analysis, images, labels, data.classes, infos, config)
                 from i2x.reporting.html import explain_report
-
                 from i2x.runs.artifacts import fetch_evaluation
 
                 explain_report(doc, read_maps(partial / MAPS), partial / "report", seed=config.seed,
