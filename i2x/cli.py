@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -117,7 +118,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in RUNS:
             module, function = RUNS[args.command]
             from i2x.platform.progress import heartbeat
+            from i2x.platform.store_checks import check_tracking_uri
+            from i2x.platform.tracking import DEFAULT_TRACKING_URI
 
+            check_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
             with heartbeat(args.command):
                 getattr(importlib.import_module(module), function)(args)
         elif args.command == "services":

@@ -247,6 +247,16 @@ def _cut_summary(tmp: Path, _request) -> dict[str, str]:
     return _run_with(tmp, "tune", "tuning/summary.json", '{"act_on": "findings", "strategies": {"erm": ')
 
 
+def _store_dir(tmp: Path, _request) -> dict[str, str]:
+    (tmp / "store.db").mkdir()
+    return {}
+
+
+def _store_not_db(tmp: Path, _request) -> dict[str, str]:
+    (tmp / "notes.db").write_text("these are my notes, not a database\n")
+    return {}
+
+
 def empty_store(tmp: Path, _request) -> dict[str, str]:
     import mlflow
 
@@ -358,6 +368,15 @@ BAD_INPUTS = [
     Bad("worker on a missing study", ["tune", "--worker", "--study", "nope", "--storage", "sqlite:///{FOLDER}/optuna.db"],
         "no study 'nope' in sqlite:///", lambda tmp, _request: {"FOLDER": str(tmp)}),
     Bad("report a train run", ["report", "--run-id", "{RUN}"], "is a 'train' run; reports are made for explain and tune runs", train_run),
+    # issue 23: tracebacks before (the directory waited 122 s and blamed "another process")
+    Bad("tracking URI of an unknown scheme", ["train", "--config", "smoke"], "has an unknown scheme 'nosuch'",
+        env={"MLFLOW_TRACKING_URI": "nosuch://somewhere/mlflow"}),
+    Bad("tracking store that is a directory", ["train", "--config", "smoke"], "is a directory, not an SQLite file", _store_dir,
+        env={"MLFLOW_TRACKING_URI": "sqlite:///store.db"}),
+    Bad("tracking store that is not a database", ["train", "--config", "smoke"], "is not an SQLite database", _store_not_db,
+        env={"MLFLOW_TRACKING_URI": "sqlite:///notes.db"}),
+    Bad("tracking store path component too long", ["train", "--config", "smoke"], "more than the file system allows (255)",
+        env={"MLFLOW_TRACKING_URI": f"sqlite:///{'s' * 300}/mlflow.db"}),
     # issue 23: these raised JSONDecodeError / KeyError, and tune opened a run and left it FAILED
     Bad("report an explanation cut short", ["report", "--run-id", "{RUN}"], "explanation.json of this run is damaged (JSONDecodeError",
         _cut_explanation),
