@@ -60,6 +60,11 @@ def test_train_then_explain_then_report_in_process(trained, tmp_path, capsys):
     page = index.read_text()
     assert index == tmp_path / "report" / "index.html" and "<title>I2X explanation" in page
     assert all(html.escape(name) in page for name in doc["classes"])  # the page speaks of this run's classes
+    # one meaning of "finding": the headline's count is the run's n_findings metric (issue 24)
+    from i2x.reporting.claims import findings_stated
+
+    run = mlflow.MlflowClient().get_run(explain_id)
+    assert run.data.metrics["n_findings"] == len(findings_stated(doc))
     # the training run's evaluation leads the details, in the regenerated report and in the run's own
     assert '<h2>How the model does on the test set</h2>' in page and "Test confusion matrix" in page
     logged = _download(explain_id, "report/index.html", tmp_path / "c").read_text()

@@ -113,8 +113,8 @@ def dominance(transplant: dict[str, Any]) -> float:
 
 
 def headline(doc: dict[str, Any], limit: int = 4) -> str:
-    """One line: shortcut checks first, then the verified findings (prototype -> class or
-    pair) by effect, or that there are none."""
+    """One line: shortcut checks first, then the findings (prototype -> class or pair, past the
+    causal check and the null) by effect, or that there are none."""
     named = named_prototypes(doc)
     if doc.get("faithfulness") is None:
         return "causal check off: no prototype is stated as a finding"
@@ -124,10 +124,18 @@ def headline(doc: dict[str, Any], limit: int = 4) -> str:
     found = named["findings"]
     if not found:
         return lead + f"no finding: none of {_plural(len(named['not_verified']) + len(named['model_only']), 'named prototype')} passed both the causal check and the permutation null"
-    seen = dict.fromkeys(f"P{r['prototype']} -> {r['class'] if 'class' in r else '/'.join(r['pair'])}" for r in found)
-    shown = list(seen)[:limit]
+    seen = findings_stated(doc)
+    shown = seen[:limit]
     more = f" and {len(seen) - limit} more" if len(seen) > limit else ""
-    return lead + f"{_plural(len(seen), 'verified finding')}: {', '.join(shown)}{more}"
+    return lead + f"{_plural(len(seen), 'finding')} (past the causal check and the null): {', '.join(shown)}{more}"
+
+
+def findings_stated(doc: dict[str, Any]) -> list[str]:
+    """The findings the report states, ``P<k> -> <class or pair>``, each once: prototypes
+    past both the causal check and the permutation null. Their number is the explain run's
+    ``n_findings`` metric; ``n_verified`` counts every prototype past the causal check."""
+    found = named_prototypes(doc)["findings"] if doc.get("faithfulness") is not None else []
+    return list(dict.fromkeys(f"P{r['prototype']} -> {r['class'] if 'class' in r else '/'.join(r['pair'])}" for r in found))
 
 
 def fit_line(metrics: dict[str, Any]) -> str:

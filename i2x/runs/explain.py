@@ -111,8 +111,9 @@ def explain_run(args: argparse.Namespace) -> str:
                 **{k: float("nan") if v is None else v for k, v in metrics.items() if k not in ("n_prototypes", "n_samples")},
                 **{f"time_{k}_s": v for k, v in timings.items()},
             })
-            from i2x.reporting.claims import fit_line, headline
+            from i2x.reporting.claims import findings_stated, fit_line, headline
 
+            tracking.log_metrics({"n_findings": len(findings_stated(doc))})  # the headline's count; n_verified: causal check only
             said, fit = headline(doc), fit_line(metrics)
             tracking.describe_run(tracking.TAG_HEADLINE, said, out / "report" / "index.html", f"{said}. {fit}. Report: report/index.html.")
             print(f"i2x explain: run {run.info.run_id} FINISHED: {said}\n  {fit}; HDBSCAN noise {metrics['noise_share']:.2f}")

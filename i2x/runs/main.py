@@ -61,6 +61,7 @@ def _main_summary(ids: dict[str, str], config: Config) -> str:
         f"fine-tuning: {tune.tags.get(tracking.TAG_VERDICT, '(none)')}",
     ]
     tracking.log_metrics({k: v for k, v in {"test_accuracy": accuracy, "n_verified": expl.metrics.get("n_verified"),
+                                            "n_findings": expl.metrics.get("n_findings"),
                                             "tuned_test_accuracy": tune.metrics.get("tuned_test_accuracy"),
                                             **{k: v for k, v in tune.metrics.items() if k.endswith("_worst_group_accuracy")},
                                             "full_full_test_accuracy": tune.metrics.get("full_full_test_accuracy")}.items() if v is not None})
