@@ -244,7 +244,7 @@ def repair_report(summary: dict[str, Any], out: Path, figs: dict[str, Any]) -> P
              f"{rows['erm']['seeds']} seeds; groups: {by}."]
     sections = [_section("Did the repair help? Groups before and after", lines, [table, _img(figs.get("repair"), "Worst-group and average test accuracy per strategy")])]
     if figs.get("changed"):
-        sections.append(_section("What was changed in the training images", [], [_img(figs["changed"], "Images before and after the best i2x strategy")]))
+        sections.append(_section("What was changed in the training images", [], [_img(figs["changed"], "Training (or held-out) images as the chosen i2x strategy changed or reweighted them")]))
     sections.append(_section("Verdicts (paired over seeds)", verdict_lines(summary), []))
     optuna = [_img(p, p.name) for p in figs.get("optuna", [])]
     if optuna:

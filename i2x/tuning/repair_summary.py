@@ -94,7 +94,7 @@ def verdict_lines(summary: dict[str, Any]) -> list[str]:
 
 
 def repair_verdict(summary: dict[str, Any]) -> str:
-    """One line for the run's tag: the best i2x strategy against ERM on worst group."""
+    """One line for the run's tag: the chosen i2x strategy against ERM on worst group."""
     best = summary.get("chosen_strategy")
     if best is None:
         return "every i2x strategy declined (none helped on the held-out set without costing accuracy): the model is left as it was"
