@@ -71,9 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                 ["i2x train --dataset mnist", "i2x train --dataset cifar10 --overrides train.epochs=5"])
     _add_run_args(p)
     p = command("explain", "Grad-CAM at every checkpoint, prototypes, and the I2X explanation",
-                ["i2x explain --run-id TRAIN_RUN_ID", "i2x explain --checkpoints mlruns/i2x-work/train-mnist-cnn-<hash>"])
+                ["i2x explain --run-id TRAIN_RUN_ID", "i2x explain --run-id models:/mnist-cnn/1", "i2x explain --checkpoints mlruns/i2x-work/train-mnist-cnn-<hash>"])
     _add_run_args(p)
-    p.add_argument("--run-id", default="", help="the training run to explain (MLflow run id)")
+    p.add_argument("--run-id", default="", help="the training run to explain: its MLflow run id, or its model's models:/<name>/<version> URI")
     p.add_argument("--checkpoints", default="", help="or: a local folder of ckpt-*.pt files of one run")
     p = command("main", "train, then explain, then tune (what `mlflow run .` does)",
                 ["i2x main --dataset mnist", "mlflow run . -P dataset=cifar10 --env-manager local"])
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("tune", "I2X-guided fine-tuning: an Optuna study, controls and a test-set summary",
                 ["i2x tune --run-id EXPLAIN_RUN_ID", "I2X_OPTUNA_STORAGE=postgresql://... i2x tune --worker --study NAME"])
     _add_run_args(p)
-    p.add_argument("--run-id", default="", help="the explain run whose uncertainty scores guide the study")
+    p.add_argument("--run-id", default="", help="the explain run to act on: its MLflow run id, or the models:/ URI of the trained model (its newest explain run)")
     p.add_argument("--study", default="", help="study name (default: tune.study_name, else i2x-<dataset>-<hash of the explanation and tune config>, so a rerun resumes it)")
     p.add_argument("--storage", default="", help="Optuna storage URL: sqlite:///..., postgresql://..., journal:<path> (default: tune.storage, else $I2X_OPTUNA_STORAGE, else sqlite:///mlruns/optuna.db); put URLs with a password in $I2X_OPTUNA_STORAGE")
     p.add_argument("--worker", action="store_true", help="join the running study --study on --storage and run trials")

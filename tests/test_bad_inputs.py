@@ -359,6 +359,9 @@ BAD_INPUTS = [
         "target layer 'net.block7' does not exist", smoke_checkpoints),
     # runs in the store
     Bad("unknown run id", ["explain", "--run-id", "0123456789abcdef0123456789abcdef"], "does not exist in sqlite:///"),
+    Bad("explain a model not in the registry", ["explain", "--run-id", "models:/no-such-model/1"], "no model 'models:/no-such-model/1' in sqlite:///"),
+    Bad("explain a model URI without version", ["explain", "--run-id", "models:/mnist-cnn"], "names no version: use models:/<name>/<version>"),
+    Bad("tune a model URI of another form", ["tune", "--run-id", "models:/a/b/c"], "is not a model URI this command reads"),
     Bad("tune without run", ["tune"], "--run-id EXPLAIN_RUN_ID"),
     Bad("tune from a train run", ["tune", "--run-id", "{RUN}"], "is not an i2x explain run of a tracked training run", train_run),
     Bad("tune from a RUNNING explain", ["tune", "--run-id", "{RUN}"], "is RUNNING, not FINISHED: its artifacts may be incomplete",

@@ -186,3 +186,9 @@ def test_tune_acts_on_the_planted_mark_end_to_end(mlflow_store, tmp_path, monkey
     assert "changed.png" in names and run.data.tags["i2x.model_strategy"] == "i2x-augment"
     model = load_pyfunc(run.data.tags[TAG_MODEL_URI])
     assert model.predict(np.zeros((2, 1, 28, 28), dtype=np.float32)).shape == (2, 10)
+    # the repaired model has no checkpoints to explain: its URI is refused in one line
+    from i2x.platform.errors import I2XError
+    from i2x.runs.artifacts import resolve_run
+
+    with pytest.raises(I2XError, match=f"was logged by tune run {run.info.run_id}, not by an i2x training run"):
+        resolve_run(run.data.tags[TAG_MODEL_URI], "explain")

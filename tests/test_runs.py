@@ -127,6 +127,22 @@ def test_the_trained_model_is_an_mlflow_model_that_predicts_like_its_checkpoint(
         assert np.array_equal(got, expected)
     assert not torch.equal(torch.from_numpy(expected), torch.zeros(64, dtype=torch.long))  # a real prediction, not a constant
 
+    # explain and tune accept the model's URI: version, alias, latest or the logged model's id
+    from i2x.platform.errors import I2XError
+    from i2x.runs.artifacts import resolve_run
+    from i2x.runs.explain import explain_run
+
+    client.set_registered_model_alias("smoke-cnn", "champion", versions[0].version)
+    for ref in ("models:/smoke-cnn/1", "models:/smoke-cnn@champion", "models:/smoke-cnn/latest", uri):
+        assert resolve_run(ref, "train") == run_id
+    with pytest.raises(I2XError, match="has no FINISHED explain run: i2x explain --run-id models:/smoke-cnn/1 first"):
+        resolve_run("models:/smoke-cnn/1", "explain")
+    explain_id = explain_run(_args("explain", "--run-id", "models:/smoke-cnn@champion", "--overrides", f"work_dir={work}"))
+    assert client.get_run(explain_id).data.tags["i2x.train_run_id"] == run_id
+    assert resolve_run("models:/smoke-cnn/latest", "explain") == explain_id
+    with pytest.raises(I2XError, match="no model 'models:/smoke-cnn/7'"):
+        resolve_run("models:/smoke-cnn/7", "train")
+
 
 def test_a_train_run_logs_its_evaluation(trained):
     """The confusion matrix (table and figure), the most-confused examples and the accuracy per

@@ -46,3 +46,39 @@ def load_pyfunc(uri: str) -> Any:
     import mlflow.pyfunc
 
     return mlflow.pyfunc.load_model(uri)
+
+
+def run_of_model(uri: str) -> str:
+    """The id of the run that logged the model ``uri``: ``models:/<name>/<version>``,
+    ``models:/<name>/latest``, ``models:/<name>@<alias>`` or ``models:/m-<logged model id>``;
+    a one-line error when the registry does not hold it."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from i2x.platform.errors import I2XError
+    from i2x.platform.secrets import redact
+    from i2x.platform.tracking import configure
+
+    store = redact(configure())
+    rest = uri[len("models:/"):].strip("/") if uri.startswith("models:/") else ""
+    name, _, version = rest.partition("/")
+    name, _, alias = name.partition("@")
+    fix = "use models:/<name>/<version>, models:/<name>@<alias>, models:/<name>/latest or the models:/m-... URI a run printed"
+    if not name or "/" in version or (alias and version):
+        raise I2XError(f"'{uri}' is not a model URI this command reads: {fix}")
+    client = MlflowClient()
+    try:
+        if alias:
+            return str(client.get_model_version_by_alias(name, alias).run_id)
+        if version == "latest":
+            versions = client.search_model_versions(f"name = '{name}'")
+            if not versions:
+                raise I2XError(f"registered model '{name}' has no version in {store}; train with train.register_as={name} first")
+            return str(max(versions, key=lambda v: int(v.version)).run_id)
+        if version:
+            return str(client.get_model_version(name, version).run_id)
+        if name.startswith("m-"):
+            return str(client.get_logged_model(name).source_run_id)
+    except MlflowException:
+        raise I2XError(f"no model '{uri}' in {store}: check it on the MLflow UI's Models page ({fix})") from None
+    raise I2XError(f"'{uri}' names no version: {fix}")

@@ -147,3 +147,30 @@ def write_explain_outputs(out: Path, doc: dict[str, Any], text: str, analysis: A
     for i, page in enumerate(pages):
         name = "gallery.png" if i == 0 else f"gallery-{i + 1}.png"
         plot_gallery(images.numpy(), page, classes, f"Prototypes (page {i + 1}/{len(pages)})", out / "prototypes" / name)
+
+
+def resolve_run(ref: str, stage: str) -> str:
+    """The run id a stage reads from ``ref``: a run id as it is, or a ``models:/`` URI of a
+    trained model (``stage`` 'train': the run that logged it; 'explain': the newest FINISHED
+    explain run of that training run). A one-line error when there is none."""
+    from i2x.platform import tracking
+    from i2x.platform.errors import I2XError
+    from i2x.platform.mlflow_model import run_of_model
+
+    if not ref.startswith("models:/"):
+        return ref
+    run = tracking.get_run(run_of_model(ref))
+    logged_by = run.data.tags.get(tracking.TAG_STAGE, "")
+    if logged_by != "train":
+        raise I2XError(f"{ref} was logged by {logged_by or 'a non-i2x'} run {run.info.run_id}, not by an i2x training run: "
+                       f"{stage} reads a trained model's checkpoints; pass the models:/ URI of the model before repair")
+    if stage == "train":
+        return str(run.info.run_id)
+    from mlflow.tracking import MlflowClient
+
+    explained = MlflowClient().search_runs(
+        [run.info.experiment_id], f"tags.`{tracking.TAG_TRAIN_RUN}` = '{run.info.run_id}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    if not explained:
+        raise I2XError(f"{ref} (training run {run.info.run_id}) has no FINISHED explain run: i2x explain --run-id {ref} first")
+    return str(explained[0].info.run_id)

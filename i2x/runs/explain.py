@@ -14,7 +14,7 @@ from i2x.platform.config import Config
 from i2x.platform.config_io import config_from_dict
 from i2x.platform.errors import I2XError
 from i2x.platform.process import scratch_dir
-from i2x.runs.artifacts import MAPS, read_maps, write_explain_outputs
+from i2x.runs.artifacts import MAPS, read_maps, resolve_run, write_explain_outputs
 from i2x.runs.runconfig import run_config
 from i2x.training.checkpoints import check_data_fits, check_same_run
 
@@ -23,6 +23,7 @@ def _checkpoint_files(args: argparse.Namespace, scratch: Path) -> tuple[list[Pat
     from i2x.training.checkpoints import list_checkpoints
 
     if args.run_id:
+        args.run_id = resolve_run(args.run_id, "train")
         tracking.get_run(args.run_id)
         names = [p for p in tracking.list_artifacts(args.run_id, "checkpoints") if p.endswith(".pt")]
         if not names:

@@ -14,7 +14,7 @@ from i2x.platform.config_io import config_from_dict
 from i2x.platform.errors import I2XError
 from i2x.platform.process import scratch_dir
 from i2x.platform.secrets import redact
-from i2x.runs.artifacts import TUNE_SUMMARY
+from i2x.runs.artifacts import TUNE_SUMMARY, resolve_run
 from i2x.runs.runconfig import run_config
 from i2x.training.checkpoints import atomic_write_text, check_data_fits
 
@@ -98,6 +98,7 @@ def tune_run(args: argparse.Namespace) -> str:
 
     if not args.run_id:
         raise I2XError("say which explain run to tune from: --run-id EXPLAIN_RUN_ID (or join a study with --worker)")
+    args.run_id = resolve_run(args.run_id, "explain")
     scratch = scratch_dir("tune")
     try:
         inputs = _explain_inputs(args.run_id, args, scratch)
