@@ -75,6 +75,21 @@ def test_training_is_deterministic(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_the_training_line_never_repeats_a_stale_loss(tmp_path, monkeypatch, capsys):
+    """Issue 24: between metric logs the line printed the last window's loss and accuracy
+    again and again; now each line carries a running mean that moved since the last one."""
+    monkeypatch.setenv("I2X_PROGRESS_EVERY", "0")  # a line per step
+    monkeypatch.setattr("i2x.platform.progress.is_tty", lambda: False)
+    config = load_config("smoke", {"train.epochs": "1", "train.log_every": "1000"})
+    data = load_data(config.data, config.seed, config.plant)
+    train(config, data, tmp_path / "run")
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("i2x train: ") and " step, " in line]
+    said = [line.split("elapsed, ")[-1].split("ETA")[-1] for line in lines]
+    assert len(lines) >= 10 and all("loss " in s for s in said), lines[:3]
+    repeats = sum(a.split(", ", 1)[-1] == b.split(", ", 1)[-1] for a, b in zip(said, said[1:], strict=False))
+    assert repeats <= len(said) // 10, (repeats, said[:5])
+
+
 def test_a_diverging_run_stops_with_one_line_and_publishes_no_nan_checkpoint(tmp_path):
     """train.lr=1e6 used to finish FINISHED with loss NaN and NaN checkpoints."""
     config = load_config("smoke", {"train.epochs": "1", "train.lr": "1e6"})

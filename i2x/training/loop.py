@@ -318,6 +318,7 @@ def train(
     lookahead_from = math.ceil(t.lookahead_start * spe)
     val_x, val_y = data.train_x[data.val_idx], data.train_y[data.val_idx]
     window_loss, window_correct, window_n = 0.0, 0, 0
+    recent: tuple[float, float] | None = None
     bar = Progress("train", total=total, unit="step", initial=start, enabled=progress)
     model.train()
     perm: torch.Tensor | None = None
@@ -345,10 +346,12 @@ def train(
         window_loss += loss * len(yb)
         window_correct += correct
         window_n += len(yb)
+        # the line shows a running mean that moves every step (about the last 50), never a stale window's
+        recent = (loss, correct / len(yb)) if recent is None else (0.98 * recent[0] + 0.02 * loss, 0.98 * recent[1] + 0.02 * correct / len(yb))
+        bar.set_postfix(f"loss {recent[0]:.3f}, acc {recent[1]:.3f} (running mean of ~50 steps)")
         bar.update(1)
         if done % config.train.log_every == 0 or done in schedule:
             metrics = {"loss": window_loss / window_n, "accuracy": window_correct / window_n, "lr": optimizer.param_groups[0]["lr"]}
-            bar.set_postfix(f"loss {metrics['loss']:.3f}, acc {metrics['accuracy']:.3f}")
             if on_metrics:
                 on_metrics(done, metrics)
             window_loss, window_correct, window_n = 0.0, 0, 0
