@@ -201,3 +201,54 @@ def test_a_class_name_with_dollar_signs_is_drawn_as_text(tmp_path):
     assert path.stat().st_size > 1000
     with pytest.raises(ValueError):
         plot_beta_heatmaps.__wrapped__(beta, [0, 2], classes, [0, 10, 20, 30], tmp_path / "raw.png")
+
+
+def test_exemplar_crops_are_one_size_and_the_red_box_sits_on_the_cell(tmp_path):
+    """Issue 24: crops at the image border were smaller and of another aspect than the rest.
+    Each crop is now the same square; the red box still frames the cell's own pixels."""
+    from matplotlib.patches import Rectangle
+
+    from i2x.explanation.prototypes import receptive_box
+    from i2x.reporting.figures import plt, show_exemplars
+
+    images = np.zeros((3, 1, 28, 28), dtype=np.uint8)
+    exemplars = []
+    for sample, cell in enumerate([(0, 0), (3, 3), (6, 4)]):  # a corner, the centre, the bottom edge
+        box = receptive_box(cell, (7, 7), (28, 28), 1.0)
+        images[sample, 0, box[0], box[1]] = 200 + sample  # the cell's top-left pixel, marked
+        exemplars.append({"sample": sample, "box": box, "crop": receptive_box(cell, (7, 7), (28, 28), 4.0)})
+    fig, axes = plt.subplots(1, 3)
+    show_exemplars(axes, images, exemplars)
+    shapes = {ax.images[0].get_array().shape for ax in axes}
+    assert len(shapes) == 1, shapes
+    for sample, ax in enumerate(axes):
+        rect = next(p for p in ax.patches if isinstance(p, Rectangle))
+        x, y = (round(v + 0.5) for v in rect.get_xy())
+        assert ax.images[0].get_array()[y, x] == 200 + sample
+    plt.close(fig)
+
+
+def test_the_causal_check_figure_keeps_every_role_the_text_cites():
+    """faithfulness.png drew the first 24 rows: all shared when there were many, while the
+    text cited it for an uncertain finding."""
+    from i2x.reporting.evidence import _by_role
+
+    rows = [{"role": "shared", "prototype": k} for k in range(30)] + [{"role": "uncertain", "prototype": 100 + k} for k in range(3)]
+    kept = _by_role(rows, 24)
+    assert len(kept) == 24 and [r["prototype"] for r in kept if r["role"] == "uncertain"] == [100, 101, 102]
+    assert [r["role"] for r in kept] == ["shared"] * 21 + ["uncertain"] * 3  # drawn grouped, in order
+    assert _by_role(rows[:5], 24) == rows[:5]
+
+
+def test_the_beta_heat_map_fills_its_rows(tmp_path, monkeypatch):
+    """Five intervals drew a row of four and a lone fifth panel below a blank band."""
+    import i2x.reporting.figures as figures
+
+    beta = np.random.default_rng(0).normal(size=(5, 4, 2))
+    opened = []
+    real = figures.plt.subplots
+    monkeypatch.setattr(figures.plt, "subplots", lambda *a, **k: opened.append(real(*a, **k)) or opened[-1])
+    figures.plot_beta_heatmaps(beta, [0, 2], ["a", "b"], list(range(0, 60, 10)), tmp_path / "beta.png")
+    fig, axes = opened[0]
+    shown = [ax for ax in axes.flat if ax.axison]
+    assert len(shown) == axes.size == 4, (len(shown), axes.shape)

@@ -306,7 +306,7 @@ def statements(doc: dict[str, Any]) -> dict[str, list[str]]:
         sm = faith["summary"]
         if sm["n_tested"]:
             out["faithfulness"].append(f"{sm['n_verified']} of {sm['n_tested']} named prototypes passed the causal check (mean excess "
-                                       f"drop over matched random cells {sm['mean_excess']:+.2f}; figure: faithfulness.png).")
+                                       f"drop of the class margin over matched random cells {sm['mean_excess']:+.2f} logits; figure: faithfulness.png).")
         road = faith["road"]
         if road:
             better = road["gradcam_ci"][0] > road["random_ci"][1]

@@ -13,12 +13,27 @@ from i2x.explanation.prototypes import cells_box
 from i2x.reporting.figures import literal_text, plt, save_figure, show_exemplars, show_image
 
 
+def _by_role(rows: Sequence[dict[str, Any]], top: int) -> list[dict[str, Any]]:
+    """At most ``top`` rows, taken in turn from each role (shared, specialised, uncertain) so
+    that no role the text cites is cut off, drawn grouped by role in their original order."""
+    roles: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        roles.setdefault(r["role"], []).append(r)
+    kept: list[dict[str, Any]] = []
+    while len(kept) < min(top, len(rows)):
+        for group in roles.values():
+            if group and len(kept) < top:
+                kept.append(group.pop(0))
+    order = {id(r): i for i, r in enumerate(rows)}
+    return sorted(kept, key=lambda r: ([*roles].index(r["role"]), order[id(r)]))
+
+
 @literal_text
 def plot_faithfulness(rows: Sequence[dict[str, Any]], path: Path, top: int = 24) -> Path | None:
     """The causal check: for each named prototype, the drop when its cells are occluded
     beside the same number of uniform, foreground-matched and top Grad-CAM cells, with the
     bootstrap CI of its excess over the foreground-matched baseline. Verified in green."""
-    rows = [r for r in rows if r["verified"] is not None][:top]
+    rows = _by_role([r for r in rows if r["verified"] is not None], top)
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(9, 0.32 * len(rows) + 1.3))
@@ -35,7 +50,7 @@ def plot_faithfulness(rows: Sequence[dict[str, Any]], path: Path, top: int = 24)
     ax.set_yticklabels([f"P{r['prototype']} {r['role']} {'/'.join(r['classes'])}" + (" (verified)" if r["verified"] else " (not verified)")
                         for r in rows], fontsize=7)
     ax.axvline(0, color="grey", lw=0.6)
-    ax.set_xlabel("drop of the class margin (|pair margin change| for uncertain) when the cells are occluded")
+    ax.set_xlabel("drop of the class margin, logits (|pair margin change| for uncertain) when the cells are occluded")
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title("Causal check: occluding a prototype vs the same number of other cells (band: 95% CI of the excess over foreground-matched)",
                  fontsize=8)
@@ -69,7 +84,7 @@ def plot_locations(images: np.ndarray, assignment: np.ndarray, labels: np.ndarra
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=5)
         show_exemplars(axes[r, 1:3], images, p["exemplars"])
     fig.suptitle("Where each named prototype sits (share of the class's images with it at each cell) and exemplars", fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / (1.75 * len(ids))))  # the title above the first row, not on it
     return save_figure(fig, path)
 
 

@@ -133,9 +133,16 @@ def _show_exemplar(ax: Any, images: np.ndarray, ex: dict[str, Any]) -> None:
     from matplotlib.patches import Rectangle
 
     y0, x0, y1, x1 = ex.get("crop", ex["box"])
-    show_image(ax, images[ex["sample"]][:, y0:y1, x0:x1])
     by0, bx0, by1, bx1 = ex["box"]
-    ax.add_patch(Rectangle((bx0 - x0 - 0.5, by0 - y0 - 0.5), bx1 - bx0, by1 - by0, fill=False, ec="red", lw=1.0))
+    # every crop the same size: a square around the cell's centre as wide as the crop's widest
+    # unclipped side, grey where it runs past the image's border (crops at a border were smaller)
+    cy, cx = (by0 + by1) / 2, (bx0 + bx1) / 2
+    half = int(np.ceil(max(cy - y0, y1 - cy, cx - x0, x1 - cx)))
+    img = images[ex["sample"]]
+    pad = np.pad(img, ((0, 0), (half, half), (half, half)), constant_values=128)
+    oy, ox = int(round(cy)) - half, int(round(cx)) - half  # the window's corner in the image
+    show_image(ax, pad[:, oy + half : oy + 3 * half, ox + half : ox + 3 * half])
+    ax.add_patch(Rectangle((bx0 - ox - 0.5, by0 - oy - 0.5), bx1 - bx0, by1 - by0, fill=False, ec="red", lw=1.0))
 
 
 def show_exemplars(axes: Sequence[Any], images: np.ndarray, exemplars: Sequence[dict[str, Any]]) -> None:
@@ -223,7 +230,9 @@ def plot_beta_heatmaps(interval_beta: np.ndarray, prototype_ids: Sequence[int], 
         interval_beta: ``(T-1, K, M)``; only ``prototype_ids`` rows are drawn.
     """
     t = interval_beta.shape[0]
-    panels = np.unique(np.linspace(0, t - 1, min(t, max_panels)).round().astype(int))
+    # whole rows of four panels (a lone panel on a last row read as a separate figure)
+    count = min(t, max_panels) if min(t, max_panels) <= 4 else min(t, max_panels) // 4 * 4
+    panels = np.unique(np.linspace(0, t - 1, count).round().astype(int))
     sub = interval_beta[:, list(prototype_ids)]
     vmax = float(np.abs(sub).max()) or 1.0
     cols = min(4, len(panels))
