@@ -89,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
                 ["i2x report --run-id EXPLAIN_RUN_ID", "i2x report --run-id TUNE_RUN_ID --out /tmp/report"])
     p.add_argument("--run-id", default="", help="the explain or tune run")
     p.add_argument("--out", default="", help="write the report into this folder instead of logging it to the run")
+    p = command("doctor", "check the invariants of the tracking store, a study storage and a work folder (read-only)",
+                ["i2x doctor", "i2x doctor --storage sqlite:///mlruns/optuna.db --work mlruns/i2x-work --verify"])
+    p.add_argument("--storage", default="", help="also check the RUNNING trials of every study of this Optuna storage (default: $I2X_OPTUNA_STORAGE)")
+    p.add_argument("--work", default="", help="also check that every checkpoint under this work folder is whole")
+    p.add_argument("--verify", action="store_true", help="download every recorded artifact and compare its SHA-256 (not only its size)")
     p = command("services", "the local stack without docker: S3 (SeaweedFS), MLflow server, optuna-dashboard",
                 ["i2x services up", "i2x services status", "i2x services down"])
     p.add_argument("action", choices=["up", "down", "status", "compose", "caddyfile"],
@@ -126,6 +131,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 getattr(importlib.import_module(module), function)(args)
         elif args.command == "services":
             cmd_services(args)
+        elif args.command == "doctor":
+            from i2x.platform.store_checks import check_tracking_uri
+            from i2x.platform.tracking import DEFAULT_TRACKING_URI
+            from i2x.runs.doctor import doctor_run
+
+            check_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
+            args.storage = args.storage or os.environ.get("I2X_OPTUNA_STORAGE", "")
+            return doctor_run(args)
         else:
             parser.print_help()
             return EXIT_USAGE

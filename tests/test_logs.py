@@ -57,10 +57,10 @@ def test_a_pruned_trial_is_finished_and_tagged_not_killed(mlflow_store):
     import mlflow
     import optuna
 
-    from i2x.platform import tracking
+    from i2x.platform import tracking, trial_runs
 
     with tracking.open_run("tune", {}) as parent:
-        with pytest.raises(optuna.TrialPruned), tracking.trial_run(parent.info.run_id, 3, {"alpha": 0.5}) as log_epoch:
+        with pytest.raises(optuna.TrialPruned), trial_runs.trial_run(parent.info.run_id, 3, {"alpha": 0.5}) as log_epoch:
             log_epoch(0, 0.5)
             raise optuna.TrialPruned()
     trial = mlflow.MlflowClient().search_runs([parent.info.experiment_id], "tags.`i2x.stage` = 'tune-trial'")[0]
@@ -74,9 +74,9 @@ def test_a_stopped_trial_ends_killed_and_a_failed_one_failed(mlflow_store, raise
     run FAILED while its tune run ended KILLED; now both end KILLED. An error stays FAILED."""
     import mlflow
 
-    from i2x.platform import tracking
+    from i2x.platform import tracking, trial_runs
 
-    with pytest.raises(raised), tracking.open_run("tune", {}) as parent, tracking.trial_run(parent.info.run_id, 0, {"alpha": 0.5}):
+    with pytest.raises(raised), tracking.open_run("tune", {}) as parent, trial_runs.trial_run(parent.info.run_id, 0, {"alpha": 0.5}):
         raise raised()
     client = mlflow.MlflowClient()
     trial = client.search_runs([parent.info.experiment_id], "tags.`i2x.stage` = 'tune-trial'")[0]

@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -82,6 +83,33 @@ def folder_lock(folder: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def _start_ticks(pid: int) -> str:
+    """The process's start time in clock ticks since boot (``/proc/<pid>/stat`` field 22): a
+    pid reused by another process has another one. Empty where /proc has no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rpartition(")")[2].split()[19]
+
+
+def holder() -> str:
+    """Who holds a run or a trial while it is RUNNING: ``<host> <pid> <start ticks>``."""
+    return f"{socket.gethostname()} {os.getpid()} {_start_ticks(os.getpid())}"
+
+
+def holder_alive(value: str) -> bool | None:
+    """Whether the process ``value`` (from :func:`holder`) still lives: None when it ran on
+    another host, which this one cannot see."""
+    parts = value.split()
+    if len(parts) != 3 or not parts[1].isdigit():
+        return None
+    host, pid, ticks = parts
+    if host != socket.gethostname():
+        return None
+    return bool(ticks) and _start_ticks(int(pid)) == ticks
 
 
 def probe_write(db: Path) -> None:

@@ -9,10 +9,11 @@ which :func:`open_run` adopts.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from i2x.platform.process import (
     Stopped,
     folder_lock,
     git_commit,
+    holder,
     probe_write,
     quiet_timer,
     stop_on_signals,
@@ -42,6 +44,7 @@ TAG_WORK_DIR = "i2x.work_dir"
 TAG_HEADLINE = "i2x.headline"  # explain: the verified findings in one line
 TAG_VERDICT = "i2x.verdict"  # tune: tuned vs full->full in one line
 TAG_REPORT = "i2x.report"  # the stage's local report/index.html
+TAG_HOLDER = "i2x.holder"  # the process that holds a RUNNING run: host, pid, start time (process.holder)
 
 
 # boto3 >= 1.36 sends CRC checksum headers some S3 servers reject; send them only when
@@ -137,13 +140,14 @@ def open_run(run_name: str, tags: dict[str, str], nested: bool = False, local: P
             if run.info.run_name != run_name:
                 client.update_run(run.info.run_id, name=run_name)
             mark_experiment(run.info.experiment_id)
-            mlflow.set_tags({k: redact(str(v)) for k, v in {**tags, TAG_COMMIT: tags.get(TAG_COMMIT, git_commit())}.items()})
+            mlflow.set_tags({k: redact(str(v)) for k, v in {**tags, TAG_COMMIT: tags.get(TAG_COMMIT, git_commit()), TAG_HOLDER: holder()}.items()})
             if local is not None:
                 close_stale(local, run.info.run_id)
             yield run
             quiet_timer()
             if pending:  # the stop landed where Python swallows exceptions, and the work then ended
                 raise Stopped(pending[0])
+            _log_manifest(run.info.run_id, always=True)  # last: a run with a manifest logged everything in it
         except KeyboardInterrupt:  # SIGTERM or SIGINT (see Stopped)
             quiet_timer()
             if run is not None:  # ours is the active run (a nested one ends before its parent)
@@ -175,29 +179,6 @@ def close_stale(folder: Path, current: str) -> list[str]:
             client.set_terminated(run.info.run_id, status="KILLED")
             closed.append(run.info.run_id)
     return closed
-
-
-def adopt_trials(experiment_id: str, study_name: str, parent_run_id: str, states: dict[int, str]) -> int:
-    """Put every trial run of ``study_name`` under ``parent_run_id`` (a rerun of a killed tune
-    resumes the study, whose earlier trials sit under the abandoned parent), and end the trial
-    runs of trials Optuna no longer runs as KILLED. ``states``: trial number -> Optuna state.
-    Returns the number of runs moved."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
-    moved = 0
-    for run in client.search_runs([experiment_id], f"tags.`optuna.study_name` = '{study_name}'"):
-        if run.data.tags.get(TAG_STAGE) != "tune-trial":
-            continue
-        if run.data.tags.get(TAG_PARENT) != parent_run_id:
-            client.set_tag(run.info.run_id, "i2x.adopted_from", run.data.tags.get(TAG_PARENT, ""))
-            client.set_tag(run.info.run_id, TAG_PARENT, parent_run_id)
-            moved += 1
-        number = int(run.data.tags.get("optuna.trial_number", -1))
-        if run.info.status == "RUNNING" and states.get(number) != "RUNNING":
-            client.set_tag(run.info.run_id, "optuna.state", states.get(number, "FAIL"))
-            client.set_terminated(run.info.run_id, status="KILLED")
-    return moved
 
 
 def mark_experiment(experiment_id: str) -> None:
@@ -259,22 +240,51 @@ def uploading(what: str, local: Path | None = None) -> Iterator[None]:
                        "fix the store or its credentials and re-run the same command: finished stages are not redone") from None
 
 
+MANIFEST = "i2x-manifest.json"  # artifact path -> {"bytes", "sha256"} of what the run logged, written as it FINISHES
+_MANIFESTS: dict[str, dict[str, dict[str, Any]]] = {}
+
+
+def _record(run_id: str, artifact: str, data: bytes) -> None:
+    _MANIFESTS.setdefault(run_id, {})[artifact] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _log_manifest(run_id: str, merge: bool = False, always: bool = False) -> None:
+    """Write the run's manifest (``merge``: onto the one it already has, for a finished run;
+    ``always``: also when it logged nothing, so that a missing manifest means a lost one)."""
+    from mlflow.tracking import MlflowClient
+
+    entries = _MANIFESTS.pop(run_id, {})
+    if not entries and not merge and not always:
+        return
+    if merge and MANIFEST in list_artifacts(run_id):
+        import mlflow
+
+        entries = {**json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/{MANIFEST}")), **entries}
+    with uploading(MANIFEST):
+        MlflowClient().log_dict(run_id, dict(sorted(entries.items())), MANIFEST)
+
+
 def log_artifact(path: Path, artifact_path: str | None = None) -> None:
     """Log a file; an upload failure becomes a one-line :class:`I2XError`. S3 writes an
     object under its final key only once the upload is complete, so a failure never
     leaves a partial artifact that looks whole."""
     import mlflow
 
-    with uploading(f"{artifact_path or ''}/{Path(path).name}".lstrip("/"), Path(path).parent):
+    name = f"{artifact_path or ''}/{Path(path).name}".lstrip("/")
+    with uploading(name, Path(path).parent):
         mlflow.log_artifact(str(path), artifact_path=artifact_path)
+    _record(mlflow.active_run().info.run_id, name, Path(path).read_bytes())
 
 
 def log_artifact_to(run_id: str, path: Path, artifact_path: str | None = None) -> None:
     """Log into a given (possibly finished) run, not the active one."""
     from mlflow.tracking import MlflowClient
 
-    with uploading(f"{artifact_path or ''}/{Path(path).name}".lstrip("/"), Path(path).parent):
+    name = f"{artifact_path or ''}/{Path(path).name}".lstrip("/")
+    with uploading(name, Path(path).parent):
         MlflowClient().log_artifact(run_id, str(path), artifact_path)
+    _record(run_id, name, Path(path).read_bytes())
+    _log_manifest(run_id, merge=True)
 
 
 def log_text(text: str, artifact_file: str) -> None:
@@ -282,6 +292,7 @@ def log_text(text: str, artifact_file: str) -> None:
 
     with uploading(artifact_file):
         mlflow.log_text(redact(text), artifact_file)
+    _record(mlflow.active_run().info.run_id, artifact_file, redact(text).encode())
 
 
 def set_tags(tags: dict[str, str]) -> None:
@@ -356,45 +367,3 @@ def run_entry_point(project: Path, entry_point: str, parameters: dict[str, Any])
     except ExecutionException as exc:
         raise I2XError(f"stage '{entry_point}' failed ({str(exc).splitlines()[0]}); its error is printed above") from None
     return submitted.run_id
-
-
-@contextlib.contextmanager
-def trial_run(parent_run_id: str, number: int, params: dict[str, Any], outcome: Callable[[], dict[str, Any]] | None = None,
-              study_name: str = "") -> Iterator[Any]:
-    """A nested MLflow run for one Optuna trial (any process: the parent is given by id).
-
-    Yields ``log_epoch(epoch, val_accuracy)``. The run ends FINISHED (also when pruned:
-    MLflow has no PRUNED status, and KILLED draws a failure's red cross; the tag
-    ``optuna.state=PRUNED`` says it) or FAILED. Logged by hand: optuna-integration's
-    MLflowCallback is deprecated and serialises trials. ``outcome()`` gives params known only
-    once the trial has trained (images affected, class counts), logged when it finishes.
-    """
-    import optuna
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
-    experiment_id = client.get_run(parent_run_id).info.experiment_id
-    run = client.create_run(experiment_id, run_name=f"trial-{number}", tags={
-        TAG_PARENT: parent_run_id, TAG_STAGE: "tune-trial", "optuna.trial_number": str(number), "optuna.study_name": study_name})
-    run_id = run.info.run_id
-    for key, value in params.items():
-        client.log_param(run_id, key, ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value)
-
-    def log_epoch(epoch: int, acc: float) -> None:
-        client.log_metric(run_id, "val_accuracy", readable(acc), step=epoch)
-
-    try:
-        yield log_epoch
-    except optuna.TrialPruned:
-        client.set_tag(run_id, "optuna.state", "PRUNED")
-        client.set_tag(run_id, TAG_DESCRIPTION, "Pruned by Optuna's median pruner: its validation accuracy fell below the median of earlier trials at the same epoch.")
-        client.set_terminated(run_id, status="FINISHED")
-        raise
-    except BaseException as exc:  # a stop (SIGINT, SIGTERM: KeyboardInterrupt) ends it KILLED, like its parent
-        client.set_tag(run_id, "optuna.state", "FAIL")
-        client.set_terminated(run_id, status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-        raise
-    for key, value in (outcome() if outcome else {}).items():
-        client.log_param(run_id, key, value if isinstance(value, (int, float, str)) else json.dumps(value, sort_keys=True)[:6000])
-    client.set_tag(run_id, "optuna.state", "COMPLETE")
-    client.set_terminated(run_id, status="FINISHED")

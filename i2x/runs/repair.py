@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from i2x.platform import tracking
+from i2x.platform import tracking, trial_runs
 from i2x.platform.config import Config
 from i2x.platform.secrets import redact
 from i2x.runs.artifacts import TUNE_SUMMARY
@@ -85,7 +85,7 @@ def track_trials(parent_run_id: str) -> Callable[..., Any]:
         def outcome() -> dict[str, Any]:
             return {k: trial.user_attrs.get(k) for k in ("heldout_accuracy", "heldout_worst_i2x_group")}
 
-        with tracking.trial_run(parent_run_id, trial.number, dict(trial.params), outcome, study_name=trial.study.study_name):
+        with trial_runs.trial_run(parent_run_id, trial.number, dict(trial.params), outcome, study_name=trial.study.study_name):
             yield
 
     return track
@@ -127,7 +127,7 @@ def repair_run(args: argparse.Namespace, inputs: tuple, build_ctx: Callable[[], 
                                     "held-out set (validation images with the finding moved; both maximised); no group label is read")
         seed_trials(study, rctx)
         run_study(study, rctx, objective=make_objective(rctx, track_trials(parent.info.run_id)))
-        tracking.adopt_trials(parent.info.experiment_id, name, parent.info.run_id, {t.number: t.state.name for t in study.trials})
+        trial_runs.adopt_trials(parent.info.experiment_id, name, parent.info.run_id, {t.number: t.state.name for t in study.trials})
         summary = _evaluate(study, rctx, local)
         summary["study"] = {"name": name, "storage": redact(url), "n_trials": len(study.trials)}
         return _publish(parent, summary, rctx, study, local, config)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from i2x.platform import tracking
+from i2x.platform import tracking, trial_runs
 from i2x.platform.config_io import config_from_dict
 from i2x.platform.errors import I2XError
 from i2x.platform.process import scratch_dir
@@ -81,7 +81,7 @@ def _track(parent_run_id: str):  # noqa: ANN202
     def track(trial, plan):  # noqa: ANN001, ANN202
         params = {**trial.params, "targets": list(plan.targets) or "none", "scope": [list(c) for c in plan.scope] or "every class"}
         keys = ("n_affected", "n_dropped", "n_added", "class_counts", "epoch_fraction")
-        with tracking.trial_run(parent_run_id, trial.number, params, lambda: {k: trial.user_attrs[k] for k in keys if k in trial.user_attrs},
+        with trial_runs.trial_run(parent_run_id, trial.number, params, lambda: {k: trial.user_attrs[k] for k in keys if k in trial.user_attrs},
                                 study_name=trial.study.study_name) as log_epoch:
             yield log_epoch
 
@@ -128,7 +128,7 @@ def tune_run(args: argparse.Namespace) -> str:
             study.set_user_attr("config", config.to_dict())
             run_study(study, ctx, _track(parent.info.run_id))
             # after a killed run: its trials move under this run; the killed trial's run ends KILLED
-            tracking.adopt_trials(parent.info.experiment_id, name, parent.info.run_id, {t.number: t.state.name for t in study.trials})
+            trial_runs.adopt_trials(parent.info.experiment_id, name, parent.info.run_id, {t.number: t.state.name for t in study.trials})
             summary = final_evaluation(study, ctx, cache=local / "controls.json")
             summary["study"] = {"name": name, "storage": redact(url), "n_trials": len(study.trials)}
             text = summary_markdown(summary)

@@ -22,6 +22,7 @@ from optuna.exceptions import ExperimentalWarning
 from i2x.explanation.prototypes import Prototypes
 from i2x.platform.config import Config
 from i2x.platform.errors import I2XError
+from i2x.platform.process import holder
 from i2x.platform.progress import doing, duration, say, steps
 from i2x.platform.secrets import has_secret, redact
 from i2x.training.batches import to_float
@@ -293,7 +294,13 @@ def run_study(study: Any, ctx: Any, track: Any = None, objective: Callable[[Any]
     done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
     if done >= n:
         return
-    study.optimize(objective or make_objective(ctx, track), n_trials=n - done,
+    inner = objective or make_objective(ctx, track)
+
+    def held(trial: Any) -> Any:  # the worker that runs the trial, for `i2x doctor`
+        trial.set_user_attr("i2x.holder", holder())
+        return inner(trial)
+
+    study.optimize(held, n_trials=n - done,
                    callbacks=[MaxTrialsCallback(n, states=(TrialState.COMPLETE, TrialState.PRUNED)), TrialLines(n)],
                    gc_after_trial=True, show_progress_bar=False)
 
