@@ -9,8 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from i2x.runs.doctor import doctor
 
 from .conftest import ROOT, cli_env
