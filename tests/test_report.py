@@ -252,3 +252,16 @@ def test_the_beta_heat_map_fills_its_rows(tmp_path, monkeypatch):
     fig, axes = opened[0]
     shown = [ax for ax in axes.flat if ax.axison]
     assert len(shown) == axes.size == 4, (len(shown), axes.shape)
+
+
+def test_captions_say_how_to_read_a_figure_not_its_title_again(report):
+    """Issue 24: every caption repeated the figure's alt text (and so its title)."""
+    import re
+
+    _, index = report
+    page = index.read_text()
+    figures = re.findall(r'<figure><img src="data:image/png;base64,[^"]*" alt="([^"]*)">(?:<figcaption>([^<]*)</figcaption>)?</figure>', page)
+    assert len(figures) >= 8, len(figures)
+    assert all(caption != alt for alt, caption in figures), [alt for alt, caption in figures if caption == alt]
+    captions = dict(figures)
+    assert captions["Test confusion matrix and accuracy per class"].startswith("Rows: the true class, columns: the model&#x27;s answer")

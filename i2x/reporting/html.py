@@ -30,11 +30,14 @@ from i2x.reporting.claims import (
 GALLERY_PAGES = 4  # at most 4 pages of figures.GALLERY_PAGE drawn; all prototypes are listed in prototypes.json
 
 
-def _img(path: Path | None, alt: str) -> str:
+def _img(path: Path | None, alt: str, read: str = "") -> str:
+    """A figure: ``alt`` names it (for screen readers and tests), the caption says how to read
+    it (``read``; the figure's own title already says what it is)."""
     if path is None or not path.is_file():
         return ""
     data = base64.b64encode(path.read_bytes()).decode()
-    return f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(alt)}"><figcaption>{html.escape(alt)}</figcaption></figure>'
+    caption = f"<figcaption>{html.escape(read)}</figcaption>" if read else ""
+    return f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">{caption}</figure>'
 
 
 def _anchor(title: str) -> str:
@@ -149,21 +152,30 @@ def explain_report(doc: dict[str, Any], arrays: dict[str, np.ndarray], out: Path
     judged = evaluation_lines(evaluation) if evaluation is not None else []
     sections = [  # (title, sentences, figures): rendered in order and listed in the index
         *([("How the model does on the test set", judged,
-            [_img(evaluation / "confusion.png", "Test confusion matrix and accuracy per class"),
-             _img(evaluation / "most_confused.png", "The most-confused pairs: test images of the true class taken for the other")])]
+            [_img(evaluation / "confusion.png", "Test confusion matrix and accuracy per class",
+                  "Rows: the true class, columns: the model's answer; off the diagonal are the mistakes named above."),
+             _img(evaluation / "most_confused.png", "The most-confused pairs: test images of the true class taken for the other",
+                  "Look for what these images share that the class's others lack: a mark, a background, a style.")])]
           if judged else []),
         *([("Shortcut check", said["shortcuts"], [])] if said["shortcuts"] else []),
         ("What each class relies on", said["classes"], [_img(figs["classes"], "Shared and specialised prototypes per class (verified or not: see the causal check)")]
                  + [_folded(f"Prototype gallery ({len(galleries)} page{'s' if len(galleries) != 1 else ''}): exemplar patches and coverage per class",
                             [_img(g, f"Prototype gallery page {i + 1}") for i, g in enumerate(galleries)])]),
         ("Where the named prototypes sit", said["locations"] or ["No verified prototype is concentrated in one part of the image."],
-                 [_img(figs["locations"], "Location maps of the verified prototypes")]),
+                 [_img(figs["locations"], "Location maps of the verified prototypes",
+                       "Left: how often each grid cell holds the prototype in its class's images (bright: often); right: exemplars, "
+                       "the cell outlined in red, grey where the crop runs past the image.")]),
         ("Causal check", [s for s in said["faithfulness"] if "causal" in s or "ROAD" in s],
-                 [_img(figs["faithfulness"], "Occlusion of each named prototype against matched random cells")]),
+                 [_img(figs["faithfulness"], "Occlusion of each named prototype against matched random cells",
+                       "A dot right of its blue square: occluding the prototype costs the class more than occluding as many "
+                       "foreground-matched cells; the band is the 95% CI of that excess; green passed the causal check, red did not.")]),
         ("Where the model looks over training", [f"{len(steps)} checkpoints from step {steps[0]} to step {steps[-1]}."],
-                 [_img(figs["saliency"], "Fixed samples across checkpoints")]),
-        ("The order in which classes are separated", said["progression"], [_img(figs["progression"], "Confusions per checkpoint")]),
-        ("Uncertain prototypes", said["uncertain"], [_img(figs["uncertain"], "Oscillation of each uncertain prototype")]),
+                 [_img(figs["saliency"], "Fixed samples across checkpoints",
+                       "One image per row, one checkpoint per column: where the map settles, and when.")]),
+        ("The order in which classes are separated", said["progression"], [_img(figs["progression"], "Confusions per checkpoint",
+                       "A star marks the checkpoint where a pair counts as separated; the pairs the text names come first.")]),
+        ("Uncertain prototypes", said["uncertain"], [_img(figs["uncertain"], "Oscillation of each uncertain prototype",
+                       "Above zero the prototype pulls toward the first class of its pair, below toward the second.")]),
         ("How prototypes move confidence", [s for s in said["faithfulness"] if "causal" not in s and "ROAD" not in s],
                  [_img(figs["beta"], f"beta per interval for the {len(top)} prototypes with the largest total |beta|")]),
     ]
