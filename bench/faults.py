@@ -72,6 +72,10 @@ class Lab:
         self.storage = f"sqlite:///{root}/optuna.db"
         self.ref: dict[str, Any] = {}
         self.took: dict[str, float] = {}
+        import mlflow
+
+        os.environ["MLFLOW_TRACKING_URI"] = self.store  # this process's reads (fingerprints, doctor)
+        mlflow.set_tracking_uri(self.store)
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
@@ -103,7 +107,7 @@ class Lab:
         """The newest FINISHED run of ``stage`` whose work folder lies under ``work``."""
         import mlflow
 
-        client = mlflow.MlflowClient(self.store)
+        client = mlflow.MlflowClient()
         runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
                                   f"tags.`i2x.stage` = '{stage}' and attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"])
         for run in runs:
@@ -114,7 +118,7 @@ class Lab:
     def fingerprint(self, stage: str, work: Path) -> str:
         import mlflow
 
-        client = mlflow.MlflowClient(self.store)
+        client = mlflow.MlflowClient()
         if stage == "main":
             tags = client.get_run(self.newest("main", None)).data.tags
             return self._train_fp(tags["i2x.train_run"]) + self._explain_fp(tags["i2x.explain_run"])
@@ -124,24 +128,22 @@ class Lab:
             return self._explain_fp(self.newest("explain", work))
         if stage == "report":
             return self._artifact_sha(self.ref["explain_id"], "report/index.html")
-        summary = json.loads(mlflow.artifacts.load_text(f"runs:/{self.newest('tune', work)}/tuning/summary.json", tracking_uri=self.store))
+        summary = json.loads(mlflow.artifacts.load_text(f"runs:/{self.newest('tune', work)}/tuning/summary.json"))
         return json.dumps({"n_trials": summary["study"]["n_trials"], "strategies": sorted(summary["strategies"])})
 
     def _artifact_sha(self, run_id: str, path: str) -> str:
         import mlflow
 
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=tempfile.mkdtemp(dir=self.root),
-                                                    tracking_uri=self.store)
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=tempfile.mkdtemp(dir=self.root))
         return hashlib.sha256(Path(local).read_bytes()).hexdigest()
 
     def _train_fp(self, run_id: str) -> str:
         import mlflow
         import torch
 
-        client = mlflow.MlflowClient(self.store)
+        client = mlflow.MlflowClient()
         last = sorted(a.path for a in client.list_artifacts(run_id, "checkpoints") if a.path.endswith(".pt"))[-1]
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=last, dst_path=tempfile.mkdtemp(dir=self.root),
-                                                    tracking_uri=self.store)
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=last, dst_path=tempfile.mkdtemp(dir=self.root))
         weights = torch.load(local, map_location="cpu", weights_only=True)["model"]
         digest = hashlib.sha256()
         for key in sorted(weights):
@@ -151,14 +153,13 @@ class Lab:
     def _explain_fp(self, run_id: str) -> str:
         import mlflow
 
-        doc = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/explanation/explanation.json", tracking_uri=self.store))
+        doc = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/explanation/explanation.json"))
         for key in [*doc.get("timestamp_fields", []), "timestamp_fields"]:
             doc.pop(key, None)
         doc["run"].pop("train_run_id", None)
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
     def doctor(self) -> Any:
-        os.environ["MLFLOW_TRACKING_URI"] = self.store
         from i2x.runs.doctor import doctor
 
         return doctor(True, self.storage, self.root / "work")
@@ -273,6 +274,7 @@ def main() -> None:
     parser.add_argument("--root", default="", help="folder for the store and work folders (default: a new temp folder)")
     args = parser.parse_args()
     root = Path(args.root or tempfile.mkdtemp(prefix="i2x-faults-")).resolve()
+    root.mkdir(parents=True, exist_ok=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     points = sweep(root, args.points, args.seed, args.stages.split(","), out)

@@ -230,12 +230,13 @@ def plot_beta_heatmaps(interval_beta: np.ndarray, prototype_ids: Sequence[int], 
         interval_beta: ``(T-1, K, M)``; only ``prototype_ids`` rows are drawn.
     """
     t = interval_beta.shape[0]
-    # whole rows of four panels (a lone panel on a last row read as a separate figure)
-    count = min(t, max_panels) if min(t, max_panels) <= 4 else min(t, max_panels) // 4 * 4
+    # every interval in one row up to five, else whole rows of four (a lone panel on a last row
+    # read as a separate figure)
+    count = t if t <= 5 else min(t, max_panels) // 4 * 4
     panels = np.unique(np.linspace(0, t - 1, count).round().astype(int))
     sub = interval_beta[:, list(prototype_ids)]
     vmax = float(np.abs(sub).max()) or 1.0
-    cols = min(4, len(panels))
+    cols = len(panels) if len(panels) <= 5 else 4
     rows = int(np.ceil(len(panels) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols + 1, 0.16 * len(prototype_ids) * rows + 1.2 * rows), squeeze=False)
     for ax in axes.flat:
