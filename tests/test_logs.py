@@ -124,3 +124,62 @@ def test_a_stage_under_the_heartbeat_prints_what_it_is_doing_while_silent(capsys
     assert lines and all(line.startswith("i2x tune: working (trial 3: i2x-dfr), ") for line in lines), lines
     time.sleep(0.5)
     assert capsys.readouterr().err == ""  # the thread stopped with the stage
+
+
+def test_a_stop_inside_a_finalizer_prints_nothing_but_other_finalizer_errors_still_do(tmp_path):
+    """Ctrl-C during `make run` printed "Exception ignored in ... Stopped: 15": the stop had
+    landed in a finalizer, where Python prints and drops it (the timer raises it again).
+    In a subprocess: pytest replaces the hook that prints these."""
+    import subprocess
+    import sys
+
+    from .conftest import ROOT, cli_env
+
+    code = """
+import gc
+from i2x.platform.process import Stopped, stop_on_signals
+
+class Finalised:
+    def __init__(self, exc):
+        self.exc = exc
+    def __del__(self):
+        raise self.exc
+
+with stop_on_signals():
+    Finalised(Stopped(15))
+    gc.collect()
+    Finalised(ValueError("a real bug"))
+    gc.collect()
+"""
+    out = subprocess.run([sys.executable, "-c", code], env=cli_env(tmp_path), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "Stopped" not in out.stderr and "ValueError: a real bug" in out.stderr, out.stderr
+
+
+def test_optuna_says_nothing_of_a_trial_ended_by_a_stop_but_still_reports_failures(capfd):
+    """Ctrl-C during tune printed Optuna's 48-line traceback of the KeyboardInterrupt and
+    "failed with value None" beside i2x's one stop line."""
+    import logging
+
+    import optuna
+    import pytest
+
+    from i2x.platform.process import Stopped
+    from i2x.tuning.study import QuietStops
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("optuna.study._optimize").addFilter(QuietStops())
+
+    def stopped(trial):
+        raise Stopped(2)
+
+    def broken(trial):
+        raise ValueError("a real bug")
+
+    study = optuna.create_study()
+    with pytest.raises(Stopped):
+        study.optimize(stopped, n_trials=1)
+    assert capfd.readouterr().err == ""
+    study.optimize(broken, n_trials=1, catch=(ValueError,))
+    err = capfd.readouterr().err
+    assert "Trial 1 failed with parameters: {} because of the following error: ValueError('a real bug')" in err, err
+    assert "Trial 1 failed with value None" in err

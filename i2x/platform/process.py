@@ -56,14 +56,20 @@ def stop_on_signals() -> Iterator[list[int]]:
     def again(_signum: int, _frame: Any) -> None:
         raise Stopped(pending[0])
 
+    def unraisable(info: Any) -> None:  # a stop swallowed in a finalizer: the timer raises it again, silently
+        if not isinstance(info.exc_value, Stopped):
+            hook(info)
+
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, again)
+    hook, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         yield pending
     finally:
         quiet_timer()
         for sig, old in previous.items():
             signal.signal(sig, old)
+        sys.unraisablehook = hook
 
 
 @contextlib.contextmanager

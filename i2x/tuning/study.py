@@ -8,6 +8,7 @@ join it by name (``i2x tune --worker``).
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 import warnings
 from collections.abc import Callable
@@ -288,6 +289,9 @@ def run_study(study: Any, ctx: Any, track: Any = None, objective: Callable[[Any]
     from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optimize_log = logging.getLogger("optuna.study._optimize")
+    if not any(isinstance(f, QuietStops) for f in optimize_log.filters):
+        optimize_log.addFilter(QuietStops())
     if hasattr(study._storage, "get_heartbeat_interval") and study._storage.get_heartbeat_interval():
         optuna.storages.fail_stale_trials(study)  # a killed worker's trial: FAIL, then retried
     n = ctx.config.tune.n_trials
@@ -303,6 +307,23 @@ def run_study(study: Any, ctx: Any, track: Any = None, objective: Callable[[Any]
     study.optimize(held, n_trials=n - done,
                    callbacks=[MaxTrialsCallback(n, states=(TrialState.COMPLETE, TrialState.PRUNED)), TrialLines(n)],
                    gc_after_trial=True, show_progress_bar=False)
+
+
+class QuietStops(logging.Filter):
+    """Drop Optuna's report of a trial ended by a stop (SIGINT/SIGTERM arrive as a
+    KeyboardInterrupt): a 48-line traceback and "failed with value None", where the CLI
+    prints one line naming the signal. Failures of any other kind are still logged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stopped: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            self.stopped.add(message.split(" failed", 1)[0])  # "Trial 3"
+            return False
+        return not (" failed with value " in message and message.split(" failed", 1)[0] in self.stopped)
 
 
 class TrialLines:
