@@ -80,7 +80,7 @@ class Lab:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
         env.update({"MLFLOW_TRACKING_URI": self.store, "I2X_OPTUNA_STORAGE": self.storage, "I2X_CACHE_DIR": str(self.root / "cache"),
-                    "PYTHONPATH": str(ROOT), "I2X_PROGRESS_EVERY": "5"})
+                    "PYTHONPATH": str(ROOT), "I2X_PROGRESS_EVERY": "5", "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"})
         return env
 
     def argv(self, stage: str, work: Path) -> list[str]:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from i2x.platform.config_io import available_configs
 from i2x.platform.errors import I2XError
+from i2x.platform.process import UNDER_MAIN
 from i2x.runs import RUNS
 
 EXIT_USAGE = 2
@@ -116,18 +117,36 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+def _end_launched_run() -> None:
+    """``mlflow run`` made this process's run (``MLFLOW_RUN_ID``); a stop before the stage
+    adopted it left it RUNNING, and the launcher would mark it FAILED: it was stopped."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return
+    try:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient()
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, status="KILLED")
+    except Exception:  # noqa: BLE001 (best effort on the way out; the next holder closes it otherwise)
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    under_main = bool(os.environ.get(UNDER_MAIN))  # read first: `i2x main` sets it for its stages
     try:
         if args.command in RUNS:
             module, function = RUNS[args.command]
+            from i2x.platform.process import stop_on_signals
             from i2x.platform.progress import heartbeat
             from i2x.platform.store_checks import check_tracking_uri
             from i2x.platform.tracking import DEFAULT_TRACKING_URI
 
             check_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
-            with heartbeat(args.command):
+            with stop_on_signals(), heartbeat(args.command):  # a stop before the run opens is a stop too
                 getattr(importlib.import_module(module), function)(args)
         elif args.command == "services":
             cmd_services(args)
@@ -147,8 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt as exc:  # process.Stopped: SIGTERM or SIGINT; the stage's run is ended KILLED
         signum = getattr(exc, "signum", signal.SIGINT)
-        print(f"i2x: stopped by {signal.Signals(signum).name}; the MLflow run is marked KILLED; run the same command again to resume",
-              file=sys.stderr)
+        _end_launched_run()
+        if not under_main:  # a stage of `i2x main`: main says it, once
+            print(f"i2x: stopped by {signal.Signals(signum).name}; the MLflow run is marked KILLED; run the same command again to resume",
+                  file=sys.stderr)
         return 128 + int(signum)
     return 0
 

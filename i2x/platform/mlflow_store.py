@@ -8,7 +8,11 @@ launcher before any i2x code runs, so :func:`i2x.platform.tracking.init_store` c
 that; this plugin, registered under MLflow's ``mlflow.tracking_store`` entry point for the
 ``sqlite`` scheme (``pyproject.toml``), runs in every MLflow process of this environment
 and builds the store while holding an ``flock`` on ``.<db>.init.lock`` beside the file
-(released by the kernel when the holder dies). The store itself is MLflow's, unchanged.
+(released by the kernel when the holder dies). The store itself is MLflow's, with one change:
+a run ended KILLED is not turned FAILED afterwards. ``mlflow run``'s launcher does that after
+every Ctrl-C: its check that the run already ended compares the status string with integer
+codes, never matches, and overwrites the KILLED that the stopped run wrote (MLflow 3.17,
+``mlflow/projects/__init__.py``, ``_maybe_set_run_terminated``).
 
 Only the standard library is imported here: MLflow loads this module when it starts.
 """
@@ -35,10 +39,25 @@ def sqlite_store(store_uri: str, artifact_uri: str | None = None) -> Any:
 
     path = db_path(store_uri)
     if path is None or not path.parent.is_dir():  # MLflow reports a missing folder itself
-        return _get_sqlalchemy_store(store_uri, artifact_uri)
+        return _keep_killed(_get_sqlalchemy_store(store_uri, artifact_uri))
     fd = os.open(path.parent / f".{path.name}.init.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        return _get_sqlalchemy_store(store_uri, artifact_uri)
+        return _keep_killed(_get_sqlalchemy_store(store_uri, artifact_uri))
     finally:
         os.close(fd)
+
+
+def _keep_killed(store: Any) -> Any:
+    """``store`` whose ``update_run_info`` leaves a KILLED run KILLED when asked to mark it FAILED."""
+    update = store.update_run_info
+
+    def update_run_info(run_id: str, run_status: Any, end_time: Any, run_name: Any) -> Any:
+        from mlflow.entities import RunStatus
+
+        if run_status == RunStatus.FAILED and store.get_run(run_id).info.status == "KILLED":
+            run_status, end_time = None, None
+        return update(run_id, run_status, end_time, run_name)
+
+    store.update_run_info = update_run_info
+    return store

@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+UNDER_MAIN = "I2X_UNDER_MAIN"  # set by `i2x main` for its stage processes: main prints the stop line, once
+
 
 class Stopped(KeyboardInterrupt):
     """SIGTERM or SIGINT during a stage. A KeyboardInterrupt, so that ``mlflow.projects.run``
@@ -50,6 +52,8 @@ def stop_on_signals() -> Iterator[list[int]]:
 
     def handler(signum: int, _frame: Any) -> None:
         pending.append(signum)
+        if len(pending) > 1:  # a second signal (mlflow's launcher sends SIGTERM after Ctrl-C's SIGINT) must not
+            return            # interrupt the cleanup of the first, nor rename it; the timer delivers the first
         signal.setitimer(signal.ITIMER_REAL, 0.1, 0.1)
         raise Stopped(signum)
 

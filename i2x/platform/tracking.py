@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -356,14 +357,28 @@ def run_entry_point(project: Path, entry_point: str, parameters: dict[str, Any])
     """Run another entry point of this project as a child of the active run; returns its id.
 
     ``env_manager="local"`` is explicit: this process already runs in the project's
-    environment, and an inner run without it builds a fresh one (MLflow #11849, #6611).
+    environment, and an inner run without it builds a fresh one (MLflow #11849, #6611). Waited
+    for here, not by MLflow: its wait marks the child FAILED after a stop even when the child
+    ended KILLED (``_maybe_set_run_terminated`` compares the status string with integer codes).
+    A child that was stopped stops this run too; one that failed is an error.
     """
     import mlflow
-    from mlflow.exceptions import ExecutionException
+    from mlflow.tracking import MlflowClient
 
+    submitted = mlflow.projects.run(str(project), entry_point=entry_point, parameters=parameters, env_manager="local", synchronous=False)
+    client = MlflowClient()
     try:
-        submitted = mlflow.projects.run(str(project), entry_point=entry_point, parameters=parameters,
-                                        env_manager="local", synchronous=True)
-    except ExecutionException as exc:
-        raise I2XError(f"stage '{entry_point}' failed ({str(exc).splitlines()[0]}); its error is printed above") from None
-    return submitted.run_id
+        ok = submitted.wait()
+    except KeyboardInterrupt:  # the child got the same Ctrl-C (one process group), or SIGTERM now: it ends its run KILLED
+        submitted.cancel()
+        if client.get_run(submitted.run_id).info.status == "RUNNING":
+            client.set_terminated(submitted.run_id, status="KILLED")
+        raise
+    if ok:
+        return str(submitted.run_id)
+    status, code = client.get_run(submitted.run_id).info.status, submitted.command_proc.returncode
+    if status == "RUNNING":
+        client.set_terminated(submitted.run_id, status="FAILED")
+    if status == "KILLED" and code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+        raise Stopped(code - 128)
+    raise I2XError(f"stage '{entry_point}' failed (run {submitted.run_id} exited {code}); its error is printed above")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
 from i2x.platform import tracking
 from i2x.platform.config import Config
+from i2x.platform.process import UNDER_MAIN
 from i2x.platform.progress import doing
 from i2x.runs.runconfig import run_config
 from i2x.training.loop import resolve_model
@@ -35,6 +37,7 @@ def run_main(args: argparse.Namespace) -> None:
     config = resolve_model(run_config(args))
     plan = estimate(config, load_data(config.data, config.seed, config.plant), resolve_device(config.train.device))
     print("\n".join(plan.lines()), flush=True)
+    os.environ[UNDER_MAIN] = "1"  # the stages leave the stop line to this process
     with tracking.open_run(f"main {config.data.name} {config.model.name}", {tracking.TAG_STAGE: "main"}):
         tracking.log_metrics({f"plan_{name}_s": round(s, 1) for name, s in plan.stages.items()}, step=0)
         ids, took = {}, {}
