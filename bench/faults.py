@@ -157,6 +157,7 @@ class Lab:
         for key in [*doc.get("timestamp_fields", []), "timestamp_fields"]:
             doc.pop(key, None)
         doc["run"].pop("train_run_id", None)
+        doc["config"].pop("work_dir", None)  # each point's own folder, by design
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
     def doctor(self) -> Any:
