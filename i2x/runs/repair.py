@@ -195,13 +195,14 @@ def _publish(parent: Any, summary: dict[str, Any], rctx: Any, study: Any, local:
                                           out / "changed.png")
     if best is not None:  # the repaired model beside the train run's: the registry can hold before and after
         from i2x.platform.mlflow_model import log_model
-        from i2x.runs.train import TAG_MODEL_URI
+        from i2x.runs.train import TAG_MODEL_URI, evaluate_model
         from i2x.training.batches import to_float
         from i2x.tuning.guided import run_strategy
 
         model = run_strategy(rctx, best, summary["chosen"][best]["params"], config.seed)  # seed 0 of the evaluation
         uri = log_model(model, to_float(rctx.data.test_x[:4]).numpy(), rctx.data.classes, register_as=config.train.register_as)
         tracking.set_tags({TAG_MODEL_URI: uri, "i2x.model_strategy": best})
+        evaluate_model(config, rctx.data, rctx.test_groups, model, stage="tune")  # the repaired model's confusion matrix and groups
     figures["optuna"] = plot_optuna(study, out)
     for path in sorted(out.iterdir()):
         tracking.log_artifact(path, "tuning")

@@ -67,7 +67,7 @@ def train_run(args: argparse.Namespace) -> str:
 
         uri = log_model(result.model, to_float(data.test_x[:4]).numpy(), data.classes, register_as=config.train.register_as)
         tracking.set_tags({TAG_MODEL_URI: uri})
-        _evaluate(config, data, groups, result.model)
+        evaluate_model(config, data, groups, result.model)
         scratch = scratch_dir("train")
         try:
             plot_training(result.checkpoints, history, scratch / "training.png")
@@ -79,10 +79,11 @@ def train_run(args: argparse.Namespace) -> str:
     return run_id
 
 
-def _evaluate(config: Config, data: DataBundle, groups: Groups | None, model: torch.nn.Module) -> None:
-    """The final model on the test split: per-class accuracy (metrics), the confusion matrix
-    (``evaluation/confusion.json`` and a figure), the most-confused examples, and, where the
-    data has groups, accuracy per group, worst group and the aligned/conflicting gap."""
+def evaluate_model(config: Config, data: DataBundle, groups: Groups | None, model: torch.nn.Module, stage: str = "train") -> None:
+    """The model on the test split, logged into the active (train or tune) run: per-class
+    accuracy (metrics), the confusion matrix (``evaluation/confusion.json`` and a figure), the
+    most-confused examples, and, where the data has groups, accuracy per group, worst group
+    and the aligned/conflicting gap."""
     from i2x.reporting.evaluation import write_evaluation
     from i2x.training.loop import predictions, resolve_device
 
@@ -96,4 +97,4 @@ def _evaluate(config: Config, data: DataBundle, groups: Groups | None, model: to
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     if line:
-        print(f"i2x train: {line}", flush=True)
+        print(f"i2x {stage}: {line}", flush=True)
