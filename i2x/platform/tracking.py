@@ -245,8 +245,14 @@ MANIFEST = "i2x-manifest.json"  # artifact path -> {"bytes", "sha256"} of what t
 _MANIFESTS: dict[str, dict[str, dict[str, Any]]] = {}
 
 
-def _record(run_id: str, artifact: str, data: bytes) -> None:
-    _MANIFESTS.setdefault(run_id, {})[artifact] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+def _record(run_id: str, artifact: str, data: bytes | Path) -> None:
+    """Note an uploaded artifact's size and SHA-256 (a file is hashed as a stream, not read whole)."""
+    if isinstance(data, Path):
+        with data.open("rb") as fh:
+            digest, size = hashlib.file_digest(fh, "sha256").hexdigest(), data.stat().st_size
+    else:
+        digest, size = hashlib.sha256(data).hexdigest(), len(data)
+    _MANIFESTS.setdefault(run_id, {})[artifact] = {"bytes": size, "sha256": digest}
 
 
 def _log_manifest(run_id: str, merge: bool = False, always: bool = False) -> None:
@@ -274,7 +280,7 @@ def log_artifact(path: Path, artifact_path: str | None = None) -> None:
     name = f"{artifact_path or ''}/{Path(path).name}".lstrip("/")
     with uploading(name, Path(path).parent):
         mlflow.log_artifact(str(path), artifact_path=artifact_path)
-    _record(mlflow.active_run().info.run_id, name, Path(path).read_bytes())
+    _record(mlflow.active_run().info.run_id, name, Path(path))
 
 
 def log_artifact_to(run_id: str, path: Path, artifact_path: str | None = None) -> None:
@@ -284,7 +290,7 @@ def log_artifact_to(run_id: str, path: Path, artifact_path: str | None = None) -
     name = f"{artifact_path or ''}/{Path(path).name}".lstrip("/")
     with uploading(name, Path(path).parent):
         MlflowClient().log_artifact(run_id, str(path), artifact_path)
-    _record(run_id, name, Path(path).read_bytes())
+    _record(run_id, name, Path(path))
     _log_manifest(run_id, merge=True)
 
 
