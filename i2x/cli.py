@@ -138,24 +138,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     under_main = bool(os.environ.get(UNDER_MAIN))  # read first: `i2x main` sets it for its stages
     try:
-        if args.command in RUNS:
-            module, function = RUNS[args.command]
-            from i2x.platform.process import stop_on_signals
-            from i2x.platform.progress import heartbeat
+        if args.command in RUNS or args.command == "doctor":
             from i2x.platform.store_checks import check_tracking_uri
             from i2x.platform.tracking import DEFAULT_TRACKING_URI
 
             check_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
+        if args.command in RUNS:
+            module, function = RUNS[args.command]
+            from i2x.platform.process import stop_on_signals
+            from i2x.platform.progress import heartbeat
+
             with stop_on_signals(), heartbeat(args.command):  # a stop before the run opens is a stop too
                 getattr(importlib.import_module(module), function)(args)
         elif args.command == "services":
             cmd_services(args)
         elif args.command == "doctor":
-            from i2x.platform.store_checks import check_tracking_uri
-            from i2x.platform.tracking import DEFAULT_TRACKING_URI
             from i2x.runs.doctor import doctor_run
 
-            check_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
             args.storage = args.storage or os.environ.get("I2X_OPTUNA_STORAGE", "")
             return doctor_run(args)
         else:

@@ -66,7 +66,7 @@ def test_a_report_regenerated_into_a_finished_run_keeps_its_manifest_true(mlflow
 
     run_id = _finished_run(tmp_path)
     (tmp_path / "out" / "a.json").write_text('{"x": 2, "y": 3}')
-    tracking.log_artifact_to(run_id, tmp_path / "out" / "a.json", "explanation")  # what `i2x report --run-id` does
+    tracking.log_artifacts_to(run_id, [tmp_path / "out" / "a.json"], "explanation")  # what `i2x report --run-id` does
     found = doctor(verify=True)
     assert found.violations == [] and found.checks == 3, found.violations
 

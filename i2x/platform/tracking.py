@@ -271,35 +271,43 @@ def _log_manifest(run_id: str, merge: bool = False, always: bool = False) -> Non
         MlflowClient().log_dict(run_id, dict(sorted(entries.items())), MANIFEST)
 
 
+def _artifact_name(path: Path, artifact_path: str | None) -> str:
+    return f"{artifact_path or ''}/{Path(path).name}".lstrip("/")
+
+
 def log_artifact(path: Path, artifact_path: str | None = None) -> None:
     """Log a file; an upload failure becomes a one-line :class:`I2XError`. S3 writes an
     object under its final key only once the upload is complete, so a failure never
     leaves a partial artifact that looks whole."""
     import mlflow
 
-    name = f"{artifact_path or ''}/{Path(path).name}".lstrip("/")
+    name = _artifact_name(path, artifact_path)
     with uploading(name, Path(path).parent):
         mlflow.log_artifact(str(path), artifact_path=artifact_path)
     _record(mlflow.active_run().info.run_id, name, Path(path))
 
 
-def log_artifact_to(run_id: str, path: Path, artifact_path: str | None = None) -> None:
-    """Log into a given (possibly finished) run, not the active one."""
+def log_artifacts_to(run_id: str, paths: list[Path], artifact_path: str | None = None) -> None:
+    """Log files into a given (possibly finished) run, not the active one; its manifest is
+    updated once, after the last."""
     from mlflow.tracking import MlflowClient
 
-    name = f"{artifact_path or ''}/{Path(path).name}".lstrip("/")
-    with uploading(name, Path(path).parent):
-        MlflowClient().log_artifact(run_id, str(path), artifact_path)
-    _record(run_id, name, Path(path))
+    client = MlflowClient()
+    for path in paths:
+        name = _artifact_name(path, artifact_path)
+        with uploading(name, Path(path).parent):
+            client.log_artifact(run_id, str(path), artifact_path)
+        _record(run_id, name, Path(path))
     _log_manifest(run_id, merge=True)
 
 
 def log_text(text: str, artifact_file: str) -> None:
     import mlflow
 
+    clean = redact(text)
     with uploading(artifact_file):
-        mlflow.log_text(redact(text), artifact_file)
-    _record(mlflow.active_run().info.run_id, artifact_file, redact(text).encode())
+        mlflow.log_text(clean, artifact_file)
+    _record(mlflow.active_run().info.run_id, artifact_file, clean.encode())
 
 
 def set_tags(tags: dict[str, str]) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,8 +78,9 @@ def _check_artifacts(found: Findings, client: Any, run_id: str, name: str, verif
         size = stored.get(path)
         ok = size == entry["bytes"]
         if ok and verify:
-            local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path))
-            ok = hashlib.sha256(local.read_bytes()).hexdigest() == entry["sha256"]
+            with tempfile.TemporaryDirectory() as tmp, open(mlflow.artifacts.download_artifacts(
+                    run_id=run_id, artifact_path=path, dst_path=tmp), "rb") as fh:
+                ok = hashlib.file_digest(fh, "sha256").hexdigest() == entry["sha256"]
         found.check(ok, f"{name}: artifact {path} " + ("is missing" if size is None else
                                                          f"has {size} bytes, recorded {entry['bytes']}" if size != entry["bytes"]
                                                          else "differs from its recorded SHA-256"))

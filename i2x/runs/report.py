@@ -53,8 +53,7 @@ def report_run(args: argparse.Namespace) -> Path:
         else:
             raise I2XError(f"run {args.run_id} is a '{stage}' run; reports are made for explain and tune runs")
         if not args.out:
-            for path in sorted(out.iterdir()):
-                tracking.log_artifact_to(args.run_id, path, "report")
+            tracking.log_artifacts_to(args.run_id, sorted(out.iterdir()), "report")
             print(f"i2x report: logged report/index.html to run {args.run_id}")
         else:
             print(f"i2x report: wrote {index}")
