@@ -170,6 +170,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"i2x: stopped by {signal.Signals(signum).name}; the MLflow run is marked KILLED; run the same command again to resume",
                   file=sys.stderr)
         return 128 + int(signum)
+    except Exception as exc:  # a full disk, a read-only folder: the operator's to fix, one line
+        from i2x.platform.errors import os_error_message
+
+        line = os_error_message(exc)
+        if line is None:
+            raise
+        print(f"i2x: error: {line}", file=sys.stderr)
+        return EXIT_USAGE
     return 0
 
 

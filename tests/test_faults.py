@@ -8,6 +8,9 @@ rerun must end with the uninterrupted run's final weights, bit for bit, with eve
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +71,133 @@ def test_ctrl_c_during_mlflow_run_prints_one_stop_line_and_ends_every_run_killed
     status = dict(zip(runs["tags.i2x.stage"].fillna("launcher"), runs["status"], strict=True))
     assert status == {"main": "KILLED", "train": "KILLED"}, status
     assert doctor().violations == []
+
+
+
+def _in_mount_namespace(script: str, env: dict[str, str], cwd: Path) -> None:
+    """Run ``script`` (bash) as root of a private user and mount namespace, where it may mount a
+    small or read-only tmpfs without touching the machine's mounts."""
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.fail(f"this test mounts a small tmpfs in a user namespace; `unshare -rm` is refused here: {probe.stderr.strip()}")
+    done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "bash", "-ec", script],
+                          env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+def _step(tmp_path: Path, name: str, command: str) -> str:
+    """A line of the namespace's script: run ``command``, keep its stderr and exit code."""
+    return f"set +e; {command} > {tmp_path}/{name}.out 2> {tmp_path}/{name}.err; echo $? > {tmp_path}/{name}.rc; set -e\n"
+
+
+def _result(tmp_path: Path, name: str) -> tuple[int, list[str], str]:
+    """Exit code, the lines that are errors or tracebacks, and the whole stderr of a step."""
+    err = (tmp_path / f"{name}.err").read_text()
+    return int((tmp_path / f"{name}.rc").read_text()), [ln for ln in err.splitlines() if "error" in ln.lower() or "Traceback" in ln], err
+
+
+def _statuses(env: dict[str, str]) -> list[str]:
+    import mlflow
+
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    return sorted(mlflow.search_runs(search_all_experiments=True)["status"])
+
+
+FREE_SPACE = ("; free space there (or point work_dir or the artifact store elsewhere), then run the same command again "
+              "(training resumes from its last whole checkpoint)")
+
+
+@pytest.mark.slow
+def test_disk_full_while_a_checkpoint_is_written_is_one_line_and_the_rerun_resumes(tmp_path):
+    """Issue 23: the work folder on a 400 KB tmpfs holds two smoke checkpoints (169 KB each);
+    the third write meets ENOSPC. One line naming that checkpoint, exit 2, the run FAILED, no
+    half file left, the two whole checkpoints kept; with space again the same command resumes
+    from them and finishes, and every invariant of ``i2x doctor`` holds."""
+    from .conftest import cli_env
+
+    work = tmp_path / "work"
+    work.mkdir()
+    env = cli_env(tmp_path)
+    train = f"{sys.executable} -m i2x.cli train --config smoke --overrides work_dir={work}"
+    _in_mount_namespace(
+        f"mount -t tmpfs -o size=400k tmpfs {work}\n"
+        + _step(tmp_path, "full", train)
+        + f"ls -a {work}/*/ > {tmp_path}/left\n"
+        + f"mount -o remount,size=8m {work}\n"
+        + _step(tmp_path, "rerun", train)
+        + _step(tmp_path, "doctor", f"{sys.executable} -m i2x.cli doctor --work {work}"),
+        env, tmp_path)
+    rc, errors, err = _result(tmp_path, "full")
+    assert rc == 2, err[-2000:]
+    assert len(errors) == 1 and errors[0].startswith(f"i2x: error: no space left on the device of {work}/train-synthetic-cnn-"), err[-2000:]
+    assert errors[0].endswith("/ckpt-00000008.pt" + FREE_SPACE), errors
+    left = (tmp_path / "left").read_text().split()
+    assert sorted(n for n in left if n not in (".", "..")) == ["ckpt-00000002.pt", "ckpt-00000004.pt", "index.json", "runs.json"], left
+    rc, errors, err = _result(tmp_path, "rerun")
+    assert (rc, errors) == (0, []), err[-2000:]
+    assert "5 checkpoints" in (tmp_path / "rerun.out").read_text()
+    assert _result(tmp_path, "doctor")[0] == 0, (tmp_path / "doctor.out").read_text()
+    assert _statuses(env) == ["FAILED", "FINISHED"]
+
+
+@pytest.mark.slow
+def test_a_read_only_work_folder_and_a_full_artifact_store_are_one_line_each(tmp_path):
+    """Issue 23: a work folder on a read-only file system (EROFS) is one line before any run
+    opens; an artifact store that fills up while the checkpoints upload (ENOSPC) is one line,
+    the run FAILED, the local checkpoints whole; with space the same command finishes and the
+    finished run's manifest lists every artifact at its size."""
+    from .conftest import cli_env
+
+    work, readonly, store = tmp_path / "work", tmp_path / "ro", tmp_path / "mlruns"
+    for d in (work, readonly, store):
+        d.mkdir()
+    env = cli_env(tmp_path)
+    train = f"{sys.executable} -m i2x.cli train --config smoke --overrides work_dir="
+    _in_mount_namespace(
+        f"mount -t tmpfs -o size=1m,ro tmpfs {readonly}\n"
+        + _step(tmp_path, "ro", train + str(readonly))
+        + f"mount -t tmpfs -o size=300k tmpfs {store}\n"
+        + _step(tmp_path, "full", train + str(work))
+        + f"mount -o remount,size=16m {store}\n"
+        + _step(tmp_path, "rerun", train + str(work))
+        + _step(tmp_path, "doctor", f"{sys.executable} -m i2x.cli doctor --work {work}"),
+        env, tmp_path)
+    rc, errors, err = _result(tmp_path, "ro")
+    assert rc == 2, err[-2000:]
+    assert len(errors) == 1 and errors[0].startswith(f"i2x: error: {readonly}/train-synthetic-cnn-"), err[-2000:]
+    assert errors[0].endswith(" is on a read-only file system; point work_dir, the report folder or the artifact store at a writable "
+                              "place, then run the same command again"), errors
+    rc, errors, err = _result(tmp_path, "full")
+    assert rc == 2, err[-2000:]
+    assert len(errors) == 1 and errors[0].startswith("i2x: error: uploading checkpoints/ckpt-"), err[-2000:]
+    assert f" failed (local files are kept in {work}/train-synthetic-cnn-" in errors[0], errors
+    assert f"): no space left on the device of {store}/" in errors[0], errors
+    assert errors[0].endswith(FREE_SPACE), errors
+    assert len(list(work.glob("*/ckpt-*.pt"))) >= 1
+    rc, errors, err = _result(tmp_path, "rerun")
+    assert (rc, errors) == (0, []), err[-2000:]
+    assert _result(tmp_path, "doctor")[0] == 0, (tmp_path / "doctor.out").read_text()
+    assert _statuses(env) == ["FAILED", "FINISHED"]  # the read-only attempt opened no run
+
+
+def test_os_errors_an_operator_fixes_are_named_with_their_path_and_others_are_not_translated(tmp_path):
+    """The translation the CLI applies (issue 23), on errors the system itself raised."""
+    from i2x.platform.errors import os_error_message
+
+    long_name = tmp_path / ("x" * 300)
+    with pytest.raises(OSError) as too_long:
+        long_name.write_text("")
+    assert os_error_message(too_long.value) == f"{long_name} is longer than the file system allows; use a shorter work_dir, data_dir or report folder"
+    with pytest.raises(OSError) as missing:
+        (tmp_path / "absent" / "f").write_text("")
+    assert os_error_message(missing.value) is None  # not an operator's disk problem: the traceback stays a bug report
+    try:
+        try:
+            long_name.write_text("")
+        except OSError as exc:
+            raise RuntimeError("PytorchStreamWriter failed writing file") from exc
+    except RuntimeError as wrapped:
+        assert os_error_message(wrapped) == os_error_message(too_long.value)
+    import sqlite3
+
+    assert os_error_message(sqlite3.OperationalError("database or disk is full")).startswith("no space left on the device of the tracking store (SQLite); ")

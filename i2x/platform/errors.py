@@ -7,9 +7,45 @@ fix it. The CLI prints it as ``i2x: error: <message>`` and exits with status 2.
 
 from __future__ import annotations
 
+import errno
+import os
+
 
 class I2XError(Exception):
     """A user-facing error with a one-line, actionable message."""
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(str(message).split()))
+
+
+# OS errors an operator fixes (a full disk, a folder they may not write): one line each, not a
+# traceback. ``{path}`` is the file the system call named.
+_OS_ERRORS = {
+    errno.ENOSPC: "no space left on the device of {path}; free space there (or point work_dir or the artifact store "
+                  "elsewhere), then run the same command again (training resumes from its last whole checkpoint)",
+    errno.EDQUOT: "the disk quota is used up on the device of {path}; free space there (or point work_dir or the "
+                  "artifact store elsewhere), then run the same command again (training resumes from its last whole checkpoint)",
+    errno.EROFS: "{path} is on a read-only file system; point work_dir, the report folder or the artifact store at a "
+                 "writable place, then run the same command again",
+    errno.EACCES: "permission denied on {path}; make it writable by this user (or point work_dir, the report folder or the "
+                  "artifact store elsewhere), then run the same command again",
+    errno.EPERM: "operation not permitted on {path}; make it writable by this user (or point work_dir, the report folder or "
+                 "the artifact store elsewhere), then run the same command again",
+    errno.ENAMETOOLONG: "{path} is longer than the file system allows; use a shorter work_dir, data_dir or report folder",
+}
+
+
+def os_error_message(exc: BaseException, where: str = "a file it writes") -> str | None:
+    """The one line for an operator's OS error anywhere in ``exc``'s chain (``raise ... from``
+    or an exception raised while handling it); ``None`` for anything else. ``where`` names the
+    place when the failed call named no file (a write). SQLite reports a full disk in words."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _OS_ERRORS:
+            path = exc.filename if exc.filename is not None else where
+            return _OS_ERRORS[exc.errno].format(path=os.fsdecode(path) if isinstance(path, bytes) else path)
+        if "database or disk is full" in str(exc):
+            return _OS_ERRORS[errno.ENOSPC].format(path="the tracking store (SQLite)")
+        exc = exc.__cause__ or exc.__context__
+    return None

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from i2x.platform.errors import I2XError
+from i2x.platform.errors import I2XError, os_error_message
 from i2x.platform.process import (
     Stopped,
     folder_lock,
@@ -237,6 +237,8 @@ def uploading(what: str, local: Path | None = None) -> Iterator[None]:
         first = code.group(1) if code else (text[:160] or type(exc).__name__)
         folder = _LOCAL_FILES[0] if _LOCAL_FILES else local
         kept = f"; local files are kept in {folder}" if folder else ""
+        if disk := os_error_message(exc, where.removeprefix("file://")):  # a full or read-only disk under a local artifact store: say so, not "credentials"
+            raise I2XError(f"uploading {what} failed" + (f" (local files are kept in {folder})" if folder else "") + f": {disk}") from None
         raise I2XError(f"uploading {what} to {where} failed ({type(exc).__name__}: {first}){kept}; "
                        "fix the store or its credentials and re-run the same command: finished stages are not redone") from None
 

@@ -10,7 +10,6 @@ interval betas), ``out/saliency/ckpt-<step:08d>.png`` (overlays) and
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -108,30 +107,28 @@ def write_explain_outputs(out: Path, doc: dict[str, Any], text: str, analysis: A
     """Write every explain artifact into ``out/{explanation,saliency,prototypes}``."""
     from i2x.explanation.saliency import upsample
     from i2x.reporting.figures import gallery_pages, plot_gallery, plot_overlays
-    from i2x.training.checkpoints import atomic_write_text
+    from i2x.training.checkpoints import atomic_path, atomic_write_text
 
     for sub in ("explanation", "saliency", "prototypes"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / EXPLANATION, text)
     atomic_write_text(out / PROTOTYPES, json.dumps(doc["prototypes"], indent=2, sort_keys=True))
-    tmp = out / "saliency" / ".maps.tmp.npz"
-    np.savez_compressed(
-        tmp,
-        maps=analysis.maps.numpy().astype(np.float16),
-        probs=analysis.probs.numpy().astype(np.float32),
-        intensities=analysis.intensities.p.astype(np.float16),
-        presence=analysis.intensities.presence,
-        assignment=analysis.protos.assignment.astype(np.int16),
-        groups=analysis.groups.astype(np.int16),
-        labels=labels.numpy().astype(np.int16),
-        steps=np.asarray([c["step"] for c in infos], dtype=np.int64),
-        images=images.numpy(),
-        interval_beta=analysis.structure.interval_beta.astype(np.float32),
-    )
-    os.replace(tmp, out / MAPS)
-    tmp = out / "prototypes" / ".centers.tmp.npz"
-    np.savez(tmp, pca_mean=analysis.protos.pca_mean, pca_components=analysis.protos.pca_components, centers=analysis.protos.centers)
-    os.replace(tmp, out / CENTERS)
+    with atomic_path(out / MAPS) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(
+            fh,
+            maps=analysis.maps.numpy().astype(np.float16),
+            probs=analysis.probs.numpy().astype(np.float32),
+            intensities=analysis.intensities.p.astype(np.float16),
+            presence=analysis.intensities.presence,
+            assignment=analysis.protos.assignment.astype(np.int16),
+            groups=analysis.groups.astype(np.int16),
+            labels=labels.numpy().astype(np.int16),
+            steps=np.asarray([c["step"] for c in infos], dtype=np.int64),
+            images=images.numpy(),
+            interval_beta=analysis.structure.interval_beta.astype(np.float32),
+        )
+    with atomic_path(out / CENTERS) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, pca_mean=analysis.protos.pca_mean, pca_components=analysis.protos.pca_components, centers=analysis.protos.centers)
 
     y = labels.numpy()
     chosen = overlay_samples(y, config.explain.overlay_per_class, config.seed)

@@ -8,7 +8,8 @@ import os
 import pickle
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,15 +65,30 @@ class CheckpointInfo:
         return {"step": self.step, "epoch": self.epoch, "metrics": self.metrics, "file": self.file}
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over ``path``."""
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary name beside ``path`` to write to; renamed over ``path`` when the block ends,
+    removed when it raises (a disk that filled up mid-write keeps no half file, and gets its
+    space back)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        cause = exc if isinstance(exc, OSError) else exc.__cause__ or exc.__context__  # torch.save wraps the write's OSError
+        if isinstance(cause, OSError) and cause.errno and cause.filename is None:  # a write names no file: name ours
+            raise OSError(cause.errno, cause.strerror, str(path)) from exc
+        raise
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, then rename over ``path``."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         fh.write(payload)
         fh.flush()
         os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -81,13 +97,10 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """``torch.save`` atomically: a crash never leaves a truncated file under ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         torch.save(payload, fh)
         fh.flush()
         os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def read_checkpoint(path: Path | str) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import torch
 from i2x.platform.config import DataConfig, PlantConfig
 from i2x.platform.errors import I2XError
 from i2x.platform.progress import steps
+from i2x.training.checkpoints import atomic_path
 from i2x.training.plants import apply_plant, check_plant
 from i2x.training.synthetic import SYNTHETIC_CLASSES, make_synthetic
 
@@ -313,9 +314,8 @@ def _read_image_folder(
         x[i] = arr[None] if channels == 1 else arr.transpose(2, 0, 1)
     y = np.array([label for _, label in files], dtype=np.int64)
     cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(f".tmp{os.getpid()}.npz")
-    np.savez(tmp, x=x, y=y)
-    os.replace(tmp, cached)
+    with atomic_path(cached) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, x=x, y=y)
     return torch.from_numpy(x), torch.from_numpy(y), found
 
 
