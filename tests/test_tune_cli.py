@@ -94,6 +94,63 @@ def test_two_workers_on_postgresql_share_one_study(explained, pg_database):
     client.set_terminated(parent.info.run_id)  # the stand-in parent of this test
 
 
+def test_a_worker_killed_mid_trial_on_postgresql_is_failed_and_its_trial_counted_once(explained, pg_database):
+    """Issue 23: two workers share a PostgreSQL study; one is SIGKILLed while it runs a trial and
+    started again. Its trial ends FAIL (its heartbeat stopped) and is retried, no trial and no
+    trial run stays RUNNING, every finished trial has exactly one MLflow run, and `i2x doctor`
+    finds nothing wrong with the store or the study."""
+    import optuna
+
+    from i2x.platform.config_io import load_config
+    from i2x.tuning.study import open_study
+
+    root, env, explain_id, client = explained
+    n = 5
+    config = load_config("smoke", {"work_dir": str(root / "work"), "tune.n_trials": str(n), "tune.heartbeat_s": "2"})
+    parent = client.create_run(client.get_run(explain_id).info.experiment_id, run_name="tune-parent", tags={"i2x.stage": "tune"})
+    study = open_study("killed", pg_database, config)
+    for key, value in {"explain_run_id": explain_id, "mlflow_parent_run_id": parent.info.run_id, "config": config.to_dict()}.items():
+        study.set_user_attr(key, value)
+
+    cmd = [sys.executable, "-m", "i2x.cli", "tune", "--worker", "--study", "killed", "--storage", pg_database]
+
+    def start():
+        return subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    survivor, victim = start(), start()
+    deadline, killed = time.time() + 600, None
+    while time.time() < deadline and killed is None:
+        for t in optuna.load_study(study_name="killed", storage=pg_database).get_trials(deepcopy=False):
+            if t.state.name == "RUNNING" and t.user_attrs.get("i2x.holder", "").split()[1:2] == [str(victim.pid)]:
+                killed = t.number
+        time.sleep(0.1)
+    assert killed is not None, "the victim never ran a trial"
+    victim.kill()
+    victim.wait(timeout=60)
+    time.sleep(5)  # past the grace period (2 x 2 s)
+    again = start()
+    outs = [w.communicate(timeout=900) for w in (survivor, again)]
+    assert [survivor.returncode, again.returncode] == [0, 0], [o[1][-1500:] for o in outs]
+    assert not any("Traceback" in o[1] for o in outs), [o[1][-1500:] for o in outs]
+
+    study = optuna.load_study(study_name="killed", storage=pg_database)
+    states = {t.number: t.state.name for t in study.trials}
+    assert states[killed] == "FAIL", states
+    assert [k for k, v in states.items() if v in ("RUNNING", "WAITING")] == [], states
+    finished = sorted(k for k, v in states.items() if v in ("COMPLETE", "PRUNED"))
+    assert n <= len(finished) <= n + 1, states
+    runs = client.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    by_number = {}
+    for run in runs:
+        by_number.setdefault(int(run.data.tags["optuna.trial_number"]), []).append(run)
+    assert {k: len(v) for k, v in by_number.items() if k in finished} == dict.fromkeys(finished, 1)
+    assert [r.info.status for r in by_number[killed]] == ["KILLED"]
+    assert [r.data.tags["optuna.trial_number"] for r in runs if r.info.status == "RUNNING"] == []
+    client.set_terminated(parent.info.run_id)  # the stand-in parent of this test
+    out = cli(env, root, "doctor", "--storage", pg_database)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+
+
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_study_resumes_and_keeps_completed_trials(explained, tmp_path, signum):
     """SIGKILL leaves the runs RUNNING until the rerun closes them; SIGTERM ends them KILLED
@@ -304,3 +361,62 @@ def test_with_no_finding_tune_says_so_in_one_line_and_runs_no_study(explained):
     assert run.info.status == "FINISHED" and run.data.tags["i2x.verdict"] == "nothing to act on"
     assert not client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
     assert optuna.get_all_study_names(storage) == []
+
+
+WRITER = """
+import sys, time
+import mlflow
+client = mlflow.MlflowClient()
+run = client.create_run(client.get_experiment_by_name("i2x").experiment_id, run_name="second writer")
+print(run.info.run_id, flush=True)
+i = 0
+while True:  # as many small writes as the store takes, each its own transaction
+    try:
+        client.log_metric(run.info.run_id, "x", i, step=i)
+    except Exception:
+        time.sleep(0.01)
+    i += 1
+"""
+
+
+def test_a_stop_under_a_second_writer_on_the_sqlite_store_is_one_line_and_ends_every_run(explained, tmp_path):
+    """Issue 23: with a second process writing the same SQLite tracking store, SIGTERM during a
+    tune printed 12 tracebacks ("database is locked", Optuna's UnboundLocalError) and left the
+    tune run and its trial RUNNING. Now: one stop line, exit 143, every run of the tune ended
+    KILLED, and `i2x doctor` finds nothing wrong once the writer's own run ends."""
+    import optuna
+
+    root, env, explain_id, client = explained
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    writer_run = writer.stdout.readline().strip()
+    try:
+        args = ["tune", "--run-id", explain_id, "--config", "smoke", "--storage", storage, "--study", "second-writer",
+                "--overrides", f"work_dir={root / 'work'},tune.n_trials=5"]
+        proc = subprocess.Popen([sys.executable, "-m", "i2x.cli", *args], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            try:
+                trials = optuna.load_study(study_name="second-writer", storage=storage).get_trials(deepcopy=False)
+                if any(t.state.name == "COMPLETE" for t in trials) and any(t.state.name == "RUNNING" for t in trials):
+                    break
+            except KeyError:
+                pass
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        writer.kill()
+        writer.wait()
+    assert proc.returncode == 143, err[-3000:]
+    assert [line for line in err.splitlines() if line.startswith("i2x: stopped by")] == [
+        "i2x: stopped by SIGTERM; the MLflow run is marked KILLED; run the same command again to resume"], err[-3000:]
+    assert "Traceback" not in err and "Exception" not in err, err[-3000:]
+    experiment = client.get_run(explain_id).info.experiment_id
+    tune = [r for r in client.search_runs([experiment]) if r.data.tags.get("optuna.study_name") == "second-writer"]
+    assert sorted({r.data.tags.get("i2x.stage") for r in tune}) == ["tune", "tune-trial"]
+    assert [r.info.status for r in tune if r.info.status != "FINISHED"] == ["KILLED"] * len([r for r in tune if r.info.status != "FINISHED"])
+    assert [r.info.status for r in tune if r.data.tags.get("i2x.stage") == "tune"] == ["KILLED"]
+    client.set_terminated(writer_run)
+    doctor = cli(env, root, "doctor", "--storage", storage)
+    assert doctor.returncode == 0, doctor.stdout[-2000:] + doctor.stderr[-2000:]

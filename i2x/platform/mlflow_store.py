@@ -12,7 +12,8 @@ and builds the store while holding an ``flock`` on ``.<db>.init.lock`` beside th
 a run ended KILLED is not turned FAILED afterwards. ``mlflow run``'s launcher does that after
 every Ctrl-C: its check that the run already ended compares the status string with integer
 codes, never matches, and overwrites the KILLED that the stopped run wrote (MLflow 3.17,
-``mlflow/projects/__init__.py``, ``_maybe_set_run_terminated``).
+``mlflow/projects/__init__.py``, ``_maybe_set_run_terminated``). And ending or tagging a run
+is retried while another writer holds the database (issue 23).
 
 Only the standard library is imported here: MLflow loads this module when it starts.
 """
@@ -59,5 +60,27 @@ def _keep_killed(store: Any) -> Any:
             run_status, end_time = None, None
         return update(run_id, run_status, end_time, run_name)
 
-    store.update_run_info = update_run_info
+    store.update_run_info = _retry_locked(update_run_info)
+    store.set_tag = _retry_locked(store.set_tag)
     return store
+
+
+def _retry_locked(write: Any, seconds: float = 120.0) -> Any:
+    """``write``, tried again while SQLite answers "database is locked": ending a run and
+    tagging it are the writes a stop cannot do without. Another process writing the store
+    without pause can hold its lock past SQLite's busy timeout (5 s), and a stopped run left
+    RUNNING is the one outcome a stop must not have."""
+    import time
+
+    def retried(*args: Any, **kwargs: Any) -> Any:
+        deadline, delay = time.monotonic() + seconds, 0.05
+        while True:
+            try:
+                return write(*args, **kwargs)
+            except Exception as exc:
+                if "database is locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(2 * delay, 1.0)
+
+    return retried

@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from i2x.platform.process import holder
+from i2x.platform.process import holder, quiet_timer
 from i2x.platform.tracking import TAG_DESCRIPTION, TAG_HOLDER, TAG_PARENT, TAG_STAGE, readable
 
 
@@ -27,18 +27,18 @@ def trial_run(parent_run_id: str, number: int, params: dict[str, Any], outcome: 
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
-    experiment_id = client.get_run(parent_run_id).info.experiment_id
-    run = client.create_run(experiment_id, run_name=f"trial-{number}", tags={
-        TAG_PARENT: parent_run_id, TAG_STAGE: "tune-trial", "optuna.trial_number": str(number), "optuna.study_name": study_name,
-        TAG_HOLDER: holder()})
-    run_id = run.info.run_id
-    for key, value in params.items():
-        client.log_param(run_id, key, ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value)
+    run_id = ""
 
     def log_epoch(epoch: int, acc: float) -> None:
         client.log_metric(run_id, "val_accuracy", readable(acc), step=epoch)
 
-    try:
+    try:  # a stop while the run is being made (seconds under a busy store) ends it too
+        experiment_id = client.get_run(parent_run_id).info.experiment_id
+        run_id = client.create_run(experiment_id, run_name=f"trial-{number}", tags={
+            TAG_PARENT: parent_run_id, TAG_STAGE: "tune-trial", "optuna.trial_number": str(number), "optuna.study_name": study_name,
+            TAG_HOLDER: holder()}).info.run_id
+        for key, value in params.items():
+            client.log_param(run_id, key, ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value)
         yield log_epoch
     except optuna.TrialPruned:
         client.set_tag(run_id, "optuna.state", "PRUNED")
@@ -46,8 +46,11 @@ def trial_run(parent_run_id: str, number: int, params: dict[str, Any], outcome: 
         client.set_terminated(run_id, status="FINISHED")
         raise
     except BaseException as exc:  # a stop (SIGINT, SIGTERM: KeyboardInterrupt) ends it KILLED, like its parent
-        client.set_tag(run_id, "optuna.state", "FAIL")
-        client.set_terminated(run_id, status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        if isinstance(exc, KeyboardInterrupt):
+            quiet_timer()  # the stop's repeating timer would cut this short under a busy store, leaving the run RUNNING
+        if run_id:
+            client.set_tag(run_id, "optuna.state", "FAIL")
+            client.set_terminated(run_id, status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     for key, value in (outcome() if outcome else {}).items():
         client.log_param(run_id, key, value if isinstance(value, (int, float, str)) else json.dumps(value, sort_keys=True)[:6000])
@@ -72,7 +75,8 @@ def adopt_trials(experiment_id: str, study_name: str, parent_run_id: str, states
             client.set_tag(run.info.run_id, TAG_PARENT, parent_run_id)
             moved += 1
         number = int(run.data.tags.get("optuna.trial_number", -1))
-        if run.info.status == "RUNNING" and states.get(number) != "RUNNING":
-            client.set_tag(run.info.run_id, "optuna.state", states.get(number, "FAIL"))
+        # a trial another worker started after ``states`` was read is not in it: its run is live
+        if run.info.status == "RUNNING" and number in states and states[number] not in ("RUNNING", "WAITING"):
+            client.set_tag(run.info.run_id, "optuna.state", states[number])
             client.set_terminated(run.info.run_id, status="KILLED")
     return moved

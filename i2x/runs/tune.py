@@ -175,6 +175,9 @@ def tune_worker(args: argparse.Namespace) -> str:
     except KeyError:
         raise I2XError(f"no study '{args.study}' in {redact(url)}; start it with 'i2x tune --run-id ...' first") from None
     attrs = study.user_attrs
+    heartbeat_s = int(attrs.get("config", {}).get("tune", {}).get("heartbeat_s", 30))
+    if heartbeat_s != 30:  # the study's own heartbeat: a killed worker's trial is stale after the grace it was started with
+        study = optuna.load_study(study_name=args.study, storage=storage_for(url, heartbeat_s))
     scratch = scratch_dir("tune-worker")
     try:
         ctx, _ = _tune_context(attrs["explain_run_id"], args, scratch, config_dict=attrs["config"])
@@ -186,6 +189,12 @@ def tune_worker(args: argparse.Namespace) -> str:
             run_study(study, rctx, objective=make_objective(rctx, track_trials(attrs["mlflow_parent_run_id"])))
         else:
             run_study(study, ctx, _track(attrs["mlflow_parent_run_id"]))
+        # a worker killed before this one ended left its trial's run RUNNING: Optuna has failed that trial (its heartbeat
+        # stopped), so its run ends KILLED here, whichever worker finishes
+        from mlflow.tracking import MlflowClient
+
+        parent = MlflowClient().get_run(attrs["mlflow_parent_run_id"])
+        trial_runs.adopt_trials(parent.info.experiment_id, args.study, parent.info.run_id, {t.number: t.state.name for t in study.trials})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print(f"i2x tune --worker: study '{args.study}' done")
