@@ -391,6 +391,9 @@ BAD_INPUTS = [
         _cut_summary),
     Bad("report into a file", ["report", "--run-id", "abc", "--out", "A_FILE"], "is a file; give a folder"),
     Bad("read-only store", ["train", "--config", "smoke"], "cannot be used (attempt to write a readonly database)", read_only_store),
+    # issue 23: OS errors met by the work are translated too (a full disk and a read-only file system: tests/test_faults.py)
+    Bad("work folder name too long", ["train", "--config", "smoke", "--overrides", f"work_dir={'w' * 300}"],
+        "is longer than the file system allows; use a shorter work_dir, data_dir or report folder"),  # OSError traceback
     # the work itself
     Bad("diverging training", [*SMOKE, "train.lr=1e6,train.epochs=1"], "training diverged at step", opens_run=True),  # FINISHED with NaN
 ]
