@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from i2x.platform.config_io import available_configs
 from i2x.platform.errors import I2XError
-from i2x.platform.process import UNDER_MAIN
+from i2x.platform.process import UNDER_MAIN, stop_on_signals
 from i2x.runs import RUNS
 
 EXIT_USAGE = 2
@@ -134,32 +134,12 @@ def _end_launched_run() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
     under_main = bool(os.environ.get(UNDER_MAIN))  # read first: `i2x main` sets it for its stages
     try:
-        if args.command in RUNS or args.command == "doctor":
-            from i2x.platform.store_checks import check_tracking_uri
-            from i2x.platform.tracking import DEFAULT_TRACKING_URI
-
-            check_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
-        if args.command in RUNS:
-            module, function = RUNS[args.command]
-            from i2x.platform.process import stop_on_signals
-            from i2x.platform.progress import heartbeat
-
-            with stop_on_signals(), heartbeat(args.command):  # a stop before the run opens is a stop too
-                getattr(importlib.import_module(module), function)(args)
-        elif args.command == "services":
-            cmd_services(args)
-        elif args.command == "doctor":
-            from i2x.runs.doctor import doctor_run
-
-            args.storage = args.storage or os.environ.get("I2X_OPTUNA_STORAGE", "")
-            return doctor_run(args)
-        else:
-            parser.print_help()
-            return EXIT_USAGE
+        # first: a stop while the tracking store is checked (seconds: MLflow's imports) is a stop too, not Python's
+        # KeyboardInterrupt traceback or a silent death by SIGTERM
+        with stop_on_signals():
+            return _command(build_parser(), argv)
     except I2XError as exc:
         print(f"i2x: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -177,6 +157,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         if line is None:
             raise
         print(f"i2x: error: {line}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    args = parser.parse_args(argv)
+    if args.command in RUNS or args.command == "doctor":
+        from i2x.platform.store_checks import check_tracking_uri
+        from i2x.platform.tracking import DEFAULT_TRACKING_URI
+
+        check_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
+    if args.command in RUNS:
+        module, function = RUNS[args.command]
+        from i2x.platform.progress import heartbeat
+
+        with heartbeat(args.command):
+            getattr(importlib.import_module(module), function)(args)
+    elif args.command == "services":
+        cmd_services(args)
+    elif args.command == "doctor":
+        from i2x.runs.doctor import doctor_run
+
+        args.storage = args.storage or os.environ.get("I2X_OPTUNA_STORAGE", "")
+        return doctor_run(args)
+    else:
+        parser.print_help()
         return EXIT_USAGE
     return 0
 

@@ -201,3 +201,40 @@ def test_os_errors_an_operator_fixes_are_named_with_their_path_and_others_are_no
     import sqlite3
 
     assert os_error_message(sqlite3.OperationalError("database or disk is full")).startswith("no space left on the device of the tracking store (SQLite); ")
+
+
+def _catches_sigterm(pid: int) -> bool:
+    """Whether the process has its own SIGTERM handler (``SigCgt`` in /proc: bit 15)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+    return False
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_while_the_command_starts_is_one_stop_line(tmp_path, signum):
+    """Issue 23 (found by the 50-point sweep): a stop in the first seconds of a command, while
+    it checked the tracking store (MLflow's imports), met Python's default handling: SIGINT
+    exited by KeyboardInterrupt (-2) and SIGTERM killed it silently (-15). The handlers are now
+    the first thing the command sets: the stop is sent as soon as they are in place (or after
+    1 s, where they were missing) and gets exit 128 + n and one line; no run is left open."""
+    import time
+
+    import mlflow
+
+    from .conftest import cli_env
+
+    env = cli_env(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "i2x.cli", "train", "--config", "smoke", "--overrides", f"work_dir={tmp_path / 'work'}"],
+                            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    start = time.monotonic()
+    while time.monotonic() - start < 1.0 and not _catches_sigterm(proc.pid):
+        time.sleep(0.005)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, err[-2000:]
+    assert [line for line in err.splitlines() if not line.startswith("20")] == [
+        f"i2x: stopped by {signal.Signals(signum).name}; the MLflow run is marked KILLED; run the same command again to resume"], err[-2000:]
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    if (tmp_path / "mlflow.db").exists():
+        assert "RUNNING" not in set(mlflow.search_runs(search_all_experiments=True)["status"])
