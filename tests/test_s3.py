@@ -220,6 +220,9 @@ def test_s3_outage_mid_run_then_restart_and_rerun_completes(s3, tmp_path):
     out, err = proc.communicate(timeout=600)
     assert proc.returncode != 0, f"the run survived the outage ({uploaded} objects were up before it): {out[-1500:]}"
     assert "i2x: error:" in err, err[-3000:]
+    doctor = [sys.executable, "-m", "i2x.cli", "doctor", "--work", str(tmp_path / "work"), "--verify"]
+    after_outage = subprocess.run(doctor, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert after_outage.returncode == 0, after_outage.stdout[-2000:]  # no run left RUNNING, every checkpoint whole
 
     services.up(s3["root"], s3["stack"][:1])  # back, with its data
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
@@ -227,6 +230,8 @@ def test_s3_outage_mid_run_then_restart_and_rerun_completes(s3, tmp_path):
     _, stages = runs_by_stage(env, exp)
     assert_contract(keys(s3["url"], "outage/"), "outage/", stages)
     assert stages["train"].data.tags.get("i2x.resumed_from_step")  # training was not redone
+    after_rerun = subprocess.run(doctor, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert after_rerun.returncode == 0, after_rerun.stdout[-2000:]  # every FINISHED run's manifest matches S3, hash for hash
 
 
 def test_compose_file_matches_the_native_stack(tmp_path, monkeypatch):

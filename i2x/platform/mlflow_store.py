@@ -13,7 +13,8 @@ a run ended KILLED is not turned FAILED afterwards. ``mlflow run``'s launcher do
 every Ctrl-C: its check that the run already ended compares the status string with integer
 codes, never matches, and overwrites the KILLED that the stopped run wrote (MLflow 3.17,
 ``mlflow/projects/__init__.py``, ``_maybe_set_run_terminated``). And ending or tagging a run
-is retried while another writer holds the database (issue 23).
+is retried while another writer holds the database, and a stop waits for the store's
+transaction to end instead of cutting into it (issue 23).
 
 Only the standard library is imported here: MLflow loads this module when it starts.
 """
@@ -62,7 +63,23 @@ def _keep_killed(store: Any) -> Any:
 
     store.update_run_info = _retry_locked(update_run_info)
     store.set_tag = _retry_locked(store.set_tag)
+    store.ManagedSessionMaker = _uninterrupted(store.ManagedSessionMaker)
     return store
+
+
+def _uninterrupted(session_maker: Any) -> Any:
+    """Every transaction of the store inside :func:`i2x.platform.process.uninterrupted`: a stop
+    (SIGINT, SIGTERM) waits for the transaction to end instead of cutting into it."""
+    import contextlib
+
+    from i2x.platform.process import uninterrupted
+
+    @contextlib.contextmanager
+    def session(*args: Any, **kwargs: Any) -> Any:
+        with uninterrupted(), session_maker(*args, **kwargs) as inner:
+            yield inner
+
+    return session
 
 
 def _retry_locked(write: Any, seconds: float = 120.0) -> Any:

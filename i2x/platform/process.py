@@ -36,6 +36,26 @@ def quiet_timer() -> None:
         signal.setitimer(signal.ITIMER_REAL, 0)
 
 
+_CRITICAL = threading.local()  # the main thread's depth of store transactions (uninterrupted)
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """A block a stop must not cut in two: a tracking-store transaction. A stop cut into one
+    leaves its connection holding the SQLite lock while the exception is handled, and the
+    run's own end (KILLED) then waited on that lock. A stop that arrives inside is raised by
+    the stop's timer once the block is over (within 0.1 s)."""
+    _CRITICAL.depth = getattr(_CRITICAL, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _CRITICAL.depth -= 1
+
+
+def _in_critical() -> bool:
+    return getattr(_CRITICAL, "depth", 0) > 0
+
+
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[list[int]]:
     """Turn SIGTERM and SIGINT into :class:`Stopped` (main thread only); handlers restored on exit.
@@ -55,10 +75,12 @@ def stop_on_signals() -> Iterator[list[int]]:
         if len(pending) > 1:  # a second signal (mlflow's launcher sends SIGTERM after Ctrl-C's SIGINT) must not
             return            # interrupt the cleanup of the first, nor rename it; the timer delivers the first
         signal.setitimer(signal.ITIMER_REAL, 0.1, 0.1)
-        raise Stopped(signum)
+        if not _in_critical():  # else the timer raises it once the store's transaction is over
+            raise Stopped(signum)
 
     def again(_signum: int, _frame: Any) -> None:
-        raise Stopped(pending[0])
+        if not _in_critical():
+            raise Stopped(pending[0])
 
     def unraisable(info: Any) -> None:  # a stop swallowed in a finalizer: the timer raises it again, silently
         if not isinstance(info.exc_value, Stopped):

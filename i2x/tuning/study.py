@@ -23,7 +23,7 @@ from optuna.exceptions import ExperimentalWarning
 from i2x.explanation.prototypes import Prototypes
 from i2x.platform.config import Config
 from i2x.platform.errors import I2XError
-from i2x.platform.process import holder
+from i2x.platform.process import holder, holder_alive
 from i2x.platform.progress import doing, duration, say, steps
 from i2x.platform.secrets import has_secret, redact
 from i2x.training.batches import to_float
@@ -292,6 +292,12 @@ def run_study(study: Any, ctx: Any, track: Any = None, objective: Callable[[Any]
     optimize_log = logging.getLogger("optuna.study._optimize")
     if not any(isinstance(f, QuietStops) for f in optimize_log.filters):
         optimize_log.addFilter(QuietStops())
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        # a worker on this host that is gone (SIGKILL, a crash) cannot end its trial; its heartbeat may not be stale
+        # yet when the rerun starts (seconds later), and the trial would stay RUNNING under a finished study
+        held = trial.user_attrs.get("i2x.holder")
+        if held and holder_alive(held) is False:
+            study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
     if hasattr(study._storage, "get_heartbeat_interval") and study._storage.get_heartbeat_interval():
         optuna.storages.fail_stale_trials(study)  # a killed worker's trial: FAIL, then retried
     n = ctx.config.tune.n_trials
