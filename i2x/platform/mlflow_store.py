@@ -85,7 +85,7 @@ def _uninterrupted(session_maker: Any) -> Any:
 def _retry_locked(write: Any, seconds: float = 120.0) -> Any:
     """``write``, tried again while SQLite answers "database is locked": ending a run and
     tagging it are the writes a stop cannot do without. Another process writing the store
-    without pause can hold its lock past SQLite's busy timeout (5 s), and a stopped run left
+    without pause can hold its lock past the busy timeout MLflow sets (20 s), and a stopped run left
     RUNNING is the one outcome a stop must not have."""
     import time
 

@@ -175,9 +175,8 @@ def tune_worker(args: argparse.Namespace) -> str:
     except KeyError:
         raise I2XError(f"no study '{args.study}' in {redact(url)}; start it with 'i2x tune --run-id ...' first") from None
     attrs = study.user_attrs
-    heartbeat_s = int(attrs.get("config", {}).get("tune", {}).get("heartbeat_s", 30))
-    if heartbeat_s != 30:  # the study's own heartbeat: a killed worker's trial is stale after the grace it was started with
-        study = optuna.load_study(study_name=args.study, storage=storage_for(url, heartbeat_s))
+    # again with the study's own heartbeat: a killed worker's trial is stale after the grace it was started with
+    study = optuna.load_study(study_name=args.study, storage=storage_for(url, int(attrs["config"]["tune"]["heartbeat_s"])))
     scratch = scratch_dir("tune-worker")
     try:
         ctx, _ = _tune_context(attrs["explain_run_id"], args, scratch, config_dict=attrs["config"])

@@ -313,7 +313,6 @@ def _read_image_folder(
             raise _unreadable(path, exc) from exc
         x[i] = arr[None] if channels == 1 else arr.transpose(2, 0, 1)
     y = np.array([label for _, label in files], dtype=np.int64)
-    cached.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(cached) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, x=x, y=y)
     return torch.from_numpy(x), torch.from_numpy(y), found
