@@ -17,7 +17,7 @@ What is checked per point:
   leave only runs and trials whose holder is gone (the next holder closes them);
 - **the rerun**: exit 0, its result equal to the reference (train: the final weights bit for
   bit; explain: the explanation without its timestamps; report: the page; main: both; tune:
-  the number of trials and the strategies summarised, as a resumed study retries a killed trial
+  the number of finished trials and the strategies summarised, as a resumed study retries a killed trial
   under another sampler state), and 0 violations after it.
 
 Prints a line per point and the totals; ``--out`` keeps one JSON row per point.
@@ -129,7 +129,8 @@ class Lab:
         if stage == "report":
             return self._artifact_sha(self.ref["explain_id"], "report/index.html")
         summary = json.loads(mlflow.artifacts.load_text(f"runs:/{self.newest('tune', work)}/tuning/summary.json"))
-        return json.dumps({"n_trials": summary["study"]["n_trials"], "strategies": sorted(summary["strategies"])})
+        # finished trials: a killed trial stays in the study as one FAIL and is retried, so the total is one more
+        return json.dumps({"n_finished": summary["study"]["n_finished"], "strategies": sorted(summary["strategies"])})
 
     def _artifact_sha(self, run_id: str, path: str) -> str:
         import mlflow

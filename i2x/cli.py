@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from i2x.platform.config_io import available_configs
 from i2x.platform.errors import I2XError
-from i2x.platform.process import UNDER_MAIN, stop_on_signals
+from i2x.platform.process import UNDER_MAIN, exit_when_done, stop_on_signals
 from i2x.runs import RUNS
 
 EXIT_USAGE = 2
@@ -186,5 +186,19 @@ def _command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int
     return 0
 
 
+def run(argv: Sequence[str] | None = None) -> None:
+    """The program (``i2x``, ``python -m i2x.cli``, the MLproject shims): ``main``, then exit
+    with its code; a stop that lands after the command is done changes nothing."""
+    done = exit_when_done()
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse: --help, a usage error
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if not isinstance(exc.code, (int, type(None))):
+            print(exc.code, file=sys.stderr)
+    done(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

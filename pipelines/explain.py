@@ -1,8 +1,6 @@
 """MLproject entry point `explain`: a thin shim over `i2x explain` (see i2x/cli.py)."""
 
-import sys
-
 from pipelines import entry
 
 if __name__ == "__main__":
-    sys.exit(entry("explain"))
+    entry("explain")

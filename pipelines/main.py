@@ -1,8 +1,6 @@
 """MLproject entry point `main`: a thin shim over `i2x main` (see i2x/cli.py)."""
 
-import sys
-
 from pipelines import entry
 
 if __name__ == "__main__":
-    sys.exit(entry("main"))
+    entry("main")

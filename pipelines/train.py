@@ -1,8 +1,6 @@
 """MLproject entry point `train`: a thin shim over `i2x train` (see i2x/cli.py)."""
 
-import sys
-
 from pipelines import entry
 
 if __name__ == "__main__":
-    sys.exit(entry("train"))
+    entry("train")

@@ -238,3 +238,32 @@ def test_a_stop_while_the_command_starts_is_one_stop_line(tmp_path, signum):
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     if (tmp_path / "mlflow.db").exists():
         assert "RUNNING" not in set(mlflow.search_runs(search_all_experiments=True)["status"])
+
+
+LATE_STOP = """
+import atexit, os, signal, sys, time
+atexit.register(lambda: (os.kill(os.getpid(), int(sys.argv[1])), time.sleep(5)))  # runs last, after MLflow's own
+from i2x.cli import run
+run(sys.argv[2:])
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("command,code", [(["doctor", "--work", "{work}"], 0), (["train", "--config", "no-such-config"], 2), (["--help"], 0)])
+def test_a_stop_after_the_command_is_done_keeps_its_exit_code_and_says_nothing(tmp_path, signum, command, code):
+    """Issue 23 (the sweep's point 7: train SIGINT at 11.4 s exited -2 with no stop line, the run
+    already FINISHED): a stop that lands while the interpreter tears down (atexit callbacks,
+    thread joins) printed Python's KeyboardInterrupt traceback, or died silently by SIGTERM. The
+    work is done, so the process now exits at once with the command's own code and says nothing
+    more. The stop is sent from an atexit callback that runs after every other one."""
+    from .conftest import cli_env
+
+    (tmp_path / "work").mkdir()
+    argv = [part.replace("{work}", str(tmp_path / "work")) for part in command]
+    proc = subprocess.run([sys.executable, "-c", LATE_STOP, str(int(signum)), *argv], env=cli_env(tmp_path), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == code, proc.stderr[-2000:]
+    for text in ("Traceback", "stopped by", "Exception ignored", "KeyboardInterrupt"):
+        assert text not in proc.stderr, proc.stderr[-2000:]
+    if command == ["--help"]:
+        assert "usage:" in proc.stdout  # flushed before the quick exit

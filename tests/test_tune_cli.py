@@ -1,5 +1,6 @@
 """The tune stage as users run it: real subprocesses, a real PostgreSQL server, SIGKILL."""
 
+import json
 import os
 import signal
 import subprocess
@@ -158,6 +159,7 @@ def test_killed_study_resumes_and_keeps_completed_trials(explained, tmp_path, si
     FINISHED tune run that holds every trial. The rerun starts at once, long before the
     killed trial's heartbeat (30 s) is stale: it ends that trial because its holder is gone
     (the fault sweep found it left RUNNING under the finished study)."""
+    import mlflow
     import optuna
 
     root, env, explain_id, client = explained
@@ -209,11 +211,17 @@ def test_killed_study_resumes_and_keeps_completed_trials(explained, tmp_path, si
     trials = [r for r in runs if r.data.tags["i2x.stage"] == "tune-trial"]
     assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {final.info.run_id}
     assert {int(r.data.tags["optuna.trial_number"]) for r in trials} >= set(after)
+    # the summary counts each trial once by its final state: the killed one is one FAIL, not a finished trial
+    failed = [t.number for t in study.trials if t.state.name == "FAIL"]
+    assert failed, {t.number: t.state.name for t in study.trials}
+    summary = json.loads(mlflow.artifacts.load_text(f"runs:/{final.info.run_id}/tuning/summary.json"))["study"]
+    assert (summary["n_trials"], summary["n_finished"], summary["n_failed"]) == (len(study.trials), len(_finished(study)), len(failed))
     # `report --out` of the tune run carries the study's figures, as the run's own report does
     out = cli(env, root, "report", "--run-id", final.info.run_id, "--out", str(tmp_path / "tune-report"))
     assert out.returncode == 0, out.stderr[-2000:]
     page = (tmp_path / "tune-report" / "index.html").read_text()
     assert "Optuna: validation accuracy per trial" in page and "The study" in page  # figures are embedded in the page
+    assert f"{len(study.trials)} trials ({len(_finished(study))} finished, {len(failed)} failed" in page
 
 
 def test_tune_needs_an_explain_run(explained):

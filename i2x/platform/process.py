@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +96,30 @@ def stop_on_signals() -> Iterator[list[int]]:
         for sig, old in previous.items():
             signal.signal(sig, old)
         sys.unraisablehook = hook
+
+
+def exit_when_done() -> Callable[[int], None]:
+    """For a process entry point, around ``main``: SIGTERM/SIGINT before ``main`` holds its own
+    handlers (and in the instant after it lets them go) is :class:`Stopped`, which ``main``
+    turns into its one stop line; once the command is done, a stop exits at once with the
+    command's own exit code. Without this, a stop during the interpreter's teardown (atexit
+    callbacks, thread joins: seconds after an MLflow run) printed Python's KeyboardInterrupt
+    traceback and exited -2, or died silently by SIGTERM, after the work had finished.
+    Returns the function to call with the exit code."""
+    code: list[int] = []
+
+    def late(signum: int, _frame: Any) -> None:
+        if not code:
+            raise Stopped(signum)
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code[0])
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, late)
+    return code.append
 
 
 @contextlib.contextmanager

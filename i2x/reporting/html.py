@@ -216,10 +216,18 @@ def tune_report(summary: dict[str, Any], out: Path, optuna_figures: Sequence[Pat
                 "pareto_front.png": "Optuna: validation accuracy against focal-pair validation confusions (Pareto front)"}
     figures = [_img(p, captions.get(p.name, p.name)) for p in optuna_figures]
     if figures:
-        body += _section("The study", [f"{summary.get('study', {}).get('n_trials', '?')} trials; validation-set values, not test."], figures)
+        body += _section("The study", [f"{_study_line(summary.get('study', {}))}; validation-set values, not test."], figures)
     index = out / "index.html"
     index.write_text(_page("I2X-guided fine-tuning", f"study {summary.get('study', {}).get('name', '')}", body))
     return index
+
+
+def _study_line(record: dict[str, Any]) -> str:
+    """``"5 trials (4 finished, 1 failed: stopped or killed)"`` for the reports."""
+    total, failed = record.get("n_trials", "?"), record.get("n_failed", 0)
+    if not failed:
+        return f"{total} trials"
+    return f"{total} trials ({record.get('n_finished', '?')} finished, {failed} failed: stopped, killed or raised)"
 
 
 def repair_report(summary: dict[str, Any], out: Path, figs: dict[str, Any]) -> Path:
@@ -260,7 +268,7 @@ def repair_report(summary: dict[str, Any], out: Path, figs: dict[str, Any]) -> P
     sections.append(_section("Verdicts (paired over seeds)", verdict_lines(summary), []))
     optuna = [_img(p, p.name) for p in figs.get("optuna", [])]
     if optuna:
-        sections.append(_section("The study", [f"{summary.get('study', {}).get('n_trials', '?')} trials; validation values (the i2x "
+        sections.append(_section("The study", [f"{_study_line(summary.get('study', {}))}; validation values (the i2x "
                                                 "held-out set), not test."], optuna))
     index = out / "index.html"
     index.write_text(_page("i2x repair: acting on what the explanation found", f"study {summary.get('study', {}).get('name', '')}",

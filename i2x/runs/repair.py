@@ -110,6 +110,7 @@ def repair_run(args: argparse.Namespace, inputs: tuple, build_ctx: Callable[[], 
         tracking.log_params(config.flat())
         if finding is None:
             return _nothing(parent.info.run_id, local, config)
+        from i2x.tuning.comparison import study_record
         from i2x.tuning.guided import REPAIR_METRICS, make_objective, seed_trials
         from i2x.tuning.study import open_study, run_study
 
@@ -129,7 +130,7 @@ def repair_run(args: argparse.Namespace, inputs: tuple, build_ctx: Callable[[], 
         run_study(study, rctx, objective=make_objective(rctx, track_trials(parent.info.run_id)))
         trial_runs.adopt_trials(parent.info.experiment_id, name, parent.info.run_id, {t.number: t.state.name for t in study.trials})
         summary = _evaluate(study, rctx, local)
-        summary["study"] = {"name": name, "storage": redact(url), "n_trials": len(study.trials)}
+        summary["study"] = study_record(study, url)
         return _publish(parent, summary, rctx, study, local, config)
 
 

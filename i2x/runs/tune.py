@@ -93,7 +93,13 @@ def tune_run(args: argparse.Namespace) -> str:
     if args.worker:
         return tune_worker(args)
     from i2x.reporting.run_figures import plot_optuna, plot_strategies
-    from i2x.tuning.comparison import STRATEGIES, final_evaluation, summary_markdown, verdict_line
+    from i2x.tuning.comparison import (
+        STRATEGIES,
+        final_evaluation,
+        study_record,
+        summary_markdown,
+        verdict_line,
+    )
     from i2x.tuning.study import open_study, resolve_storage, run_study
 
     if not args.run_id:
@@ -130,7 +136,7 @@ def tune_run(args: argparse.Namespace) -> str:
             # after a killed run: its trials move under this run; the killed trial's run ends KILLED
             trial_runs.adopt_trials(parent.info.experiment_id, name, parent.info.run_id, {t.number: t.state.name for t in study.trials})
             summary = final_evaluation(study, ctx, cache=local / "controls.json")
-            summary["study"] = {"name": name, "storage": redact(url), "n_trials": len(study.trials)}
+            summary["study"] = study_record(study, url)
             text = summary_markdown(summary)
             out = local / "tuning"  # kept locally: a failed upload loses nothing
             out.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from i2x.platform.progress import steps
+from i2x.platform.secrets import redact
 from i2x.training.checkpoints import atomic_write_text
 from i2x.tuning.finetune import evaluate_on_test, finetune
 from i2x.tuning.perturbation import Plan, affected
@@ -324,3 +325,14 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     goal_line = "" if goal is None else (f"\n\nGoal (tuned cuts {focal} confusions by >= 10% against its full->full at no loss of accuracy): "
                                          f"{'MET' if goal else 'NOT MET'}.")
     return "\n".join(lines) + note + f"\n\n{summary['verdict']['text']}{goal_line}\n"
+
+
+def study_record(study: Any, url: str) -> dict[str, Any]:
+    """What the summary says about the study: every trial counted once, by its final state (a
+    trial killed with its worker is one FAIL, and its retry one more trial)."""
+    from optuna.trial import TrialState
+
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    finished = sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states)
+    return {"name": study.study_name, "storage": redact(url), "n_trials": len(states), "n_finished": finished,
+            "n_failed": sum(s == TrialState.FAIL for s in states)}
