@@ -58,9 +58,9 @@ SETTINGS = {
 PLANT = "plant.kind=shortcut,plant.mark=square,plant.position=fixed,plant.corner=br,plant.test=0.5"
 
 
-def one_seed(dataset: str, seed: int, rho: float, target: int, trials: int, lr: float, work: Path) -> list[dict]:
-    import optuna
-
+def prepare(dataset: str, seed: int, rho: float, target: int, lr: float, work: Path) -> tuple[RepairContext, Finding | None, dict, float]:
+    """Train on the planted data, explain it, and build what tune's repair needs: the repair
+    context, the report's lead shortcut check (None: no check), the explanation, explain's seconds."""
     name, cut = SETTINGS[dataset]
     config = load_config(name, f"work_dir={work},seed={seed},{cut},{PLANT},plant.classes=[{target}],plant.rho={rho},"
                                f"tune.seeds=1,tune.epoch_samples=0,tune.repair_lr={lr}")
@@ -91,6 +91,14 @@ def one_seed(dataset: str, seed: int, rho: float, target: int, trials: int, lr: 
                         assignment=assign(data.train_x), finding=finding or Finding(-1, 0, "", "none"), device=device,
                         test_groups=groups_of(config.plant, data.classes, data.test_y.numpy(), data.test_marks.numpy()),
                         true_train=(2 * data.train_y + (data.train_marks[:, 0] >= 0).long()).numpy(), assign=assign)
+    return ctx, finding, doc, t_explain
+
+
+def one_seed(dataset: str, seed: int, rho: float, target: int, trials: int, lr: float, work: Path) -> list[dict]:
+    import optuna
+
+    ctx, finding, doc, t_explain = prepare(dataset, seed, rho, target, lr, work)
+    data = ctx.data
     t0 = time.perf_counter()
     chosen = {"erm": {"params": {}}, "jtt": {"params": choose_jtt(ctx)}, "dfr": {"params": {"C": 1.0}}, "oracle": {"params": {}}}
     if finding is not None:
