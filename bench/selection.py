@@ -10,8 +10,10 @@ a fixed set of strategy variants, and prints, per variant, the held-out set's wo
 which kind of edit it is: erased, pasted, as it was) next to the test split's worst true group,
 with the rank agreement (Spearman) and whether both pick the same variant.
 
-    python bench/selection.py --seeds 3                        # the held-out set tune uses
-    python bench/selection.py --seeds 3 --take-out swap-out    # the cue taken out with a real image's pixels
+    python bench/selection.py --seeds 3
+
+(The swap-out row of docs/benchmarks.md, the cue taken out with a real image's pixels, ran with
+``--take-out swap-out`` of this bench at commit a1150e0; tune did not adopt it.)
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.repair import prepare  # noqa: E402
 from i2x.training.loop import predictions  # noqa: E402
-from i2x.tuning.guided import heldout, run_strategy, score  # noqa: E402
+from i2x.tuning.guided import run_strategy, score  # noqa: E402
 
 VARIANTS = [("erm", {}), ("i2x-augment", {"how": "swap", "share": 0.5}), ("i2x-augment", {"how": "mask", "share": 0.5}),
             ("i2x-augment", {"how": "blur", "share": 0.5}), ("i2x-groups", {"power": 1.0}), ("i2x-groups", {"power": 0.5}),
@@ -48,13 +50,11 @@ def heldout_parts(ctx) -> dict[str, np.ndarray]:
     return {k: v & part for k, v in kinds.items()}
 
 
-def one(dataset: str, seed: int, rho: float, target: int, lr: float, work: Path, take_out: str) -> list[dict]:
+def one(dataset: str, seed: int, rho: float, target: int, lr: float, work: Path) -> list[dict]:
     ctx, finding, _, _ = prepare(dataset, seed, rho, target, lr, work)
     if finding is None:
         print(f"seed {seed}: no shortcut check; nothing to choose", flush=True)
         return []
-    # the held-out set every strategy (i2x-dfr refits on its fit half) and the scoring read
-    ctx._cache["held", ctx.config.seed] = heldout(ctx.data, ctx.cells, ctx.finding.cls, ctx.config.seed, take_out)
     parts = heldout_parts(ctx)
     h = ctx.held
     rows = []
@@ -92,14 +92,12 @@ def main() -> None:
     ap.add_argument("--rho", type=float, default=0.95)
     ap.add_argument("--target", type=int, default=7)
     ap.add_argument("--lr", type=float, default=0.01)
-    ap.add_argument("--take-out", choices=["mean", "swap-out"], default="mean",
-                    help="how the held-out set takes the cue out of its class's images (tune: mean)")
     ap.add_argument("--work", default="bench/out/selection-work")
     ap.add_argument("--out", default="bench/out/selection.jsonl")
     args = ap.parse_args()
     rows = []
     for seed in range(args.seeds):
-        rows += one(args.dataset, seed, args.rho, args.target, args.lr, Path(args.work) / f"seed-{seed}", args.take_out)
+        rows += one(args.dataset, seed, args.rho, args.target, args.lr, Path(args.work) / f"seed-{seed}")
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in rows))
     agreement(rows)

@@ -240,27 +240,44 @@ def test_a_stop_while_the_command_starts_is_one_stop_line(tmp_path, signum):
         assert "RUNNING" not in set(mlflow.search_runs(search_all_experiments=True)["status"])
 
 
-LATE_STOP = """
+LATE_STOP = {
+    # an atexit callback that runs last, after MLflow's own
+    "atexit": """
 import atexit, os, signal, sys, time
-atexit.register(lambda: (os.kill(os.getpid(), int(sys.argv[1])), time.sleep(5)))  # runs last, after MLflow's own
+atexit.register(lambda: (os.kill(os.getpid(), int(sys.argv[1])), time.sleep(5)))
 from i2x.cli import run
 run(sys.argv[2:])
-"""
+""",
+    # a finalizer of the main module, after Python has reset its signal handlers to the default
+    # (the CI slice's train SIGINT at 9.6 s landed there: exit -2, silent)
+    "teardown": """
+import os, sys, time
+from i2x.cli import run
+class Late:
+    def __del__(self, kill=os.kill, pid=os.getpid(), sig=int(sys.argv[1]), sleep=time.sleep):
+        kill(pid, sig); sleep(1)
+late = Late()
+run(sys.argv[2:])
+""",
+}
 
 
+@pytest.mark.parametrize("when", sorted(LATE_STOP))
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 @pytest.mark.parametrize("command,code", [(["doctor", "--work", "{work}"], 0), (["train", "--config", "no-such-config"], 2), (["--help"], 0)])
-def test_a_stop_after_the_command_is_done_keeps_its_exit_code_and_says_nothing(tmp_path, signum, command, code):
+def test_a_stop_after_the_command_is_done_keeps_its_exit_code_and_says_nothing(tmp_path, signum, command, code, when):
     """Issue 23 (the sweep's point 7: train SIGINT at 11.4 s exited -2 with no stop line, the run
     already FINISHED): a stop that lands while the interpreter tears down (atexit callbacks,
     thread joins) printed Python's KeyboardInterrupt traceback, or died silently by SIGTERM. The
     work is done, so the process now exits at once with the command's own code and says nothing
-    more. The stop is sent from an atexit callback that runs after every other one."""
+    more. The stop is sent from an atexit callback that runs after every other one, and from a
+    finalizer of the main module (after Python has reset its handlers: there the old program
+    died silently by the signal, the CI slice's failure)."""
     from .conftest import cli_env
 
     (tmp_path / "work").mkdir()
     argv = [part.replace("{work}", str(tmp_path / "work")) for part in command]
-    proc = subprocess.run([sys.executable, "-c", LATE_STOP, str(int(signum)), *argv], env=cli_env(tmp_path), cwd=tmp_path,
+    proc = subprocess.run([sys.executable, "-c", LATE_STOP[when], str(int(signum)), *argv], env=cli_env(tmp_path), cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == code, proc.stderr[-2000:]
     for text in ("Traceback", "stopped by", "Exception ignored", "KeyboardInterrupt"):

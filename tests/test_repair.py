@@ -119,42 +119,6 @@ def test_the_held_out_set_has_every_group_from_the_explanation_alone(repair):
     assert (h.x == h.original).flatten(1).all(1).float().mean() < 0.7  # about half were edited
 
 
-def test_the_swap_out_held_out_set_takes_the_cue_out_with_pixels_of_the_class_without_it(repair):
-    """The experiment of bench/selection.py (tune keeps the mean fill). Planted truth (the mark on every 7, so no 7 is without the cue): in the held-out 7s whose
-    cue was taken out, the planted mark is gone and the cells hold the image's own background
-    (its median). Where some fit 7s are without the cue (here: 40 of them, their cells cleared),
-    every changed pixel is the pixel at the same place of one of those 40. The earlier fill (the
-    image's mean) leaves a grey square that no test image has; a model fine-tuned with the same fill
-    learned it as a new cue for the class (bench/selection.py)."""
-    ctx, _ = repair
-    data, cls = ctx.data, ctx.finding.cls
-    fit, val = data.fit_idx, data.val_idx
-    marks = data.train_marks[val]
-
-    def taken(h):
-        edited = (h.x != h.original).flatten(1).any(1).numpy()
-        return np.flatnonzero((h.y == cls).numpy() & (h.groups % 2 == 0) & (marks[:, 0] >= 0).numpy() & edited)
-
-    h = heldout(data, ctx.cells, cls, 0, take_out="swap-out")
-    assert not (~ctx.cells[fit][data.train_y[fit] == cls].flatten(1).any(1)).any()  # no cue-free 7: the median fill
-    assert len(taken(h)) >= 10, len(taken(h))
-    for i in taken(h):
-        r0, c0, r1, c1 = (int(v) for v in marks[i][:4])
-        assert h.x[i, :, r0:r1, c0:c1].float().mean() < 0.5 * h.original[i, :, r0:r1, c0:c1].float().mean()  # the mark is gone
-        changed = (h.x[i] != h.original[i]).any(0)
-        assert (h.x[i][:, changed] == h.original[i].flatten(1).median(1).values[:, None]).all()
-
-    cells = ctx.cells.clone()
-    free = fit[data.train_y[fit] == cls][:40]
-    cells[free] = False
-    h = heldout(data, cells, cls, 0, take_out="swap-out")
-    assert len(taken(h)) >= 10, len(taken(h))
-    donors = data.train_x[free]
-    for i in taken(h):
-        changed = (h.x[i] != h.original[i]).any(0)
-        assert (donors[:, :, changed] == h.x[i][:, changed]).flatten(1).all(1).any(), f"image {i}: no cue-free 7 gave its pixels"
-
-
 def test_the_repair_study_and_every_baseline_run_and_are_scored_by_the_true_groups(repair):
     import optuna
 

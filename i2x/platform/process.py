@@ -6,6 +6,7 @@ lifecycle on these.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import os
@@ -116,9 +117,14 @@ def exit_when_done() -> Callable[[int], None]:
                 stream.flush()
         os._exit(code[0])
 
+    def ignore() -> None:  # the last atexit callback: Python then resets its handlers to the default (death)
+        for sig in (signal.SIGTERM, signal.SIGINT):  # for the rest of the teardown (modules, torch's C++
+            signal.signal(sig, signal.SIG_IGN)       # destructors), which the sweep once hit; SIG_IGN is kept
+
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, late)
+        atexit.register(ignore)  # registered first, so it runs after every other atexit callback
     return code.append
 
 

@@ -223,7 +223,7 @@ def tune_report(summary: dict[str, Any], out: Path, optuna_figures: Sequence[Pat
 
 
 def _study_line(record: dict[str, Any]) -> str:
-    """``"5 trials (4 finished, 1 failed: stopped or killed)"`` for the reports."""
+    """``"5 trials (4 finished, 1 failed: stopped, killed or raised)"`` for the reports."""
     total, failed = record.get("n_trials", "?"), record.get("n_failed", 0)
     if not failed:
         return f"{total} trials"

@@ -147,17 +147,10 @@ def donor_positions(data: DataBundle, cells: torch.Tensor, cls: int) -> torch.Te
     return fit[(data.train_y[fit] == cls) & (share > 0) & (share <= MAX_PASTE_SHARE)]
 
 
-def heldout(data: DataBundle, cells: torch.Tensor, cls: int, seed: int, take_out: str = "mean") -> HeldOut:
+def heldout(data: DataBundle, cells: torch.Tensor, cls: int, seed: int) -> HeldOut:
     """The i2x held-out set: the validation images, the finding's cells (from a random fit
     image of class ``cls`` that carries it) pasted into half of the other classes' images and
-    erased from half of class ``cls``'s images that carry it: filled with the image's mean
-    (``take_out="mean"``, what tune uses), or (``"swap-out"``, an experiment of
-    ``bench/selection.py``) with the pixels at the same place of a random fit image of the class
-    without the finding (its per-channel median where every image of the class has it). The
-    mean leaves a grey patch that no test image has; taking the cue out with a real image's
-    pixels ranked the strategies slightly closer to the test split's order on three seeds but
-    picked a worse strategy on two of them and in the planted end-to-end test, so tune keeps the
-    mean until a sweep over seeds decides (docs/benchmarks.md)."""
+    erased (the image mean) from half of class ``cls``'s images that carry it."""
     val = data.val_idx
     gen = torch.Generator().manual_seed(seed * 104_729 + 17)
     original = data.train_x[val]
@@ -172,17 +165,7 @@ def heldout(data: DataBundle, cells: torch.Tensor, cls: int, seed: int, take_out
         m = cell_mask(cells[which], size)
         x[paste] = x[paste] * (1 - m) + to_float(data.train_x[which]) * m
     m = cell_mask(c & erase[:, None, None], size)
-    free = data.fit_idx[(data.train_y[data.fit_idx] == cls) & ~cells[data.fit_idx].flatten(1).any(1)]
-    if take_out == "mean":
-        fill = x.mean(dim=(2, 3), keepdim=True).expand_as(x)
-    elif take_out != "swap-out":
-        raise ValueError(f"take_out must be 'mean' or 'swap-out', got {take_out!r}")
-    elif len(free):
-        fill = torch.zeros_like(x)
-        fill[erase] = to_float(data.train_x[free[torch.randint(0, len(free), (int(erase.sum()),), generator=gen)]])
-    else:
-        fill = x.flatten(2).median(dim=2).values[:, :, None, None].expand_as(x)
-    x = x * (1 - m) + fill * m
+    x = x * (1 - m) + x.mean(dim=(2, 3), keepdim=True) * m
     now = ((present & ~erase) | paste).long()
     split = torch.rand(len(y), generator=gen).numpy() < 0.5
     return HeldOut((x * 255).round().clamp(0, 255).to(torch.uint8), original, y, (2 * y + now).numpy(), split)
