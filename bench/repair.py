@@ -166,15 +166,20 @@ def table(path: Path) -> None:
           "CIs: bootstrap over seeds, paired.")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_planted_args(ap: argparse.ArgumentParser, seeds: int, work: str) -> None:
+    """The planted cut and fine-tuning rate that :func:`prepare` takes (this bench and bench/selection.py)."""
     ap.add_argument("--dataset", choices=sorted(SETTINGS), default="mnist")
-    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--seeds", type=int, default=seeds)
     ap.add_argument("--rho", type=float, default=0.95)
     ap.add_argument("--target", type=int, default=7)
-    ap.add_argument("--trials", type=int, default=8)
     ap.add_argument("--lr", type=float, default=0.01)
-    ap.add_argument("--work", default="bench/out/power-work")
+    ap.add_argument("--work", default=work)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_planted_args(ap, seeds=5, work="bench/out/power-work")
+    ap.add_argument("--trials", type=int, default=8)
     ap.add_argument("--out", default="")
     ap.add_argument("--table", default="")
     args = ap.parse_args()

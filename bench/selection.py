@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.repair import prepare  # noqa: E402
+from bench.repair import add_planted_args, prepare  # noqa: E402
 from i2x.training.loop import predictions  # noqa: E402
 from i2x.tuning.guided import run_strategy, score  # noqa: E402
 
@@ -87,12 +87,7 @@ def agreement(rows: list[dict]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dataset", default="mnist")
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--rho", type=float, default=0.95)
-    ap.add_argument("--target", type=int, default=7)
-    ap.add_argument("--lr", type=float, default=0.01)
-    ap.add_argument("--work", default="bench/out/selection-work")
+    add_planted_args(ap, seeds=3, work="bench/out/selection-work")
     ap.add_argument("--out", default="bench/out/selection.jsonl")
     args = ap.parse_args()
     rows = []
