@@ -58,12 +58,12 @@ SETTINGS = {
 PLANT = "plant.kind=shortcut,plant.mark=square,plant.position=fixed,plant.corner=br,plant.test=0.5"
 
 
-def prepare(dataset: str, seed: int, rho: float, target: int, lr: float, work: Path) -> tuple[RepairContext, Finding | None, dict, float]:
+def prepare(dataset: str, seed: int, rho: float, target: int, lr: float, work: Path, extra: str = "") -> tuple[RepairContext, Finding | None, dict, float]:
     """Train on the planted data, explain it, and build what tune's repair needs: the repair
     context, the report's lead shortcut check (None: no check), the explanation, explain's seconds."""
     name, cut = SETTINGS[dataset]
     config = load_config(name, f"work_dir={work},seed={seed},{cut},{PLANT},plant.classes=[{target}],plant.rho={rho},"
-                               f"tune.seeds=1,tune.epoch_samples=0,tune.repair_lr={lr}")
+                               f"tune.seeds=1,tune.epoch_samples=0,tune.repair_lr={lr}" + (f",{extra}" if extra else ""))
     data = load_data(config.data, config.seed, config.plant)
     device = resolve_device("cpu")
     result = train(config, data, run_folder(config), progress=False)
@@ -94,10 +94,10 @@ def prepare(dataset: str, seed: int, rho: float, target: int, lr: float, work: P
     return ctx, finding, doc, t_explain
 
 
-def one_seed(dataset: str, seed: int, rho: float, target: int, trials: int, lr: float, work: Path) -> list[dict]:
+def one_seed(dataset: str, seed: int, rho: float, target: int, trials: int, lr: float, work: Path, extra: str = "") -> list[dict]:
     import optuna
 
-    ctx, finding, doc, t_explain = prepare(dataset, seed, rho, target, lr, work)
+    ctx, finding, doc, t_explain = prepare(dataset, seed, rho, target, lr, work, extra)
     data = ctx.data
     t0 = time.perf_counter()
     chosen = {"erm": {"params": {}}, "jtt": {"params": choose_jtt(ctx)}, "dfr": {"params": {"C": 1.0}}, "oracle": {"params": {}}}
@@ -128,7 +128,8 @@ def one_seed(dataset: str, seed: int, rho: float, target: int, trials: int, lr: 
                      "finding": None if finding is None else finding.prototype, "finding_class": None if finding is None else finding.class_name,
                      "finding_is_mark": bool(finding is not None and finding.cls == target
                                              and doc["prototypes"][finding.prototype]["where"]["region"].startswith("bottom-right")),
-                     "mark_cells_with_finding": where, "explain_s": round(t_explain, 1), "study_s": round(t_study, 1)})
+                     "mark_cells_with_finding": where, "explain_s": round(t_explain, 1), "study_s": round(t_study, 1), "set": extra,
+                     "heldout_take_out": ctx.config.tune.heldout_take_out, "refit_take_out": ctx.config.tune.refit_take_out})
     return rows
 
 
@@ -170,6 +171,8 @@ def add_planted_args(ap: argparse.ArgumentParser, seeds: int, work: str) -> None
     """The planted cut and fine-tuning rate that :func:`prepare` takes (this bench and bench/selection.py)."""
     ap.add_argument("--dataset", choices=sorted(SETTINGS), default="mnist")
     ap.add_argument("--seeds", type=int, default=seeds)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds run from this one (fresh seeds check a rule chosen on others)")
+    ap.add_argument("--set", default="", help="extra config overrides, e.g. tune.heldout_take_out=mean (written to every row)")
     ap.add_argument("--rho", type=float, default=0.95)
     ap.add_argument("--target", type=int, default=7)
     ap.add_argument("--lr", type=float, default=0.01)
@@ -190,9 +193,9 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     done = {json.loads(line)["seed"] for line in out.read_text().splitlines()} if out.is_file() else set()
     start = time.perf_counter()
-    todo = [s for s in range(args.seeds) if s not in done]
+    todo = [s for s in range(args.first_seed, args.first_seed + args.seeds) if s not in done]
     for i, seed in enumerate(todo):
-        rows = one_seed(args.dataset, seed, args.rho, args.target, args.trials, args.lr, Path(args.work))
+        rows = one_seed(args.dataset, seed, args.rho, args.target, args.trials, args.lr, Path(args.work), args.set)
         with out.open("a") as fh:
             fh.writelines(json.dumps(r) + "\n" for r in rows)
         eta = (time.perf_counter() - start) / (i + 1) * (len(todo) - i - 1)

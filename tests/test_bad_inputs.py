@@ -295,6 +295,8 @@ BAD_INPUTS = [
     Bad("optimizer choice", [*SMOKE, "train.optimizer=adamw2"], "config key 'train.optimizer' must be one of sgd, adam, got 'adamw2'"),
     Bad("schedule choice", [*SMOKE, "train.lr_schedule=bogus"], "'train.lr_schedule' must be one of"),
     Bad("device choice", [*SMOKE, "train.device=tpu"], "config key 'train.device' must be one of auto, cpu, cuda, got 'tpu'"),
+    Bad("held-out take-out choice", [*SMOKE, "tune.heldout_take_out=erase"],
+        "config key 'tune.heldout_take_out' must be one of none, swap-out, blur, mean, got 'erase'"),
     Bad("unknown saliency method", [*SMOKE, "explain.method=gradkam"], "unknown explain.method 'gradkam'; choose one of"),
     Bad("unknown perturbation kind", [*SMOKE, "tune.kinds=[drop,smudge]"], "tune.kinds ['drop', 'smudge'] must be a non-empty list of"),
     Bad("override without =", [*SMOKE, "noequals"], "override 'noequals' is not key=value (example:"),

@@ -19,10 +19,10 @@ from i2x.tuning.guided import (
     Finding,
     RepairContext,
     evaluate,
-    heldout,
     make_objective,
     scoring_groups,
 )
+from i2x.tuning.heldout import TAKE_OUT, heldout
 from i2x.tuning.repair import counterfactual, i2x_groups
 from i2x.tuning.repair_summary import summarize_repair
 from i2x.tuning.study import assign_images
@@ -119,6 +119,42 @@ def test_the_held_out_set_has_every_group_from_the_explanation_alone(repair):
     assert (h.x == h.original).flatten(1).all(1).float().mean() < 0.7  # about half were edited
 
 
+def _mark_left(h, marks: np.ndarray, taken: np.ndarray) -> float:
+    """Median share of the planted mark's brightness left in the ``taken`` images."""
+    left = [h.x[i, :, r0:r1, c0:c1].float().mean() / h.original[i, :, r0:r1, c0:c1].float().mean()
+            for i in np.flatnonzero(taken) for r0, c0, r1, c1 in [marks[i, :4]]]
+    return float(np.median(left))
+
+
+def test_each_way_of_taking_the_cue_out_edits_only_its_cells_on_the_same_split(repair):
+    """Planted truth: the finding is the mark. Every way edits the class's images only inside
+    the finding's cells and pastes the same donors into the same other images; all share one
+    fit/scoring split (i2x-dfr refits on one way's fit half and is judged on another's scoring
+    half, which must be other images). ``swap-out`` takes the mark out (a real 7's corner),
+    ``mean`` leaves a grey patch, ``blur`` at the image corner leaves most of the mark, and
+    ``none`` leaves the class's images as they were."""
+    ctx, _ = repair
+    data, cls = ctx.data, ctx.finding.cls
+    val = data.val_idx
+    marks = data.train_marks[val].numpy()
+    own = (data.train_y[val] == cls).numpy()
+    allowed = cell_mask(ctx.cells[val], tuple(data.train_x.shape[-2:])).bool().any(1)
+    helds = {t: heldout(data, ctx.cells, cls, 3, t) for t in TAKE_OUT}
+    first = helds["mean"]
+    left = {}
+    for t, h in helds.items():
+        assert (h.fit == first.fit).all(), t
+        changed = (h.x != h.original).any(1)
+        assert not (changed[own] & ~allowed[own]).any(), t
+        assert (h.x[~own] == first.x[~own]).all(), t  # the same pastes
+        taken = own & changed.flatten(1).any(1).numpy() & (marks[:, 0] >= 0)
+        assert (taken.sum() == 0) == (t == "none"), (t, taken.sum())
+        if t != "none":
+            left[t] = _mark_left(h, marks, taken)
+    assert left["swap-out"] < 0.1 and left["blur"] > 0.5 and 0.1 < left["mean"] < 0.5, left
+    assert (helds["none"].groups[own] % 2 == 1).mean() > 0.9  # the class's images keep the cue (95% are marked)
+
+
 def test_the_repair_study_and_every_baseline_run_and_are_scored_by_the_true_groups(repair):
     import optuna
 
@@ -179,8 +215,9 @@ def test_tune_acts_on_the_planted_mark_end_to_end(mlflow_store, tmp_path, monkey
     assert {"summary.json", "summary.md", "repair.png"} <= names
     # 95% of the 7s marked: the model leans on the mark (worst group, marked non-7s read as 7,
     # far below average) and a label-free strategy passes the do-no-harm guard and lifts the
-    # worst group on the test split (seen here: i2x-dfr 84% against 43% before, 42% ERM, 33%
-    # JTT, 77% DFR with the true groups; every 7 marked, as before, left nothing to choose once
+    # worst group on the test split (seen with the earlier mean-filled held-out set: i2x-dfr 84%
+    # against 43% before, 42% ERM, 33% JTT, 77% DFR with the true groups; it passes with tune's
+    # judging set now, the cue pasted only; every 7 marked, as before, left nothing to choose once
     # the environment's packages moved: the guard declined all three)
     chosen = summary["chosen_strategy"]
     rows = summary["strategies"]

@@ -168,6 +168,11 @@ class TuneConfig:
         repair_lr: the learning rate every repair strategy and baseline fine-tunes with.
         max_accuracy_loss: a repair trial is chosen only within this much validation
             accuracy of the final model (the best worst group among those).
+        heldout_take_out: how the i2x held-out set that judges every repair trial takes the
+            finding out of its class's images (:mod:`i2x.tuning.heldout`): ``none`` (OURS,
+            default: the cue is only pasted into the other classes' images), ``swap-out``,
+            ``blur`` or ``mean``. refit_take_out: the same for the set that i2x-dfr refits its
+            last layer on (``swap-out``): not the set it is judged on (bench/selection.py).
         n_trials: total trials of the study (COMPLETE + PRUNED), over all workers.
         storage: Optuna storage URL; empty means ``sqlite:///mlruns/optuna.db``. A
             PostgreSQL URL or ``journal:<path>`` (several processes on one host) work too.
@@ -210,6 +215,8 @@ class TuneConfig:
     repair_strategies: tuple[str, ...] = ("i2x-augment", "i2x-groups", "i2x-dfr")
     repair_lr: float = 0.01
     max_accuracy_loss: float = 0.01
+    heldout_take_out: Literal["none", "swap-out", "blur", "mean"] = "none"
+    refit_take_out: Literal["none", "swap-out", "blur", "mean"] = "swap-out"
     n_trials: int = 8
     storage: str = ""
     study_name: str = ""

@@ -5,8 +5,8 @@ over ``tune.seeds`` seeds and scored on the test set by group.
 What i2x may read: the finding (a prototype ``k`` the final model relies on for class ``c``),
 the cells assigned to ``k`` in every training image, and the labels. Never a group label.
 The study's second objective is therefore built from the explanation alone: the i2x
-held-out set (:func:`heldout`) is the validation split with the finding's cells pasted into
-half of the other classes' images and erased from half of the class's own, so that every
+held-out set (:mod:`i2x.tuning.heldout`) is the validation split with the finding's cells
+pasted into half of the other classes' images and taken out of half of the class's own, so that every
 (class, finding present) group occurs; its worst group says whether a model still follows
 the cue. The truth (a plant's marks, a group file) is read only by the baselines marked as
 using it (``dfr``, ``oracle``) and by the test-set scoring.
@@ -29,7 +29,7 @@ from i2x.training.batches import to_float
 from i2x.training.data import DataBundle
 from i2x.training.groups import Groups, group_metrics, group_table
 from i2x.training.loop import predictions
-from i2x.training.pixels import cell_mask
+from i2x.tuning.heldout import HeldOut, donor_positions, heldout, worst_group
 from i2x.tuning.repair import (
     USES_TRUE_GROUPS,
     Budget,
@@ -44,9 +44,7 @@ I2X_STRATEGIES = ("i2x-augment", "i2x-groups", "i2x-dfr")
 BASELINES = ("erm", "jtt", "dfr", "oracle")
 REPAIR_METRICS = ("heldout_accuracy", "heldout_worst_i2x_group")
 JTT_LAMBDAS = (5.0, 20.0)
-MIN_GROUP = 5  # a group with fewer validation images is not scored (its accuracy is noise)
 MIN_TEST_GROUP = 20
-MAX_PASTE_SHARE = 0.2  # of an image's cells: a cue, not the object (see donor_positions)
 
 
 @dataclass(frozen=True)
@@ -57,23 +55,6 @@ class Finding:
     cls: int
     class_name: str
     statement: str
-
-
-@dataclass(frozen=True)
-class HeldOut:
-    """Validation images, edited by the explanation's cells (see the module doc).
-
-    Attributes:
-        x: ``(N, C, H, W)`` uint8, edited; original: the same images unedited; y: labels.
-        groups: i2x group after the edit, ``2 * class + finding present``.
-        fit: bool, the half the last-layer strategies refit on; the study scores the rest.
-    """
-
-    x: torch.Tensor
-    original: torch.Tensor
-    y: torch.Tensor
-    groups: np.ndarray
-    fit: np.ndarray
 
 
 @dataclass
@@ -114,68 +95,31 @@ class RepairContext:
 
     @property
     def held(self) -> HeldOut:
-        """The study's i2x held-out set (built with the run's seed)."""
+        """The study's i2x held-out set, the one every trial is judged on (the run's seed,
+        the cue taken out as ``tune.heldout_take_out`` says)."""
         return self.held_for(self.config.seed)
 
-    def held_for(self, seed: int) -> HeldOut:
-        """The i2x held-out set built with ``seed``: the evaluation's last-layer refits draw
-        a new one per seed, as DFR's repeats draw new held-out subsets."""
-        if ("held", seed) not in self._cache:
-            self._cache["held", seed] = heldout(self.data, self.cells, self.finding.cls, seed)
-        return self._cache["held", seed]
+    def held_for(self, seed: int, take_out: str = "") -> HeldOut:
+        """The i2x held-out set built with ``seed`` (the evaluation's last-layer refits draw
+        a new one per seed, as DFR's repeats draw new held-out subsets), the cue taken out by
+        ``take_out`` (empty: ``tune.heldout_take_out``). Every way splits the same images into
+        the same fit and scoring halves."""
+        take_out = take_out or self.config.tune.heldout_take_out
+        if ("held", seed, take_out) not in self._cache:
+            self._cache["held", seed, take_out] = heldout(self.data, self.cells, self.finding.cls, seed, take_out)
+        return self._cache["held", seed, take_out]
 
     def budget(self) -> Budget:
         t = self.config.tune
         return Budget(epochs=1, lr=t.repair_lr, batch_size=self.config.train.batch_size, samples=t.epoch_samples)
 
     def donors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fit images of the finding's class that carry it in at most :data:`MAX_PASTE_SHARE`
+        """Fit images of the finding's class that carry it in at most :data:`i2x.tuning.heldout.MAX_PASTE_SHARE`
         of their cells (:func:`donor_positions`), as floats, and their cells."""
         if "donors" not in self._cache:
             pos = donor_positions(self.data, self.cells, self.finding.cls)[:2000]
             self._cache["donors"] = (to_float(self.data.train_x[pos]), self.cells[pos])
         return self._cache["donors"]
-
-
-def donor_positions(data: DataBundle, cells: torch.Tensor, cls: int) -> torch.Tensor:
-    """Fit images of class ``cls`` whose finding cells are a cue, not the object: present in
-    at most :data:`MAX_PASTE_SHARE` of the image's cells. Pasting more (a broad prototype,
-    the top of a 6) would draw the class's object into another class's image under that
-    image's label, and teach the model to miss the class itself."""
-    fit = data.fit_idx
-    share = cells[fit].flatten(1).float().mean(1)
-    return fit[(data.train_y[fit] == cls) & (share > 0) & (share <= MAX_PASTE_SHARE)]
-
-
-def heldout(data: DataBundle, cells: torch.Tensor, cls: int, seed: int) -> HeldOut:
-    """The i2x held-out set: the validation images, the finding's cells (from a random fit
-    image of class ``cls`` that carries it) pasted into half of the other classes' images and
-    erased (the image mean) from half of class ``cls``'s images that carry it."""
-    val = data.val_idx
-    gen = torch.Generator().manual_seed(seed * 104_729 + 17)
-    original = data.train_x[val]
-    x, y, c = to_float(original), data.train_y[val], cells[val]
-    present = c.flatten(1).any(1)
-    donor_pos = donor_positions(data, cells, cls)
-    paste = (y != cls) & (torch.rand(len(y), generator=gen) < 0.5) & (len(donor_pos) > 0)
-    erase = (y == cls) & present & (torch.rand(len(y), generator=gen) < 0.5)
-    size = tuple(x.shape[-2:])
-    if paste.any():
-        which = donor_pos[torch.randint(0, len(donor_pos), (int(paste.sum()),), generator=gen)]
-        m = cell_mask(cells[which], size)
-        x[paste] = x[paste] * (1 - m) + to_float(data.train_x[which]) * m
-    m = cell_mask(c & erase[:, None, None], size)
-    x = x * (1 - m) + x.mean(dim=(2, 3), keepdim=True) * m
-    now = ((present & ~erase) | paste).long()
-    split = torch.rand(len(y), generator=gen).numpy() < 0.5
-    return HeldOut((x * 255).round().clamp(0, 255).to(torch.uint8), original, y, (2 * y + now).numpy(), split)
-
-
-def worst_group(pred: np.ndarray, y: np.ndarray, groups: np.ndarray, min_size: int = MIN_GROUP) -> float:
-    """Lowest accuracy over the groups with at least ``min_size`` images."""
-    hit = np.asarray(pred) == np.asarray(y)
-    accs = [hit[groups == g].mean() for g in np.unique(groups) if (groups == g).sum() >= min_size]
-    return float(min(accs)) if accs else float("nan")
 
 
 def jtt_errors(ctx: RepairContext) -> np.ndarray:
@@ -217,8 +161,8 @@ def run_strategy(ctx: RepairContext, name: str, params: dict[str, Any], seed: in
     fit = ctx.data.fit_idx.numpy()
     weights = transform = None
     if name in ("i2x-dfr", "dfr"):
-        if name == "i2x-dfr":
-            h = ctx.held_for(seed)
+        if name == "i2x-dfr":  # refit on edits of another kind than those it is judged on (bench/selection.py)
+            h = ctx.held_for(seed, ctx.config.tune.refit_take_out)
             x, y, groups = h.x[h.fit], h.y[h.fit], h.groups[h.fit]
         else:
             x, y, groups = true_heldout(ctx, seed)

@@ -113,10 +113,10 @@ def changed_examples(ctx: RepairContext, name: str, params: dict[str, Any], n: i
     fit, y, cls, classes = ctx.data.fit_idx, ctx.data.train_y, ctx.finding.cls, ctx.data.classes
     k = ctx.finding.prototype
     if name == "i2x-dfr":
-        h = ctx.held
+        h = ctx.held_for(ctx.config.seed, ctx.config.tune.refit_take_out)  # what it refits on
         edited = np.flatnonzero((h.x != h.original).flatten(1).any(1).numpy())[:n]
         return (to_float(h.original[edited]).numpy(), to_float(h.x[edited]).numpy(),
-                [f"{classes[int(h.y[i])]}: P{k} {'added' if h.groups[i] % 2 else 'erased'} (held-out)" for i in edited])
+                [f"{classes[int(h.y[i])]}: P{k} {'added' if h.groups[i] % 2 else 'taken out'} (held-out)" for i in edited])
     if name == "i2x-groups":
         weights = balanced_weights(ctx.groups[fit.numpy()]) ** float(params.get("power", 1.0))
         top = np.argsort(-weights, kind="stable")[:n]
