@@ -100,8 +100,6 @@ def test_a_worker_killed_mid_trial_on_postgresql_is_failed_and_its_trial_counted
     started again. Its trial ends FAIL (its heartbeat stopped) and is retried, no trial and no
     trial run stays RUNNING, every finished trial has exactly one MLflow run, and `i2x doctor`
     finds nothing wrong with the store or the study."""
-    import optuna
-
     from i2x.platform.config_io import load_config
     from i2x.tuning.study import open_study
 
@@ -118,11 +116,32 @@ def test_a_worker_killed_mid_trial_on_postgresql_is_failed_and_its_trial_counted
     def start():
         return subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
+    def trial_runs(number: int) -> list:
+        return client.search_runs([parent.info.experiment_id], filter_string=(
+            f"tags.mlflow.parentRunId = '{parent.info.run_id}' and tags.`optuna.trial_number` = '{number}'"))
+
     survivor, victim = start(), start()
+    try:
+        _kill_one_and_check(start, trial_runs, pg_database, client, parent, n, survivor, victim)
+    finally:
+        client.set_terminated(parent.info.run_id)  # the stand-in parent of this test; RUNNING would fail the tests after it
+        for worker in (survivor, victim):
+            if worker.poll() is None:
+                worker.kill()
+    out = cli(env, root, "doctor", "--storage", pg_database)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+
+
+def _kill_one_and_check(start, trial_runs, pg_database, client, parent, n, survivor, victim):
+    import optuna
+
     deadline, killed = time.time() + 600, None
     while time.time() < deadline and killed is None:
         for t in optuna.load_study(study_name="killed", storage=pg_database).get_trials(deepcopy=False):
-            if t.state.name == "RUNNING" and t.user_attrs.get("i2x.holder", "").split()[1:2] == [str(victim.pid)]:
+            # mid-trial: its holder is the victim and its MLflow run exists (on a slow machine the holder is set
+            # seconds before the run is; a kill in between leaves no run to end)
+            if t.state.name == "RUNNING" and t.user_attrs.get("i2x.holder", "").split()[1:2] == [str(victim.pid)] \
+                    and trial_runs(t.number):
                 killed = t.number
         time.sleep(0.1)
     assert killed is not None, "the victim never ran a trial"
@@ -147,9 +166,6 @@ def test_a_worker_killed_mid_trial_on_postgresql_is_failed_and_its_trial_counted
     assert {k: len(v) for k, v in by_number.items() if k in finished} == dict.fromkeys(finished, 1)
     assert [r.info.status for r in by_number[killed]] == ["KILLED"]
     assert [r.data.tags["optuna.trial_number"] for r in runs if r.info.status == "RUNNING"] == []
-    client.set_terminated(parent.info.run_id)  # the stand-in parent of this test
-    out = cli(env, root, "doctor", "--storage", pg_database)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
