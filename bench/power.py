@@ -39,7 +39,7 @@ from i2x.platform.config_io import apply_overrides, load_config  # noqa: E402
 from i2x.reporting.claims import named_prototypes, shortcut_checks  # noqa: E402
 from i2x.training.checkpoints import list_checkpoints, model_from_checkpoint, read_checkpoint  # noqa: E402
 from i2x.training.data import load_data  # noqa: E402
-from i2x.training.loop import resolve_device, run_folder, train  # noqa: E402
+from i2x.training.loop import predictions, resolve_device, run_folder, train  # noqa: E402
 
 # What each data set's sweep cuts, so that it fits a 2-core CPU (stated in the README with the curve).
 # The permutation null is off: the claim under test, the shortcut check, rests on the causal
@@ -54,23 +54,29 @@ CORNER = ("bottom-right", "bottom-right quarter")  # where the planted mark sits
 PLANT = "plant.kind=shortcut,plant.mark=square,plant.position=fixed,plant.corner=br,plant.test=0.5"
 
 
-def mark_prototype(doc: dict, data, analysis, share: float = 0.8) -> int | None:
-    """The prototype assigned to at least ``share`` of the mark's grid cells (those at least
-    half covered by the mark) in the marked analysis images, or None."""
-    boxes = data.train_marks[data.analysis_idx].numpy()
-    a = analysis.protos.assignment
-    h, w = a.shape[-2:]
-    ch, cw = data.image_size / h, data.image_size / w
+def mark_cell_ids(marks: np.ndarray, assignment: np.ndarray, image_size: int) -> np.ndarray:
+    """The prototype ids of every grid cell at least half covered by a mark, over the images
+    whose ``marks`` box (y0, x0, y1, x1; -1 when unmarked) is set; ``assignment`` holds the
+    same images' cells."""
+    h, w = assignment.shape[-2:]
+    ch, cw = image_size / h, image_size / w
     cells = []
-    for i in np.flatnonzero(boxes[:, 0] >= 0):
-        y0, x0, y1, x1 = boxes[i]
+    for i in np.flatnonzero(marks[:, 0] >= 0):
+        y0, x0, y1, x1 = marks[i]
         for r in range(h):
             for c in range(w):
                 dy = min(y1, (r + 1) * ch) - max(y0, r * ch)
                 dx = min(x1, (c + 1) * cw) - max(x0, c * cw)
                 if dy > 0 and dx > 0 and dy * dx >= 0.5 * ch * cw:
-                    cells.append(int(a[i, r, c]))
-    if not cells:
+                    cells.append(int(assignment[i, r, c]))
+    return np.asarray(cells, dtype=np.int64)
+
+
+def mark_prototype(doc: dict, data, analysis, share: float = 0.8) -> int | None:
+    """The prototype assigned to at least ``share`` of the mark's grid cells (those at least
+    half covered by the mark) in the marked analysis images, or None."""
+    cells = mark_cell_ids(data.train_marks[data.analysis_idx].numpy(), np.asarray(analysis.protos.assignment), data.image_size)
+    if not len(cells):
         return None
     ids, counts = np.unique(cells, return_counts=True)
     return int(ids[counts.argmax()]) if counts.max() >= share * len(cells) else None
@@ -88,6 +94,20 @@ def judge(doc: dict, target: str, k: int | None) -> dict:
     return {"mark_prototype": k, "detected": bool(detected), "finding": bool(finding), "n_findings": len(named["findings"]),
             "shortcut_checks": [(r["prototype"], r["class"], r["where"].get("region")) for r in checks],
             "corner_checks": corner, "lead": checks[0]["prototype"] if checks else None}
+
+
+def reliance(model, data, target: int) -> dict:
+    """How much the final model uses the mark, from the test split (marked in half of every
+    class): ``flip`` = the share of marked other-class images it calls ``target`` minus that of
+    the unmarked ones, and the worst (class, mark) group's accuracy. What a detector could find
+    is bounded by this, not by rho: a model that learned the class's shape instead has no
+    shortcut to state."""
+    pred = predictions(model, data.test_x, 1000, torch.device("cpu")).numpy()
+    y, marked = data.test_y.numpy(), data.test_marks[:, 0].numpy() >= 0
+    other = y != target
+    flip = float((pred[other & marked] == target).mean() - (pred[other & ~marked] == target).mean())
+    accs = [float((pred[g] == y[g]).mean()) for c in np.unique(y) for g in ((y == c) & marked, (y == c) & ~marked) if g.any()]
+    return {"flip": round(flip, 4), "worst_group": round(min(accs), 4)}
 
 
 def _first(doc: dict) -> int | None:
@@ -122,10 +142,11 @@ def one(dataset: str, rho: float | None, seed: int, n: int, work: Path, permuted
                             resolve_device("cpu"), target_layer=payloads[-1]["target_layer"], progress=False)
     t_explain = time.perf_counter() - t0
     k = mark_prototype(doc, adata, analysis) if rho is not None else None
+    used = reliance(model_from_checkpoint(payloads[-1], str(files[-1])), data, target) if data.test_marks is not None else {}
     (work / "docs").mkdir(parents=True, exist_ok=True)
     _doc_path(work, dataset, rho, seed, n, permuted).write_text(json.dumps(doc))
     row = {"dataset": dataset, "rho": rho, "seed": seed, "n": n, "permuted": permuted, "target": target,
-           "test_accuracy": result.final_metrics["test_accuracy"], "train_s": round(t_train, 1), "explain_s": round(t_explain, 1),
+           "test_accuracy": result.final_metrics["test_accuracy"], "train_s": round(t_train, 1), "explain_s": round(t_explain, 1), **used,
            **judge(doc, data.classes[target], k)}
     return row
 

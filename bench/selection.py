@@ -26,10 +26,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.power import mark_cell_ids  # noqa: E402
 from bench.repair import add_planted_args, prepare  # noqa: E402
-from i2x.training.loop import predictions  # noqa: E402
-from i2x.tuning.guided import run_strategy, score  # noqa: E402
-from i2x.tuning.heldout import TAKE_OUT, heldout, worst_group  # noqa: E402
+from i2x.tuning.guided import does_no_harm, run_strategy, score, validation_scores  # noqa: E402
+from i2x.tuning.heldout import TAKE_OUT, heldout  # noqa: E402
 from i2x.tuning.repair import retrain_last_layer  # noqa: E402
 
 VARIANTS = [("i2x-augment", {"how": "swap", "share": 0.5}), ("i2x-augment", {"how": "mask", "share": 0.5}),
@@ -39,30 +39,15 @@ MAX_LOSS = 0.01
 
 
 def judge(model, ctx, helds) -> dict[str, list[float]]:
-    """Per way of taking the cue out: (held-out accuracy, held-out worst i2x group, as-is
-    validation accuracy) on the scoring half, as tune's ``validation_scores``."""
-    out = {}
-    for t, h in helds.items():
-        part = ~h.fit
-        y = h.y[part].numpy()
-        pred = predictions(model, h.x[part], 1000, ctx.device).numpy()
-        as_is = predictions(model, h.original[part], 1000, ctx.device).numpy()
-        out[t] = [float((pred == y).mean()), worst_group(pred, y, h.groups[part]), float((as_is == y).mean())]
-    return out
+    """Per way of taking the cue out: tune's ``validation_scores`` on that held-out set."""
+    return {t: list(validation_scores(ctx, model, h)) for t, h in helds.items()}
 
 
-def mark_share(ctx) -> float:
-    """Share of the marked training images whose mark-centre cell is assigned to the finding:
-    near 1 when the finding is the mark, not when it is a broad prototype that merely occurs
-    in those images."""
-    m = ctx.data.train_marks
-    marked = (m[:, 0] >= 0).nonzero().flatten()
-    if not len(marked):
-        return 0.0
-    (h, w), size = ctx.cells.shape[1:], ctx.data.train_x.shape[-1]
-    r = ((m[marked, 0] + m[marked, 2]) // 2 * h // size).long()
-    c = ((m[marked, 1] + m[marked, 3]) // 2 * w // size).long()
-    return float(ctx.cells[marked, r, c].float().mean())
+def mark_share(ctx, prototype: int) -> float:
+    """Share of the marked training images' mark cells assigned to ``prototype``: near 1 when
+    the finding is the mark, not when it is a broad prototype that merely occurs in those images."""
+    ids = mark_cell_ids(ctx.data.train_marks.numpy(), np.asarray(ctx.assignment), ctx.data.train_x.shape[-1])
+    return float((ids == prototype).mean()) if len(ids) else 0.0
 
 
 def one(dataset: str, seed: int, rho: float, target: int, lr: float, work: Path, extra: str = "") -> list[dict]:
@@ -70,13 +55,13 @@ def one(dataset: str, seed: int, rho: float, target: int, lr: float, work: Path,
     if finding is None:
         print(f"seed {seed}: no shortcut check; nothing to choose", flush=True)
         return []
-    on_mark = mark_share(ctx)
+    on_mark = mark_share(ctx, finding.prototype)
     helds = {t: heldout(ctx.data, ctx.cells, finding.cls, ctx.config.seed, t) for t in TAKE_OUT}
     rows = []
 
     def add(variant: str, model, refit_on: str | None = None) -> None:
         test = score(model, ctx, ctx.test_groups)
-        rows.append({"seed": seed, "finding": finding.prototype, "finding_on_mark_centre": on_mark, "variant": variant, "refit_on": refit_on,
+        rows.append({"seed": seed, "finding": finding.prototype, "finding_on_mark": on_mark, "variant": variant, "refit_on": refit_on,
                      "heldout": judge(model, ctx, helds), "test_worst": test["worst_group"], "test_accuracy": test["accuracy"]})
         r = rows[-1]
         print(f"seed {seed} {variant + (f' (refit on {refit_on})' if refit_on else ''):<52} held-out worst "
@@ -104,8 +89,7 @@ def candidates(rows: list[dict], refit_on: str) -> list[dict]:
 
 def pick(rows: list[dict], key, base: dict[str, list[float]], judged_by: list[str]) -> dict | None:
     """Tune's rule: do no harm on every way in ``judged_by``, then the best ``key``."""
-    ok = [r for r in rows if all(r["heldout"][t][0] >= base[t][0] - MAX_LOSS and r["heldout"][t][1] > base[t][1]
-                                 and r["heldout"][t][2] >= base[t][2] - MAX_LOSS for t in judged_by)]
+    ok = [r for r in rows if all(does_no_harm(r["heldout"][t], base[t], MAX_LOSS) for t in judged_by)]
     return max(ok, key=key) if ok else None
 
 
@@ -136,10 +120,10 @@ def table(rows: list[dict]) -> None:
         picks = "; ".join(f"{s}: {g['variant'] + (' ' + g['refit_on'] if g['refit_on'] else '') if g else 'declined'}" for s, g in got.items())
         print(f"| {name} | {' / '.join(f'{100 * v:.1f}' for v in vals)} | {100 * np.mean(vals):.1f} | {picks} |")
     def where(r: dict) -> str:
-        share = r.get("finding_on_mark_centre")
+        share = r.get("finding_on_mark", r.get("finding_on_mark_centre"))  # files before 2026-11-30 hold the centre cell's share
         return f"P{r['finding']}" + ("" if share is None else f" {100 * share:.0f}%")
 
-    print("\nfinding per seed (its share of the marked images' mark-centre cells): "
+    print("\nfinding per seed (its share of the marked images' mark cells): "
           + "; ".join(f"{s}: {where(rs[0])}" for s, rs in by_seed.items()))
 
 

@@ -3,6 +3,7 @@ edits touch only the finding's cells, and the repair study with its baselines ru
 the test set by group, on MNIST with a planted mark."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from i2x.tuning.guided import (
     RepairContext,
     evaluate,
     make_objective,
+    pick,
     scoring_groups,
 )
 from i2x.tuning.heldout import TAKE_OUT, heldout
@@ -238,3 +240,19 @@ def test_tune_acts_on_the_planted_mark_end_to_end(mlflow_store, tmp_path, monkey
 
     with pytest.raises(I2XError, match=f"was logged by tune run {run.info.run_id}, not by an i2x training run"):
         resolve_run(run.data.tags[TAG_MODEL_URI], "explain")
+
+
+def test_a_repair_is_chosen_only_if_it_raises_the_worst_group_and_costs_at_most_the_allowed_accuracy():
+    """Hand-built trials against a final model at (held-out 0.90, worst group 0.50, as-is 0.95)
+    with 1 point allowed: a higher worst group bought with 2 points of either accuracy is
+    declined, a tie on the worst group goes to the higher accuracy, and when nothing raises the
+    worst group nothing is chosen."""
+    def trial(number, held, worst, as_is):
+        return SimpleNamespace(number=number, values=(held, worst), user_attrs={"val_accuracy": as_is})
+
+    base = (0.90, 0.50, 0.95)
+    costly = [trial(0, 0.88, 0.80, 0.95), trial(1, 0.90, 0.85, 0.93)]  # 2 points of held-out, of as-is accuracy
+    fair = [trial(2, 0.895, 0.70, 0.945), trial(3, 0.91, 0.70, 0.95), trial(4, 0.95, 0.60, 0.96)]
+    assert pick(costly + fair, base, 0.01).number == 3
+    assert pick(costly, base, 0.01) is None
+    assert pick([trial(5, 0.95, 0.50, 0.97)], base, 0.01) is None  # better accuracy, the same worst group

@@ -15,7 +15,7 @@ using it (``dfr``, ``oracle``) and by the test-set scoring.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -184,11 +184,12 @@ def run_strategy(ctx: RepairContext, name: str, params: dict[str, Any], seed: in
     return finetune_sampled(model, ctx.data, weights, ctx.budget(), ctx.config, seed, ctx.device, transform)
 
 
-def validation_scores(ctx: RepairContext, model: nn.Module) -> tuple[float, float, float]:
-    """On the scoring half of the i2x held-out set: (accuracy, worst i2x group) where the
-    finding no longer predicts its class, as on a test split where it does not, and the
-    accuracy on the same images as they are (the training distribution)."""
-    h = ctx.held
+def validation_scores(ctx: RepairContext, model: nn.Module, held: HeldOut | None = None) -> tuple[float, float, float]:
+    """On the scoring half of the i2x held-out set (``held``; default ``ctx.held``):
+    (accuracy, worst i2x group) where the finding no longer predicts its class, as on a test
+    split where it does not, and the accuracy on the same images as they are (the training
+    distribution)."""
+    h = held if held is not None else ctx.held
     part = ~h.fit
     y = h.y[part].numpy()
     pred = predictions(model, h.x[part], 1000, ctx.device).numpy()
@@ -241,9 +242,14 @@ def pick(trials: list[Any], base: tuple[float, float, float], max_loss: float) -
     raise the held-out worst i2x group above the final model's (``base``: its three values),
     the best worst group (ties: accuracy, then the earliest). None when no trial does all
     three: the strategy is declined."""
-    ok = [t for t in trials if t.values[0] >= base[0] - max_loss and t.values[1] > base[1]
-          and t.user_attrs.get("val_accuracy", base[2]) >= base[2] - max_loss]
+    ok = [t for t in trials if does_no_harm((*t.values[:2], t.user_attrs.get("val_accuracy", base[2])), base, max_loss)]
     return max(ok, key=lambda t: (t.values[1], t.values[0], -t.number)) if ok else None
+
+
+def does_no_harm(values: Sequence[float], base: Sequence[float], max_loss: float) -> bool:
+    """:func:`pick`'s test of one candidate: ``values`` and ``base`` are (held-out accuracy,
+    held-out worst i2x group, as-is validation accuracy), the candidate's and the final model's."""
+    return values[0] >= base[0] - max_loss and values[1] > base[1] and values[2] >= base[2] - max_loss
 
 
 def best_per_strategy(study: Any, ctx: RepairContext) -> dict[str, dict[str, Any]]:
