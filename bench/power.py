@@ -91,7 +91,12 @@ def judge(doc: dict, target: str, k: int | None) -> dict:
     corner = sorted({r["prototype"] for r in mine if r["where"].get("region") in CORNER})
     detected = k is not None and any(r["prototype"] == k for r in mine)
     finding = k is not None and any(r["prototype"] == k and r.get("class") == target for r in named["findings"])
+    # a finding for the target class whose prototype the report places in the mark's corner: what photographs
+    # (no blank canvas, so no shortcut check) can state; on clean data, a false finding of the same kind
+    placed = sorted({r["prototype"] for r in named["findings"] if r.get("class") == target
+                     and (doc["prototypes"][r["prototype"]].get("where") or {}).get("region") in CORNER})
     return {"mark_prototype": k, "detected": bool(detected), "finding": bool(finding), "n_findings": len(named["findings"]),
+            "located_finding": k is not None and k in placed, "corner_findings": placed,
             "shortcut_checks": [(r["prototype"], r["class"], r["where"].get("region")) for r in checks],
             "corner_checks": corner, "lead": checks[0]["prototype"] if checks else None}
 
@@ -165,23 +170,43 @@ def rejudge(path: Path, work: Path) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in out))
 
 
+RELIANCE = (0.0, 0.02, 0.1, 0.3, 1.01)  # bins of the model's flip rate (:func:`reliance`)
+
+
 def table(path: Path) -> None:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     planted = [r for r in rows if r["rho"] is not None and not r["permuted"]]
-    print("| rho | N | seeds | power: mark stated as a shortcut check and located | mark leads the report | also a verified label (null off) | mark prototype exists |")
-    print("|---|---|---|---|---|---|---|")
+    print("| rho | N | seeds | model's reliance: flip (min-max) | worst group | power: mark stated as a shortcut check and located "
+          "| mark a finding placed in its corner | mark leads the report | mark prototype exists |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for rho in sorted({r["rho"] for r in planted}, reverse=True):
         for n in sorted({r["n"] for r in planted}):
             sel = [r for r in planted if r["rho"] == rho and r["n"] == n]
             if sel:
-                print(f"| {rho:g} | {n} | {len(sel)} | {np.mean([r['detected'] for r in sel]):.0%} | "
+                flips = [r["flip"] for r in sel if "flip" in r]
+                used = f"{100 * np.mean(flips):.1f}% ({100 * min(flips):.1f}-{100 * max(flips):.1f})" if flips else "-"
+                worst = f"{100 * np.mean([r['worst_group'] for r in sel if 'flip' in r]):.1f}%" if flips else "-"
+                print(f"| {rho:g} | {n} | {len(sel)} | {used} | {worst} | {np.mean([r['detected'] for r in sel]):.0%} | "
+                      f"{np.mean([r.get('located_finding', False) for r in sel]):.0%} | "
                       f"{np.mean([r['lead'] is not None and r['lead'] == r['mark_prototype'] for r in sel]):.0%} | "
-                      f"{np.mean([r['finding'] for r in sel]):.0%} | {np.mean([r['mark_prototype'] is not None for r in sel]):.0%} |")
+                      f"{np.mean([r['mark_prototype'] is not None for r in sel]):.0%} |")
+    measured = [r for r in planted if "flip" in r]
+    if measured:
+        print("\nby the model's reliance on the mark (the share of marked other-class test images it calls the target, "
+              "minus that of unmarked ones), all rho pooled:")
+        print("| flip | runs | stated as a shortcut check | a finding placed in its corner |")
+        print("|---|---|---|---|")
+        for lo, hi in zip(RELIANCE, RELIANCE[1:], strict=False):
+            sel = [r for r in measured if lo <= r["flip"] < hi]
+            if sel:
+                print(f"| {100 * lo:g}-{min(100 * hi, 100):g}% | {len(sel)} | {sum(r['detected'] for r in sel)} of {len(sel)} | "
+                      f"{sum(r.get('located_finding', False) for r in sel)} of {len(sel)} |")
     clean = [r for r in rows if r["rho"] is None and not r["permuted"]]
     perm = [r for r in rows if r["permuted"]]
     if clean:
         print(f"clean data ({len(clean)} runs): a shortcut check for the target class in the mark's corner in "
-              f"{np.mean([bool(r['corner_checks']) for r in clean]):.0%}; any shortcut check in {np.mean([bool(r['shortcut_checks']) for r in clean]):.0%} "
+              f"{np.mean([bool(r['corner_checks']) for r in clean]):.0%}; a finding for it placed there in "
+              f"{np.mean([bool(r.get('corner_findings')) for r in clean]):.0%}; any shortcut check in {np.mean([bool(r['shortcut_checks']) for r in clean]):.0%} "
               f"({sum(len(r['shortcut_checks']) for r in clean)} in all: {[c for r in clean for c in r['shortcut_checks']]})")
     if perm:
         print(f"permuted labels ({len(perm)} runs): any shortcut check in {np.mean([bool(r['shortcut_checks']) for r in perm]):.0%}, "
@@ -189,12 +214,37 @@ def table(path: Path) -> None:
     _figure(planted, path.with_suffix(".png"))
 
 
+def write_curve(path: Path, curve: Path) -> None:
+    """Put this results file's runs into the curve file the report reads (:mod:`i2x.reporting.power`),
+    under its data set: per planted run its reliance (flip) and whether the report stated the mark
+    (a shortcut check, or a finding placed in the mark's corner), and the clean runs' false ones."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    planted = [r for r in rows if r["rho"] is not None and not r["permuted"] and "flip" in r]
+    clean = [r for r in rows if r["rho"] is None and not r["permuted"] and "corner_findings" in r]
+    dataset = planted[0]["dataset"]
+    setting = {"mnist": "12,000 training images, 2 epochs of the compact CNN",
+               "cifar10": "10,000 training images, 8 epochs of a width-32 CNN"}[dataset]
+    ns = sorted({r["n"] for r in planted})
+    n = 2000 if 2000 in ns else ns[0]
+    entry = {"setting": setting, "n": n, "stated_as": "stated (a shortcut check, or a finding placed in its corner)",
+             "runs": [{"rho": r["rho"], "seed": r["seed"], "flip": r["flip"], "stated": bool(r["detected"] or r.get("located_finding"))}
+                      for r in planted if r["n"] == n],
+             "clean": {"runs": sum(r["n"] == n for r in clean),
+                       "false": sum(r["n"] == n and bool(r["corner_checks"] or r["corner_findings"]) for r in clean)}}
+    curves = json.loads(curve.read_text()) if curve.is_file() else {}
+    curves[dataset] = entry
+    tmp = curve.with_suffix(".tmp")
+    tmp.write_text(json.dumps(curves, indent=1, sort_keys=True) + "\n")
+    tmp.replace(curve)
+    print(f"curve: {dataset} ({len(entry['runs'])} planted runs, {entry['clean']['runs']} clean) -> {curve}")
+
+
 def _figure(planted: list[dict], out: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.4))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.6))
     for n in sorted({r["n"] for r in planted}):
         rhos = sorted({r["rho"] for r in planted if r["n"] == n})
         power = [np.mean([r["detected"] for r in planted if r["n"] == n and r["rho"] == rho]) for rho in rhos]
@@ -202,10 +252,20 @@ def _figure(planted: list[dict], out: Path) -> None:
     ax.axhline(0.8, color="grey", lw=0.8, ls="--")
     ax.set_xscale("log")
     ax.set_xlabel("share of the class's training images with the mark (rho)")
-    ax.set_ylabel("power: mark stated and located")
+    ax.set_ylabel("power: mark stated as a shortcut check")
     ax.set_ylim(-0.05, 1.05)
     ax.legend(frameon=False)
-    ax.set_title(f"{planted[0]['dataset']}: detection power of a planted shortcut" if planted else "")
+    ax.set_title(f"{planted[0]['dataset']}: power by planted share" if planted else "")
+    measured = [r for r in planted if "flip" in r]
+    jitter = np.random.default_rng(0).uniform(-0.04, 0.04, len(measured))
+    for r, j in zip(measured, jitter, strict=True):
+        bx.scatter(max(r["flip"], 1e-3), float(r["detected"]) + j, color="C0" if r["detected"] else "C3", s=18)
+        if r.get("located_finding") and not r["detected"]:
+            bx.scatter(max(r["flip"], 1e-3), 0.5 + j, color="C2", marker="s", s=18)
+    bx.set_xscale("log")
+    bx.set_yticks([0, 0.5, 1], ["missed", "finding in\nits corner", "shortcut\ncheck"])
+    bx.set_xlabel("the model's reliance: flip rate of marked other-class test images")
+    bx.set_title("each run: what the report stated about the mark")
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     print(f"figure: {out}")
@@ -224,11 +284,15 @@ def main() -> None:
     ap.add_argument("--table", default="", help="print the table and draw the figure of a results file, then stop")
     ap.add_argument("--rejudge", action="store_true", help="with --table: judge again from the saved documents under --work "
                     "(after a change to the report's claims; the explanations are not recomputed)")
+    ap.add_argument("--curve", default="", help="with --table: write the measured curve the report reads "
+                    "(i2x/reporting/power_curves.json)")
     args = ap.parse_args()
     if args.table:
         if args.rejudge:
             rejudge(Path(args.table), Path(args.work))
         table(Path(args.table))
+        if args.curve:
+            write_curve(Path(args.table), Path(args.curve))
         return
     torch.set_num_threads(max(1, torch.get_num_threads()))
     out = Path(args.out or f"bench/out/power-{args.dataset}.jsonl")

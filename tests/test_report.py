@@ -5,6 +5,7 @@ import pytest
 
 from i2x.reporting.claims import headline, named_prototypes, statements
 from i2x.reporting.html import explain_report, tune_report
+from i2x.reporting.power import power_line
 
 from .test_explanation import _explain
 
@@ -253,3 +254,23 @@ def test_the_beta_heat_map_fills_its_rows(tmp_path, monkeypatch):
         figures.plot_beta_heatmaps(beta, [0, 2], ["a", "b"], list(range(0, 10 * (intervals + 1), 10)), tmp_path / "beta.png")
         fig, axes = opened[-1]
         assert axes.shape == shape and all(ax.axison for ax in axes.flat), (intervals, axes.shape)
+
+
+def test_the_power_line_reads_the_reliance_it_needs_off_planted_runs():
+    """Eight planted runs by the model's flip rate (stated or not): above 5% the mark was stated
+    in 4 of 5 runs (80%, the bar), above 1% in only 4 of 6, so the line gives 5%, then 0 of 3
+    below it and the clean runs' false statements; a data set without a curve is said to have
+    no measured power, and a curve that never reaches the bar says so."""
+    flips = [(0.001, False), (0.004, False), (0.01, False), (0.05, True), (0.15, True), (0.2, True), (0.22, False), (0.3, True)]
+    curve = {"setting": "a cut", "n": 2000, "stated_as": "stated", "runs": [{"flip": f, "stated": s} for f, s in flips],
+             "clean": {"runs": 5, "false": 1}}
+    doc = {"run": {"dataset": "digits"}, "metrics": {"n_samples": 2000}}
+    line = power_line(doc, {"digits": curve})
+    assert "at least 5% of the other classes' marked images" in line
+    assert "stated in 4 of 5 runs" in line and "in 0 of 3" in line and "false one in 1 of 5" in line
+    assert "this run analysed" not in line
+    assert "this run analysed 500 images" in power_line({**doc, "metrics": {"n_samples": 500}}, {"digits": curve})
+    assert power_line(doc, {}).startswith("detection power is not measured for digits")
+    never = {**curve, "runs": [{"flip": f, "stated": False} for f, _ in flips]}
+    assert "stated in 0 of 8 runs, and in fewer than 80% of them at any level" in power_line(doc, {"digits": never})
+

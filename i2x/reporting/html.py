@@ -26,6 +26,7 @@ from i2x.reporting.claims import (
     shortcut_checks,
     statements,
 )
+from i2x.reporting.power import power_line
 
 GALLERY_PAGES = 4  # at most 4 pages of figures.GALLERY_PAGE drawn; all prototypes are listed in prototypes.json
 
@@ -82,6 +83,7 @@ def _summary(doc: dict[str, Any], named: dict[str, list[dict[str, Any]]], findin
         f"Data {run['dataset']} ({len(doc['classes'])} classes, {metrics['n_samples']} analysed samples); model {run['model']}{accuracy}; "
         f"{run['method']} at {run['target_layer']} over {len(doc['checkpoints'])} checkpoints.",
         _sentence(headline(doc)),
+        _sentence(power_line(doc)),
         _sentence(fit_line(metrics)),
         (f"Whether fine-tuning guided by this explanation helps is in the report of a tune run: i2x tune --run-id {run_id}."
          if run_id else "Whether fine-tuning guided by this explanation helps is in the report of a tune run on this explain run."),

@@ -113,11 +113,12 @@ def explain_run(args: argparse.Namespace) -> str:
                 **{f"time_{k}_s": v for k, v in timings.items()},
             })
             from i2x.reporting.claims import findings_stated, fit_line, headline
+            from i2x.reporting.power import power_line
 
             tracking.log_metrics({"n_findings": len(findings_stated(doc))})  # the headline's count; n_verified: causal check only
             said, fit = headline(doc), fit_line(metrics)
             tracking.describe_run(tracking.TAG_HEADLINE, said, out / "report" / "index.html", f"{said}. {fit}. Report: report/index.html.")
-            print(f"i2x explain: run {run.info.run_id} FINISHED: {said}\n  {fit}; HDBSCAN noise {metrics['noise_share']:.2f}")
+            print(f"i2x explain: run {run.info.run_id} FINISHED: {said}\n  {fit}; HDBSCAN noise {metrics['noise_share']:.2f}\n  {power_line(doc)}")
             return run.info.run_id
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
