@@ -4,12 +4,17 @@ For a data set, a sweep over the planted share ``rho`` of one class's training i
 number of analysed images ``N`` and seeds, plus two controls per seed (the clean data set, and
 a model trained on permuted labels), this measures:
 
-- **power**: the share of seeds where the mark's prototype (the one assigned to >= 80% of the
-  mark's grid cells in the marked analysis images) is stated as a finding for the planted class
-  and located in words;
-- **false findings**: on the clean data, the share of seeds where a finding for that class sits
-  in the mark's corner (a mark that is not there); on permuted labels, the share of seeds with
-  any finding at all.
+- **reliance**: how much the final model uses the mark, from the test split (marked in half of
+  every class): the share of marked other-class images it calls the planted class, minus that
+  of unmarked ones (``flip``), and the worst (class, mark) group. A model that learned the
+  class's shape instead of the mark has nothing to find, whatever rho was planted;
+- **power**: the share of runs where the report states something for the planted class in
+  the mark's corner, in words: a shortcut check, or a finding (photographs have no blank
+  canvas, so no shortcut check); also whether it is the mark's own prototype (the one assigned
+  to >= 80% of the mark's grid cells), and power by reliance, all rho pooled;
+- **false findings**: on the clean data, the share of runs with the same statement (a check or
+  finding for that class in the mark's corner, where nothing is); on permuted labels, the
+  share with any finding at all.
 
 Models are trained once per (rho, seed) into ``--work`` and reused: a rerun only explains, and
 each N re-explains the same checkpoints (the analysis subset is drawn after the splits, so the
@@ -17,7 +22,7 @@ training is unchanged). Results are appended to ``--out`` (JSON lines) as they c
 skips what is there. ``--table`` prints the power table and draws the figure from that file.
 
     python bench/power.py --dataset mnist --rho 1,0.5,0.2,0.1,0.05 --seeds 5 --n 2000
-    python bench/power.py --table bench/out/power-mnist.jsonl
+    python bench/power.py --table bench/out/power-mnist.jsonl --curve i2x/reporting/power_curves.json
 """
 
 from __future__ import annotations
@@ -177,8 +182,9 @@ def table(path: Path) -> None:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     planted = [r for r in rows if r["rho"] is not None and not r["permuted"]]
     print("| rho | N | seeds | model's reliance: flip (min-max) | worst group | power: mark stated as a shortcut check and located "
-          "| mark a finding placed in its corner | mark leads the report | mark prototype exists |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| mark a finding placed in its corner | power: a statement for the class in the mark's corner | mark leads the report "
+          "| mark prototype exists |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for rho in sorted({r["rho"] for r in planted}, reverse=True):
         for n in sorted({r["n"] for r in planted}):
             sel = [r for r in planted if r["rho"] == rho and r["n"] == n]
@@ -187,24 +193,25 @@ def table(path: Path) -> None:
                 used = f"{100 * np.mean(flips):.1f}% ({100 * min(flips):.1f}-{100 * max(flips):.1f})" if flips else "-"
                 worst = f"{100 * np.mean([r['worst_group'] for r in sel if 'flip' in r]):.1f}%" if flips else "-"
                 print(f"| {rho:g} | {n} | {len(sel)} | {used} | {worst} | {np.mean([r['detected'] for r in sel]):.0%} | "
-                      f"{np.mean([r.get('located_finding', False) for r in sel]):.0%} | "
+                      f"{np.mean([r.get('located_finding', False) for r in sel]):.0%} | {np.mean([_in_corner(r) for r in sel]):.0%} | "
                       f"{np.mean([r['lead'] is not None and r['lead'] == r['mark_prototype'] for r in sel]):.0%} | "
                       f"{np.mean([r['mark_prototype'] is not None for r in sel]):.0%} |")
     measured = [r for r in planted if "flip" in r]
     if measured:
         print("\nby the model's reliance on the mark (the share of marked other-class test images it calls the target, "
               "minus that of unmarked ones), all rho pooled:")
-        print("| flip | runs | stated as a shortcut check | a finding placed in its corner |")
-        print("|---|---|---|---|")
+        print("| flip | runs | mark stated as a shortcut check | mark a finding placed in its corner | power: a statement for the class in the corner |")
+        print("|---|---|---|---|---|")
         for lo, hi in zip(RELIANCE, RELIANCE[1:], strict=False):
             sel = [r for r in measured if lo <= r["flip"] < hi]
             if sel:
                 print(f"| {100 * lo:g}-{min(100 * hi, 100):g}% | {len(sel)} | {sum(r['detected'] for r in sel)} of {len(sel)} | "
-                      f"{sum(r.get('located_finding', False) for r in sel)} of {len(sel)} |")
+                      f"{sum(r.get('located_finding', False) for r in sel)} of {len(sel)} | {sum(_in_corner(r) for r in sel)} of {len(sel)} |")
     clean = [r for r in rows if r["rho"] is None and not r["permuted"]]
     perm = [r for r in rows if r["permuted"]]
     if clean:
-        print(f"clean data ({len(clean)} runs): a shortcut check for the target class in the mark's corner in "
+        print(f"clean data ({len(clean)} runs): false statements (as counted for power) in {sum(_in_corner(r) for r in clean)} of {len(clean)}; "
+              f"a shortcut check for the target class in the mark's corner in "
               f"{np.mean([bool(r['corner_checks']) for r in clean]):.0%}; a finding for it placed there in "
               f"{np.mean([bool(r.get('corner_findings')) for r in clean]):.0%}; any shortcut check in {np.mean([bool(r['shortcut_checks']) for r in clean]):.0%} "
               f"({sum(len(r['shortcut_checks']) for r in clean)} in all: {[c for r in clean for c in r['shortcut_checks']]})")
@@ -212,6 +219,20 @@ def table(path: Path) -> None:
         print(f"permuted labels ({len(perm)} runs): any shortcut check in {np.mean([bool(r['shortcut_checks']) for r in perm]):.0%}, "
               f"any finding in {np.mean([r['n_findings'] > 0 for r in perm]):.0%}")
     _figure(planted, path.with_suffix(".png"))
+
+
+# What counts as stating the mark, per data set. MNIST has blank canvas, so the report can say
+# "shortcut check" there; a finding placed in the corner is not specific on MNIST (a clean run
+# placed a finding for 7 in the bottom-right, 1 of 5 runs). Photographs have no blank canvas, so
+# no shortcut check: a finding for the class placed in the mark's corner is all they can state.
+COUNTS_FINDINGS = {"mnist": False, "cifar10": True}
+
+
+def _in_corner(r: dict) -> bool:
+    """The report states something for the target class in the mark's corner: a shortcut check,
+    or (photographs, :data:`COUNTS_FINDINGS`) a finding. The same statement is a hit on planted
+    data and a false one on clean data."""
+    return bool(r["corner_checks"] or (COUNTS_FINDINGS[r["dataset"]] and r.get("corner_findings")))
 
 
 def write_curve(path: Path, curve: Path) -> None:
@@ -226,11 +247,13 @@ def write_curve(path: Path, curve: Path) -> None:
                "cifar10": "10,000 training images, 8 epochs of a width-32 CNN"}[dataset]
     ns = sorted({r["n"] for r in planted})
     n = 2000 if 2000 in ns else ns[0]
-    entry = {"setting": setting, "n": n, "stated_as": "stated (a shortcut check, or a finding placed in its corner)",
-             "runs": [{"rho": r["rho"], "seed": r["seed"], "flip": r["flip"], "stated": bool(r["detected"] or r.get("located_finding"))}
+    stated_as = ("stated (a shortcut check or a finding for its class, placed in its corner)" if COUNTS_FINDINGS[dataset]
+                 else "stated (a shortcut check for its class in its corner)")
+    entry = {"setting": setting, "n": n, "stated_as": stated_as,
+             "runs": [{"rho": r["rho"], "seed": r["seed"], "flip": r["flip"], "stated": _in_corner(r)}
                       for r in planted if r["n"] == n],
              "clean": {"runs": sum(r["n"] == n for r in clean),
-                       "false": sum(r["n"] == n and bool(r["corner_checks"] or r["corner_findings"]) for r in clean)}}
+                       "false": sum(r["n"] == n and _in_corner(r) for r in clean)}}
     curves = json.loads(curve.read_text()) if curve.is_file() else {}
     curves[dataset] = entry
     tmp = curve.with_suffix(".tmp")
@@ -244,28 +267,27 @@ def _figure(planted: list[dict], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.8))
     for n in sorted({r["n"] for r in planted}):
         rhos = sorted({r["rho"] for r in planted if r["n"] == n})
-        power = [np.mean([r["detected"] for r in planted if r["n"] == n and r["rho"] == rho]) for rho in rhos]
+        power = [np.mean([_in_corner(r) for r in planted if r["n"] == n and r["rho"] == rho]) for rho in rhos]
         ax.plot(rhos, power, marker="o", label=f"N = {n}")
     ax.axhline(0.8, color="grey", lw=0.8, ls="--")
     ax.set_xscale("log")
     ax.set_xlabel("share of the class's training images with the mark (rho)")
-    ax.set_ylabel("power: mark stated as a shortcut check")
+    ax.set_ylabel("power: stated in the mark's corner")
     ax.set_ylim(-0.05, 1.05)
     ax.legend(frameon=False)
     ax.set_title(f"{planted[0]['dataset']}: power by planted share" if planted else "")
     measured = [r for r in planted if "flip" in r]
     jitter = np.random.default_rng(0).uniform(-0.04, 0.04, len(measured))
     for r, j in zip(measured, jitter, strict=True):
-        bx.scatter(max(r["flip"], 1e-3), float(r["detected"]) + j, color="C0" if r["detected"] else "C3", s=18)
-        if r.get("located_finding") and not r["detected"]:
-            bx.scatter(max(r["flip"], 1e-3), 0.5 + j, color="C2", marker="s", s=18)
+        kind = 2 if r["corner_checks"] else 1 if r.get("corner_findings") else 0
+        bx.scatter(max(r["flip"], 1e-3), kind + j, color=("C3", "C2", "C0")[kind], s=18)
     bx.set_xscale("log")
-    bx.set_yticks([0, 0.5, 1], ["missed", "finding in\nits corner", "shortcut\ncheck"])
-    bx.set_xlabel("the model's reliance: flip rate of marked other-class test images")
-    bx.set_title("each run: what the report stated about the mark")
+    bx.set_yticks([0, 1, 2], ["nothing in\nthe corner", "a finding in\nthe corner", "a shortcut\ncheck there"])
+    bx.set_xlabel("reliance: flip rate of marked other-class test images")
+    bx.set_title("each run: what the report stated in the mark's corner")
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     print(f"figure: {out}")
