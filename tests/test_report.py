@@ -112,6 +112,7 @@ def test_report_files_and_a_large_k_stays_paginated(report, tmp_path):
     assert (folder / "uncertain.png").is_file() == bool(doc["uncertain"])
     text = index.read_text()
     assert "src=\"data:image/png;base64," in text and "http://" not in text and "https://" not in text  # offline, no CDN
+    assert "Detection power is not measured for synthetic" in text  # the smoke data set has no measured curve
     # 128 prototypes: pages of 16 in display order (uncertain first, then shared, specialised,
     # the most frequent), never one figure of 128 tiles; the report draws the first 4
     from i2x.reporting import figures
