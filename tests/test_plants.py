@@ -66,3 +66,40 @@ def test_planting_the_smoke_set_keeps_its_splits_and_records_the_plant(tmp_path)
     assert [int(marked[planted.train_y == c].sum()) for c in range(4)] == [0, 0, 75, 75]
     assert torch.equal(clean.train_x[~marked], planted.train_x[~marked])
     assert config.to_dict()["plant"]["kind"] == "confuser"  # recorded with the run's config (params, checkpoints, JSON)
+
+
+class _CornerReader(torch.nn.Module):
+    """Calls every image with a bright bottom-right corner class 7 and the rest class 0, or
+    (``uses_mark=False``) calls everything class 0: a model whose reliance on the mark is
+    known by construction."""
+
+    def __init__(self, uses_mark: bool) -> None:
+        super().__init__()
+        self.uses_mark = uses_mark
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bright = x[:, :, -4:, -4:].mean((1, 2, 3)) > 0.5
+        logits = torch.zeros(len(x), 10)
+        logits[:, 0] = 1.0
+        if self.uses_mark:
+            logits[bright, 7] = 2.0
+        return logits
+
+
+def test_the_power_bench_reads_a_models_reliance_on_the_mark():
+    """bench/power.py's reliance: a model that calls every marked image 7 flips all marked
+    other-class images (flip 1) and gets those groups all wrong; one that ignores the mark
+    flips none."""
+    from types import SimpleNamespace
+
+    from bench.power import reliance
+
+    y = torch.tensor([0, 0, 3, 3, 7, 7])
+    x = torch.zeros(6, 1, 28, 28, dtype=torch.uint8)
+    marks = torch.full((6, 4), -1)
+    for i in (1, 3, 5):  # one marked image per class
+        x[i, :, -4:, -4:] = 255
+        marks[i] = torch.tensor([24, 24, 28, 28])
+    data = SimpleNamespace(test_x=x, test_y=y, test_marks=marks)
+    assert reliance(_CornerReader(True), data, 7) == {"flip": 1.0, "worst_group": 0.0}
+    assert reliance(_CornerReader(False), data, 7) == {"flip": 0.0, "worst_group": 0.0}  # every 7 called 0
