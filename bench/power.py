@@ -42,7 +42,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from i2x.explanation.document import explain  # noqa: E402
 from i2x.platform.config_io import apply_overrides, load_config  # noqa: E402
 from i2x.reporting.claims import named_prototypes, shortcut_checks  # noqa: E402
-from i2x.training.checkpoints import list_checkpoints, model_from_checkpoint, read_checkpoint  # noqa: E402
+from i2x.training.checkpoints import (  # noqa: E402
+    atomic_write_text,
+    list_checkpoints,
+    model_from_checkpoint,
+    read_checkpoint,
+)
 from i2x.training.data import load_data  # noqa: E402
 from i2x.training.loop import predictions, resolve_device, run_folder, train  # noqa: E402
 from i2x.tuning.heldout import worst_group  # noqa: E402
@@ -56,6 +61,8 @@ SETTINGS = {
                 "train.lr=0.05,train.lr_schedule=onecycle,train.label_smoothing=0,train.bias_lr_scale=1,train.lookahead_every=0,"
                 "train.tta_level=0,data.augment=false,explain.n_prototypes=64,explain.null_permutations=0"),
 }
+CUT_IN_WORDS = {"mnist": "12,000 training images, 2 epochs of the compact CNN",  # SETTINGS' cuts, as the power line says them
+                "cifar10": "10,000 training images, 8 epochs of a width-32 CNN"}
 CORNER = ("bottom-right", "bottom-right quarter")  # where the planted mark sits, in the report's words
 PLANT = "plant.kind=shortcut,plant.mark=square,plant.position=fixed,plant.corner=br,plant.test=0.5"
 
@@ -165,9 +172,14 @@ def _doc_path(work: Path, dataset: str, rho: float | None, seed: int, n: int, pe
     return work / "docs" / f"{dataset}-rho{rho}-seed{seed}-n{n}{'-permuted' if permuted else ''}.json"
 
 
+def _rows(path: Path) -> list[dict]:
+    """The results file's rows (JSON lines)."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def rejudge(path: Path, work: Path) -> None:
     """Recompute each row's verdict from its saved document and mark prototype."""
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = _rows(path)
     out = []
     for r in rows:
         doc = json.loads(_doc_path(work, r["dataset"], r["rho"], r["seed"], r["n"], r["permuted"]).read_text())
@@ -179,7 +191,7 @@ RELIANCE = (0.0, 0.02, 0.1, 0.3, 1.01)  # bins of the model's flip rate (:func:`
 
 
 def table(path: Path) -> None:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = _rows(path)
     planted = [r for r in rows if r["rho"] is not None and not r["permuted"]]
     print("| rho | N | seeds | model's reliance: flip (min-max) | worst group | power: mark stated as a shortcut check and located "
           "| mark a finding placed in its corner | power: a statement for the class in the mark's corner | mark leads the report "
@@ -239,26 +251,22 @@ def write_curve(path: Path, curve: Path) -> None:
     """Put this results file's runs into the curve file the report reads (:mod:`i2x.reporting.power`),
     under its data set: per planted run its reliance (flip) and whether the report stated the mark
     (a shortcut check, or a finding placed in the mark's corner), and the clean runs' false ones."""
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = _rows(path)
     planted = [r for r in rows if r["rho"] is not None and not r["permuted"] and "flip" in r]
     clean = [r for r in rows if r["rho"] is None and not r["permuted"] and "corner_findings" in r]
     dataset = planted[0]["dataset"]
-    setting = {"mnist": "12,000 training images, 2 epochs of the compact CNN",
-               "cifar10": "10,000 training images, 8 epochs of a width-32 CNN"}[dataset]
     ns = sorted({r["n"] for r in planted})
     n = 2000 if 2000 in ns else ns[0]
     stated_as = ("stated (a shortcut check or a finding for its class, placed in its corner)" if COUNTS_FINDINGS[dataset]
                  else "stated (a shortcut check for its class in its corner)")
-    entry = {"setting": setting, "n": n, "stated_as": stated_as,
+    entry = {"setting": CUT_IN_WORDS[dataset], "n": n, "stated_as": stated_as,
              "runs": [{"rho": r["rho"], "seed": r["seed"], "flip": r["flip"], "stated": _in_corner(r)}
                       for r in planted if r["n"] == n],
              "clean": {"runs": sum(r["n"] == n for r in clean),
                        "false": sum(r["n"] == n and _in_corner(r) for r in clean)}}
     curves = json.loads(curve.read_text()) if curve.is_file() else {}
     curves[dataset] = entry
-    tmp = curve.with_suffix(".tmp")
-    tmp.write_text(json.dumps(curves, indent=1, sort_keys=True) + "\n")
-    tmp.replace(curve)
+    atomic_write_text(curve, json.dumps(curves, indent=1, sort_keys=True) + "\n")
     print(f"curve: {dataset} ({len(entry['runs'])} planted runs, {entry['clean']['runs']} clean) -> {curve}")
 
 
