@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from i2x.explanation.labels import Labels, derive_labels
-from i2x.explanation.patterns import fit_group_betas
+from i2x.explanation.patterns import PermutedFits
 from i2x.platform.config import ExplainConfig
 
 ROLES = ("shared", "specialised", "uncertain")
@@ -98,6 +98,7 @@ def permutation_null(
     rng = np.random.default_rng(seed + 7)
     members_of = [np.flatnonzero(labels == c) for c in np.unique(labels)]
     cands = _candidates(real)
+    fitter = PermutedFits(dp, dy, groups, cfg.ridge_lambda, cfg.regression)
 
     def replicates(count: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         stats = np.zeros((count, len(cands)))
@@ -106,7 +107,7 @@ def permutation_null(
             perm = np.arange(len(labels))
             for members in members_of:
                 perm[members] = members[rng.permutation(len(members))]
-            fits = fit_group_betas(dp[:, perm], dy, groups, cfg.ridge_lambda, 0, seed, regression=cfg.regression, score=False)
+            fits = fitter.fits(perm)
             lab = derive_labels(fits, groups, presence, coverage, labels, background, cfg)
             for i, (role, cls, k, _) in enumerate(cands):
                 stats[r, i] = _statistic(lab, role, cls, k)

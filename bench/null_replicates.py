@@ -1,0 +1,55 @@
+"""Benchmark: one replicate of the permutation null, refitting the permuted rows (as before)
+against :class:`i2x.explanation.patterns.PermutedFits` (a large group's sums from every row's,
+computed once), on arrays shaped as the real runs' (random values; only the shapes, the
+share of HDBSCAN noise and the group count matter for the time). Prints seconds per
+replicate and the ratio, both measured here; the fits agree to float64 rounding
+(tests/test_patterns.py). Not a test: nothing here asserts a speed.
+
+    python bench/null_replicates.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from i2x.explanation.patterns import PermutedFits, fit_group_betas
+
+# (name, intervals T-1, N, K, classes M, HDBSCAN noise share, groups besides noise): as measured
+# on the default MNIST explain (noise 0.61) and the CIFAR-10 fast net at N = 10,000 (noise 0.98)
+SHAPES = [("mnist default, N = 2,000", 5, 2000, 32, 10, 0.61, 8), ("cifar10 fast net, N = 10,000", 12, 10000, 128, 10, 0.98, 4)]
+
+
+def _time(fn, reps: int) -> float:
+    fn()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - t0) / reps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reps", type=int, default=10)
+    args = ap.parse_args()
+    print("| shape | refit: s per replicate | from sums: s per replicate | speed-up | 3,200 replicates: refit / from sums |")
+    print("|---|---|---|---|---|")
+    for name, t, n, k, m, noise, extra in SHAPES:
+        rng = np.random.default_rng(0)
+        dp, dy = rng.normal(size=(t, n, k)).astype(np.float32), rng.normal(size=(t, n, m)).astype(np.float32)
+        groups = np.where(rng.random((t, n)) < noise, -1, rng.integers(0, extra, (t, n)))
+        labels = rng.integers(0, m, n)
+        perm = np.arange(n)
+        for c in range(m):  # within class, as the null permutes
+            members = np.flatnonzero(labels == c)
+            perm[members] = members[rng.permutation(len(members))]
+        fitter = PermutedFits(dp, dy, groups, 1.0)
+        slow = _time(lambda dp=dp, dy=dy, groups=groups, perm=perm: fit_group_betas(dp[:, perm], dy, groups, 1.0, 0, 0, score=False), args.reps)
+        fast = _time(lambda fitter=fitter, perm=perm: fitter.fits(perm), args.reps)
+        print(f"| {name} | {slow:.4f} | {fast:.4f} | {slow / fast:.1f}x | {3200 * slow / 60:.1f} / {3200 * fast / 60:.1f} min |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
