@@ -138,7 +138,7 @@ def _permuted(data, seed: int):
     return dataclasses.replace(data, train_y=data.train_y[torch.randperm(len(data.train_y), generator=gen)])
 
 
-def one(dataset: str, rho: float | None, seed: int, n: int, work: Path, permuted: bool, target: int) -> dict:
+def one(dataset: str, rho: float | None, seed: int, n: int, work: Path, permuted: bool, target: int, explain_with: str = "") -> dict:
     name, cut = SETTINGS[dataset]
     plant = f",{PLANT},plant.classes=[{target}],plant.rho={rho}" if rho is not None else ""
     config = load_config(name, f"work_dir={work},seed={seed},{cut}{plant}")
@@ -150,7 +150,7 @@ def one(dataset: str, rho: float | None, seed: int, n: int, work: Path, permuted
     files = list_checkpoints(folder)
     payloads = [read_checkpoint(f) for f in files]
     # the same model, a different analysis subset of size n (drawn after the splits)
-    analysed = apply_overrides(config, {"data.analysis_size": n})
+    analysed = apply_overrides(apply_overrides(config, {"data.analysis_size": n}), explain_with)
     adata = load_data(analysed.data, analysed.seed, analysed.plant)
     adata = _permuted(adata, seed) if permuted else adata
     infos = [{"step": c.step, "epoch": c.epoch, "val_accuracy": c.metrics["val_accuracy"]} for c in result.checkpoints]
@@ -161,15 +161,16 @@ def one(dataset: str, rho: float | None, seed: int, n: int, work: Path, permuted
     k = mark_prototype(doc, adata, analysis) if rho is not None else None
     used = reliance(model_from_checkpoint(payloads[-1], str(files[-1])), data, target) if data.test_marks is not None else {}
     (work / "docs").mkdir(parents=True, exist_ok=True)
-    _doc_path(work, dataset, rho, seed, n, permuted).write_text(json.dumps(doc))
-    row = {"dataset": dataset, "rho": rho, "seed": seed, "n": n, "permuted": permuted, "target": target,
+    _doc_path(work, dataset, rho, seed, n, permuted, explain_with).write_text(json.dumps(doc))
+    row = {"dataset": dataset, "rho": rho, "seed": seed, "n": n, "permuted": permuted, "target": target, "explain": explain_with,
            "test_accuracy": result.final_metrics["test_accuracy"], "train_s": round(t_train, 1), "explain_s": round(t_explain, 1), **used,
            **judge(doc, data.classes[target], k)}
     return row
 
 
-def _doc_path(work: Path, dataset: str, rho: float | None, seed: int, n: int, permuted: bool) -> Path:
-    return work / "docs" / f"{dataset}-rho{rho}-seed{seed}-n{n}{'-permuted' if permuted else ''}.json"
+def _doc_path(work: Path, dataset: str, rho: float | None, seed: int, n: int, permuted: bool, explain_with: str = "") -> Path:
+    variant = f"-{explain_with.replace('=', '-').replace(',', '_')}" if explain_with else ""
+    return work / "docs" / f"{dataset}-rho{rho}-seed{seed}-n{n}{'-permuted' if permuted else ''}{variant}.json"
 
 
 def _rows(path: Path) -> list[dict]:
@@ -182,7 +183,7 @@ def rejudge(path: Path, work: Path) -> None:
     rows = _rows(path)
     out = []
     for r in rows:
-        doc = json.loads(_doc_path(work, r["dataset"], r["rho"], r["seed"], r["n"], r["permuted"]).read_text())
+        doc = json.loads(_doc_path(work, r["dataset"], r["rho"], r["seed"], r["n"], r["permuted"], r.get("explain", "")).read_text())
         out.append({**r, **judge(doc, doc["classes"][r["target"]], r["mark_prototype"])})
     path.write_text("".join(json.dumps(r) + "\n" for r in out))
 
@@ -308,6 +309,10 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--n", default="2000", help="analysed images, comma-separated")
     ap.add_argument("--controls", type=int, default=-1, help="seeds of the clean and permuted-label controls (-1: --seeds)")
+    ap.add_argument("--permuted", action=argparse.BooleanOptionalAction, default=True,
+                    help="also run the permuted-label control (--no-permuted: the clean control only)")
+    ap.add_argument("--explain", default="", help="explain overrides for the analysis only (the models are reused), "
+                    "e.g. explain.fit_weight=saliency; kept in each row")
     ap.add_argument("--target", type=int, default=7, help="the planted class")
     ap.add_argument("--work", default="bench/out/power-work")
     ap.add_argument("--out", default="")
@@ -327,14 +332,14 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     out = Path(args.out or f"bench/out/power-{args.dataset}.jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = {(r["rho"], r["seed"], r["n"], r["permuted"]) for r in map(json.loads, out.read_text().splitlines())} if out.is_file() else set()
+    done = {(r["rho"], r["seed"], r["n"], r["permuted"]) for r in _rows(out) if r.get("explain", "") == args.explain} if out.is_file() else set()
     controls = args.seeds if args.controls < 0 else args.controls
     jobs = [(float(rho), s, int(n), False) for s in range(args.seeds) for rho in args.rho.split(",") for n in args.n.split(",")]
-    jobs += [(None, s, int(n), perm) for s in range(controls) for perm in (False, True) for n in args.n.split(",")]
+    jobs += [(None, s, int(n), perm) for s in range(controls) for perm in (False, True)[:1 + args.permuted] for n in args.n.split(",")]
     todo = [j for j in jobs if j not in done]
     start = time.perf_counter()
     for i, (rho, seed, n, perm) in enumerate(todo):
-        row = one(args.dataset, rho, seed, n, Path(args.work), perm, args.target)
+        row = one(args.dataset, rho, seed, n, Path(args.work), perm, args.target, args.explain)
         with out.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
         elapsed = time.perf_counter() - start

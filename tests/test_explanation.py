@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from i2x.explanation.document import TIMESTAMP_FIELDS, dumps, explain, validate
+from i2x.platform.config_io import apply_overrides
 from i2x.platform.errors import I2XError
 from i2x.reporting.claims import named_prototypes, shortcut_checks, statements
 from i2x.training.checkpoints import list_checkpoints, model_from_checkpoint, read_checkpoint
@@ -74,6 +75,20 @@ def test_same_seed_same_bytes(smoke_run, explained):
             doc.pop(key)
     assert dumps(first) == dumps(second)
     json.loads(dumps(first))
+
+
+def test_the_null_seed_moves_the_null_and_nothing_before_it(smoke_run, explained):
+    """explain.null_seed (bench/null_seeds.py): -1 is the run's seed; another seed draws other
+    permutations, while the prototypes, groups and fits stay those of the run's seed."""
+    config, data, result = smoke_run
+    _, base = explained
+    _, same = _explain((apply_overrides(config, {"explain.null_seed": config.seed}), data, result))
+    _, other = _explain((apply_overrides(config, {"explain.null_seed": config.seed + 1}), data, result))
+    assert same["null"] == base["null"]
+    assert [t["null_mean"] for t in other["null"]["tests"]] != [t["null_mean"] for t in base["null"]["tests"]]
+    assert [t["statistic"] for t in other["null"]["tests"]] == [t["statistic"] for t in base["null"]["tests"]]
+    for key in ("prototypes", "scores", "intervals", "regression"):
+        assert other[key] == base[key], key
 
 
 @pytest.fixture(scope="module")

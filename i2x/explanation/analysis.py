@@ -178,6 +178,7 @@ def analyse(
     protos = fit_prototypes(
         features, labels, num_classes, cfg.n_prototypes, cfg.pca_components, cfg.fit_max_locations,
         cfg.n_exemplars, seed, tuple(images.shape[-2:]), cfg.kmeans_n_init, saliency=maps_t[-1].numpy(),
+        fit_weight=cfg.fit_weight,
     )
     timings["prototypes"] = time.perf_counter() - tick
 
@@ -203,8 +204,8 @@ def analyse(
     content = content_background(protos.assignment, blank, cfg.background_blank_share, cfg.background_ring_share)
     off = off_object(protos.assignment, y, blank, protos.coverage.argmax(1))
     doing("class structure and the training-history permutation null")
-    structure = build_structure(fits, groups, intens.presence, protos.coverage, y, preds, cfg, dp=intens.dp, dy=intens.dy, seed=seed,
-                                content=content)
+    structure = build_structure(fits, groups, intens.presence, protos.coverage, y, preds, cfg, dp=intens.dp, dy=intens.dy,
+                                seed=seed if cfg.null_seed < 0 else cfg.null_seed, content=content)
     timings["structure"] = time.perf_counter() - tick
 
     deletion: list[DeletionResult] | None = None

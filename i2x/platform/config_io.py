@@ -126,6 +126,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "explain.ridge_lambda": (0, None),
     "explain.uncertain_threshold": (0, 1),
     "explain.null_alpha": (0, 1),
+    "explain.null_seed": (-1, None),
     "faithfulness.ci": (0, 1),
     "faithfulness.alpha": (0, 1),
     "tune.lr_min": (0, None),

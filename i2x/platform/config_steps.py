@@ -21,6 +21,10 @@ class ExplainConfig:
         pca_components: PCA size before K-Means.
         n_prototypes: K. PAPER: 32 for MNIST, 128 for CIFAR-10.
         fit_max_locations: K-Means/PCA fit on at most this many random locations.
+        fit_weight: ``none`` (PAPER: every location counts alike in K-Means) or ``saliency``
+            (OURS, an option: each location weighs its final Grad-CAM value, plus 0.01, so
+            that the cells the model looks at, a small cue among them, get their own
+            prototypes; measured by ``bench/power.py``).
         kmeans_n_init: K-Means restarts.
         n_exemplars: exemplar patches kept per prototype.
         min_cluster_size: HDBSCAN min cluster size; 0 means max(10, N/200).
@@ -62,6 +66,8 @@ class ExplainConfig:
         null_max_permutations: the null doubles its replicates, up to this, while a label's
             verdict would change within 3 Monte Carlo errors of its p-value.
         null_alpha: Benjamini-Hochberg level at which a label beats the null.
+        null_seed: the null's seed; -1 uses the run's seed. Another value checks that the
+            stated findings do not move with the null's seed (``bench/null_seeds.py``).
         shortcut_off_object: a necessary and sufficient, concentrated cue is a shortcut check
             only where at least this share of the other classes' images are blank canvas (off
             the objects, as a mark in an empty corner; object parts sit where others have ink).
@@ -85,6 +91,7 @@ class ExplainConfig:
     n_prototypes: int = 32
     fit_max_locations: int = 200_000
     kmeans_n_init: int = 3
+    fit_weight: Literal["none", "saliency"] = "none"
     n_exemplars: int = 8
     min_cluster_size: int = 0
     patterns_max_dim: int = 16
@@ -110,6 +117,7 @@ class ExplainConfig:
     null_permutations: int = 200
     null_max_permutations: int = 3200
     null_alpha: float = 0.05
+    null_seed: int = -1
     concentration_share: float = 0.8
     cue_coverage: float = 0.05
     shortcut_off_object: float = 0.4
