@@ -87,6 +87,23 @@ def test_the_planted_cell_is_verified_and_the_irrelevant_stroke_is_not(fill):
     assert stroke.cells_per_image == 4 and mark.cells_per_image == 1
 
 
+def test_a_claim_in_more_images_than_max_images_is_judged_on_a_seeded_subsample():
+    """faithfulness.max_images (300 by default): the planted cell, in all 60 images, is judged on
+    25 of them and still verified; the verdict's control is the foreground draws, whatever the
+    number of uniform draws (reported only)."""
+    x, y, assignment, saliency = _planted()
+    claims = [Claim(0, "shared", (0,))]
+    runs = [deletion_test(CellModel(), x, y, assignment, saliency, claims,
+                          FaithfulnessConfig(max_images=25, uniform_draws=u, bootstrap=300), seed=0, device=torch.device("cpu"))[0]
+            for u in (1, 4)]
+    for result in runs:
+        assert result.n_images == 25 and result.verified is True and result.ci[0] > 0
+    assert runs[0].effect == runs[1].effect and runs[0].excess == runs[1].excess
+    (everything,) = deletion_test(CellModel(), x, y, assignment, saliency, claims, FaithfulnessConfig(max_images=0, bootstrap=300),
+                                  seed=0, device=torch.device("cpu"))
+    assert everything.n_images == 60
+
+
 def test_an_uncertain_claim_measures_the_size_of_the_pair_margin_change():
     x, y, assignment, saliency = _planted()
     y = torch.tensor([0, 1] * 30)  # half the images are labelled 1: occluding the mark still moves the 0/1 margin

@@ -219,12 +219,14 @@ def deletion_test(
         variants = {"prototype": [own]}
         variants["uniform"] = []
         variants["foreground"] = []
-        for _ in range(cfg.draws):
-            uni = np.zeros_like(own)
-            for r in range(len(rows)):
-                uni[r, _draw(np.flatnonzero(~own[r]), counts[r], rng)] = True
-            variants["uniform"].append(uni)
-            variants["foreground"].append(np.stack([matched_cells(own[r], fg[rows[r]], rng) for r in range(len(rows))]))
+        for d in range(max(cfg.draws, cfg.uniform_draws)):
+            if d < cfg.uniform_draws:  # reported beside the verdict, not judged: fewer draws
+                uni = np.zeros_like(own)
+                for r in range(len(rows)):
+                    uni[r, _draw(np.flatnonzero(~own[r]), counts[r], rng)] = True
+                variants["uniform"].append(uni)
+            if d < cfg.draws:
+                variants["foreground"].append(np.stack([matched_cells(own[r], fg[rows[r]], rng) for r in range(len(rows))]))
         top = np.zeros_like(own)
         for r in range(len(rows)):
             top[r, rank[rows[r], : counts[r]]] = True
