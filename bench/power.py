@@ -312,7 +312,7 @@ def main() -> None:
     ap.add_argument("--permuted", action=argparse.BooleanOptionalAction, default=True,
                     help="also run the permuted-label control (--no-permuted: the clean control only)")
     ap.add_argument("--explain", default="", help="explain overrides for the analysis only (the models are reused), "
-                    "e.g. explain.fit_weight=saliency; kept in each row")
+                    "e.g. explain.n_prototypes=128; kept in each row")
     ap.add_argument("--target", type=int, default=7, help="the planted class")
     ap.add_argument("--work", default="bench/out/power-work")
     ap.add_argument("--out", default="")

@@ -62,29 +62,3 @@ def test_receptive_box_maps_cells_to_pixels():
     assert receptive_box((0, 0), (8, 8), (32, 32), 1.0) == (0, 0, 4, 4)
     assert receptive_box((7, 7), (8, 8), (32, 32), 2.0) == (26, 26, 32, 32)
 
-
-def test_saliency_weighting_gives_a_small_salient_cue_its_own_prototype():
-    """explain.fit_weight=saliency: a cue in one cell of 10% of the images (0.6% of the
-    locations), which the model looks at, shares a prototype with the nearest common location
-    type when every location counts alike, and gets its own when K-Means weighs saliency."""
-    rng = np.random.default_rng(0)
-    n, d, h, w = 100, 6, 4, 4
-    centres = np.eye(d) * 10
-    kinds = np.tile(np.arange(h * w) % 3, (n, 1))  # three common location types
-    cue = np.arange(n) % 10 == 0
-    kinds[cue, 0] = 3  # the cue, in the top-left cell of every tenth image
-    feats = centres[kinds] + rng.normal(0, 0.1, (n, h * w, d))
-    feats = torch.from_numpy(feats.reshape(n, h, w, d).transpose(0, 3, 1, 2).astype(np.float32))
-    saliency = np.where(kinds == 3, 1.0, 0.0).reshape(n, h, w)  # the model looks at the cue alone
-    labels = torch.from_numpy(cue.astype(np.int64))
-    kwargs = dict(n_prototypes=3, pca_components=6, fit_max_locations=10_000, n_exemplars=2, seed=0, image_size=(8, 8), saliency=saliency)
-
-    def alone(protos) -> bool:
-        mine = set(protos.assignment[cue, 0, 0].tolist())
-        rest = set(protos.assignment.reshape(n, -1)[:, 1:].ravel().tolist()) | set(protos.assignment[~cue, 0, 0].tolist())
-        return len(mine) == 1 and not (mine & rest)
-
-    assert not alone(fit_prototypes(feats, labels, 2, **kwargs))
-    assert alone(fit_prototypes(feats, labels, 2, fit_weight="saliency", **kwargs))
-    with pytest.raises(I2XError, match="fit_weight=saliency"):
-        fit_prototypes(feats, labels, 2, **{**kwargs, "saliency": None}, fit_weight="saliency")

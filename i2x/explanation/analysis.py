@@ -178,7 +178,6 @@ def analyse(
     protos = fit_prototypes(
         features, labels, num_classes, cfg.n_prototypes, cfg.pca_components, cfg.fit_max_locations,
         cfg.n_exemplars, seed, tuple(images.shape[-2:]), cfg.kmeans_n_init, saliency=maps_t[-1].numpy(),
-        fit_weight=cfg.fit_weight,
     )
     timings["prototypes"] = time.perf_counter() - tick
 

@@ -108,7 +108,6 @@ def fit_prototypes(
     kmeans_n_init: int = 3,
     exemplar_context: float = 4.0,
     saliency: np.ndarray | None = None,
-    fit_weight: str = "none",
 ) -> Prototypes:
     """PCA + K-Means on location features, then assignment of every location.
 
@@ -121,8 +120,6 @@ def fit_prototypes(
         exemplar_context: an exemplar's crop spans this many cells around its cell.
         saliency: ``(N, h, w)`` final-checkpoint maps; exemplars are then the prototype's
             most typical, most salient locations (see :func:`_exemplars`).
-        fit_weight: ``saliency`` weighs each fitted location in K-Means by its ``saliency``
-            value plus 0.01 (``none``: alike).
 
     Returns:
         :class:`Prototypes`.
@@ -143,12 +140,7 @@ def fit_prototypes(
     p = min(pca_components, d, len(fit))
     pca = PCA(n_components=p, random_state=seed).fit(fit)
     z_fit = pca.transform(fit).astype(np.float32)
-    weight = None
-    if fit_weight == "saliency":
-        if saliency is None:
-            raise I2XError("explain.fit_weight=saliency needs the final checkpoint's saliency maps")
-        weight = saliency.reshape(-1)[fit_rows].astype(np.float64) + 0.01
-    km = KMeans(n_clusters=n_prototypes, n_init=kmeans_n_init, random_state=seed).fit(z_fit, sample_weight=weight)
+    km = KMeans(n_clusters=n_prototypes, n_init=kmeans_n_init, random_state=seed).fit(z_fit)
     protos = Prototypes(
         pca_mean=pca.mean_.astype(np.float32),
         pca_components=pca.components_.astype(np.float32),

@@ -21,10 +21,6 @@ class ExplainConfig:
         pca_components: PCA size before K-Means.
         n_prototypes: K. PAPER: 32 for MNIST, 128 for CIFAR-10.
         fit_max_locations: K-Means/PCA fit on at most this many random locations.
-        fit_weight: ``none`` (PAPER: every location counts alike in K-Means) or ``saliency``
-            (OURS, an option: each location weighs its final Grad-CAM value, plus 0.01, so
-            that the cells the model looks at, a small cue among them, get their own
-            prototypes; measured by ``bench/power.py``).
         kmeans_n_init: K-Means restarts.
         n_exemplars: exemplar patches kept per prototype.
         min_cluster_size: HDBSCAN min cluster size; 0 means max(10, N/200).
@@ -91,7 +87,6 @@ class ExplainConfig:
     n_prototypes: int = 32
     fit_max_locations: int = 200_000
     kmeans_n_init: int = 3
-    fit_weight: Literal["none", "saliency"] = "none"
     n_exemplars: int = 8
     min_cluster_size: int = 0
     patterns_max_dim: int = 16
