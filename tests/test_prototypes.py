@@ -61,4 +61,3 @@ def test_k_larger_than_locations_is_refused():
 def test_receptive_box_maps_cells_to_pixels():
     assert receptive_box((0, 0), (8, 8), (32, 32), 1.0) == (0, 0, 4, 4)
     assert receptive_box((7, 7), (8, 8), (32, 32), 2.0) == (26, 26, 32, 32)
-
