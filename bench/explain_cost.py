@@ -64,7 +64,7 @@ def one(tree: Path, label: str, case: str, out: Path) -> dict:
     _, train_s, said = _timed(py + ["train", flag, dataset, "--overrides", work], folder, env, folder / "train.log")
     run_id = re.search(r"run ([0-9a-f]{32}) FINISHED", said).group(1)
     cpu, wall, said = _timed(py + ["explain", "--run-id", run_id], folder, env, folder / "explain.log")
-    return {"tree": label, "case": case, "train_wall_s": round(train_s, 1), "explain_cpu_s": round(cpu, 1), "explain_wall_s": round(wall, 1)}
+    return {"case": case, "train_wall_s": round(train_s, 1), "explain_cpu_s": round(cpu, 1), "explain_wall_s": round(wall, 1)}
 
 
 def _worktree(ref: str, out: Path) -> Path:
@@ -90,7 +90,7 @@ def main() -> None:
             if not any(r["tree"] == label and r["case"] == case for r in rows)]
     start = time.perf_counter()
     for i, (label, tree, case) in enumerate(jobs):
-        row = one(tree, label.replace(" ", "-"), case, out) | {"tree": label}
+        row = {"tree": label} | one(tree, label.replace(" ", "-"), case, out)
         rows.append(row)
         with results.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
