@@ -68,7 +68,7 @@ def main() -> None:
               f"{', '.join(sorted(map(_name, found))) or 'none'}")
     every = frozenset.intersection(*sets)
     some = frozenset.union(*sets) - every
-    modal, count = Counter(sets).most_common(1)[0]
+    _, count = Counter(sets).most_common(1)[0]
     pairs = list(itertools.combinations(sets, 2))
     jaccard = sum(len(a & b) / len(a | b) if a | b else 1.0 for a, b in pairs) / len(pairs) if pairs else 1.0
     print(f"\nstated under every seed ({len(every)}): {', '.join(sorted(map(_name, every))) or 'none'}")

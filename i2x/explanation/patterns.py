@@ -79,6 +79,12 @@ PREDICTORS = ("prototypes", "group_mean", "class", "prototypes+class")
 REGRESSIONS = ("centred", "origin")
 
 
+def check_regression(regression: str) -> None:
+    """One line for an ``explain.regression`` that is not one of :data:`REGRESSIONS`."""
+    if regression not in REGRESSIONS:
+        raise I2XError(f"explain.regression must be one of {', '.join(REGRESSIONS)}, got '{regression}'")
+
+
 def ridge(pi: np.ndarray, c: np.ndarray, lam: float) -> np.ndarray:
     """``(pi^T pi + lam I)^-1 pi^T C``; pi ``(n, K)``, C ``(n, M)`` -> ``(K, M)``."""
     k = pi.shape[1]
@@ -151,8 +157,7 @@ def fit_group_betas(
         folds: k of the k-fold held-out R^2.
         score: compute held-out scores (the permutation null skips them).
     """
-    if regression not in REGRESSIONS:
-        raise I2XError(f"explain.regression must be one of {', '.join(REGRESSIONS)}, got '{regression}'")
+    check_regression(regression)
     rng = np.random.default_rng(seed)
     m = dy.shape[2]
     onehot = None if labels is None else np.eye(m)[labels]
@@ -189,8 +194,7 @@ class PermutedFits:
     """
 
     def __init__(self, dp: np.ndarray, dy: np.ndarray, groups: np.ndarray, lam: float, regression: str = "centred") -> None:
-        if regression not in REGRESSIONS:
-            raise I2XError(f"explain.regression must be one of {', '.join(REGRESSIONS)}, got '{regression}'")
+        check_regression(regression)
         self.dp, self.dy = dp.astype(np.float64), dy.astype(np.float64)
         self.lam, self.regression = lam, regression
         self.gram = np.einsum("tnk,tnl->tkl", self.dp, self.dp)
