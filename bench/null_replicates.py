@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from i2x.explanation.nulls import within_class
 from i2x.explanation.patterns import PermutedFits, fit_group_betas
 
 # (name, intervals T-1, N, K, classes M, HDBSCAN noise share, groups besides noise): as measured
@@ -41,10 +42,7 @@ def main() -> None:
         dp, dy = rng.normal(size=(t, n, k)).astype(np.float32), rng.normal(size=(t, n, m)).astype(np.float32)
         groups = np.where(rng.random((t, n)) < noise, -1, rng.integers(0, extra, (t, n)))
         labels = rng.integers(0, m, n)
-        perm = np.arange(n)
-        for c in range(m):  # within class, as the null permutes
-            members = np.flatnonzero(labels == c)
-            perm[members] = members[rng.permutation(len(members))]
+        perm = within_class([np.flatnonzero(labels == c) for c in range(m)], n, rng)  # as the null permutes
         fitter = PermutedFits(dp, dy, groups, 1.0)
         slow = _time(lambda dp=dp, dy=dy, groups=groups, perm=perm: fit_group_betas(dp[:, perm], dy, groups, 1.0, 0, 0, score=False), args.reps)
         fast = _time(lambda fitter=fitter, perm=perm: fitter.fits(perm), args.reps)

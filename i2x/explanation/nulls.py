@@ -72,6 +72,14 @@ def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
     return out
 
 
+def within_class(members_of: list[np.ndarray], n: int, rng: np.random.Generator) -> np.ndarray:
+    """A permutation of ``n`` samples that moves each sample only among ``members_of`` its class."""
+    perm = np.arange(n)
+    for members in members_of:
+        perm[members] = members[rng.permutation(len(members))]
+    return perm
+
+
 def permutation_null(
     dp: np.ndarray,
     dy: np.ndarray,
@@ -104,10 +112,7 @@ def permutation_null(
         stats = np.zeros((count, len(cands)))
         tally = {role: np.zeros(count) for role in ROLES}
         for r in range(count):
-            perm = np.arange(len(labels))
-            for members in members_of:
-                perm[members] = members[rng.permutation(len(members))]
-            fits = fitter.fits(perm)
+            fits = fitter.fits(within_class(members_of, len(labels), rng))
             lab = derive_labels(fits, groups, presence, coverage, labels, background, cfg)
             for i, (role, cls, k, _) in enumerate(cands):
                 stats[r, i] = _statistic(lab, role, cls, k)
