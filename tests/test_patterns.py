@@ -112,16 +112,17 @@ def test_group_fits_cover_every_interval_and_group():
 @pytest.mark.parametrize("regression", ["centred", "origin"])
 def test_the_null_replicates_fit_from_sums_what_a_refit_of_the_permuted_rows_gives(regression):
     """PermutedFits (the permutation null's replicates) takes a large group's sums as those of
-    every row minus the rows outside it; its fits must equal refitting the permuted dP."""
+    every row minus the rows outside it, several replicates at once; its fits must equal refitting
+    the permuted dP."""
     rng = np.random.default_rng(3)
     t, n, k, m = 3, 400, 12, 4
     dp, dy = rng.normal(size=(t, n, k)).astype(np.float32), rng.normal(size=(t, n, m)).astype(np.float32)
     groups = np.where(rng.random((t, n)) < 0.8, -1, rng.integers(0, 3, (t, n)))  # a noise group of 80%, three small ones
     groups[2] = rng.integers(0, 2, n)  # an interval with no group over half the rows
     fitter = PermutedFits(dp, dy, groups, 0.5, regression)
-    for seed in range(3):
-        perm = np.random.default_rng(seed).permutation(n)
-        fast = fitter.fits(perm)
+    perms = np.stack([np.random.default_rng(seed).permutation(n) for seed in range(3)])
+    together = fitter.fits_many(perms)  # the null fits replicates in batches: each must be its own refit
+    for perm, fast in zip(perms, together, strict=True):
         slow = fit_group_betas(dp[:, perm], dy, groups, 0.5, 0, 0, regression=regression, score=False)
         assert [(f.interval, f.group) for f in fast] == [(f.interval, f.group) for f in slow]
         for a, b in zip(fast, slow, strict=True):

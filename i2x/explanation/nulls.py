@@ -6,12 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from i2x.explanation.labels import Labels, derive_labels
 from i2x.explanation.patterns import PermutedFits
 from i2x.platform.config import ExplainConfig
 
 ROLES = ("shared", "specialised", "uncertain")
+REPLICATE_BATCH = 32  # null replicates fitted together (PermutedFits.fits_many)
 
 
 @dataclass(frozen=True)
@@ -108,12 +110,15 @@ def permutation_null(
     cands = _candidates(real)
     fitter = PermutedFits(dp, dy, groups, cfg.ridge_lambda, cfg.regression)
 
+    @threadpool_limits.wrap(limits=1, user_api="blas")  # 128x128 solves: a second BLAS thread spins, doubling CPU for the same wall time
     def replicates(count: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         stats = np.zeros((count, len(cands)))
         tally = {role: np.zeros(count) for role in ROLES}
         for r in range(count):
-            fits = fitter.fits(within_class(members_of, len(labels), rng))
-            lab = derive_labels(fits, groups, presence, coverage, labels, background, cfg)
+            if r % REPLICATE_BATCH == 0:  # the same draws in the same order as one at a time
+                batch = fitter.fits_many(np.stack([within_class(members_of, len(labels), rng)
+                                                   for _ in range(min(REPLICATE_BATCH, count - r))]))
+            lab = derive_labels(batch[r % REPLICATE_BATCH], groups, presence, coverage, labels, background, cfg)
             for i, (role, cls, k, _) in enumerate(cands):
                 stats[r, i] = _statistic(lab, role, cls, k)
             for role, _c, _k, _s in _candidates(lab):
