@@ -40,3 +40,22 @@ def test_the_clean_data_has_no_shortcut_check_in_the_marks_corner(tmp_path_facto
     _, _, _, doc, _ = mnist_small_run(tmp_path_factory, "clean", {})
     corner = [r for r in shortcut_checks(doc) if r["class"] == "7" and r["where"]["region"].startswith("bottom-right")]
     assert corner == [], corner
+
+
+def _check_row(k: int, cls: str, off_object: float, excess: float, control: float) -> tuple[dict, dict, dict]:
+    """A prototype, its deletion row and its transplant row that pass every shortcut-check condition."""
+    where = {"class": cls, "share": 0.95, "region": "top-left quarter", "off_object": off_object}
+    deletion = {"prototype": k, "role": "cue", "classes": [cls], "verified": True, "excess": 1.0}
+    transplant = {"prototype": k, "role": "cue", "classes": [cls], "sufficient": True, "excess": excess, "control": control}
+    return {"where": where}, deletion, transplant
+
+
+def test_shortcut_checks_lead_with_the_one_furthest_off_the_objects_not_the_one_that_pushes_hardest():
+    """The ranking measured on the power runs: a mark sits on blank canvas; a digit's part can push
+    its class harder than the mark (bench/shortcut_rules.py). Hand-built: P0 pushes 8 logits over a
+    control of 1 on ink (off-object 0.43), P1 pushes 1 over 4 on blank canvas (0.67); P2 sits on
+    ink (0.2) and is no check at all."""
+    rows = [_check_row(0, "1", 0.43, 8.0, 1.0), _check_row(1, "7", 0.67, 1.0, 4.0), _check_row(2, "3", 0.2, 9.0, 0.0)]
+    doc = {"config": {"explain": {"concentration_share": 0.8, "shortcut_off_object": 0.4}},
+           "prototypes": [r[0] for r in rows], "faithfulness": {"deletion": [r[1] for r in rows], "transplant": [r[2] for r in rows]}}
+    assert [(r["prototype"], r["class"]) for r in shortcut_checks(doc)] == [(1, "7"), (0, "1")]

@@ -80,16 +80,29 @@ def shortcut_checks(doc: dict[str, Any]) -> list[dict[str, Any]]:
       images are blank canvas.
 
     A planted mark in an empty corner is such a prototype; a distinctive part of an object (the
-    crossing of an 8) passes the first three but sits where other digits have ink (MNIST: 0.42
-    and 0.91 for corner marks in two runs, 0.15-0.35 for the digit parts that passed the rest). Images with no blank canvas (natural
-    photographs) give no shortcut check by this rule. Whether the model *should* look there is
+    crossing of an 8) passes the first three but usually sits where other digits have ink (MNIST:
+    corner marks 0.42-0.91, digit parts median 0.23 but up to 0.58, so some pass). Images with no
+    blank canvas (natural photographs) give no shortcut check by this rule. Whether the model *should* look there is
     the user's call, which the sentence asks.
-    Ranked by :func:`dominance`, so that a cue that carries its class alone leads; each row
-    carries its deletion and transplant rows. The training-history null is not asked: a cue in every image
+    Ranked by how far off the objects it sits (``off_object``, then :func:`dominance`): over 12
+    MNIST power runs (bench/shortcut_rules.py) off-object was the one measure that kept every
+    planted mark (0.45-0.67) above most digit parts (median 0.23, a few up to 0.54), and it led
+    with the mark in all 6 runs that stated it beside other checks, where dominance led in 5
+    (a mark at rho 0.65 had 0.14, the digit part ranked above it 0.93). Each row carries its
+    deletion and transplant rows. The training-history null is not asked: a cue in every image
     of a class is class structure to a within-class null by construction.
     """
-    concentration = float(_explain_cfg(doc).get("concentration_share", 0.8))
     off_object = float(_explain_cfg(doc).get("shortcut_off_object", 0.4))
+    out = [r for r in shortcut_candidates(doc) if (r["where"].get("off_object") or 0) >= off_object]
+    return sorted(out, key=lambda r: (-float(r["where"].get("off_object") or 0.0), -dominance(r["transplant"])))
+
+
+def shortcut_candidates(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows :func:`shortcut_checks` chooses from: every class claim the deletion test
+    verified, the transplant test found sufficient, and that sits in one region in at least
+    ``explain.concentration_share`` of its class's images, whatever its off-object share; in
+    the causal check's order."""
+    concentration = float(_explain_cfg(doc).get("concentration_share", 0.8))
     faith = doc.get("faithfulness") or {}
     transplant = {(d["prototype"], d["role"], d["classes"][0]): d for d in faith.get("transplant", [])}
     out = []
@@ -97,18 +110,17 @@ def shortcut_checks(doc: dict[str, Any]) -> list[dict[str, Any]]:
         where = doc["prototypes"][d["prototype"]].get("where") or {}
         moved = transplant.get((d["prototype"], d["role"], d["classes"][0]))
         if (d["role"] != "uncertain" and d["verified"] and moved is not None and moved["sufficient"]
-                and (where.get("share") or 0) >= concentration and where.get("class") == d["classes"][0]
-                and (where.get("off_object") or 0) >= off_object):
+                and (where.get("share") or 0) >= concentration and where.get("class") == d["classes"][0]):
             out.append({"prototype": d["prototype"], "role": d["role"], "class": d["classes"][0], "deletion": d, "transplant": moved,
                         "where": where})
-    return sorted(out, key=lambda r: -dominance(r["transplant"]))
+    return out
 
 
 def dominance(transplant: dict[str, Any]) -> float:
     """How much more a cue pushes its class than the rest of its image's foreground does, as a
-    smoothed ratio ``excess / (|control| + 1)`` (logits): a planted mark, pasted alone, pushes
-    many times what the digit's strokes do (MNIST: 3.6 over 0.4), a digit's part a few times
-    what its other parts do (4.6 over 2.2)."""
+    smoothed ratio ``excess / (|control| + 1)`` (logits). Reported beside a check and used to
+    break ties; it does not tell a mark from a digit's part (12 MNIST power runs: marks 0.14-1.21,
+    other candidates 0.12-7.95; bench/shortcut_rules.py)."""
     return float(transplant["excess"]) / (abs(float(transplant["control"])) + 1.0)
 
 
