@@ -215,8 +215,9 @@ class PermutedFits:
 
     def fits_many(self, perms: np.ndarray) -> list[list[GroupFit]]:
         """:meth:`fits` of each row of ``perms`` ``(R, N)``. A large group's ``X_perm^T dY``
-        is one pass over each interval's dP for all R replicates (it reads every sample, so
-        one at a time it is bound by memory, not arithmetic: 4x faster at N = 10,000, R = 32)."""
+        is one product over each interval's dP for all R replicates instead of one per replicate
+        (on one BLAS thread, as the null runs: 1.6-2x less CPU per replicate on the CIFAR-10
+        shape at N = 10,000 and R = 32, about the same on MNIST's; bench/null_replicates.py)."""
         k = self.dp.shape[2]
         inverse = np.argsort(perms, axis=1)  # sum_i x[perm[i]] c[i] = sum_j x[j] c[inverse[j]]
         out: list[list[GroupFit]] = [[] for _ in perms]
