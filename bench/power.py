@@ -138,9 +138,10 @@ def _permuted(data, seed: int):
     return dataclasses.replace(data, train_y=data.train_y[torch.randperm(len(data.train_y), generator=gen)])
 
 
-def one(dataset: str, rho: float | None, seed: int, n: int, work: Path, permuted: bool, target: int, explain_with: str = "") -> dict:
+def one(dataset: str, rho: float | None, seed: int, n: int, work: Path, permuted: bool, target: int, explain_with: str = "",
+        plant_with: str = "") -> dict:
     name, cut = SETTINGS[dataset]
-    plant = f",{PLANT},plant.classes=[{target}],plant.rho={rho}" if rho is not None else ""
+    plant = f",{PLANT},plant.classes=[{target}],plant.rho={rho}{',' + plant_with if plant_with else ''}" if rho is not None else ""
     config = load_config(name, f"work_dir={work},seed={seed},{cut}{plant}")
     data = _permuted(load_data(config.data, config.seed, config.plant), seed) if permuted else load_data(config.data, config.seed, config.plant)
     folder = run_folder(config) if not permuted else work / "permuted" / run_folder(config).name
@@ -314,6 +315,8 @@ def main() -> None:
     ap.add_argument("--explain", default="", help="explain overrides for the analysis only (the models are reused), "
                     "e.g. explain.n_prototypes=128; kept in each row")
     ap.add_argument("--target", type=int, default=7, help="the planted class")
+    ap.add_argument("--plant", default="", help="plant overrides on top of the fixed corner square, e.g. "
+                    "plant.position=random,plant.region=12 (use another --work and --out)")
     ap.add_argument("--work", default="bench/out/power-work")
     ap.add_argument("--out", default="")
     ap.add_argument("--table", default="", help="print the table and draw the figure of a results file, then stop")
@@ -339,7 +342,7 @@ def main() -> None:
     todo = [j for j in jobs if j not in done]
     start = time.perf_counter()
     for i, (rho, seed, n, perm) in enumerate(todo):
-        row = one(args.dataset, rho, seed, n, Path(args.work), perm, args.target, args.explain)
+        row = one(args.dataset, rho, seed, n, Path(args.work), perm, args.target, args.explain, args.plant)
         with out.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
         elapsed = time.perf_counter() - start

@@ -29,12 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from i2x.reporting.claims import dominance, shortcut_candidates  # noqa: E402
 
-MEASURES = {"off_object": [0.3, 0.4, 0.45, 0.5, 0.55], "dominance": [0.25, 0.5, 1.0, 1.5], "flips": [0.1, 0.2, 0.3, 0.4]}
+MEASURES = {"off_object": [0.3, 0.4, 0.45, 0.5, 0.55], "dominance": [0.25, 0.5, 1.0, 1.5], "flips": [0.1, 0.2, 0.3, 0.4],
+            "rigid": [0.8, 0.9, 0.95, 1.0]}
 
 
 def candidates(doc: dict, mark: int | None, target: str) -> list[dict]:
     """Every shortcut-check candidate of one run, with its measures."""
-    return [{"prototype": r["prototype"], "class": r["class"], "region": r["where"].get("region"),
+    return [{"rigid": float(r["where"].get("rigid") or 0.0),
+             "prototype": r["prototype"], "class": r["class"], "region": r["where"].get("region"),
              "mark": mark is not None and r["prototype"] == mark and r["class"] == target,
              "off_object": float(r["where"].get("off_object") or 0.0), "dominance": dominance(r["transplant"]),
              "flips": float(r["transplant"]["flips"])} for r in shortcut_candidates(doc)]
@@ -54,11 +56,11 @@ def main() -> None:
         target = doc["classes"][r["target"]]
         for c in candidates(doc, r["mark_prototype"] if r["rho"] is not None else None, target):
             found.append({"rho": r["rho"], "seed": r["seed"], **c})
-    print("| run | prototype -> class | region | mark? | off_object | dominance | flips |")
-    print("|---|---|---|---|---|---|---|")
+    print("| run | prototype -> class | region | mark? | off_object | dominance | flips | rigid |")
+    print("|---|---|---|---|---|---|---|---|")
     for c in found:
         print(f"| rho {c['rho']} seed {c['seed']} | P{c['prototype']} -> {c['class']} | {c['region']} | {'**mark**' if c['mark'] else ''} | "
-              f"{c['off_object']:.2f} | {c['dominance']:.2f} | {c['flips']:.2f} |")
+              f"{c['off_object']:.2f} | {c['dominance']:.2f} | {c['flips']:.2f} | {c['rigid']:.2f} |")
     marks = [c for c in found if c["mark"]]
     rest = [c for c in found if not c["mark"]]
     runs_with_mark = sum(1 for r in rows if r["rho"] is not None)

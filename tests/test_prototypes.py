@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from i2x.explanation.prototypes import fit_prototypes, receptive_box
+from i2x.explanation.prototypes import fit_prototypes, receptive_box, rigidity
 from i2x.platform.errors import I2XError
 
 
@@ -61,3 +61,27 @@ def test_k_larger_than_locations_is_refused():
 def test_receptive_box_maps_cells_to_pixels():
     assert receptive_box((0, 0), (8, 8), (32, 32), 1.0) == (0, 0, 4, 4)
     assert receptive_box((7, 7), (8, 8), (32, 32), 2.0) == (26, 26, 32, 32)
+
+
+def test_rigidity_tells_a_pasted_mark_from_a_part_that_varies_and_from_blank_canvas():
+    """Planted truth on a 4x4 grid of 4-pixel cells: class 0 carries the same white square in
+    cell (3, 3) (prototype 0), a stroke whose pixels move from image to image in cell (1, 1)
+    (prototype 1) and blank canvas elsewhere (prototype 2); class 1 is blank with its own
+    varying stroke. Only the pasted mark is a rigid copy."""
+    rng = np.random.default_rng(0)
+    n = 60
+    images = np.zeros((n, 1, 16, 16), dtype=np.uint8)
+    labels = np.repeat([0, 1], n // 2)
+    assignment = np.full((n, 4, 4), 2)
+    for i in range(n):
+        row = rng.integers(4, 8)  # a horizontal stroke at a random row of cell (1, 1)
+        images[i, 0, row, 4:8] = 255
+        if labels[i] == 0:
+            images[i, 0, 12:16, 12:16] = 255
+            assignment[i, 3, 3], assignment[i, 1, 1] = 0, 1
+        else:
+            assignment[i, 1, 1] = 3
+    rigid = rigidity(torch.from_numpy(images), assignment, labels, np.array([0, 0, 0, 1]))
+    assert rigid[0] == 1.0
+    assert rigid[1] < 0.5, rigid  # the stroke is in the cell in every image, never at the same pixels
+    assert rigid[2] == 0.0  # blank canvas is the same everywhere, and so not a copy

@@ -29,6 +29,7 @@ def test_a_planted_shortcut_leads_the_report_is_located_and_boxed(planted):
     assert (mark_cell == k).mean() >= 0.8, np.unique(mark_cell, return_counts=True)  # the lead is the mark's prototype
     assert headline(doc).startswith(f"shortcut check: P{k} -> 7 (bottom-right")
     assert statements(doc)["shortcuts"][0].startswith(f"P{k} drives class 7 from the bottom-right")
+    assert "it is a rigid copy (100% of a cell's pixels" in statements(doc)["shortcuts"][0]
     for ex in doc["prototypes"][k]["exemplars"]:
         y0, x0, y1, x1 = marks[ex["sample"]]
         assert y0 >= 0, f"exemplar {ex} of the mark's prototype shows no mark"
@@ -42,9 +43,9 @@ def test_the_clean_data_has_no_shortcut_check_in_the_marks_corner(tmp_path_facto
     assert corner == [], corner
 
 
-def _check_row(k: int, cls: str, off_object: float, excess: float, control: float) -> tuple[dict, dict, dict]:
+def _check_row(k: int, cls: str, off_object: float, excess: float, control: float, rigid: float | None = 1.0) -> tuple[dict, dict, dict]:
     """A prototype, its deletion row and its transplant row that pass every shortcut-check condition."""
-    where = {"class": cls, "share": 0.95, "region": "top-left quarter", "off_object": off_object}
+    where = {"class": cls, "share": 0.95, "region": "top-left quarter", "off_object": off_object, "rigid": rigid}
     deletion = {"prototype": k, "role": "cue", "classes": [cls], "verified": True, "excess": 1.0}
     transplant = {"prototype": k, "role": "cue", "classes": [cls], "sufficient": True, "excess": excess, "control": control}
     return {"where": where}, deletion, transplant
@@ -59,3 +60,14 @@ def test_shortcut_checks_lead_with_the_one_furthest_off_the_objects_not_the_one_
     doc = {"config": {"explain": {"concentration_share": 0.8, "shortcut_off_object": 0.4}},
            "prototypes": [r[0] for r in rows], "faithfulness": {"deletion": [r[1] for r in rows], "transplant": [r[2] for r in rows]}}
     assert [(r["prototype"], r["class"]) for r in shortcut_checks(doc)] == [(1, "7"), (0, "1")]
+
+
+def test_a_part_that_is_not_a_rigid_copy_is_no_shortcut_check():
+    """Off the objects and pushing its class, but its pixels vary from image to image (a digit's
+    stroke: 0.88 in the power runs): no check. A document written before the measure (no
+    ``rigid``) keeps the old rule."""
+    rows = [_check_row(0, "1", 0.45, 2.0, 1.0, rigid=0.88), _check_row(1, "7", 0.6, 1.0, 1.0, rigid=1.0),
+            _check_row(2, "3", 0.5, 1.0, 1.0, rigid=None)]
+    doc = {"config": {"explain": {"concentration_share": 0.8, "shortcut_off_object": 0.4, "shortcut_rigid": 0.95}},
+           "prototypes": [r[0] for r in rows], "faithfulness": {"deletion": [r[1] for r in rows], "transplant": [r[2] for r in rows]}}
+    assert [(r["prototype"], r["class"]) for r in shortcut_checks(doc)] == [(1, "7"), (2, "3")]

@@ -32,6 +32,7 @@ from i2x.explanation.prototypes import (
     content_background,
     fit_prototypes,
     off_object,
+    rigidity,
 )
 from i2x.explanation.saliency import grad_cam
 from i2x.explanation.structure import Structure, build_structure
@@ -78,6 +79,7 @@ class Analysis:
     timings: dict[str, float] = field(default_factory=dict)
     transplant: list[TransplantResult] | None = None
     off_object: np.ndarray | None = None
+    rigid: np.ndarray | None = None
 
 
 def claims_of(structure: Structure, coverage: np.ndarray | None = None, cfg: ExplainConfig | None = None) -> list[Claim]:
@@ -202,6 +204,7 @@ def analyse(
     blank = blank_cells(images, tuple(protos.assignment.shape[-2:]), cfg.background_blank_std)
     content = content_background(protos.assignment, blank, cfg.background_blank_share, cfg.background_ring_share)
     off = off_object(protos.assignment, y, blank, protos.coverage.argmax(1))
+    rigid = rigidity(images, protos.assignment, y, protos.coverage.argmax(1))
     doing("class structure and the training-history permutation null")
     structure = build_structure(fits, groups, intens.presence, protos.coverage, y, preds, cfg, dp=intens.dp, dy=intens.dy,
                                 seed=seed if cfg.null_seed < 0 else cfg.null_seed, content=content)
@@ -223,4 +226,4 @@ def analyse(
         road = road_scores(final_model, images, labels, final_maps, faithfulness, seed, device)
         timings["faithfulness"] = time.perf_counter() - tick
     return Analysis(maps_t, probs_t, preds, protos, intens, groups, fits, structure, heldout_summary(fits), deletion, road, timings,
-                    transplant, off)
+                    transplant, off, rigid)

@@ -67,6 +67,7 @@ def build_document(
     top_beta: int = 5,
     transplant: list[TransplantResult] | None = None,
     off_object: np.ndarray | None = None,
+    rigid: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Assemble the explanation. ``run`` and ``config`` are copied in as given.
 
@@ -104,7 +105,8 @@ def build_document(
             "id": k,
             "background": k in background,
             "where": {"class": name(where.cls), "region": where.region, "share": _r(where.share), "n_images": where.n_images,
-                      "off_object": None if off_object is None else _r(off_object[k])},
+                      "off_object": None if off_object is None else _r(off_object[k]),
+                      "rigid": None if rigid is None else _r(rigid[k])},
             "coverage": {name(c): _r(protos.coverage[k, c]) for c in range(len(classes))},
             "n_locations": int((protos.assignment == k).sum()),
             "n_samples": int(protos.presence[:, k].sum()),
@@ -283,7 +285,8 @@ def document_of(
     return build_document(run=run, config=config, classes=classes, checkpoints=checkpoints, protos=analysis.protos,
                           analysis_index=analysis_index, groups=analysis.groups, fits=analysis.fits, structure=analysis.structure,
                           labels=labels, heldout=analysis.heldout, deletion=analysis.deletion, road=analysis.road,
-                          transplant=analysis.transplant, off_object=analysis.off_object)
+                          transplant=analysis.transplant, off_object=analysis.off_object,
+                          rigid=analysis.rigid)
 
 
 def _faithfulness_doc(deletion: list[DeletionResult], road: RoadResult | None, name: Any,

@@ -345,3 +345,43 @@ def off_object(assignment: np.ndarray, labels: np.ndarray, blank: np.ndarray, cl
         core = freq * (freq >= 0.5 * freq.max())  # where it usually is, not every cell it ever touches
         out[k] = float((core * blank[others].mean(0)).sum() / core.sum())
     return out
+
+
+
+
+def rigidity(images: torch.Tensor, assignment: np.ndarray, labels: np.ndarray, classes: np.ndarray,
+             tolerance: float = 0.15, share: float = 0.98, min_contrast: float = 0.25) -> np.ndarray:
+    """``(K,)``: whether prototype k is a rigid copy, the same pixels in nearly every image: over
+    its core cells (where it is at least half as often as at its most frequent cell) in its
+    class's images, the largest share of a cell's pixels that stay within ``tolerance`` of their
+    median in at least ``share`` of the images where k sits there (every channel; [0, 1] pixel
+    units) and whose median differs from the other classes' mean by ``min_contrast`` (blank
+    canvas is the same everywhere, and is not a copy). A mark pasted at one place scores 1;
+    parts of objects vary from image to image (18 MNIST power runs, ``bench/shortcut_rules.py``:
+    every planted mark's prototype 1.0; the other shortcut-check candidates median 0.03, the
+    most regular, the stroke of a 1, up to 0.94).
+
+    Args:
+        images: ``(N, C, H, W)`` uint8; assignment: ``(N, h, w)``; labels: ``(N,)``;
+        classes: ``(K,)`` the class each prototype is read in (its most covered).
+    """
+    x = images.float().numpy() / 255
+    (_, _, height, width), (_, h, w) = x.shape, assignment.shape
+    out = np.zeros(len(classes))
+    for k, c in enumerate(classes):
+        mine, others = labels == c, labels != c
+        freq = (assignment[mine] == k).mean(0)
+        if freq.sum() == 0 or not others.any():
+            continue
+        for r, q in zip(*np.nonzero(freq >= 0.5 * freq.max()), strict=True):
+            here = mine.copy()
+            here[mine] = assignment[mine, r, q] == k
+            if here.sum() < 2:
+                continue
+            y0, y1, x0, x1 = r * height // h, -(-(r + 1) * height // h), q * width // w, -(-(q + 1) * width // w)
+            patch = x[here, :, y0:y1, x0:x1]
+            median = np.median(patch, 0)
+            contrast = np.abs(median - x[others, :, y0:y1, x0:x1].mean(0)).max(0) >= min_contrast
+            same = ((np.abs(patch - median) <= tolerance).mean(0) >= share).all(0)
+            out[k] = max(out[k], float((same & contrast).mean()))
+    return out

@@ -67,6 +67,11 @@ class ExplainConfig:
         shortcut_off_object: a necessary and sufficient, concentrated cue is a shortcut check
             only where at least this share of the other classes' images are blank canvas (off
             the objects, as a mark in an empty corner; object parts sit where others have ink).
+        shortcut_rigid: and only where it is a rigid copy: at least this share of one of its
+            cells' pixels the same in 98% of its class's images where it sits there (``rigid``,
+            :func:`i2x.explanation.prototypes.rigidity`; a pasted mark 1.0, MNIST digit parts up
+            to 0.94). 0 turns the condition off (a mark that moves from image to image is not
+            rigid, and is then no shortcut check).
         cue_coverage: a class-specific prototype (``distinct_ratio`` times more common in one
             class than in any other) in at least this share of that class's images is tested
             by the causal check as a ``cue``, labelled or not (a shortcut in 5% of a class).
@@ -116,6 +121,7 @@ class ExplainConfig:
     concentration_share: float = 0.8
     cue_coverage: float = 0.05
     shortcut_off_object: float = 0.4
+    shortcut_rigid: float = 0.95
     overlay_per_class: int = 2
     batch_size: int = 500
     memory_mb: int = 2048

@@ -77,12 +77,19 @@ def shortcut_checks(doc: dict[str, Any]) -> list[dict[str, Any]]:
       (bootstrap CI above 0, BH-corrected);
     - it sits in one region in at least ``explain.concentration_share`` of its class's images,
       off the objects: where at least ``explain.shortcut_off_object`` of the other classes'
-      images are blank canvas.
+      images are blank canvas;
+    - it is a rigid copy: some cell of it holds the same pixels in nearly every image of its
+      class where it sits there (``rigid`` at least ``explain.shortcut_rigid``; documents
+      written before the measure existed skip this condition).
 
     A planted mark in an empty corner is such a prototype; a distinctive part of an object (the
     crossing of an 8) passes the first three but usually sits where other digits have ink (MNIST:
-    corner marks 0.42-0.91, digit parts median 0.23 but up to 0.65, so some pass). Images with no
-    blank canvas (natural photographs) give no shortcut check by this rule. Whether the model *should* look there is
+    corner marks 0.42-0.91, digit parts median 0.23 but up to 0.65, so some pass); the rigid-copy
+    condition stops those (18 MNIST power runs: every mark's prototype 1.0; the 15 digit parts
+    and clean-run candidates past the off-object bar 0 to 0.88; the one other at 1.0 sat on the
+    mark's corner of a 7 where no single prototype held the mark). Images with no blank canvas
+    (natural photographs) give no shortcut check by this rule, and neither does a mark that
+    moves from image to image (not rigid). Whether the model *should* look there is
     the user's call, which the sentence asks.
     Ranked by how far off the objects it sits (``off_object``, then :func:`dominance`): over 18
     MNIST power runs (bench/shortcut_rules.py) off-object was the one measure that kept every
@@ -93,8 +100,17 @@ def shortcut_checks(doc: dict[str, Any]) -> list[dict[str, Any]]:
     of a class is class structure to a within-class null by construction.
     """
     off_object = float(_explain_cfg(doc).get("shortcut_off_object", 0.4))
-    out = [r for r in shortcut_candidates(doc) if (r["where"].get("off_object") or 0) >= off_object]
+    rigid = float(_explain_cfg(doc).get("shortcut_rigid", 0.95))
+    out = [r for r in shortcut_candidates(doc) if (r["where"].get("off_object") or 0) >= off_object
+           and (r["where"].get("rigid") is None or r["where"]["rigid"] >= rigid)]
     return sorted(out, key=lambda r: (-float(r["where"].get("off_object") or 0.0), -dominance(r["transplant"])))
+
+
+def _rigid_words(where: dict[str, Any]) -> str:
+    """The rigid-copy condition in words, when the document measured it."""
+    if where.get("rigid") is None:
+        return ""
+    return f", and it is a rigid copy ({100 * where['rigid']:.0f}% of a cell's pixels the same in 98% of those images)"
 
 
 def shortcut_candidates(doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -190,7 +206,8 @@ def statements(doc: dict[str, Any]) -> dict[str, list[str]]:
             f"other cells of the same images (difference CI [{moved['ci'][0]:+.2f}, {moved['ci'][1]:+.2f}]), turning "
             f"{100 * moved['flips']:.0f}% of them into {r['class']} ({100 * moved['control_flips']:.0f}% for the control); "
             f"occluding it lowers the margin by {d['effect']:.2f} against {d['baselines']['foreground']:.2f} for matched cells; "
-            f"{100 * where['off_object']:.0f}% of the other classes' images are empty there. "
+            f"{100 * where['off_object']:.0f}% of the other classes' images are empty there"
+            f"{_rigid_words(where)}. "
             f"Check whether this is a shortcut (figures: locations.png, findings.png).")
     cfg = _explain_cfg(doc)
     protos = {p["id"]: p for p in doc["prototypes"]}
