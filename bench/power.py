@@ -101,7 +101,7 @@ def judge(doc: dict, target: str, k: int | None) -> dict:
     checks = shortcut_checks(doc)
     named = named_prototypes(doc)
     mine = [r for r in checks if r["class"] == target]
-    corner = sorted({r["prototype"] for r in mine if r["where"].get("region") in CORNER})
+    corner = sorted({r["prototype"] for r in mine if r["where"].get("region") in CORNER or r["where"].get("rigid_at") in CORNER})
     detected = k is not None and any(r["prototype"] == k for r in mine)
     finding = k is not None and any(r["prototype"] == k and r.get("class") == target for r in named["findings"])
     # a finding for the target class whose prototype the report places in the mark's corner: what photographs

@@ -81,7 +81,7 @@ def test_rigidity_tells_a_pasted_mark_from_a_part_that_varies_and_from_blank_can
             assignment[i, 3, 3], assignment[i, 1, 1] = 0, 1
         else:
             assignment[i, 1, 1] = 3
-    rigid = rigidity(torch.from_numpy(images), assignment, labels, np.array([0, 0, 0, 1]))
-    assert rigid[0] == 1.0
+    rigid, at = rigidity(torch.from_numpy(images), assignment, labels, np.array([0, 0, 0, 1]))
+    assert rigid[0] == 1.0 and at[0] == "bottom-right"
     assert rigid[1] < 0.5, rigid  # the stroke is in the cell in every image, never at the same pixels
-    assert rigid[2] == 0.0  # blank canvas is the same everywhere, and so not a copy
+    assert rigid[2] == 0.0 and at[2] is None  # blank canvas is the same everywhere, and so not a copy

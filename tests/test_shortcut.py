@@ -29,7 +29,7 @@ def test_a_planted_shortcut_leads_the_report_is_located_and_boxed(planted):
     assert (mark_cell == k).mean() >= 0.8, np.unique(mark_cell, return_counts=True)  # the lead is the mark's prototype
     assert headline(doc).startswith(f"shortcut check: P{k} -> 7 (bottom-right")
     assert statements(doc)["shortcuts"][0].startswith(f"P{k} drives class 7 from the bottom-right")
-    assert "it is a rigid copy (100% of a cell's pixels" in statements(doc)["shortcuts"][0]
+    assert "it is a rigid copy in the bottom-right of the image (100% of a cell's pixels" in statements(doc)["shortcuts"][0]
     for ex in doc["prototypes"][k]["exemplars"]:
         y0, x0, y1, x1 = marks[ex["sample"]]
         assert y0 >= 0, f"exemplar {ex} of the mark's prototype shows no mark"

@@ -79,7 +79,7 @@ class Analysis:
     timings: dict[str, float] = field(default_factory=dict)
     transplant: list[TransplantResult] | None = None
     off_object: np.ndarray | None = None
-    rigid: np.ndarray | None = None
+    rigid: tuple[np.ndarray, list[str | None]] | None = None
 
 
 def claims_of(structure: Structure, coverage: np.ndarray | None = None, cfg: ExplainConfig | None = None) -> list[Claim]:

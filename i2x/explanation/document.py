@@ -67,7 +67,7 @@ def build_document(
     top_beta: int = 5,
     transplant: list[TransplantResult] | None = None,
     off_object: np.ndarray | None = None,
-    rigid: np.ndarray | None = None,
+    rigid: tuple[np.ndarray, list[str | None]] | None = None,
 ) -> dict[str, Any]:
     """Assemble the explanation. ``run`` and ``config`` are copied in as given.
 
@@ -106,7 +106,8 @@ def build_document(
             "background": k in background,
             "where": {"class": name(where.cls), "region": where.region, "share": _r(where.share), "n_images": where.n_images,
                       "off_object": None if off_object is None else _r(off_object[k]),
-                      "rigid": None if rigid is None else _r(rigid[k])},
+                      "rigid": None if rigid is None else _r(rigid[0][k]),
+                      "rigid_at": None if rigid is None else rigid[1][k]},
             "coverage": {name(c): _r(protos.coverage[k, c]) for c in range(len(classes))},
             "n_locations": int((protos.assignment == k).sum()),
             "n_samples": int(protos.presence[:, k].sum()),

@@ -350,8 +350,8 @@ def off_object(assignment: np.ndarray, labels: np.ndarray, blank: np.ndarray, cl
 
 
 def rigidity(images: torch.Tensor, assignment: np.ndarray, labels: np.ndarray, classes: np.ndarray,
-             tolerance: float = 0.15, share: float = 0.98, min_contrast: float = 0.25) -> np.ndarray:
-    """``(K,)``: whether prototype k is a rigid copy, the same pixels in nearly every image: over
+             tolerance: float = 0.15, share: float = 0.98, min_contrast: float = 0.25) -> tuple[np.ndarray, list[str | None]]:
+    """Whether prototype k is a rigid copy, the same pixels in nearly every image: over
     its core cells (where it is at least half as often as at its most frequent cell) in its
     class's images, the largest share of a cell's pixels that stay within ``tolerance`` of their
     median in at least ``share`` of the images where k sits there (every channel; [0, 1] pixel
@@ -364,10 +364,16 @@ def rigidity(images: torch.Tensor, assignment: np.ndarray, labels: np.ndarray, c
     Args:
         images: ``(N, C, H, W)`` uint8; assignment: ``(N, h, w)``; labels: ``(N,)``;
         classes: ``(K,)`` the class each prototype is read in (its most covered).
+
+    Returns:
+        ``(K,)`` scores, and for each the ninth of the image its best cell lies in ("bottom-right"),
+        None where no cell scores: where the copy is, more precisely than where the whole
+        prototype sits (a mark's prototype often takes in cells around it).
     """
     x = images.float().numpy() / 255
     (_, _, height, width), (_, h, w) = x.shape, assignment.shape
     out = np.zeros(len(classes))
+    where: list[str | None] = [None] * len(classes)
     for k, c in enumerate(classes):
         mine, others = labels == c, labels != c
         freq = (assignment[mine] == k).mean(0)
@@ -383,5 +389,7 @@ def rigidity(images: torch.Tensor, assignment: np.ndarray, labels: np.ndarray, c
             median = np.median(patch, 0)
             contrast = np.abs(median - x[others, :, y0:y1, x0:x1].mean(0)).max(0) >= min_contrast
             same = ((np.abs(patch - median) <= tolerance).mean(0) >= share).all(0)
-            out[k] = max(out[k], float((same & contrast).mean()))
-    return out
+            score = float((same & contrast).mean())
+            if score > out[k]:
+                out[k], where[k] = score, NINTHS[min(int((r + 0.5) * 3 / h), 2)][min(int((q + 0.5) * 3 / w), 2)]
+    return out, where

@@ -110,7 +110,8 @@ def _rigid_words(where: dict[str, Any]) -> str:
     """The rigid-copy condition in words, when the document measured it."""
     if where.get("rigid") is None:
         return ""
-    return f", and it is a rigid copy ({100 * where['rigid']:.0f}% of a cell's pixels the same in 98% of those images)"
+    at = f" in the {where['rigid_at']} of the image" if where.get("rigid_at") else ""
+    return f", and it is a rigid copy{at} ({100 * where['rigid']:.0f}% of a cell's pixels the same in 98% of those images)"
 
 
 def shortcut_candidates(doc: dict[str, Any]) -> list[dict[str, Any]]:
