@@ -229,6 +229,11 @@ class Placement:
     n_images: int
 
 
+def _part(c: np.ndarray | float, n: int, size: int) -> np.ndarray:
+    """Which of ``n`` equal parts of ``size`` grid cells the (mean) cell position ``c`` falls in."""
+    return np.minimum(((np.asarray(c) + 0.5) * n / size).astype(int), n - 1)
+
+
 def placement(assignment: np.ndarray, labels: np.ndarray, k: int, cls: int, min_share: float = 0.8) -> Placement:
     """Where prototype ``k`` sits in the class-``cls`` images that contain it.
 
@@ -244,16 +249,12 @@ def placement(assignment: np.ndarray, labels: np.ndarray, k: int, cls: int, min_
     counts = hit.sum((1, 2))
     cy = (hit * np.arange(h)[None, :, None]).sum((1, 2)) / counts
     cx = (hit * np.arange(w)[None, None, :]).sum((1, 2)) / counts
-
-    def part(c: np.ndarray, n: int, size: int) -> np.ndarray:
-        return np.minimum(((c + 0.5) * n / size).astype(int), n - 1)
-
-    ninth = part(cy, 3, h) * 3 + part(cx, 3, w)
+    ninth = _part(cy, 3, h) * 3 + _part(cx, 3, w)
     tally = np.bincount(ninth, minlength=9) / len(hit)
     candidates = [(NINTHS[i // 3][i % 3], tally[i]) for i in range(9)]
-    quarter = np.bincount(part(cy, 2, h) * 2 + part(cx, 2, w), minlength=4) / len(hit)
+    quarter = np.bincount(_part(cy, 2, h) * 2 + _part(cx, 2, w), minlength=4) / len(hit)
     candidates += [(QUARTERS[i // 2][i % 2], quarter[i]) for i in range(4)]
-    rows, cols = part(cy, 2, h), part(cx, 2, w)
+    rows, cols = _part(cy, 2, h), _part(cx, 2, w)
     candidates += [(name, float(np.mean(rows == r) if r is not None else np.mean(cols == c))) for name, (r, c) in HALVES.items()]
     for name, share in candidates:  # most specific first
         if share >= min_share:
@@ -347,10 +348,11 @@ def off_object(assignment: np.ndarray, labels: np.ndarray, blank: np.ndarray, cl
     return out
 
 
+RIGID_SHARE = 0.98  # the share of images a rigid copy's pixels must agree in (the report quotes it)
 
 
 def rigidity(images: torch.Tensor, assignment: np.ndarray, labels: np.ndarray, classes: np.ndarray,
-             tolerance: float = 0.15, share: float = 0.98, min_contrast: float = 0.25) -> tuple[np.ndarray, list[str | None]]:
+             tolerance: float = 0.15, share: float = RIGID_SHARE, min_contrast: float = 0.25) -> tuple[np.ndarray, list[str | None]]:
     """Whether prototype k is a rigid copy, the same pixels in nearly every image: over
     its core cells (where it is at least half as often as at its most frequent cell) in its
     class's images, the largest share of a cell's pixels that stay within ``tolerance`` of their
@@ -374,10 +376,11 @@ def rigidity(images: torch.Tensor, assignment: np.ndarray, labels: np.ndarray, c
     (_, _, height, width), (_, h, w) = x.shape, assignment.shape
     out = np.zeros(len(classes))
     where: list[str | None] = [None] * len(classes)
+    rest = {c: x[labels != c].mean(0) for c in np.unique(classes) if (labels != c).any()}  # the other classes' mean image
     for k, c in enumerate(classes):
-        mine, others = labels == c, labels != c
+        mine = labels == c
         freq = (assignment[mine] == k).mean(0)
-        if freq.sum() == 0 or not others.any():
+        if freq.sum() == 0 or c not in rest:
             continue
         for r, q in zip(*np.nonzero(freq >= 0.5 * freq.max()), strict=True):
             here = mine.copy()
@@ -387,9 +390,9 @@ def rigidity(images: torch.Tensor, assignment: np.ndarray, labels: np.ndarray, c
             y0, y1, x0, x1 = r * height // h, -(-(r + 1) * height // h), q * width // w, -(-(q + 1) * width // w)
             patch = x[here, :, y0:y1, x0:x1]
             median = np.median(patch, 0)
-            contrast = np.abs(median - x[others, :, y0:y1, x0:x1].mean(0)).max(0) >= min_contrast
+            contrast = np.abs(median - rest[c][:, y0:y1, x0:x1]).max(0) >= min_contrast
             same = ((np.abs(patch - median) <= tolerance).mean(0) >= share).all(0)
             score = float((same & contrast).mean())
             if score > out[k]:
-                out[k], where[k] = score, NINTHS[min(int((r + 0.5) * 3 / h), 2)][min(int((q + 0.5) * 3 / w), 2)]
+                out[k], where[k] = score, NINTHS[int(_part(r, 3, h))][int(_part(q, 3, w))]
     return out, where

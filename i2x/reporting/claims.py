@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from i2x.explanation.prototypes import RIGID_SHARE
+
 
 def prototype_names(ids: list[int]) -> str:
     parts = [f"P{k}" for k in ids]
@@ -111,7 +113,8 @@ def _rigid_words(where: dict[str, Any]) -> str:
     if where.get("rigid") is None:
         return ""
     at = f" in the {where['rigid_at']} of the image" if where.get("rigid_at") else ""
-    return f", and it is a rigid copy{at} ({100 * where['rigid']:.0f}% of a cell's pixels the same in 98% of those images)"
+    return (f", and it is a rigid copy{at} ({100 * where['rigid']:.0f}% of a cell's pixels the same in {100 * RIGID_SHARE:.0f}% "
+            "of those images)")
 
 
 def shortcut_candidates(doc: dict[str, Any]) -> list[dict[str, Any]]:
