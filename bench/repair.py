@@ -94,6 +94,11 @@ def prepare(dataset: str, seed: int, rho: float, target: int, lr: float, work: P
     return ctx, finding, doc, t_explain
 
 
+def _in_corner(where: dict) -> bool:
+    """The lead check sits on the planted mark: its region, or where its rigid copy is, is the mark's corner."""
+    return any(str(where.get(k) or "").startswith("bottom-right") for k in ("region", "rigid_at"))
+
+
 def one_seed(dataset: str, seed: int, rho: float, target: int, trials: int, lr: float, work: Path, extra: str = "") -> list[dict]:
     import optuna
 
@@ -126,8 +131,7 @@ def one_seed(dataset: str, seed: int, rho: float, target: int, trials: int, lr: 
                      "params": chosen.get(name, {}).get("params", {}), "declined": bool(chosen.get(name, {}).get("declined")),
                      "heldout": chosen.get(name, {}).get("values"), "chosen": pick, "acted": finding is not None or not name.startswith("i2x-"),
                      "finding": None if finding is None else finding.prototype, "finding_class": None if finding is None else finding.class_name,
-                     "finding_is_mark": bool(finding is not None and finding.cls == target
-                                             and doc["prototypes"][finding.prototype]["where"]["region"].startswith("bottom-right")),
+                     "finding_is_mark": bool(finding is not None and finding.cls == target and _in_corner(doc["prototypes"][finding.prototype]["where"])),
                      "mark_cells_with_finding": where, "explain_s": round(t_explain, 1), "study_s": round(t_study, 1), "set": extra,
                      "heldout_take_out": ctx.config.tune.heldout_take_out, "refit_take_out": ctx.config.tune.refit_take_out})
     return rows
