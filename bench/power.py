@@ -9,8 +9,9 @@ a model trained on permuted labels), this measures:
   of unmarked ones (``flip``), and the worst (class, mark) group. A model that learned the
   class's shape instead of the mark has nothing to find, whatever rho was planted;
 - **power**: the share of runs where the report states something for the planted class in
-  the mark's corner, in words: a shortcut check, or a finding (photographs have no blank
-  canvas, so no shortcut check); also whether it is the mark's own prototype (the one assigned
+  the mark's corner, in words: a shortcut check (a prototype's, or a verified rigid copy,
+  which needs no prototype), or on photographs a finding placed there; also whether it is the
+  mark's own prototype (the one assigned
   to >= 80% of the mark's grid cells), and power by reliance, all rho pooled;
 - **false findings**: on the clean data, the share of runs with the same statement (a check or
   finding for that class in the mark's corner, where nothing is); on permuted labels, the
@@ -41,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from i2x.explanation.document import explain  # noqa: E402
 from i2x.platform.config_io import apply_overrides, load_config  # noqa: E402
-from i2x.reporting.claims import named_prototypes, shortcut_checks  # noqa: E402
+from i2x.reporting.claims import copy_checks, named_prototypes, shortcut_checks  # noqa: E402
 from i2x.training.checkpoints import (  # noqa: E402
     atomic_write_text,
     list_checkpoints,
@@ -108,10 +109,15 @@ def judge(doc: dict, target: str, k: int | None) -> dict:
     # (no blank canvas, so no shortcut check) can state; on clean data, a false finding of the same kind
     placed = sorted({r["prototype"] for r in named["findings"] if r.get("class") == target
                      and (doc["prototypes"][r["prototype"]].get("where") or {}).get("region") in CORNER})
+    # a verified rigid copy (no prototype needed) for the target class in the mark's corner
+    copies = copy_checks(doc)
+    copied = [c for c in copies if c["class"] == target and c["where"] in CORNER]
     return {"mark_prototype": k, "detected": bool(detected), "finding": bool(finding), "n_findings": len(named["findings"]),
             "located_finding": k is not None and k in placed, "corner_findings": placed,
-            "shortcut_checks": [(r["prototype"], r["class"], r["where"].get("region")) for r in checks],
-            "corner_checks": corner, "lead": checks[0]["prototype"] if checks else None}
+            "shortcut_checks": [(r["prototype"], r["class"], r["where"].get("region")) for r in checks]
+            + [("copy", c["class"], c["where"]) for c in copies],
+            "corner_checks": corner + ["copy"] * bool(copied), "copy_detected": bool(copied),
+            "lead": checks[0]["prototype"] if checks else None}
 
 
 def reliance(model, data, target: int) -> dict:
@@ -196,9 +202,9 @@ def table(path: Path) -> None:
     rows = _rows(path)
     planted = [r for r in rows if r["rho"] is not None and not r["permuted"]]
     print("| rho | N | seeds | model's reliance: flip (min-max) | worst group | power: mark stated as a shortcut check and located "
-          "| mark a finding placed in its corner | power: a statement for the class in the mark's corner | mark leads the report "
-          "| mark prototype exists |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| mark a finding placed in its corner | a rigid copy stated for the class in the corner "
+          "| power: a statement for the class in the mark's corner | mark leads the report | mark prototype exists |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for rho in sorted({r["rho"] for r in planted}, reverse=True):
         for n in sorted({r["n"] for r in planted}):
             sel = [r for r in planted if r["rho"] == rho and r["n"] == n]
@@ -207,7 +213,8 @@ def table(path: Path) -> None:
                 used = f"{100 * np.mean(flips):.1f}% ({100 * min(flips):.1f}-{100 * max(flips):.1f})" if flips else "-"
                 worst = f"{100 * np.mean([r['worst_group'] for r in sel if 'flip' in r]):.1f}%" if flips else "-"
                 print(f"| {rho:g} | {n} | {len(sel)} | {used} | {worst} | {np.mean([r['detected'] for r in sel]):.0%} | "
-                      f"{np.mean([r.get('located_finding', False) for r in sel]):.0%} | {np.mean([_in_corner(r) for r in sel]):.0%} | "
+                      f"{np.mean([r.get('located_finding', False) for r in sel]):.0%} | {np.mean([r.get('copy_detected', False) for r in sel]):.0%} | "
+                      f"{np.mean([_in_corner(r) for r in sel]):.0%} | "
                       f"{np.mean([r['lead'] is not None and r['lead'] == r['mark_prototype'] for r in sel]):.0%} | "
                       f"{np.mean([r['mark_prototype'] is not None for r in sel]):.0%} |")
     measured = [r for r in planted if "flip" in r]

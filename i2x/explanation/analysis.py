@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from i2x.explanation.cam_methods import pass_batch, pixels, saliency_pass
+from i2x.explanation.copies import Copy, find_copies
 from i2x.explanation.faithfulness import (
     Claim,
     DeletionResult,
@@ -80,6 +81,7 @@ class Analysis:
     transplant: list[TransplantResult] | None = None
     off_object: np.ndarray | None = None
     rigid: tuple[np.ndarray, list[str | None]] | None = None
+    copies: list[Copy] | None = None
 
 
 def claims_of(structure: Structure, coverage: np.ndarray | None = None, cfg: ExplainConfig | None = None) -> list[Claim]:
@@ -213,6 +215,7 @@ def analyse(
     deletion: list[DeletionResult] | None = None
     transplant: list[TransplantResult] | None = None
     road = None
+    copies: list[Copy] | None = None
     if faithfulness is not None and faithfulness.enabled:
         tick = time.perf_counter()
         final_maps = maps_t[-1].numpy()
@@ -225,5 +228,11 @@ def analyse(
         doing("ROAD: Grad-CAM against random maps")
         road = road_scores(final_model, images, labels, final_maps, faithfulness, seed, device)
         timings["faithfulness"] = time.perf_counter() - tick
+        if faithfulness.copies:
+            tick = time.perf_counter()
+            doing("rigid copies: the same pixels at one place in one class's images, pasted into other classes' images")
+            copies = find_copies(final_model, images, labels, tuple(protos.assignment.shape[-2:]), faithfulness, seed, device, cfg.batch_size,
+                                 off_object=cfg.shortcut_off_object)
+            timings["copies"] = time.perf_counter() - tick
     return Analysis(maps_t, probs_t, preds, protos, intens, groups, fits, structure, heldout_summary(fits), deletion, road, timings,
-                    transplant, off, rigid)
+                    transplant, off, rigid, copies)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from i2x.explanation.analysis import Analysis, analyse
+from i2x.explanation.copies import Copy
 from i2x.explanation.faithfulness import DeletionResult, RoadResult
 from i2x.explanation.patterns import NOISE, PREDICTORS, GroupFit
 from i2x.explanation.prototypes import Prototypes, placement
@@ -68,6 +69,7 @@ def build_document(
     transplant: list[TransplantResult] | None = None,
     off_object: np.ndarray | None = None,
     rigid: tuple[np.ndarray, list[str | None]] | None = None,
+    copies: list[Copy] | None = None,
 ) -> dict[str, Any]:
     """Assemble the explanation. ``run`` and ``config`` are copied in as given.
 
@@ -201,6 +203,12 @@ def build_document(
                    "null_mean": _r(t.null_mean), "p": _r(t.p), "p_adjusted": _r(t.p_adjusted), "kept": t.kept} for t in null.tests],
     }
     faith = _faithfulness_doc(deletion, road, name, transplant or []) if deletion is not None else None
+    if faith is not None and copies is not None:
+        faith["copies"] = [{"class": name(f.cls), "window": list(f.window), "where": f.where, "box": list(f.box), "pixels": f.pixels,
+                            "images": f.images, "share": _r(f.share), "others": _r(f.others), "tested": f.tested, "n_pairs": f.n_pairs,
+                            "flips": _r(f.flips), "control_flips": _r(f.control_flips), "push": _r(f.push),
+                            "ci": [_r(f.ci[0]), _r(f.ci[1])], "p": _r(f.p), "p_adjusted": _r(f.p_adjusted), "verified": f.verified,
+                            "exemplars": list(f.exemplars), "off_object": _r(f.off_object), "control": f.control} for f in copies]
     noise = float((groups == NOISE).mean())
     return {
         "schema": SCHEMA_ID,
@@ -287,7 +295,7 @@ def document_of(
                           analysis_index=analysis_index, groups=analysis.groups, fits=analysis.fits, structure=analysis.structure,
                           labels=labels, heldout=analysis.heldout, deletion=analysis.deletion, road=analysis.road,
                           transplant=analysis.transplant, off_object=analysis.off_object,
-                          rigid=analysis.rigid)
+                          rigid=analysis.rigid, copies=analysis.copies)
 
 
 def _faithfulness_doc(deletion: list[DeletionResult], road: RoadResult | None, name: Any,

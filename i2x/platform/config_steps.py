@@ -152,6 +152,16 @@ class FaithfulnessConfig:
             verified = CI above 0 and adjusted p below alpha.
         road_images: images for pytorch-grad-cam's ROAD score (0: skip ROAD).
         road_percentiles: ROAD's removal percentiles.
+        copies: scan the analysis images for rigid copies (the same pixels at one place in a
+            share of one class's images) and paste-test them on the final model
+            (:mod:`i2x.explanation.copies`); finds a mark that has no prototype of its own.
+        copy_tolerance: how far (pixels in [0, 1]) a copy's pixels may stray (0.05: exact
+            copies; a mark re-encoded as JPEG may need more).
+        copy_min_images: a copy held by fewer of its class's images is not considered.
+        copy_tests: candidates paste-tested, best first (each costs 3 x copy_recipients passes).
+        copy_recipients: other classes' images each candidate is pasted into.
+        copy_min_push: a copy is verified only where it turns at least this share more of the
+            recipients into its class than the control does (and BH-corrected p below alpha).
     """
 
     enabled: bool = True
@@ -167,6 +177,12 @@ class FaithfulnessConfig:
     alpha: float = 0.05
     road_images: int = 64
     road_percentiles: tuple[int, ...] = (20, 40, 60, 80)
+    copies: bool = True
+    copy_tolerance: float = 0.05
+    copy_min_images: int = 10
+    copy_tests: int = 30
+    copy_recipients: int = 300
+    copy_min_push: float = 0.05
 
 
 @dataclass(frozen=True)

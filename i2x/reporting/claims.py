@@ -108,6 +108,29 @@ def shortcut_checks(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(out, key=lambda r: (-float(r["where"].get("off_object") or 0.0), -dominance(r["transplant"])))
 
 
+def copy_checks(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Verified rigid copies (:mod:`i2x.explanation.copies`: the same pixels at one place in a
+    share of one class's images, which pasted into other classes' images turn them into the
+    class beyond the class's own pixels there), strongest push first; a copy that a prototype's
+    shortcut check already states (same class, its rigid copy in the same ninth) is left to it."""
+    stated = {(r["class"], r["where"].get("rigid_at")) for r in shortcut_checks(doc)}
+    rows = [c for c in (doc.get("faithfulness") or {}).get("copies", []) if c["verified"] and (c["class"], c["where"]) not in stated]
+    return sorted(rows, key=lambda c: -float(c["push"]))
+
+
+def copy_sentence(c: dict[str, Any]) -> str:
+    """One verified copy in words, with its control and uncertainty."""
+    y0, x0, y1, x1 = c["box"]
+    source = "other classes' images" if c.get("control") == "other classes" else "its other images"
+    return (f"Class {c['class']} has a rigid copy in the {c['where']} of the image: the same {c['pixels']} pixels (rows {y0}-{y1 - 1}, "
+            f"columns {x0}-{x1 - 1}) in {100 * c['share']:.0f}% of its images ({c['images']}) and {100 * c['others']:.1f}% of the other "
+            f"classes'; pasted into {c['n_pairs']} images of other classes it turns {100 * c['flips']:.0f}% of them into {c['class']}, "
+            f"against {100 * c['control_flips']:.0f}% for the same pixels from "
+            f"{source} ({100 * c['push']:+.0f} points, CI "
+            f"[{100 * c['ci'][0]:+.0f}, {100 * c['ci'][1]:+.0f}], p_BH {c['p_adjusted']:.2g}). Check whether this is a shortcut "
+            f"(figure: copies.png).")
+
+
 def _rigid_words(where: dict[str, Any]) -> str:
     """The rigid-copy condition in words, when the document measured it."""
     if where.get("rigid") is None:
@@ -150,9 +173,9 @@ def headline(doc: dict[str, Any], limit: int = 4) -> str:
     named = named_prototypes(doc)
     if doc.get("faithfulness") is None:
         return "causal check off: no prototype is stated as a finding"
-    checks = shortcut_checks(doc)
-    lead = ("shortcut check: " + ", ".join(f"P{r['prototype']} -> {r['class']} ({r['where']['region']})" for r in checks[:2])
-            + (f" and {len(checks) - 2} more" if len(checks) > 2 else "") + "; ") if checks else ""
+    said = ([f"P{r['prototype']} -> {r['class']} ({r['where']['region']})" for r in shortcut_checks(doc)]
+            + [f"a rigid copy -> {c['class']} ({c['where']})" for c in copy_checks(doc)])
+    lead = ("shortcut check: " + ", ".join(said[:2]) + (f" and {len(said) - 2} more" if len(said) > 2 else "") + "; ") if said else ""
     found = named["findings"]
     if not found:
         return lead + f"no finding: none of {_plural(len(named['not_verified']) + len(named['model_only']), 'named prototype')} passed both the causal check and the permutation null"
@@ -213,6 +236,7 @@ def statements(doc: dict[str, Any]) -> dict[str, list[str]]:
             f"{100 * where['off_object']:.0f}% of the other classes' images are empty there"
             f"{_rigid_words(where)}. "
             f"Check whether this is a shortcut (figures: locations.png, findings.png).")
+    out["shortcuts"] += [copy_sentence(c) for c in copy_checks(doc)]
     cfg = _explain_cfg(doc)
     protos = {p["id"]: p for p in doc["prototypes"]}
     checked = doc.get("faithfulness") is not None

@@ -134,3 +134,27 @@ def plot_findings(images: np.ndarray, assignment: np.ndarray, doc: dict[str, Any
         axes[r, c0 * per_row].set_title(f"P{finding['prototype']} -> {target} ({finding['role']})\n{evidence}", fontsize=7, loc="left")
     fig.suptitle(title, fontsize=8, y=1 - 0.12 / height)
     return save_figure(fig, path)
+
+
+@literal_text
+def plot_copies(images: np.ndarray, rows: Sequence[dict[str, Any]], path: Path, top: int = 4) -> Path | None:
+    """Each verified rigid copy (strongest first, up to ``top``): a few of its class's images
+    that hold it, the copy's footprint boxed in red, and the paste test in the row's title."""
+    rows = list(rows)[:top]
+    if not rows:
+        return None
+    cols = max(len(r["exemplars"]) for r in rows) or 1
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.6 * cols + 0.4, 1.9 * len(rows)), squeeze=False)
+    for ax_row, r in zip(axes, rows, strict=True):
+        y0, x0, y1, x1 = r["box"]
+        for ax, i in zip(ax_row, [*r["exemplars"], *[None] * cols], strict=False):
+            if i is None:
+                ax.axis("off")
+                continue
+            show_image(ax, images[i])
+            ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="red", lw=1.5))
+        ax_row[0].set_title(f"class {r['class']}: the same {r['pixels']} px in {100 * r['share']:.0f}% of its images "
+                            f"({100 * r['others']:.1f}% of others); pasted: {100 * r['flips']:.0f}% -> {r['class']} "
+                            f"(control {100 * r['control_flips']:.0f}%)", fontsize=7, loc="left")
+    fig.suptitle("Rigid copies the final model uses (red: the copied pixels)", fontsize=9)
+    return save_figure(fig, path)

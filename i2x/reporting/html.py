@@ -18,6 +18,7 @@ import numpy as np
 
 from i2x.reporting import evidence, figures, run_figures
 from i2x.reporting.claims import (
+    copy_checks,
     fit_line,
     headline,
     named_prototypes,
@@ -146,6 +147,7 @@ def explain_report(doc: dict[str, Any], arrays: dict[str, np.ndarray], out: Path
     }
     mass = np.abs(arrays["interval_beta"]).sum(axis=(0, 2))
     top = sorted(int(k) for k in np.argsort(-mass, kind="stable")[:24])
+    figs["copies"] = evidence.plot_copies(images, copy_checks(doc), out / "copies.png")
     figs["beta"] = figures.plot_beta_heatmaps(arrays["interval_beta"], top, classes, steps, out / "beta_heatmap.png")
     said = statements(doc)
     run = doc["run"]
@@ -159,7 +161,9 @@ def explain_report(doc: dict[str, Any], arrays: dict[str, np.ndarray], out: Path
              _img(evaluation / "most_confused.png", "The most-confused pairs: test images of the true class taken for the other",
                   "Look for what these images share that the class's others lack: a mark, a background, a style.")])]
           if judged else []),
-        *([("Shortcut check", said["shortcuts"], [])] if said["shortcuts"] else []),
+        *([("Shortcut check", said["shortcuts"], [_img(figs["copies"], "Rigid copies the final model uses: a few images of the class "
+                                                        "that hold each, the copied pixels boxed")] if figs["copies"] else [])]
+          if said["shortcuts"] else []),
         ("What each class relies on", said["classes"], [_img(figs["classes"], "Shared and specialised prototypes per class (verified or not: see the causal check)")]
                  + [_folded(f"Prototype gallery ({len(galleries)} page{'s' if len(galleries) != 1 else ''}): exemplar patches and coverage per class",
                             [_img(g, f"Prototype gallery page {i + 1}") for i, g in enumerate(galleries)])]),

@@ -109,7 +109,7 @@ def repair_run(args: argparse.Namespace, inputs: tuple, build_ctx: Callable[[], 
     with tracking.open_run(f"tune {config.data.name} {config.model.name} (from explain {args.run_id[:6]})", tags, local=local) as parent:
         tracking.log_params(config.flat())
         if finding is None:
-            return _nothing(parent.info.run_id, local, config)
+            return _nothing(parent.info.run_id, local, config, unrepaired(doc))
         from i2x.tuning.comparison import study_record
         from i2x.tuning.guided import REPAIR_METRICS, make_objective, seed_trials
         from i2x.tuning.study import open_study, run_study
@@ -134,17 +134,32 @@ def repair_run(args: argparse.Namespace, inputs: tuple, build_ctx: Callable[[], 
         return _publish(parent, summary, rctx, study, local, config)
 
 
-def _nothing(run_id: str, local: Path, config: Config) -> str:
+def unrepaired(doc: dict[str, Any]) -> str:
+    """What tune says when the lead check it could act on is missing: nothing verified, or
+    only rigid copies, which the report states but the repair strategies (built on a
+    prototype's cells) do not act on yet."""
+    from i2x.reporting.claims import copy_checks
+
+    copies = copy_checks(doc)
+    if not copies:
+        return NOTHING
+    named = ", ".join(f"{c['class']} ({c['where']})" for c in copies[:3])
+    return (f"not repaired: the explanation states {len(copies)} rigid cop{'y' if len(copies) == 1 else 'ies'} that the model uses "
+            f"({named}; see the explain report's shortcut check), but the repair strategies act on a prototype's cells and no "
+            "prototype's shortcut check passed; the model is left as trained")
+
+
+def _nothing(run_id: str, local: Path, config: Config, said: str = NOTHING) -> str:
     from i2x.reporting.html import repair_report
 
-    summary = {"act_on": "findings", "finding": None, "said": NOTHING}
+    summary = {"act_on": "findings", "finding": None, "said": said}
     local.mkdir(parents=True, exist_ok=True)
     atomic_write_text(local / TUNE_SUMMARY, json.dumps(summary, indent=2, sort_keys=True))
     tracking.log_artifact(local / TUNE_SUMMARY, "tuning")
     index = repair_report(summary, local / "report", {})
     tracking.log_artifact(index, "report")
-    tracking.describe_run(tracking.TAG_VERDICT, "nothing to act on", index, NOTHING)
-    print(f"i2x tune: {NOTHING}", flush=True)
+    tracking.describe_run(tracking.TAG_VERDICT, "nothing to act on" if said == NOTHING else "not repaired", index, said)
+    print(f"i2x tune: {said}", flush=True)
     print(f"i2x tune: run {run_id} FINISHED ({config.data.name}: no finding, no study)", flush=True)
     return run_id
 

@@ -1,0 +1,213 @@
+"""Rigid copies: the same pixels at one place in a share of one class's images, and whether
+the final model uses them (OURS; the paper has no such step).
+
+Prototypes are clusters of the final model's feature cells, so a mark on a tenth of one
+class's images is a few hundred cells among a hundred thousand and gets no prototype of its
+own (CIFAR-10, ``docs/benchmarks.md#detection-power``); the prototype-based shortcut check then
+has nothing to check. This step looks at the pixels instead. For every class and window (half
+a grid cell on a side, tiling the image) it takes the class's commonest patch there and counts
+the images that hold it to within ``copy_tolerance`` (a pasted mark is exact; natural content
+varies), against the share of the other classes' images that hold it. The windows whose patch
+is both commoner in the class and unlike the other classes' mean image are **candidates**.
+Each is tested on the final model: its footprint (the pixels within a grid cell of the window
+that stay the same across the images holding it, which need not follow the grid) is pasted from those images into other classes' images that do
+not hold it, and the model's calls of the class are counted against a **control** that pastes
+the same pixels from the class's other images (its ordinary content there). A copy is
+**verified** when the paired excess is at least ``copy_min_push`` and a one-sided sign test on
+the discordant pairs passes Benjamini-Hochberg at ``alpha`` across the candidates tested.
+
+Group labels are never read: the scan uses the analysis images and their class labels only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.stats import binomtest
+
+from i2x.explanation.nulls import benjamini_hochberg
+from i2x.explanation.prototypes import NINTHS, _part
+from i2x.platform.config import FaithfulnessConfig
+from i2x.training.batches import to_float
+from i2x.training.pixels import border_level
+
+
+@dataclass
+class Copy:
+    """One candidate rigid copy and its paste test (``tested`` False: not reached)."""
+
+    cls: int
+    window: tuple[int, int, int, int]  # (y0, y1, x0, x1) of the scanned window it was found in
+    images: int  # images of the class that hold it
+    share: float  # ... as a share of the class's analysed images
+    others: float  # share of the other classes' images that hold it
+    box: tuple[int, int, int, int]  # (y0, x0, y1, x1) of the footprint, end exclusive
+    pixels: int  # footprint size
+    where: str  # the ninth of the image the footprint's centre lies in
+    control: str = "its class"  # whose pixels the control pastes: the class's other images, or other classes' (none left)
+    off_object: float | None = None  # share of other classes' images blank where it is (None: no blank canvas)
+    exemplars: tuple[int, ...] = ()  # positions in the analysed images of a few that hold it (the figure's)
+    tested: bool = False
+    n_pairs: int = 0
+    flips: float = 0.0  # share of recipients the pasted copy turns to the class
+    control_flips: float = 0.0
+    push: float = 0.0  # flips - control_flips
+    ci: tuple[float, float] = (0.0, 0.0)
+    p: float = 1.0
+    p_adjusted: float = 1.0
+    verified: bool = False
+
+
+def windows(size: tuple[int, int], grid: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+    """``(y0, y1, x0, x1)`` of the square windows scanned: half a grid cell on a side (at least
+    one pixel), tiling the image, so that any copy at least one and a half cells wide covers
+    one whole (a 3-pixel mark on a 4-pixel grid covers no cell whole)."""
+    side = max(1, min(size[0] // grid[0], size[1] // grid[1]) // 2)
+    return [(y, min(y + side, size[0]), x, min(x + side, size[1])) for y in range(0, size[0], side) for x in range(0, size[1], side)]
+
+
+def _holds(x: np.ndarray, ref: np.ndarray, box: tuple[int, int, int, int], tolerance: float) -> np.ndarray:
+    """``(N,)`` bool: the images whose patch in ``box`` is within ``tolerance`` of ``ref`` in 98% of its values."""
+    y0, y1, x0, x1 = box
+    patch = x[:, :, y0:y1, x0:x1].reshape(len(x), -1)
+    return (np.abs(patch - ref.reshape(-1)) <= tolerance).mean(1) >= 0.98
+
+
+def scan(images: torch.Tensor, labels: np.ndarray, grid: tuple[int, int], tolerance: float, min_images: int,
+         min_contrast: float = 0.25, tries: int = 3) -> list[tuple[float, int, tuple[int, int, int, int], np.ndarray]]:
+    """Candidates ``(excess share, class, window, holders)``, best first: per class and window
+    (:func:`windows`), the
+    commonest of the class's patches there (quantised to 0.1; the ``tries`` commonest tried)
+    that at least ``min_images`` of the class's images hold, whose values differ from the other
+    classes' mean there by ``min_contrast`` on average (blank canvas is the same everywhere), and
+    that is commoner in the class than in the others."""
+    x = images.float().numpy() / 255
+    size = tuple(x.shape[-2:])
+    means = {c: x[labels != c].mean(0) for c in np.unique(labels) if (labels != c).any()}
+    out = []
+    for box in windows(size, grid):
+        y0, y1, x0, x1 = box
+        for c in means:
+            mine = x[labels == c, :, y0:y1, x0:x1].reshape(int((labels == c).sum()), -1)
+            keys, inverse, counts = np.unique(np.round(mine * 10).astype(np.int8), axis=0, return_inverse=True, return_counts=True)
+            best = None
+            for j in np.argsort(-counts)[:tries]:
+                if counts[j] < min_images:
+                    break
+                ref = mine[inverse.reshape(-1) == j].mean(0)
+                if np.abs(ref - means[c][:, y0:y1, x0:x1].reshape(-1)).mean() < min_contrast:
+                    continue
+                holders = _holds(x, ref, box, tolerance)
+                inside, outside = holders[labels == c].mean(), holders[labels != c].mean()
+                if holders[labels == c].sum() >= min_images and inside > outside and (best is None or inside - outside > best[0]):
+                    best = (float(inside - outside), int(c), box, holders & (labels == c))
+            if best is not None:
+                out.append(best)
+    return sorted(out, key=lambda b: -b[0])
+
+
+def footprint(x: np.ndarray, holders: np.ndarray, box: tuple[int, int, int, int], reach: int, tolerance: float,
+              share: float = 0.75) -> np.ndarray:
+    """``(H, W)`` bool: the pixels within ``reach`` of the window ``box`` that stay within
+    ``tolerance`` of their median in ``share`` of the holders, in every channel: the copy's own
+    outline, which need not follow the grid (a 5-pixel mark covers parts of four 4-pixel cells)."""
+    (height, width), (y0, y1, x0, x1) = x.shape[-2:], box
+    wy0, wy1, wx0, wx1 = max(0, y0 - reach), min(height, y1 + reach), max(0, x0 - reach), min(width, x1 + reach)
+    win = x[holders, :, wy0:wy1, wx0:wx1]
+    mask = np.zeros((height, width), dtype=bool)
+    mask[wy0:wy1, wx0:wx1] = ((np.abs(win - np.median(win, 0)) <= tolerance).mean(0) >= share).all(0)
+    return mask
+
+
+def has_canvas(blank: np.ndarray, share: float = 0.5) -> bool:
+    """Whether the images have blank canvas: at least ``share`` of their pixels are their
+    border colour (MNIST about 0.8; photographs well under half)."""
+    return bool(blank.mean() >= share)
+
+
+def _calls(model: torch.nn.Module, x: torch.Tensor, cls: int, batch: int, device: torch.device) -> np.ndarray:
+    with torch.no_grad():
+        return torch.cat([model(to_float(x[i:i + batch]).to(device)).argmax(1).cpu() for i in range(0, len(x), batch)]).numpy() == cls
+
+
+def find_copies(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, grid: tuple[int, int], cfg: FaithfulnessConfig,
+                seed: int, device: torch.device, batch_size: int = 256, off_object: float = 0.4) -> list[Copy]:
+    """Scan for rigid copies and paste-test the best ``cfg.copy_tests`` of them on ``model``
+    (the final model): what the module docstring describes. A candidate whose window lies in the
+    footprint of a better one of the same class is the same copy and is dropped. On images with
+    blank canvas (:func:`has_canvas`) a copy must also sit off the objects: at least
+    ``off_object`` of the other classes' images blank where it is, the condition a prototype's
+    shortcut check has (``explain.shortcut_off_object``); there a solid stroke of a digit is an
+    exact copy too (ink saturates), and pasting one pushes its class."""
+    y = labels.numpy()
+    x = images.float().numpy() / 255
+    level = border_level(torch.from_numpy(x)).numpy()[:, :, None, None]
+    blank = (np.abs(x - level) < cfg.foreground_threshold).all(1)  # (N, H, W): the image's background colour
+    canvas = has_canvas(blank)
+    rng = np.random.default_rng(seed)
+    model = model.eval().to(device)
+    found: list[Copy] = []
+    masks: list[np.ndarray] = []
+    holders_of: list[np.ndarray] = []
+    reach = max(1, min(x.shape[-2] // grid[0], x.shape[-1] // grid[1]))  # one grid cell round the window
+    for _, c, box, holders in scan(images, y, grid, cfg.copy_tolerance, cfg.copy_min_images):
+        if len(found) >= cfg.copy_tests:
+            break
+        if any(f.cls == c and m[box[0]:box[1], box[2]:box[3]].any() for f, m in zip(found, masks, strict=True)):
+            continue
+        mask = footprint(x, holders, box, reach, cfg.copy_tolerance)
+        if not mask.any() or blank[holders][:, mask].mean() > 0.5:  # canvas inside or round an object is not a copy
+            continue
+        off = float(blank[y != c][:, mask].all(1).mean()) if canvas else None
+        if off is not None and off < off_object:
+            continue
+        ys, xs = np.nonzero(mask)
+        cy, cx = (ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2
+        where = NINTHS[int(_part(cy, 3, x.shape[-2]))][int(_part(cx, 3, x.shape[-1]))]
+        found.append(Copy(cls=c, window=box, images=int(holders.sum()), share=float(holders.sum() / (y == c).sum()),
+                          others=0.0, box=(int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1), pixels=int(mask.sum()),
+                          where=where, off_object=off, exemplars=tuple(int(i) for i in np.sort(rng.choice(np.flatnonzero(holders), size=min(4, int(holders.sum())),
+                                                                                           replace=False)))))
+        masks.append(mask)
+        holders_of.append(holders)
+    for f, mask, holders in zip(found, masks, holders_of, strict=True):
+        _paste_test(f, model, images, y, mask, holders, cfg, rng, device, batch_size)
+    tested = [f for f in found if f.tested]
+    for f, p in zip(tested, benjamini_hochberg(np.array([f.p for f in tested])), strict=True):
+        f.p_adjusted = float(p)
+        f.verified = bool(p < cfg.alpha and f.push >= cfg.copy_min_push)
+    return found
+
+
+def _paste_test(f: Copy, model: torch.nn.Module, images: torch.Tensor, y: np.ndarray, mask: np.ndarray, holders: np.ndarray,
+                cfg: FaithfulnessConfig, rng: np.random.Generator, device: torch.device, batch: int) -> None:
+    """Paste ``f``'s footprint from its holders into other classes' images that do not hold it,
+    against the same pixels from the class's images that do not (in place on ``f``)."""
+    x = images.float().numpy() / 255
+    ref = np.median(x[holders][:, :, mask], 0)
+    same = (np.abs(x[:, :, mask] - ref) <= cfg.copy_tolerance).mean((1, 2)) >= 0.98
+    f.others = float(same[y != f.cls].mean())
+    donors, plain, pool = np.flatnonzero(holders), np.flatnonzero(~same & (y == f.cls)), np.flatnonzero(~same & (y != f.cls))
+    if len(plain) < cfg.copy_min_images:  # every image of the class holds it: the control pastes other classes' pixels there
+        plain, f.control = pool, "other classes"
+    if len(pool) < cfg.copy_min_images:
+        return
+    take = rng.choice(pool, size=min(cfg.copy_recipients, len(pool)), replace=False)
+    already = _calls(model, images[take], f.cls, batch, device)
+    take = take[~already]
+    m = torch.from_numpy(mask)
+    turned = {}
+    for name, source in (("copy", donors), ("control", plain)):
+        z = images[take].clone()
+        z[:, :, m] = images[torch.from_numpy(rng.choice(source, size=len(take)))][:, :, m]
+        turned[name] = _calls(model, z, f.cls, batch, device)
+    a, b = turned["copy"], turned["control"]
+    d = a.astype(float) - b
+    boot = d[rng.integers(0, len(d), size=(cfg.bootstrap, len(d)))].mean(1) if len(d) else np.zeros(1)
+    up, down = int((a & ~b).sum()), int((~a & b).sum())
+    f.tested, f.n_pairs = True, int(len(take))
+    f.flips, f.control_flips, f.push = float(a.mean()), float(b.mean()), float(d.mean())
+    f.ci = (float(np.quantile(boot, (1 - cfg.ci) / 2)), float(np.quantile(boot, 1 - (1 - cfg.ci) / 2)))
+    f.p = float(binomtest(up, up + down, 0.5, alternative="greater").pvalue) if up + down else 1.0

@@ -1,0 +1,89 @@
+"""Rigid copies with a planted answer: a mark that a hand-built model uses is found, verified
+and located; a mark it ignores is found and not verified; noise and blank canvas are not copies."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from i2x.explanation.copies import find_copies, footprint, scan
+from i2x.platform.config import FaithfulnessConfig
+from i2x.reporting.claims import copy_checks, copy_sentence
+
+SIZE, GRID = 16, (4, 4)
+
+
+class MarkReader(nn.Module):
+    """Calls class 1 when the 3x3 bottom-right corner is white, else class 0: a model whose
+    only shortcut is known."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        white = (x[:, :, -3:, -3:].mean((1, 2, 3)) > 0.95).float()
+        return torch.stack([torch.ones_like(white), 10 * white, torch.zeros_like(white), torch.zeros_like(white)], 1)
+
+
+def planted(n: int = 400, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
+    """Noise images of 4 classes; a white 3x3 square in the bottom-right of 30% of class 1, a
+    bright 4x4 square in the top-left of 30% of class 2 (a copy the model ignores)."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 200, size=(n, 3, SIZE, SIZE), dtype=np.uint8)
+    y = np.arange(n) % 4
+    white = (y == 1) & (rng.random(n) < 0.3)
+    grey = (y == 2) & (rng.random(n) < 0.3)
+    x[white, :, -3:, -3:] = 255
+    x[grey, :, :4, :4] = 250
+    return torch.from_numpy(x), torch.from_numpy(y), white, grey
+
+
+def test_a_mark_the_model_uses_is_verified_and_located_and_one_it_ignores_is_not():
+    images, labels, white, grey = planted()
+    cfg = FaithfulnessConfig(copy_recipients=200)
+    found = find_copies(MarkReader(), images, labels, GRID, cfg, seed=0, device=torch.device("cpu"))
+    verified = [f for f in found if f.verified]
+    assert [(f.cls, f.where) for f in verified] == [(1, "bottom-right")]
+    mark = verified[0]
+    assert mark.box == (13, 13, 16, 16) and mark.pixels == 9  # exactly the planted square, not the grid cell
+    assert mark.images == int(white.sum()) and mark.push > 0.9 and mark.control_flips == 0.0
+    ignored = [f for f in found if f.cls == 2]
+    assert len(ignored) == 1 and ignored[0].tested and ignored[0].box == (0, 0, 4, 4)
+    assert not ignored[0].verified and abs(ignored[0].push) < 0.05
+    assert {f.cls for f in found} == {1, 2}  # the noise holds no copy anywhere
+
+
+def test_blank_canvas_that_every_class_shares_is_not_a_candidate():
+    x = np.zeros((200, 1, SIZE, SIZE), dtype=np.uint8)
+    y = np.arange(200) % 4
+    x[:, :, 4:12, 4:12] = np.random.default_rng(1).integers(0, 255, size=(200, 1, 8, 8))
+    assert scan(torch.from_numpy(x), y, GRID, tolerance=0.05, min_images=10) == []
+
+
+def test_the_footprint_follows_the_copy_not_the_grid():
+    rng = np.random.default_rng(2)
+    x = rng.random((50, 3, SIZE, SIZE)).astype(np.float32)
+    x[:, :, 11:16, 11:16] = 1.0  # a 5-pixel mark over parts of four 4-pixel cells
+    mask = footprint(x, np.ones(50, dtype=bool), (12, 14, 12, 14), reach=4, tolerance=0.05)
+    assert np.argwhere(mask).min(0).tolist() == [11, 11] and np.argwhere(mask).max(0).tolist() == [15, 15] and mask.sum() == 25
+
+
+def test_the_report_states_a_verified_copy_with_its_control_and_leaves_unverified_ones_out():
+    row = {"class": "horse", "window": [28, 30, 28, 30], "where": "bottom-right", "box": [27, 27, 32, 32], "pixels": 25, "images": 22,
+           "share": 0.11, "others": 0.013, "tested": True, "n_pairs": 295, "flips": 0.149, "control_flips": 0.02, "push": 0.129,
+           "ci": [0.095, 0.169], "p": 1e-12, "p_adjusted": 2e-11, "verified": True, "exemplars": [1, 2]}
+    weak = {**row, "class": "truck", "where": "top-left", "push": 0.02, "p_adjusted": 0.6, "verified": False}
+    doc = {"config": {"explain": {}}, "prototypes": [], "faithfulness": {"deletion": [], "transplant": [], "copies": [weak, row]}}
+    assert [c["class"] for c in copy_checks(doc)] == ["horse"]
+    said = copy_sentence(row)
+    assert "bottom-right" in said and "25 pixels" in said and "15% of them into horse" in said and "against 2%" in said
+    assert "+13 points" in said and "CI [+10, +17]" in said
+
+
+def test_tune_says_a_stated_copy_is_not_repaired_rather_than_that_nothing_was_found():
+    from i2x.runs.repair import NOTHING, lead_finding, unrepaired
+
+    row = {"class": "horse", "where": "bottom-right", "push": 0.13, "verified": True}
+    doc = {"config": {"explain": {}}, "prototypes": [], "faithfulness": {"deletion": [], "transplant": [], "copies": [row]}}
+    assert lead_finding(doc, ["cat", "horse"]) is None  # the repair acts on prototype checks only
+    said = unrepaired(doc)
+    assert said != NOTHING and "1 rigid copy" in said and "horse (bottom-right)" in said and "left as trained" in said
+    assert unrepaired({**doc, "faithfulness": {**doc["faithfulness"], "copies": [{**row, "verified": False}]}}) == NOTHING
