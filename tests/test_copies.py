@@ -78,12 +78,20 @@ def test_the_report_states_a_verified_copy_with_its_control_and_leaves_unverifie
     assert "+13 points" in said and "CI [+10, +17]" in said
 
 
-def test_tune_says_a_stated_copy_is_not_repaired_rather_than_that_nothing_was_found():
-    from i2x.runs.repair import NOTHING, lead_finding, unrepaired
+def test_tune_acts_on_a_copy_through_the_cells_it_covers_in_the_images_that_hold_it():
+    from i2x.runs.repair import lead_finding, with_copy
+    from i2x.tuning.guided import COPY_ID
 
-    row = {"class": "horse", "where": "bottom-right", "push": 0.13, "verified": True}
+    images, labels, white, _ = planted()
+    found = [f for f in find_copies(MarkReader(), images, labels, GRID, FaithfulnessConfig(copy_recipients=200), seed=0,
+                                    device=torch.device("cpu")) if f.verified]
+    f = found[0]
+    row = {"class": "1", "where": f.where, "push": f.push, "verified": True, "pixels": f.pixels, "share": f.share, "box": list(f.box),
+           "mask": f.mask.astype(int).tolist(), "reference": f.reference.tolist()}
     doc = {"config": {"explain": {}}, "prototypes": [], "faithfulness": {"deletion": [], "transplant": [], "copies": [row]}}
-    assert lead_finding(doc, ["cat", "horse"]) is None  # the repair acts on prototype checks only
-    said = unrepaired(doc)
-    assert said != NOTHING and "1 rigid copy" in said and "horse (bottom-right)" in said and "left as trained" in said
-    assert unrepaired({**doc, "faithfulness": {**doc["faithfulness"], "copies": [{**row, "verified": False}]}}) == NOTHING
+    finding = lead_finding(doc, ["0", "1", "2", "3"])
+    assert finding.prototype == COPY_ID and finding.cls == 1 and finding.copy is row and "bottom-right" in finding.statement
+    ids = with_copy(lambda x: torch.zeros(len(x), *GRID, dtype=torch.int16), finding, GRID, 0.05)(images)
+    cells = (ids == COPY_ID).numpy()
+    assert cells.any((1, 2)).tolist() == white.tolist()  # exactly the images that carry the mark
+    assert cells[white].all(0).tolist() == [[False] * 4] * 3 + [[False, False, False, True]]  # its one cell: rows/cols 12-15

@@ -48,6 +48,8 @@ class Copy:
     where: str  # the ninth of the image the footprint's centre lies in
     control: str = "its class"  # whose pixels the control pastes: the class's other images, or other classes' (none left)
     off_object: float | None = None  # share of other classes' images blank where it is (None: no blank canvas)
+    reference: np.ndarray | None = None  # (C, bh, bw) the copy's pixels in its box (median of its images), [0, 1]
+    mask: np.ndarray | None = None  # (bh, bw) bool: which of the box's pixels are the copy
     exemplars: tuple[int, ...] = ()  # positions in the analysed images of a few that hold it (the figure's)
     tested: bool = False
     n_pairs: int = 0
@@ -170,6 +172,9 @@ def find_copies(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tens
                           others=0.0, box=(int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1), pixels=int(mask.sum()),
                           where=where, off_object=off, exemplars=tuple(int(i) for i in np.sort(rng.choice(np.flatnonzero(holders), size=min(4, int(holders.sum())),
                                                                                            replace=False)))))
+        y0, x0, y1, x1 = found[-1].box
+        found[-1].reference = np.median(x[holders, :, y0:y1, x0:x1], 0)
+        found[-1].mask = mask[y0:y1, x0:x1]
         masks.append(mask)
         holders_of.append(holders)
     for f, mask, holders in zip(found, masks, holders_of, strict=True):
@@ -211,3 +216,19 @@ def _paste_test(f: Copy, model: torch.nn.Module, images: torch.Tensor, y: np.nda
     f.flips, f.control_flips, f.push = float(a.mean()), float(b.mean()), float(d.mean())
     f.ci = (float(np.quantile(boot, (1 - cfg.ci) / 2)), float(np.quantile(boot, 1 - (1 - cfg.ci) / 2)))
     f.p = float(binomtest(up, up + down, 0.5, alternative="greater").pvalue) if up + down else 1.0
+
+
+def copy_cells(images: torch.Tensor, row: dict, grid: tuple[int, int], tolerance: float) -> torch.Tensor:
+    """``(N, h, w)`` bool: the grid cells a stated copy (a document row: ``box``, ``mask``,
+    ``reference``) covers, in the images that hold it (its pixels within ``tolerance`` of the
+    reference in 98% of values): where a repair acts, as a prototype's cells are for a
+    prototype's check."""
+    y0, x0, y1, x1 = row["box"]
+    mask, ref = np.asarray(row["mask"], dtype=bool), np.asarray(row["reference"], dtype=np.float32)
+    x = images[:, :, y0:y1, x0:x1].float().numpy() / 255
+    held = (np.abs(x[:, :, mask] - ref[:, mask]) <= tolerance).mean((1, 2)) >= 0.98
+    (height, width), (h, w) = images.shape[-2:], grid
+    cover = np.zeros((h, w), dtype=bool)
+    ys, xs = np.nonzero(mask)
+    cover[(y0 + ys) * h // height, (x0 + xs) * w // width] = True
+    return torch.from_numpy(held[:, None, None] & cover[None])

@@ -208,7 +208,9 @@ def build_document(
                             "images": f.images, "share": _r(f.share), "others": _r(f.others), "tested": f.tested, "n_pairs": f.n_pairs,
                             "flips": _r(f.flips), "control_flips": _r(f.control_flips), "push": _r(f.push),
                             "ci": [_r(f.ci[0]), _r(f.ci[1])], "p": _r(f.p), "p_adjusted": _r(f.p_adjusted), "verified": f.verified,
-                            "exemplars": list(f.exemplars), "off_object": _r(f.off_object), "control": f.control} for f in copies]
+                            "exemplars": list(f.exemplars), "off_object": _r(f.off_object), "control": f.control,
+                            "mask": None if f.mask is None else f.mask.astype(int).tolist(),
+                            "reference": None if f.reference is None else np.round(f.reference, 4).tolist()} for f in copies]
     noise = float((groups == NOISE).mean())
     return {
         "schema": SCHEMA_ID,

@@ -264,7 +264,7 @@ def repair_report(summary: dict[str, Any], out: Path, figs: dict[str, Any]) -> P
                         for g in summary["group_names"])
     table = f"<table>{head}{worst}{avg}{body_rows}</table>"
     f = summary["finding"]
-    by = "true groups (read only to score)" if summary["groups_source"] != "i2x" else f"i2x groups (class x P{f['prototype']} present)"
+    by = "true groups (read only to score)" if summary["groups_source"] != "i2x" else f"i2x groups (class x {'the copy' if f.get('copy') else 'P' + str(f['prototype'])} present)"
     lines = [f"Acting on: {f['statement']}.",
              f"Test accuracy (%) per group before (the final model) and after each strategy, mean over "
              f"{rows['erm']['seeds']} seeds; groups: {by}."]

@@ -29,17 +29,43 @@ def study_key(doc: dict[str, Any], config: Config) -> str:
 
 
 def lead_finding(doc: dict[str, Any], classes: list[str]) -> Any:
-    """The report's lead shortcut check as a :class:`~i2x.tuning.guided.Finding`, or None."""
-    from i2x.reporting.claims import shortcut_checks
-    from i2x.tuning.guided import Finding
+    """The report's lead shortcut check as a :class:`~i2x.tuning.guided.Finding`, or None: a
+    prototype's check first, else the strongest verified rigid copy."""
+    from i2x.reporting.claims import copy_checks, shortcut_checks
+    from i2x.tuning.guided import COPY_ID, Finding
 
     checks = shortcut_checks(doc)
-    if not checks:
+    if checks:
+        r = checks[0]
+        statement = (f"P{r['prototype']} drives class {r['class']} from the {r['where']['region']} of the image "
+                     "(the report's lead shortcut check)")
+        return Finding(int(r["prototype"]), classes.index(r["class"]), r["class"], statement)
+    copies = copy_checks(doc)
+    if not copies:
         return None
-    r = checks[0]
-    statement = (f"P{r['prototype']} drives class {r['class']} from the {r['where']['region']} of the image "
-                 "(the report's lead shortcut check)")
-    return Finding(int(r["prototype"]), classes.index(r["class"]), r["class"], statement)
+    c = copies[0]
+    statement = (f"a rigid copy in the {c['where']} of the image drives class {c['class']} (the report's lead shortcut check: "
+                 f"{c['pixels']} pixels in {100 * c['share']:.0f}% of its images)")
+    return Finding(COPY_ID, classes.index(c["class"]), c["class"], statement, copy=c)
+
+
+def with_copy(assign: Callable[[Any], Any], finding: Any, grid: tuple[int, int], tolerance: float) -> Callable[[Any], Any]:
+    """``assign`` (images -> prototype ids per cell), with the cells a rigid copy covers set to
+    :data:`~i2x.tuning.guided.COPY_ID` in the images that hold it, so that every repair
+    strategy acts on the copy's cells as it would on a prototype's; ``assign`` itself when the
+    finding is a prototype's."""
+    if finding.copy is None:
+        return assign
+
+    def wrapped(x):  # noqa: ANN001, ANN202
+        import torch
+
+        from i2x.explanation.copies import copy_cells
+
+        ids = assign(x)
+        return torch.where(copy_cells(x, finding.copy, grid, tolerance), torch.as_tensor(finding.prototype, dtype=ids.dtype), ids)
+
+    return wrapped
 
 
 def _early_state(train_run_id: str, checkpoints: list[str], scratch: Path) -> dict[str, Any]:
@@ -68,12 +94,16 @@ def repair_context(tune_ctx: Any, finding: Any, early_state: dict[str, Any]) -> 
     true_train = None
     if config.plant.kind == "shortcut" and data.train_marks is not None:
         true_train = (2 * data.train_y + (data.train_marks[:, 0] >= 0).long()).numpy()
-    def assign(x):  # noqa: ANN001, ANN202
+    def plain(x):  # noqa: ANN001, ANN202
         model = tune_ctx.fresh_model()
         return assign_images(model, tune_ctx.target_layer, x, tune_ctx.protos, config.explain.batch_size, tune_ctx.device)
 
+    grid = tuple(tune_ctx.assignment.shape[-2:])
+    assign = with_copy(plain, finding, grid, config.faithfulness.copy_tolerance)
+    assignment = tune_ctx.assignment if finding.copy is None else with_copy(lambda x: tune_ctx.assignment, finding, grid,
+                                                                           config.faithfulness.copy_tolerance)(data.train_x)
     return RepairContext(config=config, data=data, build=tune_ctx.build, state=tune_ctx.state, early_state=early_state,
-                         assignment=tune_ctx.assignment, finding=finding, device=tune_ctx.device, test_groups=test_groups,
+                         assignment=assignment, finding=finding, device=tune_ctx.device, test_groups=test_groups,
                          true_train=true_train, assign=assign)
 
 
@@ -109,7 +139,7 @@ def repair_run(args: argparse.Namespace, inputs: tuple, build_ctx: Callable[[], 
     with tracking.open_run(f"tune {config.data.name} {config.model.name} (from explain {args.run_id[:6]})", tags, local=local) as parent:
         tracking.log_params(config.flat())
         if finding is None:
-            return _nothing(parent.info.run_id, local, config, unrepaired(doc))
+            return _nothing(parent.info.run_id, local, config)
         from i2x.tuning.comparison import study_record
         from i2x.tuning.guided import REPAIR_METRICS, make_objective, seed_trials
         from i2x.tuning.study import open_study, run_study
@@ -134,32 +164,17 @@ def repair_run(args: argparse.Namespace, inputs: tuple, build_ctx: Callable[[], 
         return _publish(parent, summary, rctx, study, local, config)
 
 
-def unrepaired(doc: dict[str, Any]) -> str:
-    """What tune says when the lead check it could act on is missing: nothing verified, or
-    only rigid copies, which the report states but the repair strategies (built on a
-    prototype's cells) do not act on yet."""
-    from i2x.reporting.claims import copy_checks
-
-    copies = copy_checks(doc)
-    if not copies:
-        return NOTHING
-    named = ", ".join(f"{c['class']} ({c['where']})" for c in copies[:3])
-    return (f"not repaired: the explanation states {len(copies)} rigid cop{'y' if len(copies) == 1 else 'ies'} that the model uses "
-            f"({named}; see the explain report's shortcut check), but the repair strategies act on a prototype's cells and no "
-            "prototype's shortcut check passed; the model is left as trained")
-
-
-def _nothing(run_id: str, local: Path, config: Config, said: str = NOTHING) -> str:
+def _nothing(run_id: str, local: Path, config: Config) -> str:
     from i2x.reporting.html import repair_report
 
-    summary = {"act_on": "findings", "finding": None, "said": said}
+    summary = {"act_on": "findings", "finding": None, "said": NOTHING}
     local.mkdir(parents=True, exist_ok=True)
     atomic_write_text(local / TUNE_SUMMARY, json.dumps(summary, indent=2, sort_keys=True))
     tracking.log_artifact(local / TUNE_SUMMARY, "tuning")
     index = repair_report(summary, local / "report", {})
     tracking.log_artifact(index, "report")
-    tracking.describe_run(tracking.TAG_VERDICT, "nothing to act on" if said == NOTHING else "not repaired", index, said)
-    print(f"i2x tune: {said}", flush=True)
+    tracking.describe_run(tracking.TAG_VERDICT, "nothing to act on", index, NOTHING)
+    print(f"i2x tune: {NOTHING}", flush=True)
     print(f"i2x tune: run {run_id} FINISHED ({config.data.name}: no finding, no study)", flush=True)
     return run_id
 

@@ -49,12 +49,18 @@ MIN_TEST_GROUP = 20
 
 @dataclass(frozen=True)
 class Finding:
-    """A verified finding to act on: prototype ``k`` drives class index ``cls``."""
+    """A verified finding to act on: prototype ``k`` drives class index ``cls``; for a rigid
+    copy (``copy``: its explanation row), ``k`` is :data:`COPY_ID`, the id its cells get in
+    the assignment (:func:`i2x.runs.repair.with_copy`)."""
 
     prototype: int
     cls: int
     class_name: str
     statement: str
+    copy: dict[str, Any] | None = None
+
+
+COPY_ID = -2  # no prototype has it
 
 
 @dataclass
@@ -304,7 +310,8 @@ def scoring_groups(ctx: RepairContext) -> Groups:
         g = i2x_groups(ctx.assign(ctx.data.test_x), ctx.data.test_y, ctx.finding.prototype)
         ids, counts = np.unique(g, return_counts=True)
         g = np.where(np.isin(g, ids[counts < MIN_TEST_GROUP]), -1, g)
-        names = tuple(f"{c} {'with' if m else 'without'} P{ctx.finding.prototype}" for c in ctx.data.classes for m in (0, 1))
+        what = "the copy" if ctx.finding.copy else f"P{ctx.finding.prototype}"
+        names = tuple(f"{c} {'with' if m else 'without'} {what}" for c in ctx.data.classes for m in (0, 1))
         ctx._cache["i2x_test"] = Groups(names, g, None, "i2x")
     return ctx._cache["i2x_test"]
 

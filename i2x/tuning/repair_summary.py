@@ -63,7 +63,7 @@ def _mean(values: list[float | None]) -> float | None:
 def repair_markdown(summary: dict[str, Any]) -> str:
     """The worst-group table, the verdict lines and the goal, as Markdown."""
     f = summary["finding"]
-    by = "the true groups" if summary["groups_source"] != "i2x" else f"the i2x groups (class x P{f['prototype']} present)"
+    by = "the true groups" if summary["groups_source"] != "i2x" else f"the i2x groups (class x {'the copy' if f.get('copy') else 'P' + str(f['prototype'])} present)"
     lines = [f"Acting on: {f['statement']}", f"Test set scored by {by}; {summary['strategies']['erm']['seeds']} seeds per strategy.", "",
              "| strategy | reads group labels | worst-group accuracy (%) | average accuracy (%) | chosen settings |", "|---|---|---|---|---|"]
     for name, r in summary["strategies"].items():
@@ -111,18 +111,18 @@ def changed_examples(ctx: RepairContext, name: str, params: dict[str, Any], n: i
     weight the strategy gives them, relative to the median image."""
     gen = torch.Generator().manual_seed(ctx.config.seed)
     fit, y, cls, classes = ctx.data.fit_idx, ctx.data.train_y, ctx.finding.cls, ctx.data.classes
-    k = ctx.finding.prototype
+    k = "the copy" if ctx.finding.copy else f"P{ctx.finding.prototype}"
     if name == "i2x-dfr":
         h = ctx.held_for(ctx.config.seed, ctx.config.tune.refit_take_out)  # what it refits on
         edited = np.flatnonzero((h.x != h.original).flatten(1).any(1).numpy())[:n]
         return (to_float(h.original[edited]).numpy(), to_float(h.x[edited]).numpy(),
-                [f"{classes[int(h.y[i])]}: P{k} {'added' if h.groups[i] % 2 else 'taken out'} (held-out)" for i in edited])
+                [f"{classes[int(h.y[i])]}: {k} {'added' if h.groups[i] % 2 else 'taken out'} (held-out)" for i in edited])
     if name == "i2x-groups":
         weights = balanced_weights(ctx.groups[fit.numpy()]) ** float(params.get("power", 1.0))
         top = np.argsort(-weights, kind="stable")[:n]
         x = to_float(ctx.data.train_x[fit[top]]).numpy()
         rel = weights[top] / np.median(weights)
-        return x, x, [f"{classes[int(y[fit[i]])]}, P{k} {'present' if ctx.groups[fit[i]] % 2 else 'absent'}: weight x{w:.1f}"
+        return x, x, [f"{classes[int(y[fit[i]])]}, {k} {'present' if ctx.groups[fit[i]] % 2 else 'absent'}: weight x{w:.1f}"
                       for i, w in zip(top, rel, strict=True)]
     how = params["how"]
     has = ctx.cells[fit].flatten(1).any(1)
@@ -130,5 +130,5 @@ def changed_examples(ctx: RepairContext, name: str, params: dict[str, Any], n: i
     pick = pool[torch.randperm(len(pool), generator=gen)[:n]]
     before = to_float(ctx.data.train_x[pick])
     after = counterfactual(before, y[pick], ctx.cells[pick], cls, how, 1.0, gen, ctx.donors())
-    what = f"P{k} pasted in" if how == "swap" else f"P{k} {how}ed" if how != "noise" else f"P{k} noised"
+    what = f"{k} pasted in" if how == "swap" else f"{k} {how}ed" if how != "noise" else f"{k} noised"
     return before.numpy(), after.numpy(), [f"{classes[int(c)]}: {what}" for c in y[pick]]
