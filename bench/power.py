@@ -283,6 +283,7 @@ def _figure(planted: list[dict], out: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.8))
     for n in sorted({r["n"] for r in planted}):
@@ -291,6 +292,9 @@ def _figure(planted: list[dict], out: Path) -> None:
         ax.plot(rhos, power, marker="o", label=f"N = {n}")
     ax.axhline(0.8, color="grey", lw=0.8, ls="--")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{100 * v:g}%"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xticks(sorted({r["rho"] for r in planted}))
     ax.set_xlabel("share of the class's training images with the mark (rho)")
     ax.set_ylabel("power: stated in the mark's corner")
     ax.set_ylim(-0.05, 1.05)
@@ -302,6 +306,9 @@ def _figure(planted: list[dict], out: Path) -> None:
         kind = 2 if r["corner_checks"] else 1 if r.get("corner_findings") else 0
         bx.scatter(max(r["flip"], 1e-3), kind + j, color=("C3", "C2", "C0")[kind], s=18)
     bx.set_xscale("log")
+    bx.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{100 * v:g}%"))
+    bx.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # a narrow range would print every minor tick in 1e-1 notation
+    bx.set_xlim(min([max(r["flip"], 1e-3) for r in measured] + [0.01]) / 1.5, 1.0)
     bx.set_yticks([0, 1, 2], ["nothing in\nthe corner", "a finding in\nthe corner", "a shortcut\ncheck there"])
     bx.set_xlabel("reliance: flip rate of marked other-class test images")
     bx.set_title("each run: what the report stated in the mark's corner")
