@@ -55,7 +55,7 @@ def test_blank_canvas_that_every_class_shares_is_not_a_candidate():
     x = np.zeros((200, 1, SIZE, SIZE), dtype=np.uint8)
     y = np.arange(200) % 4
     x[:, :, 4:12, 4:12] = np.random.default_rng(1).integers(0, 255, size=(200, 1, 8, 8))
-    assert scan(torch.from_numpy(x), y, GRID, tolerance=0.05, min_images=10) == []
+    assert scan(x / 255.0, y, GRID, tolerance=0.05, min_images=10) == []
 
 
 def test_the_footprint_follows_the_copy_not_the_grid():

@@ -30,7 +30,7 @@ from scipy.stats import binomtest
 from i2x.explanation.nulls import benjamini_hochberg
 from i2x.explanation.prototypes import NINTHS, _part
 from i2x.platform.config import FaithfulnessConfig
-from i2x.training.batches import to_float
+from i2x.training.loop import predictions
 from i2x.training.pixels import border_level
 
 
@@ -70,22 +70,20 @@ def windows(size: tuple[int, int], grid: tuple[int, int]) -> list[tuple[int, int
     return [(y, min(y + side, size[0]), x, min(x + side, size[1])) for y in range(0, size[0], side) for x in range(0, size[1], side)]
 
 
-def _holds(x: np.ndarray, ref: np.ndarray, box: tuple[int, int, int, int], tolerance: float) -> np.ndarray:
-    """``(N,)`` bool: the images whose patch in ``box`` is within ``tolerance`` of ``ref`` in 98% of its values."""
-    y0, y1, x0, x1 = box
-    patch = x[:, :, y0:y1, x0:x1].reshape(len(x), -1)
-    return (np.abs(patch - ref.reshape(-1)) <= tolerance).mean(1) >= 0.98
+def _same(values: np.ndarray, ref: np.ndarray, tolerance: float) -> np.ndarray:
+    """``(N,)`` bool: the images whose ``values`` (``(N, ...)``) are within ``tolerance`` of
+    ``ref`` in 98% of them: the one test of holding a copy (the scan, the paste test, tune)."""
+    return (np.abs(values - ref).reshape(len(values), -1) <= tolerance).mean(1) >= 0.98
 
 
-def scan(images: torch.Tensor, labels: np.ndarray, grid: tuple[int, int], tolerance: float, min_images: int,
+def scan(x: np.ndarray, labels: np.ndarray, grid: tuple[int, int], tolerance: float, min_images: int,
          min_contrast: float = 0.25, tries: int = 3) -> list[tuple[float, int, tuple[int, int, int, int], np.ndarray]]:
     """Candidates ``(excess share, class, window, holders)``, best first: per class and window
     (:func:`windows`), the
     commonest of the class's patches there (quantised to 0.1; the ``tries`` commonest tried)
     that at least ``min_images`` of the class's images hold, whose values differ from the other
     classes' mean there by ``min_contrast`` on average (blank canvas is the same everywhere), and
-    that is commoner in the class than in the others."""
-    x = images.float().numpy() / 255
+    that is commoner in the class than in the others. ``x``: ``(N, C, H, W)`` pixels in [0, 1]."""
     size = tuple(x.shape[-2:])
     means = {c: x[labels != c].mean(0) for c in np.unique(labels) if (labels != c).any()}
     out = []
@@ -101,7 +99,7 @@ def scan(images: torch.Tensor, labels: np.ndarray, grid: tuple[int, int], tolera
                 ref = mine[inverse.reshape(-1) == j].mean(0)
                 if np.abs(ref - means[c][:, y0:y1, x0:x1].reshape(-1)).mean() < min_contrast:
                     continue
-                holders = _holds(x, ref, box, tolerance)
+                holders = _same(x[:, :, y0:y1, x0:x1].reshape(len(x), -1), ref, tolerance)
                 inside, outside = holders[labels == c].mean(), holders[labels != c].mean()
                 if holders[labels == c].sum() >= min_images and inside > outside and (best is None or inside - outside > best[0]):
                     best = (float(inside - outside), int(c), box, holders & (labels == c))
@@ -129,11 +127,6 @@ def has_canvas(blank: np.ndarray, share: float = 0.5) -> bool:
     return bool(blank.mean() >= share)
 
 
-def _calls(model: torch.nn.Module, x: torch.Tensor, cls: int, batch: int, device: torch.device) -> np.ndarray:
-    with torch.no_grad():
-        return torch.cat([model(to_float(x[i:i + batch]).to(device)).argmax(1).cpu() for i in range(0, len(x), batch)]).numpy() == cls
-
-
 def find_copies(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, grid: tuple[int, int], cfg: FaithfulnessConfig,
                 seed: int, device: torch.device, batch_size: int = 256, off_object: float = 0.4) -> list[Copy]:
     """Scan for rigid copies and paste-test the best ``cfg.copy_tests`` of them on ``model``
@@ -154,7 +147,7 @@ def find_copies(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tens
     masks: list[np.ndarray] = []
     holders_of: list[np.ndarray] = []
     reach = max(1, min(x.shape[-2] // grid[0], x.shape[-1] // grid[1]))  # one grid cell round the window
-    for _, c, box, holders in scan(images, y, grid, cfg.copy_tolerance, cfg.copy_min_images):
+    for _, c, box, holders in scan(x, y, grid, cfg.copy_tolerance, cfg.copy_min_images):
         if len(found) >= cfg.copy_tests:
             break
         if any(f.cls == c and m[box[0]:box[1], box[2]:box[3]].any() for f, m in zip(found, masks, strict=True)):
@@ -178,7 +171,7 @@ def find_copies(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tens
         masks.append(mask)
         holders_of.append(holders)
     for f, mask, holders in zip(found, masks, holders_of, strict=True):
-        _paste_test(f, model, images, y, mask, holders, cfg, rng, device, batch_size)
+        _paste_test(f, model, images, x, y, mask, holders, cfg, rng, device, batch_size)
     tested = [f for f in found if f.tested]
     for f, p in zip(tested, benjamini_hochberg(np.array([f.p for f in tested])), strict=True):
         f.p_adjusted = float(p)
@@ -186,13 +179,13 @@ def find_copies(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tens
     return found
 
 
-def _paste_test(f: Copy, model: torch.nn.Module, images: torch.Tensor, y: np.ndarray, mask: np.ndarray, holders: np.ndarray,
-                cfg: FaithfulnessConfig, rng: np.random.Generator, device: torch.device, batch: int) -> None:
+def _paste_test(f: Copy, model: torch.nn.Module, images: torch.Tensor, x: np.ndarray, y: np.ndarray, mask: np.ndarray,
+                holders: np.ndarray, cfg: FaithfulnessConfig, rng: np.random.Generator, device: torch.device, batch: int) -> None:
     """Paste ``f``'s footprint from its holders into other classes' images that do not hold it,
-    against the same pixels from the class's images that do not (in place on ``f``)."""
-    x = images.float().numpy() / 255
-    ref = np.median(x[holders][:, :, mask], 0)
-    same = (np.abs(x[:, :, mask] - ref) <= cfg.copy_tolerance).mean((1, 2)) >= 0.98
+    against the same pixels from the class's images that do not (in place on ``f``); ``x`` is
+    ``images`` in [0, 1]."""
+    assert f.reference is not None and f.mask is not None
+    same = _same(x[:, :, mask], f.reference[:, f.mask], cfg.copy_tolerance)
     f.others = float(same[y != f.cls].mean())
     donors, plain, pool = np.flatnonzero(holders), np.flatnonzero(~same & (y == f.cls)), np.flatnonzero(~same & (y != f.cls))
     if len(plain) < cfg.copy_min_images:  # every image of the class holds it: the control pastes other classes' pixels there
@@ -200,14 +193,14 @@ def _paste_test(f: Copy, model: torch.nn.Module, images: torch.Tensor, y: np.nda
     if len(pool) < cfg.copy_min_images:
         return
     take = rng.choice(pool, size=min(cfg.copy_recipients, len(pool)), replace=False)
-    already = _calls(model, images[take], f.cls, batch, device)
+    already = predictions(model, images[take], batch, device).numpy() == f.cls
     take = take[~already]
     m = torch.from_numpy(mask)
     turned = {}
     for name, source in (("copy", donors), ("control", plain)):
         z = images[take].clone()
         z[:, :, m] = images[torch.from_numpy(rng.choice(source, size=len(take)))][:, :, m]
-        turned[name] = _calls(model, z, f.cls, batch, device)
+        turned[name] = predictions(model, z, batch, device).numpy() == f.cls
     a, b = turned["copy"], turned["control"]
     d = a.astype(float) - b
     boot = d[rng.integers(0, len(d), size=(cfg.bootstrap, len(d)))].mean(1) if len(d) else np.zeros(1)
@@ -226,7 +219,7 @@ def copy_cells(images: torch.Tensor, row: dict, grid: tuple[int, int], tolerance
     y0, x0, y1, x1 = row["box"]
     mask, ref = np.asarray(row["mask"], dtype=bool), np.asarray(row["reference"], dtype=np.float32)
     x = images[:, :, y0:y1, x0:x1].float().numpy() / 255
-    held = (np.abs(x[:, :, mask] - ref[:, mask]) <= tolerance).mean((1, 2)) >= 0.98
+    held = _same(x[:, :, mask], ref[:, mask], tolerance)
     (height, width), (h, w) = images.shape[-2:], grid
     cover = np.zeros((h, w), dtype=bool)
     ys, xs = np.nonzero(mask)
