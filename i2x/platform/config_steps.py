@@ -197,8 +197,9 @@ class TuneConfig:
             ``candidates``: the paper's study of the uncertain prototypes (below).
         repair_strategies: the i2x strategies the repair study searches.
         repair_lr: the learning rate every repair strategy and baseline fine-tunes with.
-        max_accuracy_loss: a repair trial is chosen only within this much validation
-            accuracy of the final model (the best worst group among those).
+        max_accuracy_loss: a repair trial is chosen only within this much of the final
+            model's accuracy on the i2x held-out set and on the validation images without the
+            finding (the best worst group among those; :func:`i2x.tuning.guided.pick`).
         heldout_take_out: how the i2x held-out set that judges every repair trial takes the
             finding out of its class's images (:mod:`i2x.tuning.heldout`): ``none`` (OURS,
             default: the cue is only pasted into the other classes' images), ``swap-out``,

@@ -45,6 +45,7 @@ BASELINES = ("erm", "jtt", "dfr", "oracle")
 REPAIR_METRICS = ("heldout_accuracy", "heldout_worst_i2x_group")
 JTT_LAMBDAS = (5.0, 20.0)
 MIN_TEST_GROUP = 20
+WITHOUT_FINDING = "val_accuracy_without_finding"  # a trial's user attr (validation_scores' third value)
 
 
 @dataclass(frozen=True)
@@ -193,14 +194,19 @@ def run_strategy(ctx: RepairContext, name: str, params: dict[str, Any], seed: in
 def validation_scores(ctx: RepairContext, model: nn.Module, held: HeldOut | None = None) -> tuple[float, float, float]:
     """On the scoring half of the i2x held-out set (``held``; default ``ctx.held``):
     (accuracy, worst i2x group) where the finding no longer predicts its class, as on a test
-    split where it does not, and the accuracy on the same images as they are (the training
-    distribution)."""
+    split where it does not, and the accuracy on the images that do not carry the finding, as
+    they are: what the model knows apart from the finding, which a repair has no reason to
+    change. (The images that carry it are left out: the finding is a rigid copy, the same pixels
+    on most of its class's images, so the accuracy they lend the final model is the copy's, and a
+    repair that stops reading the copy must give some of it back; counting them declined every
+    repair of planted CIFAR-10, docs/benchmarks.md.)"""
     h = held if held is not None else ctx.held
     part = ~h.fit
     y = h.y[part].numpy()
     pred = predictions(model, h.x[part], 1000, ctx.device).numpy()
-    as_is = predictions(model, h.original[part], 1000, ctx.device).numpy()
-    return float((pred == y).mean()), worst_group(pred, y, h.groups[part]), float((as_is == y).mean())
+    rest = part & ~h.carried
+    as_is = predictions(model, h.original[rest], 1000, ctx.device).numpy()
+    return float((pred == y).mean()), worst_group(pred, y, h.groups[part]), float((as_is == h.y[rest].numpy()).mean())
 
 
 def suggest(trial: Any, ctx: RepairContext) -> tuple[str, dict[str, Any]]:
@@ -236,7 +242,7 @@ def make_objective(ctx: RepairContext, track: Callable[..., Any] | None = None) 
             acc, worst, as_is = validation_scores(ctx, model)
             trial.set_user_attr("heldout_accuracy", acc)
             trial.set_user_attr("heldout_worst_i2x_group", worst)
-            trial.set_user_attr("val_accuracy", as_is)
+            trial.set_user_attr(WITHOUT_FINDING, as_is)
         return acc, worst
 
     return objective
@@ -244,17 +250,19 @@ def make_objective(ctx: RepairContext, track: Callable[..., Any] | None = None) 
 
 def pick(trials: list[Any], base: tuple[float, float, float], max_loss: float) -> Any | None:
     """Do no harm: of the complete trials that keep the held-out accuracy and the accuracy
-    on the validation images as they are both within ``max_loss`` of the final model's, and
+    on the validation images without the finding, as they are (:func:`validation_scores`), both
+    within ``max_loss`` of the final model's, and
     raise the held-out worst i2x group above the final model's (``base``: its three values),
     the best worst group (ties: accuracy, then the earliest). None when no trial does all
     three: the strategy is declined."""
-    ok = [t for t in trials if does_no_harm((*t.values[:2], t.user_attrs.get("val_accuracy", base[2])), base, max_loss)]
+    ok = [t for t in trials if does_no_harm((*t.values[:2], t.user_attrs.get(WITHOUT_FINDING, -np.inf)), base, max_loss)]
     return max(ok, key=lambda t: (t.values[1], t.values[0], -t.number)) if ok else None
 
 
 def does_no_harm(values: Sequence[float], base: Sequence[float], max_loss: float) -> bool:
     """:func:`pick`'s test of one candidate: ``values`` and ``base`` are (held-out accuracy,
-    held-out worst i2x group, as-is validation accuracy), the candidate's and the final model's."""
+    held-out worst i2x group, validation accuracy without the finding), the candidate's and the
+    final model's."""
     return values[0] >= base[0] - max_loss and values[1] > base[1] and values[2] >= base[2] - max_loss
 
 
@@ -273,7 +281,7 @@ def best_per_strategy(study: Any, ctx: RepairContext) -> dict[str, dict[str, Any
         best = pick(mine, base, ctx.config.tune.max_accuracy_loss)
         if best is None:
             out[name] = {"params": {}, "declined": (
-                f"none of its {len(mine)} trials kept the held-out and validation accuracies within "
+                f"none of its {len(mine)} trials kept the held-out accuracy and the validation accuracy without the finding within "
                 f"{100 * ctx.config.tune.max_accuracy_loss:g} points of the final model's ({100 * base[0]:.1f}%, {100 * base[2]:.1f}%) while raising the held-out worst i2x group above its "
                 f"{100 * base[1]:.1f}%; the model is left as it was")}
         else:

@@ -45,6 +45,7 @@ class HeldOut:
         x: ``(N, C, H, W)`` uint8, edited; original: the same images unedited; y: labels.
         groups: i2x group after the edit, ``2 * class + finding present``.
         fit: bool, the half the last-layer strategies refit on; the study scores the rest.
+        carried: bool, the image carried the finding before the edit (the final model's cells).
     """
 
     x: torch.Tensor
@@ -52,6 +53,7 @@ class HeldOut:
     y: torch.Tensor
     groups: np.ndarray
     fit: np.ndarray
+    carried: np.ndarray
 
 
 def donor_positions(data: DataBundle, cells: torch.Tensor, cls: int) -> torch.Tensor:
@@ -97,7 +99,7 @@ def heldout(data: DataBundle, cells: torch.Tensor, cls: int, seed: int, take_out
             fill[erase] = to_float(data.train_x[free[torch.randint(0, len(free), (int(erase.sum()),), generator=gen)]])
     x = x * (1 - m) + fill * m
     now = ((present & ~erase) | paste).long()
-    return HeldOut((x * 255).round().clamp(0, 255).to(torch.uint8), original, y, (2 * y + now).numpy(), split)
+    return HeldOut((x * 255).round().clamp(0, 255).to(torch.uint8), original, y, (2 * y + now).numpy(), split, present.numpy())
 
 
 def worst_group(pred: np.ndarray, y: np.ndarray, groups: np.ndarray, min_size: int = MIN_GROUP) -> float:
