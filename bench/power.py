@@ -322,6 +322,7 @@ def main() -> None:
     ap.add_argument("--dataset", choices=sorted(SETTINGS), default="mnist")
     ap.add_argument("--rho", default="1,0.5,0.2,0.1,0.05", help="planted shares, comma-separated")
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds run from here (add seeds to a measured set)")
     ap.add_argument("--n", default="2000", help="analysed images, comma-separated")
     ap.add_argument("--controls", type=int, default=-1, help="seeds of the clean and permuted-label controls (-1: --seeds)")
     ap.add_argument("--permuted", action=argparse.BooleanOptionalAction, default=True,
@@ -351,8 +352,8 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     done = {(r["rho"], r["seed"], r["n"], r["permuted"]) for r in _rows(out) if r.get("explain", "") == args.explain} if out.is_file() else set()
     controls = args.seeds if args.controls < 0 else args.controls
-    jobs = [(float(rho), s, int(n), False) for s in range(args.seeds) for rho in args.rho.split(",") for n in args.n.split(",")]
-    jobs += [(None, s, int(n), perm) for s in range(controls) for perm in (False, True)[:1 + args.permuted] for n in args.n.split(",")]
+    jobs = [(float(rho), s, int(n), False) for s in range(args.first_seed, args.first_seed + args.seeds) for rho in args.rho.split(",") for n in args.n.split(",")]
+    jobs += [(None, s, int(n), perm) for s in range(args.first_seed, args.first_seed + controls) for perm in (False, True)[:1 + args.permuted] for n in args.n.split(",")]
     todo = [j for j in jobs if j not in done]
     start = time.perf_counter()
     for i, (rho, seed, n, perm) in enumerate(todo):

@@ -174,6 +174,39 @@ def table(path: Path) -> None:
     marks = sorted({r["seed"] for r in rows if r.get("finding_is_mark")})
     print(f"\ni2x acted on a finding in seeds {acted} (the mark in {marks}); elsewhere its rows are the final model's. "
           "CIs: bootstrap over seeds, paired.")
+    figure(rows, [n for n in order if any(r["strategy"] == n for r in rows)], path.with_suffix(".png"))
+
+
+def figure(rows: list[dict], names: list[str], out: Path) -> None:
+    """Worst-group and average test accuracy per strategy: one dot per training seed (the same
+    colour for the same seed across strategies; a cross where tune declined the strategy), the
+    mean as a bar; the strategies that read true group labels are hatched."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    seeds = sorted({r["seed"] for r in rows})
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=False)
+    for ax, key, title in zip(axes, ("worst_group", "accuracy"), ("worst-group test accuracy", "average test accuracy"), strict=True):
+        for i, name in enumerate(names):
+            sel = {r["seed"]: 100 * r[key] for r in rows if r["strategy"] == name}
+            declined = {r["seed"] for r in rows if r["strategy"] == name and r.get("declined")}
+            truth = any(r["true_groups"] for r in rows if r["strategy"] == name)
+            ax.bar(i, np.mean(list(sel.values())), color="0.85", edgecolor="0.4", hatch="//" if truth else None)
+            for j, s in enumerate(seeds):
+                if s in sel:
+                    ax.scatter(i + (j - (len(seeds) - 1) / 2) * 0.1, sel[s], color=f"C{j % 10}", s=16, zorder=3, marker="x" if s in declined else "o",
+                               label=f"seed {s}" if i == 0 else None)
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+        ax.set_ylabel("%")
+        ax.set_title(title)
+    axes[0].legend(frameon=False, fontsize=8)
+    fig.suptitle(f"{rows[0]['dataset']}, mark on {100 * rows[0]['rho']:g}% of one class; hatched: reads true group labels; "
+                 "x: declined by do-no-harm (the model as trained)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    print(f"figure: {out}")
 
 
 def add_planted_args(ap: argparse.ArgumentParser, seeds: int, work: str) -> None:

@@ -113,7 +113,9 @@ def track_trials(parent_run_id: str) -> Callable[..., Any]:
     @contextlib.contextmanager
     def track(trial, strategy):  # noqa: ANN001, ANN202
         def outcome() -> dict[str, Any]:
-            return {k: trial.user_attrs.get(k) for k in ("heldout_accuracy", "heldout_worst_i2x_group")}
+            from i2x.tuning.guided import WITHOUT_FINDING
+
+            return {k: trial.user_attrs.get(k) for k in ("heldout_accuracy", "heldout_worst_i2x_group", WITHOUT_FINDING)}
 
         with trial_runs.trial_run(parent_run_id, trial.number, dict(trial.params), outcome, study_name=trial.study.study_name):
             yield
