@@ -77,13 +77,14 @@ def _worktree(ref: str, out: Path) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ref", default="69f4849", help="the reference commit (default: main before issue 21's first commit, f5ad0b7)")
+    ap.add_argument("--ref", default="69f4849", help="the reference commit (default: main before issue 21's first commit, f5ad0b7); "
+                    "'' measures this checkout alone (no ratio)")
     ap.add_argument("--cases", default="mnist,cifar10")
     ap.add_argument("--out", default="bench/out/explain-cost")
     args = ap.parse_args()
     out = (ROOT / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    trees = [("this", ROOT), (f"ref {args.ref}", _worktree(args.ref, out))]
+    trees = [("this", ROOT)] + ([(f"ref {args.ref}", _worktree(args.ref, out))] if args.ref else [])
     results = out / "results.jsonl"
     rows = [json.loads(x) for x in results.read_text().splitlines()] if results.is_file() else []
     jobs = [(label, tree, case) for case in args.cases.split(",") for label, tree in trees
@@ -97,6 +98,12 @@ def main() -> None:
         eta = (time.perf_counter() - start) / (i + 1) * (len(jobs) - i - 1)
         print(f"[{i + 1}/{len(jobs)}] {label} {case}: explain {row['explain_cpu_s'] / 60:.2f} CPU-min, {row['explain_wall_s'] / 60:.2f} min wall "
               f"(train {row['train_wall_s'] / 60:.1f} min); ETA {eta / 60:.0f} min", flush=True)
+    if len(trees) == 1:
+        for r in rows:
+            if r["tree"] == "this":
+                print(f"{r['case']}: explain {r['explain_cpu_s'] / 60:.2f} CPU-min ({r['explain_wall_s'] / 60:.2f} min wall); budget "
+                      f"{BUDGET_CPU_S[r['case']] / 60:.0f} CPU-min: {'within' if r['explain_cpu_s'] <= BUDGET_CPU_S[r['case']] else 'OVER'}")
+        return
     print(f"\n| case | this checkout: CPU-min (wall) | {trees[1][0]}: CPU-min (wall) | ratio (CPU) | budget |")
     print("|---|---|---|---|---|")
     for case in args.cases.split(","):
