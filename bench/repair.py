@@ -201,10 +201,10 @@ def figure(rows: list[dict], names: list[str], out: Path) -> None:
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
         ax.set_ylabel("%")
         ax.set_title(title)
-    axes[0].legend(frameon=False, fontsize=8)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=len(seeds), frameon=False, fontsize=8)
     fig.suptitle(f"{rows[0]['dataset']}, mark on {100 * rows[0]['rho']:g}% of one class; hatched: reads true group labels; "
                  "x: declined by do-no-harm (the model as trained)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(out, dpi=110)
     print(f"figure: {out}")
 
