@@ -37,16 +37,18 @@ from i2x.training.loop import resolve_device, run_folder, train  # noqa: E402
 from i2x.training.models import build_model  # noqa: E402
 from i2x.tuning.guided import (  # noqa: E402
     I2X_STRATEGIES,
+    RANDOM_TARGET,
     USES_TRUE_GROUPS,
     Finding,
     RepairContext,
     best_per_strategy,
     choose_jtt,
+    chosen_strategy,
     evaluate,
     make_objective,
+    random_target,
     seed_trials,
 )
-from i2x.tuning.repair_summary import chosen_strategy  # noqa: E402
 from i2x.tuning.study import assign_images  # noqa: E402
 
 SETTINGS = {
@@ -114,6 +116,7 @@ def one_seed(dataset: str, seed: int, rho: float, target: int, trials: int, lr: 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study.optimize(make_objective(ctx), n_trials=trials)
         chosen |= best_per_strategy(study, ctx)
+        chosen |= random_target(chosen)
     t_study = time.perf_counter() - t0
     results = evaluate(ctx, chosen, ctx.test_groups, {})
     for name in I2X_STRATEGIES:  # no finding: tune does nothing, the model stays as it was
@@ -144,7 +147,7 @@ def one_seed(dataset: str, seed: int, rho: float, target: int, trials: int, lr: 
 
 def table(path: Path) -> None:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    order = ["final (before)", "erm", "jtt", "dfr", "oracle", "i2x-augment", "i2x-groups", "i2x-dfr", "i2x (chosen)"]
+    order = ["final (before)", "erm", "jtt", "dfr", "oracle", "i2x-augment", "i2x-groups", "i2x-dfr", "i2x (chosen)", RANDOM_TARGET]
     seeds = sorted({r["seed"] for r in rows})
     print(f"{rows[0]['dataset']}, rho {rows[0]['rho']}, seeds {seeds}; findings: {sorted({(r['seed'], r.get('finding')) for r in rows})}")
     print("| strategy | uses true groups | worst-group acc | average acc | gap aligned-conflicting | vs ERM (worst, paired) | "
@@ -170,6 +173,9 @@ def table(path: Path) -> None:
               f"{100 * a.mean():.2f} +- {100 * a.std(ddof=1) if len(a) > 1 else 0:.2f} | {100 * np.nanmean(g):+.1f} | "
               f"{paired(name, 'erm') if name != 'erm' else '-'} | {paired(name, 'jtt') if name != 'jtt' else '-'} | "
               f"{paired(name, 'dfr') if name != 'dfr' else '-'} | {np.mean([r['seconds'] for r in sel]):.0f} |")
+    if any(r["strategy"] == RANDOM_TARGET for r in rows):
+        print(f"\ni2x (chosen) vs {RANDOM_TARGET} (its settings at random cells), worst group, paired: {paired('i2x (chosen)', RANDOM_TARGET)}; "
+              f"average accuracy: {100 * np.mean([by[('i2x (chosen)', s)]['accuracy'] - by[(RANDOM_TARGET, s)]['accuracy'] for s in seeds if (RANDOM_TARGET, s) in by]):+.2f}")
     acted = sorted({r["seed"] for r in rows if r["strategy"].startswith("i2x-") and r["acted"]})
     marks = sorted({r["seed"] for r in rows if r.get("finding_is_mark")})
     print(f"\ni2x acted on a finding in seeds {acted} (the mark in {marks}); elsewhere its rows are the final model's. "

@@ -2,6 +2,7 @@
 edits touch only the finding's cells, and the repair study with its baselines runs and scores
 the test set by group, on MNIST with a planted mark."""
 
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,12 +18,15 @@ from i2x.training.pixels import cell_mask
 from i2x.tuning.guided import (
     BASELINES,
     I2X_STRATEGIES,
+    RANDOM_TARGET,
     WITHOUT_FINDING,
     Finding,
     RepairContext,
     evaluate,
     make_objective,
     pick,
+    random_context,
+    random_target,
     scoring_groups,
 )
 from i2x.tuning.heldout import TAKE_OUT, heldout
@@ -171,17 +175,47 @@ def test_the_repair_study_and_every_baseline_run_and_are_scored_by_the_true_grou
     assert all(len(t.values) == 2 and 0 <= t.values[0] <= 1 for t in study.trials)
     chosen = {t.params["strategy"]: {"params": {k: v for k, v in t.params.items() if k != "strategy"}} for t in study.trials}
     chosen |= {"erm": {"params": {}}, "jtt": {"params": {"lambda": 5.0}}, "dfr": {"params": {"C": 1.0}}, "oracle": {"params": {}}}
+    chosen.setdefault("i2x-augment", {"params": {"how": "swap", "share": 0.5}})
+    chosen[RANDOM_TARGET] = {"strategy": "i2x-augment", "params": chosen["i2x-augment"]["params"]}
     groups = scoring_groups(ctx)
     assert groups.source == "plant"
     results = evaluate(ctx, chosen, groups, {})
-    assert set(BASELINES) <= set(results) and set(results) - {"before", *BASELINES} <= set(I2X_STRATEGIES)
+    assert set(BASELINES) <= set(results) and set(results) - {"before", RANDOM_TARGET, *BASELINES} <= set(I2X_STRATEGIES)
     summary = summarize_repair(results, chosen, groups, ctx.finding, 0.95)
     before = summary["strategies"]["before"]
     # planted truth: the final model follows the mark, so a conflicting group is far below average
     assert before["worst_mean"] < before["accuracy_mean"] - 0.2, before
     assert summary["strategies"]["dfr"]["true_groups"] and not summary["strategies"]["erm"]["true_groups"]
     assert all(len(results[n]) == 2 for n in results if n != "before")
-    assert {v["against"] for v in summary["verdicts"]} == {"erm", "jtt"}
+    assert {v["against"] for v in summary["verdicts"]} == {"erm", "jtt", RANDOM_TARGET}
+    assert {v["strategy"] for v in summary["verdicts"] if v["against"] == RANDOM_TARGET} == {"i2x-augment"}  # matched to it alone
+
+
+def test_the_random_target_control_moves_the_findings_cells_not_their_number(repair):
+    """The matched control of a strategy: every training image carries as many cells as the
+    finding has in it, at random places, so on the marked images they mostly miss the mark
+    (planted truth: the finding's cells there are the mark's); the i2x groups keep their sizes
+    per class with other members. Its settings are the chosen strategy's, and it is judged
+    against that strategy only."""
+    ctx, _ = repair
+    rnd = random_context(ctx)
+    assert torch.equal(rnd.cells.flatten(1).sum(1), ctx.cells.flatten(1).sum(1))
+    marked = (ctx.data.train_marks[:, 0] >= 0) & ctx.cells.flatten(1).any(1)
+    on_mark = (rnd.cells[marked] & ctx.cells[marked]).sum() / rnd.cells[marked].sum()
+    assert on_mark < 0.3, float(on_mark)
+    y = ctx.data.train_y.numpy()
+    for c in np.unique(y):
+        assert (rnd.groups[y == c] % 2).sum() == (ctx.groups[y == c] % 2).sum()
+    # here the finding is in every 7 and nowhere else, so no class has both groups: give 50 zeros the finding
+    groups = ctx.groups.copy()
+    groups[np.flatnonzero(y == 0)[:50]] = 1
+    mixed = random_context(replace(ctx, _cache={"cells": ctx.cells, "groups": groups}))
+    zero = y == 0
+    assert (mixed.groups[zero] % 2).sum() == 50 and (mixed.groups[zero] != groups[zero]).any()
+    chosen = {"i2x-augment": {"params": {"how": "swap", "share": 0.5}, "values": [0.9, 0.6]},
+              "i2x-groups": {"params": {"power": 1.0}, "values": [0.95, 0.5]}, "i2x-dfr": {"params": {}, "declined": "no"}}
+    assert random_target(chosen) == {RANDOM_TARGET: {"strategy": "i2x-augment", "params": {"how": "swap", "share": 0.5}}}
+    assert random_target({"i2x-dfr": {"params": {}, "declined": "no"}}) == {}
 
 
 @pytest.mark.slow

@@ -187,11 +187,13 @@ def _evaluate(study: Any, rctx: Any, local: Path) -> dict[str, Any]:
         best_per_strategy,
         choose_jtt,
         evaluate,
+        random_target,
         scoring_groups,
     )
     from i2x.tuning.repair_summary import summarize_repair
 
     chosen = best_per_strategy(study, rctx)
+    chosen |= random_target(chosen)
     path = local / "repair.json"
     cache = json.loads(path.read_text()) if path.is_file() else {}
     if "jtt" in available(rctx):

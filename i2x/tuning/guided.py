@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -42,6 +42,7 @@ from i2x.tuning.repair import (
 
 I2X_STRATEGIES = ("i2x-augment", "i2x-groups", "i2x-dfr")
 BASELINES = ("erm", "jtt", "dfr", "oracle")
+RANDOM_TARGET = "random-target"  # the chosen i2x strategy at random cells (random_context)
 REPAIR_METRICS = ("heldout_accuracy", "heldout_worst_i2x_group")
 JTT_LAMBDAS = (5.0, 20.0)
 MIN_TEST_GROUP = 20
@@ -333,11 +334,46 @@ def score(model: nn.Module, ctx: RepairContext, groups: Groups) -> dict[str, Any
             "groups": {r["group"]: r["accuracy"] for r in rows}}
 
 
+def chosen_strategy(chosen: dict[str, dict[str, Any]]) -> str | None:
+    """The i2x strategy to use, chosen without the test set: of those not declined, the best
+    worst i2x group on the held-out set (then its accuracy). None: every one declined."""
+    ok = [n for n, c in chosen.items() if n.startswith("i2x-") and not c.get("declined") and c.get("values")]
+    return max(ok, key=lambda n: (chosen[n]["values"][1], chosen[n]["values"][0])) if ok else None
+
+
+def random_target(chosen: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``{RANDOM_TARGET: {"strategy", "params"}}``: the matched control of the chosen i2x
+    strategy (its params, run on :func:`random_context`), or ``{}`` when every one declined."""
+    pick = chosen_strategy(chosen)
+    return {RANDOM_TARGET: {"strategy": pick, "params": dict(chosen[pick]["params"])}} if pick else {}
+
+
+def random_context(ctx: RepairContext) -> RepairContext:
+    """The matched control's view of ``ctx``: every training image carries as many finding
+    cells as it does, at grid cells drawn at random (seeded), and the i2x groups keep their
+    sizes per class with their members drawn at random. A strategy run on it edits, reweights
+    or refits as much as on the finding, only not on the finding: what a strategy gains over
+    it is the finding's, not the edit's."""
+    if "random" not in ctx._cache:
+        gen = torch.Generator().manual_seed(ctx.config.seed * 7919 + 11)
+        flat = ctx.cells.flatten(1)
+        ranks = torch.rand(flat.shape, generator=gen).argsort(1).argsort(1)
+        moved = (ranks < flat.sum(1, keepdim=True)).view_as(ctx.cells)
+        y = ctx.data.train_y.numpy()
+        present = ctx.groups % 2
+        rng = np.random.default_rng([ctx.config.seed, 7919])
+        for c in np.unique(y):
+            members = np.flatnonzero(y == c)
+            present[members] = rng.permutation(present[members])
+        ctx._cache["random"] = replace(ctx, _cache={"cells": moved, "groups": 2 * y + present})
+    return ctx._cache["random"]
+
+
 def evaluate(ctx: RepairContext, chosen: dict[str, dict[str, Any]], groups: Groups, cache: dict[str, Any],
              save: Callable[[], None] = lambda: None) -> dict[str, list[dict[str, Any]]]:
     """Every strategy with its chosen params, ``tune.seeds`` seeds each, scored on the test
     set. ``cache`` holds finished ``"<strategy>/<seed>"`` results (a rerun resumes)."""
-    names = ["before"] + [n for n in available(ctx) if n in chosen or n in BASELINES]
+    names = ["before"] + [n for n in available(ctx) if n in chosen or n in BASELINES] + [n for n in (RANDOM_TARGET,) if n in chosen]
     todo = [(n, s) for n in names for s in (range(1) if n == "before" else range(ctx.config.tune.seeds))]
     start, ran = time.perf_counter(), 0
     for i, (name, s) in enumerate(todo):
@@ -347,7 +383,12 @@ def evaluate(ctx: RepairContext, chosen: dict[str, dict[str, Any]], groups: Grou
         t0 = time.perf_counter()
         doing(f"evaluating {name}, seed {s}")
         keep = name == "before" or chosen[name].get("declined")
-        model = ctx.fresh_model() if keep else run_strategy(ctx, name, chosen[name]["params"], ctx.config.seed + s)
+        if keep:
+            model = ctx.fresh_model()
+        elif name == RANDOM_TARGET:
+            model = run_strategy(random_context(ctx), chosen[name]["strategy"], chosen[name]["params"], ctx.config.seed + s)
+        else:
+            model = run_strategy(ctx, name, chosen[name]["params"], ctx.config.seed + s)
         cache[key] = {**score(model, ctx, groups), "seconds": round(time.perf_counter() - t0, 1)}
         save()
         ran += 1

@@ -12,7 +12,7 @@ import torch
 from i2x.training.batches import to_float
 from i2x.training.groups import Groups
 from i2x.tuning.comparison import _mean_std, paired
-from i2x.tuning.guided import Finding, RepairContext
+from i2x.tuning.guided import RANDOM_TARGET, Finding, RepairContext, chosen_strategy
 from i2x.tuning.repair import USES_TRUE_GROUPS, balanced_weights, counterfactual
 
 
@@ -25,11 +25,12 @@ def summarize_repair(results: dict[str, list[dict[str, Any]]], chosen: dict[str,
         w, a = _mean_std([r["worst_group"] for r in runs]), _mean_std([r["accuracy"] for r in runs])
         rows[name] = {"worst_mean": w[0], "worst_std": w[1], "accuracy_mean": a[0], "accuracy_std": a[1], "seeds": len(runs),
                       "true_groups": name in USES_TRUE_GROUPS, "params": chosen.get(name, {}).get("params", {}),
-                      "declined": chosen.get(name, {}).get("declined"),
+                      "declined": chosen.get(name, {}).get("declined"), "matches": chosen.get(name, {}).get("strategy"),
                       "groups": {g: _mean([r["groups"][g] for r in runs]) for g in groups.names}}
     verdicts = []
+    matched = chosen.get(RANDOM_TARGET, {}).get("strategy")
     for name in (n for n in results if n.startswith("i2x-")):
-        for other in ("erm", "jtt"):
+        for other in ("erm", "jtt") + ((RANDOM_TARGET,) if name == matched else ()):
             if other not in results:
                 continue
             for metric in ("worst_group", "accuracy"):
@@ -48,13 +49,6 @@ def summarize_repair(results: dict[str, list[dict[str, Any]]], chosen: dict[str,
             "strategies": rows, "verdicts": verdicts, "goal": goal, "ci": level, "chosen_strategy": pick}
 
 
-def chosen_strategy(chosen: dict[str, dict[str, Any]]) -> str | None:
-    """The i2x strategy to use, chosen without the test set: of those not declined, the best
-    worst i2x group on the held-out set (then its accuracy). None: every one declined."""
-    ok = [n for n, c in chosen.items() if n.startswith("i2x-") and not c.get("declined") and c.get("values")]
-    return max(ok, key=lambda n: (chosen[n]["values"][1], chosen[n]["values"][0])) if ok else None
-
-
 def _mean(values: list[float | None]) -> float | None:
     kept = [v for v in values if v is not None]
     return sum(kept) / len(kept) if kept else None
@@ -70,6 +64,8 @@ def repair_markdown(summary: dict[str, Any]) -> str:
         settings = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in r["params"].items()) or "-"
         if r.get("declined"):
             settings = "declined: the model as it was (see below)"
+        elif name == RANDOM_TARGET:
+            settings = f"the control: {r.get('matches')}'s settings ({settings}) at random cells, not the finding's"
         lines.append(f"| {name} | {'yes' if r['true_groups'] else 'no'} | {100 * r['worst_mean']:.1f} +- {100 * r['worst_std']:.1f} | "
                      f"{100 * r['accuracy_mean']:.2f} +- {100 * r['accuracy_std']:.2f} | {settings} |")
     lines += ["", *verdict_lines(summary)]
