@@ -133,6 +133,17 @@ def _end_launched_run() -> None:
         pass
 
 
+def _stopped(exc: KeyboardInterrupt, under_main: bool) -> int:
+    """A stop (:class:`~i2x.platform.process.Stopped`, or SIGINT's KeyboardInterrupt): the
+    launched run ended KILLED, one line (a stage of `i2x main`: main says it, once), 128 + n."""
+    signum = getattr(exc, "signum", signal.SIGINT)
+    _end_launched_run()
+    if not under_main:
+        print(f"i2x: stopped by {signal.Signals(signum).name}; the MLflow run is marked KILLED; run the same command again to resume",
+              file=sys.stderr)
+    return 128 + int(signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     under_main = bool(os.environ.get(UNDER_MAIN))  # read first: `i2x main` sets it for its stages
     try:
@@ -144,12 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"i2x: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as exc:  # process.Stopped: SIGTERM or SIGINT; the stage's run is ended KILLED
-        signum = getattr(exc, "signum", signal.SIGINT)
-        _end_launched_run()
-        if not under_main:  # a stage of `i2x main`: main says it, once
-            print(f"i2x: stopped by {signal.Signals(signum).name}; the MLflow run is marked KILLED; run the same command again to resume",
-                  file=sys.stderr)
-        return 128 + int(signum)
+        return _stopped(exc, under_main)
     except Exception as exc:  # a full disk, a read-only folder: the operator's to fix, one line
         from i2x.platform.errors import os_error_message
 
@@ -189,7 +195,10 @@ def _command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int
 def run(argv: Sequence[str] | None = None) -> None:
     """The program (``i2x``, ``python -m i2x.cli``, the MLproject shims): ``main``, then exit
     with its code; a stop that lands after the command is done changes nothing."""
-    done = exit_when_done()
+    try:
+        done = exit_when_done()
+    except KeyboardInterrupt as exc:  # the stop landed while its handlers were being set (CI saw it: exit 1, a traceback)
+        sys.exit(_stopped(exc, bool(os.environ.get(UNDER_MAIN))))
     try:
         code = main(argv)
     except SystemExit as exc:  # argparse: --help, a usage error

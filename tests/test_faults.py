@@ -284,3 +284,24 @@ def test_a_stop_after_the_command_is_done_keeps_its_exit_code_and_says_nothing(t
         assert text not in proc.stderr, proc.stderr[-2000:]
     if command == ["--help"]:
         assert "usage:" in proc.stdout  # flushed before the quick exit
+
+
+def test_a_stop_while_the_handlers_are_being_set_is_one_stop_line(monkeypatch, capsys):
+    """CI caught SIGTERM landing inside ``exit_when_done`` itself (its handler for SIGTERM was
+    in place, the one for SIGINT not yet): ``Stopped`` came out before ``run`` guarded ``main``,
+    and the command died with a traceback and exit 1. The same stop, raised there on purpose,
+    must give exit 143 and the one stop line."""
+    from i2x import cli
+    from i2x.platform.process import Stopped
+
+    def stopped_at_once():
+        raise Stopped(signal.SIGTERM)
+
+    monkeypatch.setattr(cli, "exit_when_done", stopped_at_once)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv(cli.UNDER_MAIN, raising=False)
+    with pytest.raises(SystemExit) as exc:
+        cli.run(["train", "--config", "smoke"])
+    assert exc.value.code == 128 + signal.SIGTERM
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["i2x: stopped by SIGTERM; the MLflow run is marked KILLED; run the same command again to resume"], err
