@@ -155,8 +155,8 @@ def table(path: Path) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     by = {(r["strategy"], r["seed"]): r for r in rows}
 
-    def paired(a: str, b: str) -> str:
-        d = [by[(a, s)]["worst_group"] - by[(b, s)]["worst_group"] for s in seeds if (a, s) in by and (b, s) in by]
+    def paired(a: str, b: str, key: str = "worst_group") -> str:
+        d = [by[(a, s)][key] - by[(b, s)][key] for s in seeds if (a, s) in by and (b, s) in by]
         if len(d) < 2:
             return "-"
         rng = np.random.default_rng(0)
@@ -175,7 +175,7 @@ def table(path: Path) -> None:
               f"{paired(name, 'dfr') if name != 'dfr' else '-'} | {np.mean([r['seconds'] for r in sel]):.0f} |")
     if any(r["strategy"] == RANDOM_TARGET for r in rows):
         print(f"\ni2x (chosen) vs {RANDOM_TARGET} (its settings at random cells), worst group, paired: {paired('i2x (chosen)', RANDOM_TARGET)}; "
-              f"average accuracy: {100 * np.mean([by[('i2x (chosen)', s)]['accuracy'] - by[(RANDOM_TARGET, s)]['accuracy'] for s in seeds if (RANDOM_TARGET, s) in by]):+.2f}")
+              f"average accuracy: {paired('i2x (chosen)', RANDOM_TARGET, 'accuracy')}")
     acted = sorted({r["seed"] for r in rows if r["strategy"].startswith("i2x-") and r["acted"]})
     marks = sorted({r["seed"] for r in rows if r.get("finding_is_mark")})
     print(f"\ni2x acted on a finding in seeds {acted} (the mark in {marks}); elsewhere its rows are the final model's. "

@@ -344,8 +344,8 @@ def chosen_strategy(chosen: dict[str, dict[str, Any]]) -> str | None:
 def random_target(chosen: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """``{RANDOM_TARGET: {"strategy", "params"}}``: the matched control of the chosen i2x
     strategy (its params, run on :func:`random_context`), or ``{}`` when every one declined."""
-    pick = chosen_strategy(chosen)
-    return {RANDOM_TARGET: {"strategy": pick, "params": dict(chosen[pick]["params"])}} if pick else {}
+    name = chosen_strategy(chosen)  # not `pick`: that is this module's do-no-harm choice of a trial
+    return {RANDOM_TARGET: {"strategy": name, "params": dict(chosen[name]["params"])}} if name else {}
 
 
 def random_context(ctx: RepairContext) -> RepairContext:
