@@ -219,6 +219,43 @@ def test_a_short_study_then_controls_and_summary(ctx, tmp_path, capsys):
     assert "| tuned |" in text and "| full->full (1+1) |" in text and "paired over 2 seeds" in text
 
 
+def test_a_stop_while_optuna_creates_a_trial_lands_in_its_objective_and_ends_it_failed(tmp_path):
+    """SIGTERM while Optuna sets a new trial up (here: its sampler), before the objective runs,
+    once left that trial RUNNING with no holder; the rerun could not tell it was dead and finished
+    the study around it. The stop now waits for the objective, which Optuna ends FAIL."""
+    import os
+    import signal
+    import time
+    from types import SimpleNamespace
+
+    import optuna
+
+    from i2x.platform.process import Stopped, quiet_timer, stop_on_signals
+
+    class StopOnSecondTrial(optuna.samplers.RandomSampler):
+        def before_trial(self, study, trial):
+            if trial.number == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+            super().before_trial(study, trial)
+
+    def objective(trial):
+        time.sleep(0.5)  # the stop lands here, within the timer's 0.1 s
+        return trial.suggest_float("x", 0, 1)
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/optuna.db", sampler=StopOnSecondTrial(seed=0))
+    ctx = SimpleNamespace(config=SimpleNamespace(tune=SimpleNamespace(n_trials=3)))
+    stopped = None
+    with stop_on_signals():
+        try:
+            run_study(study, ctx, objective=objective)
+        except Stopped as exc:
+            quiet_timer()
+            stopped = exc.signum
+    assert stopped == signal.SIGTERM
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL"]
+    assert study.trials[1].user_attrs["i2x.holder"].split()[1] == str(os.getpid())
+
+
 def test_a_paper_recipe_with_nothing_to_drop_is_not_run_and_the_summary_says_why(ctx):
     context, _ = ctx
     c = _with(context, scores=[dict(s, score=0.2) for s in context.scores])

@@ -53,6 +53,19 @@ def uninterrupted() -> Iterator[None]:
         _CRITICAL.depth -= 1
 
 
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """Inside :func:`uninterrupted`, a part that takes stops again (a deferred one lands here,
+    within 0.1 s): an Optuna trial's objective, whose study holds the stops back while it
+    creates and ends trials."""
+    depth = getattr(_CRITICAL, "depth", 0)
+    _CRITICAL.depth = 0
+    try:
+        yield
+    finally:
+        _CRITICAL.depth = depth
+
+
 def _in_critical() -> bool:
     return getattr(_CRITICAL, "depth", 0) > 0
 
