@@ -198,6 +198,21 @@ def rejudge(path: Path, work: Path) -> None:
 RELIANCE = (0.0, 0.02, 0.1, 0.3, 1.01)  # bins of the model's flip rate (:func:`reliance`)
 
 
+def share_interval(k: int, n: int) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) two-sided 95% interval of a rate seen ``k`` times in ``n``
+    runs: what a handful of seeds can claim ("0 of 3" is consistent with up to 71%)."""
+    from scipy.stats import beta
+
+    lo = float(beta.ppf(0.025, k, n - k + 1)) if k > 0 else 0.0
+    hi = float(beta.ppf(0.975, k + 1, n - k)) if k < n else 1.0
+    return lo, hi
+
+
+def _share(k: int, n: int) -> str:
+    lo, hi = share_interval(k, n)
+    return f"{k} of {n} [{lo:.0%}, {hi:.0%}]"
+
+
 def table(path: Path) -> None:
     rows = _rows(path)
     planted = [r for r in rows if r["rho"] is not None and not r["permuted"]]
@@ -214,7 +229,7 @@ def table(path: Path) -> None:
                 worst = f"{100 * np.mean([r['worst_group'] for r in sel if 'flip' in r]):.1f}%" if flips else "-"
                 print(f"| {rho:g} | {n} | {len(sel)} | {used} | {worst} | {np.mean([r['detected'] for r in sel]):.0%} | "
                       f"{np.mean([r.get('located_finding', False) for r in sel]):.0%} | {np.mean([r.get('copy_detected', False) for r in sel]):.0%} | "
-                      f"{np.mean([_in_corner(r) for r in sel]):.0%} | "
+                      f"{_share(sum(_in_corner(r) for r in sel), len(sel))} | "
                       f"{np.mean([r['lead'] is not None and r['lead'] == r['mark_prototype'] for r in sel]):.0%} | "
                       f"{np.mean([r['mark_prototype'] is not None for r in sel]):.0%} |")
     measured = [r for r in planted if "flip" in r]
@@ -231,14 +246,15 @@ def table(path: Path) -> None:
     clean = [r for r in rows if r["rho"] is None and not r["permuted"]]
     perm = [r for r in rows if r["permuted"]]
     if clean:
-        print(f"clean data ({len(clean)} runs): false statements (as counted for power) in {sum(_in_corner(r) for r in clean)} of {len(clean)}; "
+        print(f"clean data ({len(clean)} runs): false statements (as counted for power) in {_share(sum(_in_corner(r) for r in clean), len(clean))} "
+              f"(exact 95% interval); any shortcut check or verified copy in {_share(sum(bool(r['shortcut_checks']) for r in clean), len(clean))}; "
               f"a shortcut check for the target class in the mark's corner in "
               f"{np.mean([bool(r['corner_checks']) for r in clean]):.0%}; a finding for it placed there in "
               f"{np.mean([bool(r.get('corner_findings')) for r in clean]):.0%}; any shortcut check in {np.mean([bool(r['shortcut_checks']) for r in clean]):.0%} "
               f"({sum(len(r['shortcut_checks']) for r in clean)} in all: {[c for r in clean for c in r['shortcut_checks']]})")
     if perm:
-        print(f"permuted labels ({len(perm)} runs): any shortcut check in {np.mean([bool(r['shortcut_checks']) for r in perm]):.0%}, "
-              f"any finding in {np.mean([r['n_findings'] > 0 for r in perm]):.0%}")
+        print(f"permuted labels ({len(perm)} runs): any shortcut check or verified copy in {_share(sum(bool(r['shortcut_checks']) for r in perm), len(perm))}, "
+              f"any finding in {_share(sum(r['n_findings'] > 0 for r in perm), len(perm))}")
     _figure(planted, path.with_suffix(".png"))
 
 

@@ -103,3 +103,14 @@ def test_the_power_bench_reads_a_models_reliance_on_the_mark():
     data = SimpleNamespace(test_x=x, test_y=y, test_marks=marks)
     assert reliance(_CornerReader(True), data, 7) == {"flip": 1.0, "worst_group": 0.0}
     assert reliance(_CornerReader(False), data, 7) == {"flip": 0.0, "worst_group": 0.0}  # every 7 called 0
+
+
+def test_the_power_bench_gives_each_rate_its_exact_interval():
+    """No run of n finding something bounds the rate by 1 - 0.025^(1/n) (two-sided 95%), every
+    run finding it by 0.025^(1/n) from below: 0 of 3 clean runs allows 71%, 5 of 5 planted 48%."""
+    from bench.power import share_interval
+
+    assert share_interval(0, 3) == (0.0, pytest.approx(1 - 0.025 ** (1 / 3)))
+    assert share_interval(5, 5) == (pytest.approx(0.025 ** (1 / 5)), 1.0)
+    lo, hi = share_interval(1, 2)  # one of two: each bound is the other tail's 2.5%
+    assert lo == pytest.approx(1 - 0.975 ** 0.5) and hi == pytest.approx(0.975 ** 0.5)
