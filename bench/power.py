@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from i2x.explanation.document import explain  # noqa: E402
 from i2x.platform.config_io import apply_overrides, load_config  # noqa: E402
 from i2x.reporting.claims import copy_checks, named_prototypes, shortcut_checks  # noqa: E402
+from i2x.reporting.power import share_interval  # noqa: E402
 from i2x.training.checkpoints import (  # noqa: E402
     atomic_write_text,
     list_checkpoints,
@@ -196,16 +197,6 @@ def rejudge(path: Path, work: Path) -> None:
 
 
 RELIANCE = (0.0, 0.02, 0.1, 0.3, 1.01)  # bins of the model's flip rate (:func:`reliance`)
-
-
-def share_interval(k: int, n: int) -> tuple[float, float]:
-    """The exact (Clopper-Pearson) two-sided 95% interval of a rate seen ``k`` times in ``n``
-    runs: what a handful of seeds can claim ("0 of 3" is consistent with up to 71%)."""
-    from scipy.stats import beta
-
-    lo = float(beta.ppf(0.025, k, n - k + 1)) if k > 0 else 0.0
-    hi = float(beta.ppf(0.975, k + 1, n - k)) if k < n else 1.0
-    return lo, hi
 
 
 def _share(k: int, n: int) -> str:

@@ -105,10 +105,10 @@ def test_the_power_bench_reads_a_models_reliance_on_the_mark():
     assert reliance(_CornerReader(False), data, 7) == {"flip": 0.0, "worst_group": 0.0}  # every 7 called 0
 
 
-def test_the_power_bench_gives_each_rate_its_exact_interval():
+def test_a_rate_seen_in_a_few_runs_gets_its_exact_interval():
     """No run of n finding something bounds the rate by 1 - 0.025^(1/n) (two-sided 95%), every
     run finding it by 0.025^(1/n) from below: 0 of 3 clean runs allows 71%, 5 of 5 planted 48%."""
-    from bench.power import share_interval
+    from i2x.reporting.power import share_interval
 
     assert share_interval(0, 3) == (0.0, pytest.approx(1 - 0.025 ** (1 / 3)))
     assert share_interval(5, 5) == (pytest.approx(0.025 ** (1 / 5)), 1.0)

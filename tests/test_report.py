@@ -268,7 +268,9 @@ def test_the_power_line_reads_the_reliance_it_needs_off_planted_runs():
     doc = {"run": {"dataset": "digits"}, "metrics": {"n_samples": 2000}}
     line = power_line(doc, {"digits": curve})
     assert "at least 5% of the other classes' marked images" in line
-    assert "stated in 4 of 5 runs" in line and "in 0 of 3" in line and "false one in 1 of 5" in line
+    assert "stated in 4 of 5 runs" in line and "in 0 of 3" in line and "false one in 1 of 5 (a false rate of 1-72% fits" in line
+    none = power_line(doc, {"digits": {**curve, "clean": {"runs": 3, "false": 0}}})
+    assert "false one in 0 of 3 (a false rate of up to 71% fits that, 95%)" in none  # 1 - 0.025^(1/3)
     assert "this run analysed" not in line
     assert "this run analysed 500 images" in power_line({**doc, "metrics": {"n_samples": 500}}, {"digits": curve})
     assert power_line(doc, {}).startswith("detection power is not measured for digits")

@@ -36,6 +36,16 @@ def threshold(runs: list[dict[str, Any]], power: float = POWER, min_runs: int = 
     return None
 
 
+def share_interval(k: int, n: int) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) two-sided 95% interval of a rate seen ``k`` times in ``n``
+    runs: what a handful of seeds can claim ("0 of 3" is consistent with up to 71%)."""
+    from scipy.stats import beta
+
+    lo = float(beta.ppf(0.025, k, n - k + 1)) if k > 0 else 0.0
+    hi = float(beta.ppf(0.975, k + 1, n - k)) if k < n else 1.0
+    return lo, hi
+
+
 def power_line(doc: dict[str, Any], measured: dict[str, Any] | None = None) -> str:
     """One sentence: the power of this kind of run on its data set (``measured``: the curves,
     default :func:`curves`)."""
@@ -48,7 +58,11 @@ def power_line(doc: dict[str, Any], measured: dict[str, Any] | None = None) -> s
     where = f"on {dataset} (bench/power.py, {curve['setting']}, N = {n:,}, {len(runs)} runs with a planted corner mark)"
     f = threshold(runs)
     clean = curve.get("clean") or {}
-    false = (f"; a clean run stated a false one in {clean['false']} of {clean['runs']}" if clean.get("runs") else "")
+    false = ""
+    if clean.get("runs"):
+        lo, hi = share_interval(clean["false"], clean["runs"])
+        bound = f"up to {100 * hi:.0f}%" if not clean["false"] else f"{100 * lo:.0f}-{100 * hi:.0f}%"
+        false = f"; a clean run stated a false one in {clean['false']} of {clean['runs']} (a false rate of {bound} fits that, 95%)"
     ran = doc.get("metrics", {}).get("n_samples")
     other_n = f" (this run analysed {ran:,} images)" if ran and ran != n else ""
     if f is None:
