@@ -266,21 +266,29 @@ def _in_corner(r: dict) -> bool:
 def write_curve(path: Path, curve: Path) -> None:
     """Put this results file's runs into the curve file the report reads (:mod:`i2x.reporting.power`),
     under its data set: per planted run its reliance (flip) and whether the report stated the mark
-    (a shortcut check, or a finding placed in the mark's corner), and the clean runs' false ones."""
+    (a shortcut check, or a finding placed in the mark's corner), and per clean run whether it stated
+    a false one. Runs join those already there for the same cut and N (a run of the same rho and
+    seed, or clean seed, replaces its old row), so a file of added seeds (``--first-seed``) or of
+    clean runs alone extends the curve."""
     rows = _rows(path)
     planted = [r for r in rows if r["rho"] is not None and not r["permuted"] and "flip" in r]
     clean = [r for r in rows if r["rho"] is None and not r["permuted"] and "corner_findings" in r]
-    dataset = planted[0]["dataset"]
-    ns = sorted({r["n"] for r in planted})
+    dataset = (planted or clean)[0]["dataset"]
+    ns = sorted({r["n"] for r in planted + clean})
     n = 2000 if 2000 in ns else ns[0]
     stated_as = ("stated (a shortcut check or a finding for its class, placed in its corner)" if COUNTS_FINDINGS[dataset]
                  else "stated (a shortcut check for its class in its corner)")
-    entry = {"setting": CUT_IN_WORDS[dataset], "n": n, "stated_as": stated_as,
-             "runs": [{"rho": r["rho"], "seed": r["seed"], "flip": r["flip"], "stated": _in_corner(r)}
-                      for r in planted if r["n"] == n],
-             "clean": {"runs": sum(r["n"] == n for r in clean),
-                       "false": sum(r["n"] == n and _in_corner(r) for r in clean)}}
     curves = json.loads(curve.read_text()) if curve.is_file() else {}
+    old = curves.get(dataset, {})
+    same = old.get("setting") == CUT_IN_WORDS[dataset] and old.get("n") == n
+    runs = {(r["rho"], r["seed"]): r for r in (old.get("runs", []) if same else [])}
+    runs.update({(r["rho"], r["seed"]): {"rho": r["rho"], "seed": r["seed"], "flip": r["flip"], "stated": _in_corner(r)}
+                 for r in planted if r["n"] == n})
+    false = {s: bool(f) for s, f in (old.get("clean", {}).get("seeds", {}).items() if same else [])}
+    false.update({str(r["seed"]): _in_corner(r) for r in clean if r["n"] == n})
+    entry = {"setting": CUT_IN_WORDS[dataset], "n": n, "stated_as": stated_as,
+             "runs": sorted(runs.values(), key=lambda r: (-r["rho"], r["seed"])),
+             "clean": {"runs": len(false), "false": sum(false.values()), "seeds": dict(sorted(false.items(), key=lambda kv: int(kv[0])))}}
     curves[dataset] = entry
     atomic_write_text(curve, json.dumps(curves, indent=1, sort_keys=True) + "\n")
     print(f"curve: {dataset} ({len(entry['runs'])} planted runs, {entry['clean']['runs']} clean) -> {curve}")

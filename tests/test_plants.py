@@ -114,3 +114,25 @@ def test_a_rate_seen_in_a_few_runs_gets_its_exact_interval():
     assert share_interval(5, 5) == (pytest.approx(0.025 ** (1 / 5)), 1.0)
     lo, hi = share_interval(1, 2)  # one of two: each bound is the other tail's 2.5%
     assert lo == pytest.approx(1 - 0.975 ** 0.5) and hi == pytest.approx(0.975 ** 0.5)
+
+
+def test_clean_runs_added_later_join_the_power_curve(tmp_path):
+    """A results file of clean runs alone (``--first-seed``) extends the curve the report reads:
+    the planted runs stay, a clean seed measured again replaces its row, a new false statement
+    counts once."""
+    import json
+
+    from bench.power import write_curve
+
+    def row(rho, seed, stated):
+        return {"dataset": "cifar10", "rho": rho, "seed": seed, "n": 2000, "permuted": False, "flip": 0.1,
+                "corner_checks": ["copy"] if stated else [], "corner_findings": []}
+
+    first, added, curve = tmp_path / "first.jsonl", tmp_path / "added.jsonl", tmp_path / "curves.json"
+    first.write_text("".join(json.dumps(r) + "\n" for r in [row(0.1, 0, True), row(0.1, 1, False), row(None, 0, False), row(None, 1, False)]))
+    added.write_text("".join(json.dumps(r) + "\n" for r in [row(None, 1, False), row(None, 2, True), row(None, 3, False)]))
+    write_curve(first, curve)
+    write_curve(added, curve)
+    entry = json.loads(curve.read_text())["cifar10"]
+    assert [(r["rho"], r["seed"], r["stated"]) for r in entry["runs"]] == [(0.1, 0, True), (0.1, 1, False)]
+    assert (entry["clean"]["runs"], entry["clean"]["false"]) == (4, 1)
