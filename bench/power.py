@@ -113,11 +113,14 @@ def judge(doc: dict, target: str, k: int | None) -> dict:
     # a verified rigid copy (no prototype needed) for the target class in the mark's corner
     copies = copy_checks(doc)
     copied = [c for c in copies if c["class"] == target and c["where"] in CORNER]
+    tested = [c for c in doc.get("faithfulness", {}).get("copies") or [] if c.get("push") is not None]
     return {"mark_prototype": k, "detected": bool(detected), "finding": bool(finding), "n_findings": len(named["findings"]),
             "located_finding": k is not None and k in placed, "corner_findings": placed,
             "shortcut_checks": [(r["prototype"], r["class"], r["where"].get("region")) for r in checks]
             + [("copy", c["class"], c["where"]) for c in copies],
             "corner_checks": corner + ["copy"] * bool(copied), "copy_detected": bool(copied),
+            # how near a run came to a false copy: the largest push of any rigid-copy candidate it tested
+            "copies_tested": len(tested), "copy_push_max": max((c["push"] for c in tested), default=None),
             "lead": checks[0]["prototype"] if checks else None}
 
 
@@ -243,10 +246,17 @@ def table(path: Path) -> None:
               f"{np.mean([bool(r['corner_checks']) for r in clean]):.0%}; a finding for it placed there in "
               f"{np.mean([bool(r.get('corner_findings')) for r in clean]):.0%}; any shortcut check in {np.mean([bool(r['shortcut_checks']) for r in clean]):.0%} "
               f"({sum(len(r['shortcut_checks']) for r in clean)} in all: {[c for r in clean for c in r['shortcut_checks']]})")
+    for name, sel in (("clean data", clean), ("permuted labels", perm)):
+        pushes = [r["copy_push_max"] for r in sel if r.get("copy_push_max") is not None]
+        if pushes:
+            print(f"{name}: rigid-copy candidates tested {sum(r['copies_tested'] for r in sel)} in {len(pushes)} runs; the largest push "
+                  f"per run {100 * min(pushes):+.1f} to {100 * max(pushes):+.1f} points (median {100 * np.median(pushes):+.1f}); "
+                  f"a copy is verified from +5 (faithfulness.copy_min_push)")
     if perm:
         print(f"permuted labels ({len(perm)} runs): any shortcut check or verified copy in {_share(sum(bool(r['shortcut_checks']) for r in perm), len(perm))}, "
               f"any finding in {_share(sum(r['n_findings'] > 0 for r in perm), len(perm))}")
-    _figure(planted, path.with_suffix(".png"))
+    if planted:
+        _figure(planted, path.with_suffix(".png"))
 
 
 # What counts as stating the mark, per data set. MNIST has blank canvas, so the report can say
