@@ -335,7 +335,11 @@ class QuietStops(logging.Filter):
         if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
             self.stopped.add(message.split(" failed", 1)[0])  # "Trial 3"
             return False
-        return not (" failed with value " in message and message.split(" failed", 1)[0] in self.stopped)
+        trial = message.split(" failed", 1)[0]
+        if " failed with value " in message and trial in self.stopped:
+            self.stopped.discard(trial)  # one report per stop: another study's trial of that number in this process is its own
+            return False
+        return True
 
 
 class TrialLines:
