@@ -244,8 +244,8 @@ def table(path: Path) -> None:
               f"(exact 95% interval); any shortcut check or verified copy in {_share(sum(bool(r['shortcut_checks']) for r in clean), len(clean))}; "
               f"a shortcut check for the target class in the mark's corner in "
               f"{np.mean([bool(r['corner_checks']) for r in clean]):.0%}; a finding for it placed there in "
-              f"{np.mean([bool(r.get('corner_findings')) for r in clean]):.0%}; any shortcut check in {np.mean([bool(r['shortcut_checks']) for r in clean]):.0%} "
-              f"({sum(len(r['shortcut_checks']) for r in clean)} in all: {[c for r in clean for c in r['shortcut_checks']]})")
+              f"{np.mean([bool(r.get('corner_findings')) for r in clean]):.0%}; "
+              f"{sum(len(r['shortcut_checks']) for r in clean)} checks or copies in all: {[c for r in clean for c in r['shortcut_checks']]}")
     for name, sel in (("clean data", clean), ("permuted labels", perm)):
         pushes = [r["copy_push_max"] for r in sel if r.get("copy_push_max") is not None]
         if pushes:
