@@ -164,7 +164,7 @@ def test_optuna_says_nothing_of_a_trial_ended_by_a_stop_but_still_reports_failur
     import pytest
 
     from i2x.platform.process import Stopped
-    from i2x.tuning.study import QuietStops
+    from i2x.tuning.trial_log import QuietStops
 
     class Seen(logging.Handler):
         def __init__(self) -> None:

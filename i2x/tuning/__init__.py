@@ -7,7 +7,8 @@ over seeds, with a CI).
 - :mod:`~i2x.tuning.perturbation`: the ``PERTURBATIONS`` registry (drop, upweight, mask, blur,
   noise) and which samples a target affects;
 - :mod:`~i2x.tuning.finetune`: fine-tuning under a plan;
-- :mod:`~i2x.tuning.study`: the Optuna study (objectives, pruning, heartbeat, artifacts);
+- :mod:`~i2x.tuning.study`: the Optuna study (objectives, pruning, heartbeat, artifacts), and
+  :mod:`~i2x.tuning.trial_log`: what it prints per trial;
 - :mod:`~i2x.tuning.comparison`: controls (full->full, random-target, the paper's 1+1) and
   the verdicts.
 """

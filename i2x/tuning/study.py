@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,13 +23,14 @@ from i2x.explanation.prototypes import Prototypes
 from i2x.platform.config import Config
 from i2x.platform.errors import I2XError
 from i2x.platform.process import holder, holder_alive, interruptible, uninterrupted
-from i2x.platform.progress import doing, duration, say, steps
+from i2x.platform.progress import doing, steps
 from i2x.platform.secrets import has_secret, redact
 from i2x.training.batches import to_float
 from i2x.training.data import DataBundle
 from i2x.training.models import target_module
 from i2x.tuning.finetune import EpochFn, finetune
 from i2x.tuning.perturbation import Plan
+from i2x.tuning.trial_log import QuietStops, TrialLines
 
 DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
 STORAGE_ENV = "I2X_OPTUNA_STORAGE"  # a URL with a password belongs here, not on a command line
@@ -317,57 +317,8 @@ def run_study(study: Any, ctx: Any, track: Any = None, objective: Callable[[Any]
     # lands in the next objective or once the study returns.
     with uninterrupted():
         study.optimize(held, n_trials=n - done,
-                       callbacks=[MaxTrialsCallback(n, states=(TrialState.COMPLETE, TrialState.PRUNED)), TrialLines(n)],
+                       callbacks=[MaxTrialsCallback(n, states=(TrialState.COMPLETE, TrialState.PRUNED)), TrialLines(n, METRIC_NAMES)],
                        gc_after_trial=True, show_progress_bar=False)
-
-
-class QuietStops(logging.Filter):
-    """Drop Optuna's report of a trial ended by a stop (SIGINT/SIGTERM arrive as a
-    KeyboardInterrupt): a 48-line traceback and "failed with value None", where the CLI
-    prints one line naming the signal. Failures of any other kind are still logged."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stopped: set[str] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
-            self.stopped.add(message.split(" failed", 1)[0])  # "Trial 3"
-            return False
-        trial = message.split(" failed", 1)[0]
-        if " failed with value " in message and trial in self.stopped:
-            self.stopped.discard(trial)  # one report per stop: another study's trial of that number in this process is its own
-            return False
-        return True
-
-
-class TrialLines:
-    """One line per finished trial: n of N, its parameters, its values or PRUNED, and the
-    study's ETA from this process's mean trial time (Optuna's own bar is off)."""
-
-    def __init__(self, n_trials: int) -> None:
-        self.n_trials, self.start = n_trials, time.perf_counter()
-        self.here = 0
-
-    def __call__(self, study: Any, trial: Any) -> None:
-        from optuna.trial import TrialState
-
-        self.here += 1
-        finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-        params = " ".join(f"{k}={_short(v)}" for k, v in sorted(trial.params.items()))
-        if trial.state == TrialState.COMPLETE:
-            outcome = ", ".join(f"{name} {v:.4g}" for name, v in zip(study.metric_names or METRIC_NAMES, trial.values, strict=False))
-        else:
-            outcome = trial.state.name
-        per_trial = (time.perf_counter() - self.start) / self.here
-        eta = duration(per_trial * max(0, self.n_trials - finished))
-        say(f"i2x tune: trial {trial.number + 1} ({finished}/{self.n_trials} done): {params} -> {outcome}; "
-            f"{duration(per_trial)}/trial, ETA {eta}")
-
-
-def _short(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def best_trial(study: Any) -> Any:
