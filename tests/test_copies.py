@@ -4,6 +4,7 @@ and located; a mark it ignores is found and not verified; noise and blank canvas
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -45,17 +46,44 @@ def test_a_mark_the_model_uses_is_verified_and_located_and_one_it_ignores_is_not
     mark = verified[0]
     assert mark.box == (13, 13, 16, 16) and mark.pixels == 9  # exactly the planted square, not the grid cell
     assert mark.images == int(white.sum()) and mark.push > 0.9 and mark.control_flips == 0.0
+    assert mark.enrichment_p < 1e-6 and mark.scan_tries > 1  # 30% of class 1 against none of the others
     ignored = [f for f in found if f.cls == 2]
     assert len(ignored) == 1 and ignored[0].tested and ignored[0].box == (0, 0, 4, 4)
     assert not ignored[0].verified and abs(ignored[0].push) < 0.05
     assert {f.cls for f in found} == {1, 2}  # the noise holds no copy anywhere
 
 
+def test_a_mark_every_class_holds_is_no_copy_of_the_class_that_holds_it_a_little_more_often():
+    """Shuffled labels' false copy, planted: the same white corner in 13 of class 1's 100 images
+    and 9 of every other class's (a mark independent of the class, as white sky is on a model
+    trained on shuffled labels). The model reads it as class 1, so the paste test passes; the
+    scan's enrichment is chance (13 of 40 holders where 10 are expected), which the
+    hypergeometric test, corrected for every patch the scan tried, refuses. Its p is checked
+    against scipy's Fisher exact test on the 2x2 table."""
+    from scipy.stats import fisher_exact
+
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 200, size=(400, 3, SIZE, SIZE), dtype=np.uint8)
+    y = np.arange(400) % 4
+    marked = np.zeros(400, dtype=bool)
+    for c, k in ((0, 9), (1, 13), (2, 9), (3, 9)):
+        marked[np.flatnonzero(y == c)[:k]] = True
+    x[marked, :, -3:, -3:] = 255
+    found = find_copies(MarkReader(), torch.from_numpy(x), torch.from_numpy(y), GRID, FaithfulnessConfig(copy_recipients=200), seed=0,
+                        device=torch.device("cpu"))
+    corner = [f for f in found if f.cls == 1 and f.where == "bottom-right"]
+    assert len(corner) == 1 and corner[0].tested and corner[0].push > 0.9 and corner[0].p_adjusted < 0.05  # the model does read it
+    fisher = fisher_exact([[13, 27], [87, 273]], alternative="greater")[1]
+    assert corner[0].scan_tries >= 1 and corner[0].enrichment_p == pytest.approx(min(1.0, fisher * corner[0].scan_tries))
+    assert fisher > 0.05 and not corner[0].verified
+    assert not any(f.verified for f in found)
+
+
 def test_blank_canvas_that_every_class_shares_is_not_a_candidate():
     x = np.zeros((200, 1, SIZE, SIZE), dtype=np.uint8)
     y = np.arange(200) % 4
     x[:, :, 4:12, 4:12] = np.random.default_rng(1).integers(0, 255, size=(200, 1, 8, 8))
-    assert scan(x / 255.0, y, GRID, tolerance=0.05, min_images=10) == []
+    assert scan(x / 255.0, y, GRID, tolerance=0.05, min_images=10)[0] == []
 
 
 def test_the_footprint_follows_the_copy_not_the_grid():

@@ -9,12 +9,20 @@ a grid cell on a side, tiling the image) it takes the class's commonest patch th
 the images that hold it to within ``copy_tolerance`` (a pasted mark is exact; natural content
 varies), against the share of the other classes' images that hold it. The windows whose patch
 is both commoner in the class and unlike the other classes' mean image are **candidates**.
+The scan keeps the most class-enriched of thousands of patches (windows x classes x tries), so
+on labels that carry nothing (a model trained on shuffled labels) it still returns white sky
+that one class holds a little more often by chance; a candidate is therefore **enriched** only
+where a one-sided hypergeometric (Fisher) test of its holders' class, Bonferroni-corrected for
+every patch the scan tried, passes ``alpha``.
 Each is tested on the final model: its footprint (the pixels within a grid cell of the window
 that stay the same across the images holding it, which need not follow the grid) is pasted from those images into other classes' images that do
 not hold it, and the model's calls of the class are counted against a **control** that pastes
 the same pixels from the class's other images (its ordinary content there). A copy is
-**verified** when the paired excess is at least ``copy_min_push`` and a one-sided sign test on
-the discordant pairs passes Benjamini-Hochberg at ``alpha`` across the candidates tested.
+**verified** when it is enriched, the paired excess is at least ``copy_min_push`` and a
+one-sided sign test on the discordant pairs passes Benjamini-Hochberg at ``alpha`` across the
+candidates tested. (The paste test is right about the model either way: a model that memorised
+shuffled labels does read white sky as "dog"; what is false is calling it a copy *in the dog
+images*.)
 
 Group labels are never read: the scan uses the analysis images and their class labels only.
 """
@@ -25,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.stats import binomtest
+from scipy.stats import binomtest, hypergeom
 
 from i2x.explanation.nulls import benjamini_hochberg
 from i2x.explanation.prototypes import NINTHS, _part
@@ -43,6 +51,7 @@ class Copy:
     images: int  # images of the class that hold it
     share: float  # ... as a share of the class's analysed images
     others: float  # share of the other classes' images that hold it
+    enrichment_p: float  # one-sided hypergeometric p of the holders' class, Bonferroni over the scan's tries
     box: tuple[int, int, int, int]  # (y0, x0, y1, x1) of the footprint, end exclusive
     pixels: int  # footprint size
     where: str  # the ninth of the image the footprint's centre lies in
@@ -51,6 +60,7 @@ class Copy:
     reference: np.ndarray | None = None  # (C, bh, bw) the copy's pixels in its box (median of its images), [0, 1]
     mask: np.ndarray | None = None  # (bh, bw) bool: which of the box's pixels are the copy
     exemplars: tuple[int, ...] = ()  # positions in the analysed images of a few that hold it (the figure's)
+    scan_tries: int = 0  # patches the scan tested for enrichment (the Bonferroni factor)
     tested: bool = False
     n_pairs: int = 0
     flips: float = 0.0  # share of recipients the pasted copy turns to the class
@@ -77,16 +87,18 @@ def _same(values: np.ndarray, ref: np.ndarray, tolerance: float) -> np.ndarray:
 
 
 def scan(x: np.ndarray, labels: np.ndarray, grid: tuple[int, int], tolerance: float, min_images: int,
-         min_contrast: float = 0.25, tries: int = 3) -> list[tuple[float, int, tuple[int, int, int, int], np.ndarray]]:
-    """Candidates ``(excess share, class, window, holders)``, best first: per class and window
-    (:func:`windows`), the
-    commonest of the class's patches there (quantised to 0.1; the ``tries`` commonest tried)
-    that at least ``min_images`` of the class's images hold, whose values differ from the other
-    classes' mean there by ``min_contrast`` on average (blank canvas is the same everywhere), and
-    that is commoner in the class than in the others. ``x``: ``(N, C, H, W)`` pixels in [0, 1]."""
+         min_contrast: float = 0.25, tries: int = 3) -> tuple[list[tuple[float, int, tuple[int, int, int, int], np.ndarray, float]], int]:
+    """Candidates ``(excess share, class, window, holders, enrichment p)``, best first, and the
+    number of patches tried: per class and window (:func:`windows`), the commonest of the
+    class's patches there (quantised to 0.1; the ``tries`` commonest tried) that at least
+    ``min_images`` of the class's images hold, whose values differ from the other classes' mean
+    there by ``min_contrast`` on average (blank canvas is the same everywhere), and that is
+    commoner in the class than in the others. The enrichment p is the chance, were the class
+    labels exchangeable, that at least as many of the patch's holders fall in the class
+    (hypergeometric), before any correction. ``x``: ``(N, C, H, W)`` pixels in [0, 1]."""
     size = tuple(x.shape[-2:])
     means = {c: x[labels != c].mean(0) for c in np.unique(labels) if (labels != c).any()}
-    out = []
+    out, tried = [], 0
     for box in windows(size, grid):
         y0, y1, x0, x1 = box
         for c in means:
@@ -99,13 +111,15 @@ def scan(x: np.ndarray, labels: np.ndarray, grid: tuple[int, int], tolerance: fl
                 ref = mine[inverse.reshape(-1) == j].mean(0)
                 if np.abs(ref - means[c][:, y0:y1, x0:x1].reshape(-1)).mean() < min_contrast:
                     continue
+                tried += 1
                 holders = _same(x[:, :, y0:y1, x0:x1].reshape(len(x), -1), ref, tolerance)
                 inside, outside = holders[labels == c].mean(), holders[labels != c].mean()
                 if holders[labels == c].sum() >= min_images and inside > outside and (best is None or inside - outside > best[0]):
-                    best = (float(inside - outside), int(c), box, holders & (labels == c))
+                    p = float(hypergeom.sf(int(holders[labels == c].sum()) - 1, len(labels), int((labels == c).sum()), int(holders.sum())))
+                    best = (float(inside - outside), int(c), box, holders & (labels == c), p)
             if best is not None:
                 out.append(best)
-    return sorted(out, key=lambda b: -b[0])
+    return sorted(out, key=lambda b: -b[0]), tried
 
 
 def footprint(x: np.ndarray, holders: np.ndarray, box: tuple[int, int, int, int], reach: int, tolerance: float,
@@ -147,7 +161,8 @@ def find_copies(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tens
     masks: list[np.ndarray] = []
     holders_of: list[np.ndarray] = []
     reach = max(1, min(x.shape[-2] // grid[0], x.shape[-1] // grid[1]))  # one grid cell round the window
-    for _, c, box, holders in scan(x, y, grid, cfg.copy_tolerance, cfg.copy_min_images):
+    candidates, tries = scan(x, y, grid, cfg.copy_tolerance, cfg.copy_min_images)
+    for _, c, box, holders, enrichment in candidates:
         if len(found) >= cfg.copy_tests:
             break
         if any(f.cls == c and m[box[0]:box[1], box[2]:box[3]].any() for f, m in zip(found, masks, strict=True)):
@@ -162,7 +177,7 @@ def find_copies(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tens
         cy, cx = (ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2
         where = NINTHS[int(_part(cy, 3, x.shape[-2]))][int(_part(cx, 3, x.shape[-1]))]
         found.append(Copy(cls=c, window=box, images=int(holders.sum()), share=float(holders.sum() / (y == c).sum()),
-                          others=0.0, box=(int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1), pixels=int(mask.sum()),
+                          others=0.0, enrichment_p=min(1.0, enrichment * tries), scan_tries=tries, box=(int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1), pixels=int(mask.sum()),
                           where=where, off_object=off, exemplars=tuple(int(i) for i in np.sort(rng.choice(np.flatnonzero(holders), size=min(4, int(holders.sum())),
                                                                                            replace=False)))))
         y0, x0, y1, x1 = found[-1].box
@@ -175,7 +190,7 @@ def find_copies(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tens
     tested = [f for f in found if f.tested]
     for f, p in zip(tested, benjamini_hochberg(np.array([f.p for f in tested])), strict=True):
         f.p_adjusted = float(p)
-        f.verified = bool(p < cfg.alpha and f.push >= cfg.copy_min_push)
+        f.verified = bool(p < cfg.alpha and f.push >= cfg.copy_min_push and f.enrichment_p < cfg.alpha)
     return found
 
 
