@@ -352,6 +352,8 @@ def main() -> None:
     ap.add_argument("--controls", type=int, default=-1, help="seeds of the clean and permuted-label controls (-1: --seeds)")
     ap.add_argument("--permuted", action=argparse.BooleanOptionalAction, default=True,
                     help="also run the permuted-label control (--no-permuted: the clean control only)")
+    ap.add_argument("--clean", action=argparse.BooleanOptionalAction, default=True,
+                    help="run the clean control (--no-clean with --permuted: the permuted-label control only)")
     ap.add_argument("--explain", default="", help="explain overrides for the analysis only (the models are reused), "
                     "e.g. explain.n_prototypes=128; kept in each row")
     ap.add_argument("--target", type=int, default=7, help="the planted class")
@@ -378,7 +380,7 @@ def main() -> None:
     done = {(r["rho"], r["seed"], r["n"], r["permuted"]) for r in _rows(out) if r.get("explain", "") == args.explain} if out.is_file() else set()
     controls = args.seeds if args.controls < 0 else args.controls
     jobs = [(float(rho), s, int(n), False) for s in range(args.first_seed, args.first_seed + args.seeds) for rho in args.rho.split(",") for n in args.n.split(",")]
-    jobs += [(None, s, int(n), perm) for s in range(args.first_seed, args.first_seed + controls) for perm in (False, True)[:1 + args.permuted] for n in args.n.split(",")]
+    jobs += [(None, s, int(n), perm) for s in range(args.first_seed, args.first_seed + controls) for perm in (False, True)[1 - args.clean:1 + args.permuted] for n in args.n.split(",")]
     todo = [j for j in jobs if j not in done]
     start = time.perf_counter()
     for i, (rho, seed, n, perm) in enumerate(todo):
