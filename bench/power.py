@@ -114,6 +114,9 @@ def judge(doc: dict, target: str, k: int | None) -> dict:
     copies = copy_checks(doc)
     copied = [c for c in copies if c["class"] == target and c["where"] in CORNER]
     tested = [c for c in doc.get("faithfulness", {}).get("copies") or [] if c.get("push") is not None]
+    faith = doc.get("config", {}).get("faithfulness", {})
+    # candidates the model reads (the paste test passes): a verified copy, or one refused only by the scan's enrichment
+    read = [c for c in tested if c["p_adjusted"] < faith.get("alpha", 0.05) and c["push"] >= faith.get("copy_min_push", 0.05)]
     return {"mark_prototype": k, "detected": bool(detected), "finding": bool(finding), "n_findings": len(named["findings"]),
             "located_finding": k is not None and k in placed, "corner_findings": placed,
             "shortcut_checks": [(r["prototype"], r["class"], r["where"].get("region")) for r in checks]
@@ -121,6 +124,7 @@ def judge(doc: dict, target: str, k: int | None) -> dict:
             "corner_checks": corner + ["copy"] * bool(copied), "copy_detected": bool(copied),
             # how near a run came to a false copy: the largest push of any rigid-copy candidate it tested
             "copies_tested": len(tested), "copy_push_max": max((c["push"] for c in tested), default=None),
+            "copies_read": [(c["class"], c["where"], c["push"], c.get("enrichment_p"), c["verified"]) for c in read],
             "lead": checks[0]["prototype"] if checks else None}
 
 
@@ -252,6 +256,13 @@ def table(path: Path) -> None:
             print(f"{name}: rigid-copy candidates tested {sum(r['copies_tested'] for r in sel)} in {len(pushes)} runs; the largest push "
                   f"per run {100 * min(pushes):+.1f} to {100 * max(pushes):+.1f} points (median {100 * np.median(pushes):+.1f}); "
                   f"a copy is verified from +5 (faithfulness.copy_min_push)")
+    for name, sel in (("planted", planted), ("clean data", clean), ("permuted labels", perm)):
+        read = [c for r in sel for c in r.get("copies_read", [])]
+        refused = [c for c in read if not c[4]]
+        if read:
+            print(f"{name}: the paste test passed for {len(read)} candidates in {sum(bool(r.get('copies_read')) for r in sel)} of {len(sel)} "
+                  f"runs; the scan's enrichment refused {len(refused)} (corrected p {', '.join(f'{c[3]:.2g}' for c in refused if c[3] is not None)}) "
+                  f"and kept {len(read) - len(refused)} (corrected p {', '.join(f'{c[3]:.2g}' for c in read if c[4] and c[3] is not None)})")
     if perm:
         print(f"permuted labels ({len(perm)} runs): any shortcut check or verified copy in {_share(sum(bool(r['shortcut_checks']) for r in perm), len(perm))}, "
               f"any finding in {_share(sum(r['n_findings'] > 0 for r in perm), len(perm))}")

@@ -136,3 +136,23 @@ def test_clean_runs_added_later_join_the_power_curve(tmp_path):
     entry = json.loads(curve.read_text())["cifar10"]
     assert [(r["rho"], r["seed"], r["stated"]) for r in entry["runs"]] == [(0.1, 0, True), (0.1, 1, False)]
     assert (entry["clean"]["runs"], entry["clean"]["false"]) == (4, 1)
+
+
+def test_the_power_bench_counts_a_copy_the_model_reads_but_the_scan_enrichment_refuses():
+    """bench/power.py's judge on a permuted-label-like document: one candidate the model reads
+    and whose class holds it beyond chance (verified, stated), one the model reads but whose
+    enrichment is chance (refused, not stated), one the model does not read."""
+    from bench.power import judge
+
+    def copy(cls, push, p_adjusted, enrichment_p, verified):
+        return {"class": cls, "where": "top", "push": push, "p_adjusted": p_adjusted, "enrichment_p": enrichment_p, "verified": verified,
+                "tested": True, "pixels": 18, "share": 0.07, "others": 0.035, "n_pairs": 290, "flips": push, "control_flips": 0.0,
+                "ci": [push - 0.02, push + 0.02], "images": 15, "box": [0, 0, 2, 9], "exemplars": []}
+
+    doc = {"config": {"explain": {}, "faithfulness": {"alpha": 0.05, "copy_min_push": 0.05}}, "prototypes": [], "classes": ["dog", "horse"],
+           "class_structure": [], "uncertain": [],
+           "faithfulness": {"deletion": [], "transplant": [], "copies": [
+               copy("horse", 0.13, 1e-10, 1e-5, True), copy("dog", 0.18, 3e-15, 1.0, False), copy("dog", 0.02, 0.4, 1e-3, False)]}}
+    row = judge(doc, "horse", None)
+    assert row["shortcut_checks"] == [("copy", "horse", "top")]
+    assert row["copies_read"] == [("horse", "top", 0.13, 1e-5, True), ("dog", "top", 0.18, 1.0, False)]

@@ -161,7 +161,9 @@ class FaithfulnessConfig:
         copy_tests: candidates paste-tested, best first (each costs 3 x copy_recipients passes).
         copy_recipients: other classes' images each candidate is pasted into.
         copy_min_push: a copy is verified only where it turns at least this share more of the
-            recipients into its class than the control does (and BH-corrected p below alpha).
+            recipients into its class than the control does (and BH-corrected p below alpha),
+            and where its class holds it more often than chance allows after the scan's
+            selection (hypergeometric p times the patches tried, below alpha).
     """
 
     enabled: bool = True
