@@ -4,16 +4,16 @@ the final model uses them (OURS; the paper has no such step).
 Prototypes are clusters of the final model's feature cells, so a mark on a tenth of one
 class's images is a few hundred cells among a hundred thousand and gets no prototype of its
 own (CIFAR-10, ``docs/benchmarks.md#detection-power``); the prototype-based shortcut check then
-has nothing to check. This step looks at the pixels instead. For every class and window (half
-a grid cell on a side, tiling the image) it takes the class's commonest patch there and counts
-the images that hold it to within ``copy_tolerance`` (a pasted mark is exact; natural content
-varies), against the share of the other classes' images that hold it. The windows whose patch
-is both commoner in the class and unlike the other classes' mean image are **candidates**.
-The scan keeps the most class-enriched of thousands of patches (windows x classes x tries), so
-on labels that carry nothing (a model trained on shuffled labels) it still returns white sky
-that one class holds a little more often by chance; a candidate is therefore **enriched** only
-where a one-sided hypergeometric (Fisher) test of its holders' class, Bonferroni-corrected for
-every patch the scan tried, passes ``alpha``.
+has nothing to check. This step looks at the pixels instead. For every window (half a grid
+cell on a side, tiling the image) it takes the commonest patches there over all images, chosen
+without the labels, and counts per class the images that hold each to within
+``copy_tolerance`` (a pasted mark is exact; natural content varies), against the share of the
+other classes' images that hold it. Per class and window the patch most enriched in the class
+and unlike the mean image is a **candidate**. The scan keeps the most enriched of thousands of
+(patch, class) pairs, so on labels that carry nothing (a model trained on shuffled labels) it
+still returns white sky that one class holds a little more often by chance; a candidate is
+therefore **enriched** only where a one-sided hypergeometric (Fisher) test of its holders'
+classes, Bonferroni-corrected for every (patch, class) pair tested, passes ``alpha``.
 Each is tested on the final model: its footprint (the pixels within a grid cell of the window
 that stay the same across the images holding it, which need not follow the grid) is pasted from those images into other classes' images that do
 not hold it, and the model's calls of the class are counted against a **control** that pastes
@@ -88,37 +88,47 @@ def _same(values: np.ndarray, ref: np.ndarray, tolerance: float) -> np.ndarray:
 
 def scan(x: np.ndarray, labels: np.ndarray, grid: tuple[int, int], tolerance: float, min_images: int,
          min_contrast: float = 0.25, tries: int = 3) -> tuple[list[tuple[float, int, tuple[int, int, int, int], np.ndarray, float]], int]:
-    """Candidates ``(excess share, class, window, holders, enrichment p)``, best first, and the
-    number of patches tried: per class and window (:func:`windows`), the commonest of the
-    class's patches there (quantised to 0.1; the ``tries`` commonest tried) that at least
-    ``min_images`` of the class's images hold, whose values differ from the other classes' mean
-    there by ``min_contrast`` on average (blank canvas is the same everywhere), and that is
-    commoner in the class than in the others. The enrichment p is the chance, were the class
-    labels exchangeable, that at least as many of the patch's holders fall in the class
-    (hypergeometric), before any correction. ``x``: ``(N, C, H, W)`` pixels in [0, 1]."""
-    size = tuple(x.shape[-2:])
-    means = {c: x[labels != c].mean(0) for c in np.unique(labels) if (labels != c).any()}
+    """Candidates ``(excess share, class, window, holders in the class, enrichment p)``, best
+    first, and the number of (patch, class) enrichment tests made (the Bonferroni factor).
+
+    The patches are chosen without the labels, so that the enrichment test is exact: per
+    window (:func:`windows`), the commonest patches over all images (quantised to 0.1; ``tries``
+    per class, at least ``min_images`` images each) whose values differ from the mean image
+    there by ``min_contrast`` on average (blank canvas is the same everywhere). Each is tested
+    in every class: the hypergeometric chance, were the labels exchangeable, that at least as
+    many of its holders (images within ``tolerance``) fall in the class; uncorrected here.
+    Per class and window the patch most enriched (share in the class minus share in the
+    others) is kept, where at least ``min_images`` of the class hold it. (Choosing each class's
+    own commonest patch, as this scan first did, selects on the labels: on shuffled labels its
+    corrected p fell below 0.05 for a "frog" strip.) ``x``: ``(N, C, H, W)`` pixels in [0, 1]."""
+    size, n = tuple(x.shape[-2:]), len(labels)
+    classes = [int(c) for c in np.unique(labels)]
+    if len(classes) < 2:
+        return [], 0
+    member = labels[None, :] == np.array(classes)[:, None]  # (K, N)
+    sizes = member.sum(1)
+    mean = x.mean(0)
     out, tried = [], 0
     for box in windows(size, grid):
         y0, y1, x0, x1 = box
-        for c in means:
-            mine = x[labels == c, :, y0:y1, x0:x1].reshape(int((labels == c).sum()), -1)
-            keys, inverse, counts = np.unique(np.round(mine * 10).astype(np.int8), axis=0, return_inverse=True, return_counts=True)
-            best = None
-            for j in np.argsort(-counts)[:tries]:
-                if counts[j] < min_images:
-                    break
-                ref = mine[inverse.reshape(-1) == j].mean(0)
-                if np.abs(ref - means[c][:, y0:y1, x0:x1].reshape(-1)).mean() < min_contrast:
-                    continue
-                tried += 1
-                holders = _same(x[:, :, y0:y1, x0:x1].reshape(len(x), -1), ref, tolerance)
-                inside, outside = holders[labels == c].mean(), holders[labels != c].mean()
-                if holders[labels == c].sum() >= min_images and inside > outside and (best is None or inside - outside > best[0]):
-                    p = float(hypergeom.sf(int(holders[labels == c].sum()) - 1, len(labels), int((labels == c).sum()), int(holders.sum())))
-                    best = (float(inside - outside), int(c), box, holders & (labels == c), p)
-            if best is not None:
-                out.append(best)
+        patch = x[:, :, y0:y1, x0:x1].reshape(n, -1)
+        keys, inverse, counts = np.unique(np.round(patch * 10).astype(np.int8), axis=0, return_inverse=True, return_counts=True)
+        best: dict[int, tuple[float, int, tuple[int, int, int, int], np.ndarray, float]] = {}
+        for j in np.argsort(-counts, kind="stable")[:tries * len(classes)]:
+            if counts[j] < min_images:
+                break
+            ref = patch[inverse.reshape(-1) == j].mean(0)
+            if np.abs(ref - mean[:, y0:y1, x0:x1].reshape(-1)).mean() < min_contrast:
+                continue
+            tried += len(classes)
+            holders = _same(patch, ref, tolerance)
+            inside, total = (member & holders).sum(1), int(holders.sum())
+            for k, c in enumerate(classes):
+                excess = inside[k] / sizes[k] - (total - inside[k]) / (n - sizes[k])
+                if inside[k] >= min_images and excess > 0 and (c not in best or excess > best[c][0]):
+                    p = float(hypergeom.sf(int(inside[k]) - 1, n, int(sizes[k]), total))
+                    best[c] = (float(excess), c, box, holders & member[k], p)
+        out.extend(best.values())
     return sorted(out, key=lambda b: -b[0]), tried
 
 
