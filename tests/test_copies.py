@@ -103,7 +103,9 @@ def test_the_report_states_a_verified_copy_with_its_control_and_leaves_unverifie
     assert [c["class"] for c in copy_checks(doc)] == ["horse"]
     said = copy_sentence(row)
     assert "bottom-right" in said and "25 pixels" in said and "15% of them into horse" in said and "against 2%" in said
-    assert "+13 points" in said and "CI [+10, +17]" in said
+    assert "+13 points" in said and "CI [+10, +17]" in said and "enrichment" not in said  # a document from before the test
+    said = copy_sentence({**row, "enrichment_p": 3e-5, "scan_tries": 7830})
+    assert "1.3% of the other classes' (enrichment p 3e-05, corrected for the scan's 7,830 tests); pasted" in said
 
 
 def test_tune_acts_on_a_copy_through_the_cells_it_covers_in_the_images_that_hold_it():

@@ -124,11 +124,19 @@ def copy_sentence(c: dict[str, Any]) -> str:
     source = "other classes' images" if c.get("control") == "other classes" else "its other images"
     return (f"Class {c['class']} has a rigid copy in the {c['where']} of the image: the same {c['pixels']} pixels (rows {y0}-{y1 - 1}, "
             f"columns {x0}-{x1 - 1}) in {100 * c['share']:.0f}% of its images ({c['images']}) and {100 * c['others']:.1f}% of the other "
-            f"classes'; pasted into {c['n_pairs']} images of other classes it turns {100 * c['flips']:.0f}% of them into {c['class']}, "
+            f"classes'{_enrichment_words(c)}; pasted into {c['n_pairs']} images of other classes it turns {100 * c['flips']:.0f}% of them into {c['class']}, "
             f"against {100 * c['control_flips']:.0f}% for the same pixels from "
             f"{source} ({100 * c['push']:+.0f} points, CI "
             f"[{100 * c['ci'][0]:+.0f}, {100 * c['ci'][1]:+.0f}], p_BH {c['p_adjusted']:.2g}). Check whether this is a shortcut "
             f"(figure: copies.png).")
+
+
+def _enrichment_words(c: dict[str, Any]) -> str:
+    """How far beyond chance its class holds the copy, after the scan's many tries (documents
+    from before the enrichment test have none)."""
+    if c.get("enrichment_p") is None:
+        return ""
+    return f" (enrichment p {c['enrichment_p']:.2g}, corrected for the scan's {c['scan_tries']:,} tests)"
 
 
 def _rigid_words(where: dict[str, Any]) -> str:
