@@ -13,6 +13,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
 
+# Two pytest workers (pyproject's -n 2), each with torch's default of one thread per core, ask
+# a 2-core machine for twice its cores, and the subprocesses tests start inherit the same.
+# bench/threads.py: two trainings at once took 18.0 s with 2 threads each and 9.2 s with one
+# (the smoke model; MNIST 22.7 s against 16.1 s). So under xdist every worker, and everything it
+# starts, runs one torch thread; `-n 0` (one process) keeps torch's default.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:
