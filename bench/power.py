@@ -284,13 +284,14 @@ def _in_corner(r: dict) -> bool:
     return bool(r["corner_checks"] or (COUNTS_FINDINGS[r["dataset"]] and r.get("corner_findings")))
 
 
-def write_curve(path: Path, curve: Path) -> None:
+def write_curve(path: Path, curve: Path, fresh: bool = False) -> None:
     """Put this results file's runs into the curve file the report reads (:mod:`i2x.reporting.power`),
     under its data set: per planted run its reliance (flip) and whether the report stated the mark
     (a shortcut check, or a finding placed in the mark's corner), and per clean run whether it stated
     a false one. Runs join those already there for the same cut and N (a run of the same rho and
     seed, or clean seed, replaces its old row), so a file of added seeds (``--first-seed``) or of
-    clean runs alone extends the curve."""
+    clean runs alone extends the curve. ``fresh``: the data set's curve starts again from this
+    file (after a change to what the report states, runs judged the old way do not count)."""
     rows = _rows(path)
     planted = [r for r in rows if r["rho"] is not None and not r["permuted"] and "flip" in r]
     clean = [r for r in rows if r["rho"] is None and not r["permuted"] and "corner_findings" in r]
@@ -301,7 +302,7 @@ def write_curve(path: Path, curve: Path) -> None:
                  else "stated (a shortcut check for its class in its corner)")
     curves = json.loads(curve.read_text()) if curve.is_file() else {}
     old = curves.get(dataset, {})
-    same = old.get("setting") == CUT_IN_WORDS[dataset] and old.get("n") == n
+    same = old.get("setting") == CUT_IN_WORDS[dataset] and old.get("n") == n and not fresh
     runs = {(r["rho"], r["seed"]): r for r in (old.get("runs", []) if same else [])}
     runs.update({(r["rho"], r["seed"]): {"rho": r["rho"], "seed": r["seed"], "flip": r["flip"], "stated": _in_corner(r)}
                  for r in planted if r["n"] == n})
@@ -377,13 +378,15 @@ def main() -> None:
                     "(after a change to the report's claims; the explanations are not recomputed)")
     ap.add_argument("--curve", default="", help="with --table: write the measured curve the report reads "
                     "(i2x/reporting/power_curves.json)")
+    ap.add_argument("--fresh-curve", action="store_true", help="with --curve: replace the data set's curve instead of joining "
+                    "it (after a rule change, the runs judged the old way are dropped)")
     args = ap.parse_args()
     if args.table:
         if args.rejudge:
             rejudge(Path(args.table), Path(args.work))
         table(Path(args.table))
         if args.curve:
-            write_curve(Path(args.table), Path(args.curve))
+            write_curve(Path(args.table), Path(args.curve), fresh=args.fresh_curve)
         return
     torch.set_num_threads(max(1, torch.get_num_threads()))
     out = Path(args.out or f"bench/out/power-{args.dataset}.jsonl")

@@ -136,6 +136,9 @@ def test_clean_runs_added_later_join_the_power_curve(tmp_path):
     entry = json.loads(curve.read_text())["cifar10"]
     assert [(r["rho"], r["seed"], r["stated"]) for r in entry["runs"]] == [(0.1, 0, True), (0.1, 1, False)]
     assert (entry["clean"]["runs"], entry["clean"]["false"]) == (4, 1)
+    write_curve(added, curve, fresh=True)  # after a rule change: only the runs judged the new way
+    entry = json.loads(curve.read_text())["cifar10"]
+    assert entry["runs"] == [] and (entry["clean"]["runs"], entry["clean"]["false"], sorted(entry["clean"]["seeds"])) == (3, 1, ["1", "2", "3"])
 
 
 def test_the_power_bench_counts_a_copy_the_model_reads_but_the_scan_enrichment_refuses():
