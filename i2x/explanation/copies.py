@@ -51,7 +51,7 @@ class Copy:
     images: int  # images of the class that hold it
     share: float  # ... as a share of the class's analysed images
     others: float  # share of the other classes' images that hold it
-    enrichment_p: float  # one-sided hypergeometric p of the holders' class, Bonferroni over the scan's tries
+    enrichment_p: float  # one-sided hypergeometric p of the holders' class, times scan_tries (Bonferroni)
     box: tuple[int, int, int, int]  # (y0, x0, y1, x1) of the footprint, end exclusive
     pixels: int  # footprint size
     where: str  # the ninth of the image the footprint's centre lies in
@@ -60,7 +60,7 @@ class Copy:
     reference: np.ndarray | None = None  # (C, bh, bw) the copy's pixels in its box (median of its images), [0, 1]
     mask: np.ndarray | None = None  # (bh, bw) bool: which of the box's pixels are the copy
     exemplars: tuple[int, ...] = ()  # positions in the analysed images of a few that hold it (the figure's)
-    scan_tries: int = 0  # patches the scan tested for enrichment (the Bonferroni factor)
+    scan_tries: int = 0  # (patch, class) enrichment tests the scan made (the Bonferroni factor)
     tested: bool = False
     n_pairs: int = 0
     flips: float = 0.0  # share of recipients the pasted copy turns to the class

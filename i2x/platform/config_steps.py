@@ -163,7 +163,7 @@ class FaithfulnessConfig:
         copy_min_push: a copy is verified only where it turns at least this share more of the
             recipients into its class than the control does (and BH-corrected p below alpha),
             and where its class holds it more often than chance allows after the scan's
-            selection (hypergeometric p times the patches tried, below alpha).
+            selection (hypergeometric p times the scan's (patch, class) tests, below alpha).
     """
 
     enabled: bool = True
