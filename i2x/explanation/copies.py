@@ -112,7 +112,7 @@ def scan(x: np.ndarray, labels: np.ndarray, grid: tuple[int, int], tolerance: fl
     for box in windows(size, grid):
         y0, y1, x0, x1 = box
         patch = x[:, :, y0:y1, x0:x1].reshape(n, -1)
-        keys, inverse, counts = np.unique(np.round(patch * 10).astype(np.int8), axis=0, return_inverse=True, return_counts=True)
+        _, inverse, counts = np.unique(np.round(patch * 10).astype(np.int8), axis=0, return_inverse=True, return_counts=True)
         best: dict[int, tuple[float, int, tuple[int, int, int, int], np.ndarray, float]] = {}
         for j in np.argsort(-counts, kind="stable")[:tries * len(classes)]:
             if counts[j] < min_images:
