@@ -46,7 +46,8 @@ def test_a_mark_the_model_uses_is_verified_and_located_and_one_it_ignores_is_not
     mark = verified[0]
     assert mark.box == (13, 13, 16, 16) and mark.pixels == 9  # exactly the planted square, not the grid cell
     assert mark.images == int(white.sum()) and mark.push > 0.9 and mark.control_flips == 0.0
-    assert mark.enrichment_p < 1e-6 and mark.scan_tries > 1  # 30% of class 1 against none of the others
+    # 30% of class 1 against none of the others: no label shuffle comes near, the smallest p 999 shuffles can give
+    assert mark.enrichment_p == pytest.approx(1 / 1000) and mark.scan_tries > 1 and mark.scan_permutations == 999
     ignored = [f for f in found if f.cls == 2]
     assert len(ignored) == 1 and ignored[0].tested and ignored[0].box == (0, 0, 4, 4)
     assert not ignored[0].verified and abs(ignored[0].push) < 0.05
@@ -69,14 +70,86 @@ def test_a_mark_every_class_holds_is_no_copy_of_the_class_that_holds_it_a_little
     for c, k in ((0, 9), (1, 13), (2, 9), (3, 9)):
         marked[np.flatnonzero(y == c)[:k]] = True
     x[marked, :, -3:, -3:] = 255
-    found = find_copies(MarkReader(), torch.from_numpy(x), torch.from_numpy(y), GRID, FaithfulnessConfig(copy_recipients=200), seed=0,
-                        device=torch.device("cpu"))
-    corner = [f for f in found if f.cls == 1 and f.where == "bottom-right"]
-    assert len(corner) == 1 and corner[0].tested and corner[0].push > 0.9 and corner[0].p_adjusted < 0.05  # the model does read it
     fisher = fisher_exact([[13, 27], [87, 273]], alternative="greater")[1]
-    assert corner[0].scan_tries >= 1 and corner[0].enrichment_p == pytest.approx(min(1.0, fisher * corner[0].scan_tries))
-    assert fisher > 0.05 and not corner[0].verified
-    assert not any(f.verified for f in found)
+    for permutations in (0, 999):  # Bonferroni, and the label-permutation min-P the product runs
+        found = find_copies(MarkReader(), torch.from_numpy(x), torch.from_numpy(y), GRID,
+                            FaithfulnessConfig(copy_recipients=200, copy_permutations=permutations), seed=0, device=torch.device("cpu"))
+        corner = [f for f in found if f.cls == 1 and f.where == "bottom-right"]
+        assert len(corner) == 1 and corner[0].tested and corner[0].push > 0.9 and corner[0].p_adjusted < 0.05  # the model does read it
+        assert corner[0].scan_tries >= 1 and corner[0].scan_permutations == permutations
+        if permutations:
+            assert fisher < corner[0].enrichment_p <= min(1.0, fisher * corner[0].scan_tries)
+        else:
+            assert corner[0].enrichment_p == pytest.approx(min(1.0, fisher * corner[0].scan_tries))
+        assert fisher > 0.05 and not corner[0].verified
+        assert not any(f.verified for f in found)
+
+
+def sky(share_in_class: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """400 noise images of 4 classes; the top half white (sky: 32 scan windows, all held by the
+    same images) in the first ``share_in_class`` of class 1's 100 images and 15 of every other
+    class's."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 200, size=(400, 3, SIZE, SIZE), dtype=np.uint8)
+    y = np.arange(400) % 4
+    for c in range(4):
+        x[np.flatnonzero(y == c)[:share_in_class if c == 1 else 15], :, :SIZE // 2] = 255
+    return x / 255.0, y
+
+
+def test_the_same_sky_in_many_windows_is_one_test_for_min_p_and_many_for_bonferroni():
+    """Class 1 holds a white top half in 30 of its images, the others in 15 of 100 each: Fisher
+    p 0.001. The 32 windows the sky covers are held by the same images, so the scan's 128
+    (window, class) tests are 4 in truth: Bonferroni (x 128) refuses it, the label-permutation
+    min-P keeps it near the 4 real tests' correction (0.0046)."""
+    from scipy.stats import fisher_exact
+
+    x, y = sky(30)
+    fisher = fisher_exact([[30, 70], [45, 255]], alternative="greater")[1]
+    bonferroni, tries = scan(x, y, GRID, tolerance=0.05, min_images=10, permutations=0)
+    permuted, _ = scan(x, y, GRID, tolerance=0.05, min_images=10, permutations=999, seed=0)
+    assert tries == 32 * 4 and {(c, round(p, 12)) for _, c, _, _, p in bonferroni} == {(1, round(min(1.0, fisher * tries), 12))}
+    assert bonferroni[0][4] > 0.05
+    ps = {p for _, c, _, _, p in permuted if c == 1}
+    # in truth 0.0046 (20,000 shuffles counted directly); 999 shuffles put it under 0.02 but for a 1e-6 chance
+    assert len(ps) == 1 and ps.pop() < 0.02 < bonferroni[0][4] / 5
+
+
+def test_min_p_matches_a_direct_count_over_the_same_shuffles():
+    """min_p's table lookup against scipy's Fisher test on every shuffle's every (patch, class)
+    2x2 table, with the shuffles drawn the same way."""
+    from scipy.stats import fisher_exact
+
+    from i2x.explanation.copies import min_p
+
+    rng = np.random.default_rng(5)
+    holding = rng.random((6, 60)) < np.array([0.1, 0.2, 0.3, 0.3, 0.5, 0.7])[:, None]
+    labels = np.arange(60) % 3
+    correct = min_p(holding, labels, [0, 1, 2], permutations=40, seed=11)
+    draw, smallest = np.random.default_rng(11), []
+    for _ in range(40):
+        shuffled = draw.permutation(labels)
+        smallest.append(min(fisher_exact([[int((h & (shuffled == c)).sum()), int((h & (shuffled != c)).sum())],
+                                          [int((~h & (shuffled == c)).sum()), int((~h & (shuffled != c)).sum())]],
+                                         alternative="greater")[1] for h in holding for c in range(3)))
+    for p in (1e-4, *sorted(smallest)[::7], 0.9):
+        assert correct(p) == pytest.approx((1 + sum(m <= p * (1 + 1e-7) for m in smallest)) / 41)
+
+
+def test_on_labels_that_carry_nothing_min_p_rejects_at_most_its_level():
+    """40 label shuffles of the sky images (sky independent of the class): the family-wise
+    rejection rate of the scan's corrected p at 0.05 stays near 0.05 (at most 6 of 40; the
+    uncorrected smallest p is under 0.05 in most)."""
+    x, y = sky(15)
+    rng = np.random.default_rng(0)
+    rejected = raw_small = 0
+    for i in range(40):
+        shuffled = rng.permutation(y)
+        found, _ = scan(x, shuffled, GRID, tolerance=0.05, min_images=5, permutations=199, seed=i)
+        rejected += any(p < 0.05 for *_, p in found)
+        bonf, tries = scan(x, shuffled, GRID, tolerance=0.05, min_images=5, permutations=0)
+        raw_small += any(p / tries < 0.05 for *_, p in bonf)
+    assert rejected <= 6 and raw_small >= 15
 
 
 def test_blank_canvas_that_every_class_shares_is_not_a_candidate():
@@ -106,6 +179,8 @@ def test_the_report_states_a_verified_copy_with_its_control_and_leaves_unverifie
     assert "+13 points" in said and "CI [+10, +17]" in said and "enrichment" not in said  # a document from before the test
     said = copy_sentence({**row, "enrichment_p": 3e-5, "scan_tries": 7830})
     assert "1.3% of the other classes' (enrichment p 3e-05, corrected for the scan's 7,830 tests); pasted" in said
+    said = copy_sentence({**row, "enrichment_p": 0.001, "scan_tries": 7830, "scan_permutations": 999})
+    assert "(enrichment p 0.001, corrected for the scan's 7,830 tests by 999 label shuffles); pasted" in said
 
 
 def test_tune_acts_on_a_copy_through_the_cells_it_covers_in_the_images_that_hold_it():

@@ -13,7 +13,9 @@ and unlike the mean image is a **candidate**. The scan keeps the most enriched o
 (patch, class) pairs, so on labels that carry nothing (a model trained on shuffled labels) it
 still returns white sky that one class holds a little more often by chance; a candidate is
 therefore **enriched** only where a one-sided hypergeometric (Fisher) test of its holders'
-classes, Bonferroni-corrected for every (patch, class) pair tested, passes ``alpha``.
+classes, corrected for every (patch, class) pair tested, passes ``alpha``: by label
+permutation (:func:`min_p`; the tests are many and alike: the same sky in neighbouring
+windows), or Bonferroni.
 Each is tested on the final model: its footprint (the pixels within a grid cell of the window
 that stay the same across the images holding it, which need not follow the grid) is pasted from those images into other classes' images that do
 not hold it, and the model's calls of the class are counted against a **control** that pastes
@@ -29,6 +31,7 @@ Group labels are never read: the scan uses the analysis images and their class l
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,7 +54,7 @@ class Copy:
     images: int  # images of the class that hold it
     share: float  # ... as a share of the class's analysed images
     others: float  # share of the other classes' images that hold it
-    enrichment_p: float  # one-sided hypergeometric p of the holders' class, times scan_tries (Bonferroni)
+    enrichment_p: float  # one-sided hypergeometric p of the holders' class, corrected for the scan's tests (min_p, or Bonferroni)
     box: tuple[int, int, int, int]  # (y0, x0, y1, x1) of the footprint, end exclusive
     pixels: int  # footprint size
     where: str  # the ninth of the image the footprint's centre lies in
@@ -60,7 +63,8 @@ class Copy:
     reference: np.ndarray | None = None  # (C, bh, bw) the copy's pixels in its box (median of its images), [0, 1]
     mask: np.ndarray | None = None  # (bh, bw) bool: which of the box's pixels are the copy
     exemplars: tuple[int, ...] = ()  # positions in the analysed images of a few that hold it (the figure's)
-    scan_tries: int = 0  # (patch, class) enrichment tests the scan made (the Bonferroni factor)
+    scan_tries: int = 0  # (patch, class) enrichment tests the scan made, all corrected for
+    scan_permutations: int = 0  # label shuffles of that correction (0: Bonferroni, times scan_tries)
     tested: bool = False
     n_pairs: int = 0
     flips: float = 0.0  # share of recipients the pasted copy turns to the class
@@ -87,16 +91,19 @@ def _same(values: np.ndarray, ref: np.ndarray, tolerance: float) -> np.ndarray:
 
 
 def scan(x: np.ndarray, labels: np.ndarray, grid: tuple[int, int], tolerance: float, min_images: int,
-         min_contrast: float = 0.25, tries: int = 3) -> tuple[list[tuple[float, int, tuple[int, int, int, int], np.ndarray, float]], int]:
+         min_contrast: float = 0.25, tries: int = 3, permutations: int = 999,
+         seed: int = 0) -> tuple[list[tuple[float, int, tuple[int, int, int, int], np.ndarray, float]], int]:
     """Candidates ``(excess share, class, window, holders in the class, enrichment p)``, best
-    first, and the number of (patch, class) enrichment tests made (the Bonferroni factor).
+    first, and the number of (patch, class) enrichment tests made.
 
     The patches are chosen without the labels, so that the enrichment test is exact: per
     window (:func:`windows`), the commonest patches over all images (quantised to 0.1; ``tries``
     per class, at least ``min_images`` images each) whose values differ from the mean image
     there by ``min_contrast`` on average (blank canvas is the same everywhere). Each is tested
     in every class: the hypergeometric chance, were the labels exchangeable, that at least as
-    many of its holders (images within ``tolerance``) fall in the class; uncorrected here.
+    many of its holders (images within ``tolerance``) fall in the class. The enrichment p is
+    that chance corrected for every test the scan made: by :func:`min_p` over ``permutations``
+    shuffles of the labels, or Bonferroni (times the tests) with ``permutations`` 0.
     Per class and window the patch most enriched (share in the class minus share in the
     others) is kept, where at least ``min_images`` of the class hold it. (Choosing each class's
     own commonest patch, as this scan first did, selects on the labels: on shuffled labels its
@@ -108,28 +115,86 @@ def scan(x: np.ndarray, labels: np.ndarray, grid: tuple[int, int], tolerance: fl
     member = labels[None, :] == np.array(classes)[:, None]  # (K, N)
     sizes = member.sum(1)
     mean = x.mean(0)
-    out, tried = [], 0
+    found, held = [], []
     for box in windows(size, grid):
         y0, y1, x0, x1 = box
         patch = x[:, :, y0:y1, x0:x1].reshape(n, -1)
         _, inverse, counts = np.unique(np.round(patch * 10).astype(np.int8), axis=0, return_inverse=True, return_counts=True)
-        best: dict[int, tuple[float, int, tuple[int, int, int, int], np.ndarray, float]] = {}
+        best: dict[int, tuple[float, int, tuple[int, int, int, int], np.ndarray, int]] = {}
         for j in np.argsort(-counts, kind="stable")[:tries * len(classes)]:
             if counts[j] < min_images:
                 break
             ref = patch[inverse.reshape(-1) == j].mean(0)
             if np.abs(ref - mean[:, y0:y1, x0:x1].reshape(-1)).mean() < min_contrast:
                 continue
-            tried += len(classes)
             holders = _same(patch, ref, tolerance)
+            held.append(holders)
             inside, total = (member & holders).sum(1), int(holders.sum())
             for k, c in enumerate(classes):
                 excess = inside[k] / sizes[k] - (total - inside[k]) / (n - sizes[k])
                 if inside[k] >= min_images and excess > 0 and (c not in best or excess > best[c][0]):
-                    p = float(hypergeom.sf(int(inside[k]) - 1, n, int(sizes[k]), total))
-                    best[c] = (float(excess), c, box, holders & member[k], p)
-        out.extend(best.values())
+                    best[c] = (float(excess), c, box, holders & member[k], len(held) - 1)
+        found.extend(best.values())
+    if not held:
+        return [], 0
+    holding = np.stack(held)  # (P, N): every patch tested, label-free
+    inside_all = np.rint(holding.astype(np.float32) @ member.T.astype(np.float32)).astype(np.int64)  # (P, K)
+    raw = hypergeom.sf(inside_all - 1, n, sizes[None, :], holding.sum(1)[:, None])
+    tried = raw.size
+    family = min_p(holding, labels, classes, permutations, seed) if permutations else None
+    out = []
+    for excess, c, box, inside, j in found:
+        p = float(raw[j, classes.index(c)])
+        out.append((excess, c, box, inside, family(p) if family else min(1.0, p * tried)))
     return sorted(out, key=lambda b: -b[0]), tried
+
+
+def min_p(holding: np.ndarray, labels: np.ndarray, classes: list[int], permutations: int, seed: int,
+          chunk: int = 50) -> Callable[[float], float]:
+    """The family-wise correction of the scan's hypergeometric p's (Westfall and Young's min-P):
+    a function from a raw p to the share of ``permutations`` label shuffles (plus the observed
+    labels) whose smallest p over all ``holding`` x ``classes`` tests is at most it. The
+    patches were chosen without the labels, so every shuffle is as likely under the null, and
+    the correction is exact; unlike Bonferroni it pays only for the tests' real number (the
+    same sky in neighbouring windows is one test, not many). ``holding``: ``(P, N)`` bool.
+
+    Each test's p is read from a table over the holder counts a shuffle can reach, from the
+    count expected by chance (below it p is at least about a half, set to 1: with thousands of
+    tests the smallest p of a shuffle never comes from there) to ten standard deviations above
+    the widest test's; counts beyond the table (chance about 1e-20) are computed exactly."""
+    n = holding.shape[1]
+    sizes = np.array([(labels == c).sum() for c in classes])
+    totals = holding.sum(1)
+    expected = totals[:, None] * sizes[None, :] / n  # (P, K)
+    sd = np.sqrt(expected * (1 - sizes[None, :] / n) * (n - totals[:, None]) / max(1, n - 1))
+    lo = np.floor(expected).astype(np.int64)
+    hi = np.minimum(np.ceil(expected + 10 * sd).astype(np.int64) + 1, np.minimum(totals[:, None], sizes[None, :]))
+    span = int((hi - lo).max()) + 1
+    counts = lo[..., None] + np.arange(span)  # (P, K, span)
+    table = hypergeom.sf(counts - 1, n, sizes[None, :, None], totals[:, None, None])
+    rng = np.random.default_rng(seed)
+    h = holding.astype(np.float32)
+    smallest = []
+    for start in range(0, permutations, chunk):
+        b = min(chunk, permutations - start)
+        shuffled = np.stack([rng.permutation(labels) for _ in range(b)])  # (b, N)
+        onehot = (shuffled.T[:, :, None] == np.array(classes)[None, None, :]).astype(np.float32).reshape(n, -1)  # (N, b K)
+        inside = np.rint(h @ onehot).astype(np.int64).reshape(len(h), b, -1).transpose(1, 0, 2)  # (b, P, K): one BLAS product
+        at = inside - lo[None]
+        ok = (at >= 0) & (at < span)
+        p = np.ones(inside.shape)
+        sel = np.nonzero(ok)
+        p[sel] = table[sel[1], sel[2], at[sel]]
+        far = np.nonzero(at >= span)
+        if len(far[0]):
+            p[far] = hypergeom.sf(inside[far] - 1, n, sizes[far[2]], totals[far[1]])
+        smallest.append(p.reshape(b, -1).min(1))
+    floor = np.sort(np.concatenate(smallest)) if smallest else np.zeros(0)
+
+    def corrected(p: float) -> float:
+        return float((1 + np.searchsorted(floor, p * (1 + 1e-9), side="right")) / (1 + len(floor)))
+
+    return corrected
 
 
 def footprint(x: np.ndarray, holders: np.ndarray, box: tuple[int, int, int, int], reach: int, tolerance: float,
@@ -171,7 +236,7 @@ def find_copies(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tens
     masks: list[np.ndarray] = []
     holders_of: list[np.ndarray] = []
     reach = max(1, min(x.shape[-2] // grid[0], x.shape[-1] // grid[1]))  # one grid cell round the window
-    candidates, tries = scan(x, y, grid, cfg.copy_tolerance, cfg.copy_min_images)
+    candidates, tries = scan(x, y, grid, cfg.copy_tolerance, cfg.copy_min_images, permutations=cfg.copy_permutations, seed=seed)
     for _, c, box, holders, enrichment in candidates:
         if len(found) >= cfg.copy_tests:
             break
@@ -187,7 +252,8 @@ def find_copies(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tens
         cy, cx = (ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2
         where = NINTHS[int(_part(cy, 3, x.shape[-2]))][int(_part(cx, 3, x.shape[-1]))]
         found.append(Copy(cls=c, window=box, images=int(holders.sum()), share=float(holders.sum() / (y == c).sum()),
-                          others=0.0, enrichment_p=min(1.0, enrichment * tries), scan_tries=tries, box=(int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1), pixels=int(mask.sum()),
+                          others=0.0, enrichment_p=enrichment, scan_tries=tries,
+                          scan_permutations=cfg.copy_permutations, box=(int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1), pixels=int(mask.sum()),
                           where=where, off_object=off, exemplars=tuple(int(i) for i in np.sort(rng.choice(np.flatnonzero(holders), size=min(4, int(holders.sum())),
                                                                                            replace=False)))))
         y0, x0, y1, x1 = found[-1].box

@@ -206,7 +206,7 @@ def build_document(
     if faith is not None and copies is not None:
         faith["copies"] = [{"class": name(f.cls), "window": list(f.window), "where": f.where, "box": list(f.box), "pixels": f.pixels,
                             "images": f.images, "share": _r(f.share), "others": _r(f.others), "enrichment_p": _r(f.enrichment_p),
-                            "scan_tries": f.scan_tries, "tested": f.tested, "n_pairs": f.n_pairs,
+                            "scan_tries": f.scan_tries, "scan_permutations": f.scan_permutations, "tested": f.tested, "n_pairs": f.n_pairs,
                             "flips": _r(f.flips), "control_flips": _r(f.control_flips), "push": _r(f.push),
                             "ci": [_r(f.ci[0]), _r(f.ci[1])], "p": _r(f.p), "p_adjusted": _r(f.p_adjusted), "verified": f.verified,
                             "exemplars": list(f.exemplars), "off_object": _r(f.off_object), "control": f.control,

@@ -137,6 +137,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "faithfulness.copy_tests": (0, None),
     "faithfulness.copy_recipients": (1, None),
     "faithfulness.copy_min_push": (0, 1),
+    "faithfulness.copy_permutations": (0, None),
     "tune.lr_min": (0, None),
     "tune.lr_max": (0, None),
     "tune.ci": (0, 1),

@@ -163,7 +163,10 @@ class FaithfulnessConfig:
         copy_min_push: a copy is verified only where it turns at least this share more of the
             recipients into its class than the control does (and BH-corrected p below alpha),
             and where its class holds it more often than chance allows after the scan's
-            selection (hypergeometric p times the scan's (patch, class) tests, below alpha).
+            selection (hypergeometric p corrected for the scan's (patch, class) tests, below alpha).
+        copy_permutations: label shuffles of that correction (Westfall-Young min-P, exact because
+            the scan picks its patches without the labels; its resolution is 1 / (this + 1));
+            0: Bonferroni (times the tests), stricter where the tests are alike.
     """
 
     enabled: bool = True
@@ -185,6 +188,7 @@ class FaithfulnessConfig:
     copy_tests: int = 30
     copy_recipients: int = 300
     copy_min_push: float = 0.05
+    copy_permutations: int = 999
 
 
 @dataclass(frozen=True)

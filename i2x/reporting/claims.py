@@ -136,7 +136,8 @@ def _enrichment_words(c: dict[str, Any]) -> str:
     from before the enrichment test have none)."""
     if c.get("enrichment_p") is None:
         return ""
-    return f" (enrichment p {c['enrichment_p']:.2g}, corrected for the scan's {c['scan_tries']:,} tests)"
+    how = f" by {c['scan_permutations']:,} label shuffles" if c.get("scan_permutations") else ""
+    return f" (enrichment p {c['enrichment_p']:.2g}, corrected for the scan's {c['scan_tries']:,} tests{how})"
 
 
 def _rigid_words(where: dict[str, Any]) -> str:
