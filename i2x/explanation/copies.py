@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.special import gammaln
 from scipy.stats import binomtest, hypergeom
 
 from i2x.explanation.nulls import benjamini_hochberg
@@ -161,7 +162,9 @@ def min_p(holding: np.ndarray, labels: np.ndarray, classes: list[int], permutati
     Each test's p is read from a table over the holder counts a shuffle can reach, from the
     count expected by chance (below it p is at least about a half, set to 1: with thousands of
     tests the smallest p of a shuffle never comes from there) to ten standard deviations above
-    the widest test's; counts beyond the table (chance about 1e-20) are computed exactly."""
+    the widest test's, summed from the exact probabilities (the tail beyond, about 1e-20, left
+    out); counts beyond the table are computed exactly. A shuffle costs the number of holders,
+    not patches x images."""
     n = holding.shape[1]
     sizes = np.array([(labels == c).sum() for c in classes])
     totals = holding.sum(1)
@@ -171,15 +174,23 @@ def min_p(holding: np.ndarray, labels: np.ndarray, classes: list[int], permutati
     hi = np.minimum(np.ceil(expected + 10 * sd).astype(np.int64) + 1, np.minimum(totals[:, None], sizes[None, :]))
     span = int((hi - lo).max()) + 1
     counts = lo[..., None] + np.arange(span)  # (P, K, span)
-    table = hypergeom.sf(counts - 1, n, sizes[None, :, None], totals[:, None, None])
+    s, t = sizes[None, :, None], totals[:, None, None]
+    possible = (counts <= s) & (counts <= t) & (t - counts <= n - s)
+    k = np.where(possible, counts, 0)
+    log_pmf = _log_choose(s, k) + _log_choose(n - s, t - k) - _log_choose(n, t)  # hypergeometric, exact in logs
+    pmf = np.where(possible, np.exp(log_pmf), 0.0)
+    table = np.cumsum(pmf[..., ::-1], -1)[..., ::-1]  # P(at least that count): summed from the rare end, the tail beyond ~1e-20
     rng = np.random.default_rng(seed)
-    h = holding.astype(np.float32)
+    code = np.searchsorted(np.array(classes), labels)  # each image's class as 0..K-1
+    who, image = np.nonzero(holding)  # the holders, as (patch, image) pairs: a shuffle costs their number, not P x N
+    stride = len(holding) * len(classes)
+    chunk = max(1, min(chunk, 2 ** 24 // max(1, len(who))))  # the keys of a chunk in about 128 MB
     smallest = []
     for start in range(0, permutations, chunk):
         b = min(chunk, permutations - start)
-        shuffled = np.stack([rng.permutation(labels) for _ in range(b)])  # (b, N)
-        onehot = (shuffled.T[:, :, None] == np.array(classes)[None, None, :]).astype(np.float32).reshape(n, -1)  # (N, b K)
-        inside = np.rint(h @ onehot).astype(np.int64).reshape(len(h), b, -1).transpose(1, 0, 2)  # (b, P, K): one BLAS product
+        shuffled = np.stack([rng.permutation(code) for _ in range(b)])  # (b, N)
+        keys = np.arange(b)[:, None] * stride + who[None] * len(classes) + shuffled[:, image]
+        inside = np.bincount(keys.reshape(-1), minlength=b * stride).reshape(b, len(holding), len(classes))  # (b, P, K)
         at = inside - lo[None]
         ok = (at >= 0) & (at < span)
         p = np.ones(inside.shape)
@@ -195,6 +206,10 @@ def min_p(holding: np.ndarray, labels: np.ndarray, classes: list[int], permutati
         return float((1 + np.searchsorted(floor, p * (1 + 1e-9), side="right")) / (1 + len(floor)))
 
     return corrected
+
+
+def _log_choose(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return gammaln(a + 1) - gammaln(b + 1) - gammaln(a - b + 1)
 
 
 def footprint(x: np.ndarray, holders: np.ndarray, box: tuple[int, int, int, int], reach: int, tolerance: float,
