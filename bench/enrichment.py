@@ -57,11 +57,13 @@ def main() -> None:
     ap.add_argument("--rho", default="0.1,0.05")
     ap.add_argument("--n", default="2000")
     ap.add_argument("--seeds", type=int, default=5, help="planted seeds per (rho, N)")
-    ap.add_argument("--shuffled", type=int, default=20, help="label shuffles of the clean data per N (the false rate)")
-    ap.add_argument("--clean", type=int, default=5, help="clean seeds per N: a candidate for the target class in the mark's corner")
+    ap.add_argument("--shuffled", type=int, default=20, help="label shuffles of the clean data per N (the false rate; 0: no controls)")
+    ap.add_argument("--clean", type=int, default=5, help="clean seeds per N: a candidate for the target class in the mark's corner "
+                    "(0: no controls)")
     ap.add_argument("--grid", type=int, default=8, help="the final feature map's side (8: the power cut's CNN on 32-pixel images)")
     ap.add_argument("--permutations", type=int, default=999)
     ap.add_argument("--target", type=int, default=7)
+    ap.add_argument("--null-seeds", type=int, default=1, help="permutation seeds of min-P per planted set: is its verdict the same under each")
     args = ap.parse_args()
     cfg, grid, alpha = FaithfulnessConfig(), (args.grid, args.grid), FaithfulnessConfig().alpha
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -74,8 +76,8 @@ def main() -> None:
         return {"tries": tries, "bonferroni_s": t1 - t0, "min_p_s": time.perf_counter() - t1}, bonf, perm, t1 - t0
 
     print("| rho | N | seeds | marked images of the class (mean) | mark passes, Bonferroni | mark passes, min-P "
-          "| mark's corrected p, Bonferroni | mark's corrected p, min-P | tests | scan s (Bonferroni / min-P) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| mark's corrected p, Bonferroni | mark's corrected p, min-P | tests | scan s (Bonferroni / min-P) | min-P verdict the same under every null seed |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for n in [int(v) for v in args.n.split(",")]:
         for rho in [float(v) for v in args.rho.split(",")]:
             rows = []
@@ -83,12 +85,19 @@ def main() -> None:
                 x, y, marks = analysed(args.dataset, rho, seed, n, args.target)
                 info, bonf, perm, _ = both(x, y, seed)
                 pick = [min((c[4] for c in found if c[1] == args.target and in_mark(c[2], marks)), default=1.0) for found in (bonf, perm)]
+                again = [min((c[4] for c in scan(x, y, grid, cfg.copy_tolerance, cfg.copy_min_images, permutations=args.permutations,
+                                                     seed=1000 * k + seed)[0] if c[1] == args.target and in_mark(c[2], marks)), default=1.0)
+                         for k in range(1, args.null_seeds)]
+                info["same_verdict"] = all((p < alpha) == (pick[1] < alpha) for p in again)
                 rows.append((int(((marks[:, 0] >= 0) & (y == args.target)).sum()), *pick, info))
             marked, pb, pm = (np.array([r[i] for r in rows]) for i in range(3))
             print(f"| {rho:g} | {n} | {len(rows)} | {marked.mean():.1f} | {_share(int((pb < alpha).sum()), len(rows))} "
                   f"| {_share(int((pm < alpha).sum()), len(rows))} | {', '.join(f'{p:.2g}' for p in pb)} "
                   f"| {', '.join(f'{p:.2g}' for p in pm)} | {rows[0][3]['tries']:,} "
-                  f"| {np.mean([r[3]['bonferroni_s'] for r in rows]):.1f} / {np.mean([r[3]['min_p_s'] for r in rows]):.1f} |", flush=True)
+                  f"| {np.mean([r[3]['bonferroni_s'] for r in rows]):.1f} / {np.mean([r[3]['min_p_s'] for r in rows]):.1f} "
+                  f"| {sum(r[3]['same_verdict'] for r in rows)} of {len(rows)} ({args.null_seeds} seeds) |", flush=True)
+        if not args.shuffled or not args.clean:
+            continue
         x, y, _ = analysed(args.dataset, None, 0, n, args.target)
         rng = np.random.default_rng(n)
         false_b = false_m = 0

@@ -162,9 +162,9 @@ def min_p(holding: np.ndarray, labels: np.ndarray, classes: list[int], permutati
     Each test's p is read from a table over the holder counts a shuffle can reach, from the
     count expected by chance (below it p is at least about a half, set to 1: with thousands of
     tests the smallest p of a shuffle never comes from there) to ten standard deviations above
-    the widest test's, summed from the exact probabilities (the tail beyond, about 1e-20, left
-    out); counts beyond the table are computed exactly. A shuffle costs the number of holders,
-    not patches x images."""
+    the widest test's, summed from the exact probabilities and the exact tail beyond; counts
+    beyond the table are computed exactly. A shuffle costs the number of holders, not
+    patches x images."""
     n = holding.shape[1]
     sizes = np.array([(labels == c).sum() for c in classes])
     totals = holding.sum(1)
@@ -179,7 +179,8 @@ def min_p(holding: np.ndarray, labels: np.ndarray, classes: list[int], permutati
     k = np.where(possible, counts, 0)
     log_pmf = _log_choose(s, k) + _log_choose(n - s, t - k) - _log_choose(n, t)  # hypergeometric, exact in logs
     pmf = np.where(possible, np.exp(log_pmf), 0.0)
-    table = np.cumsum(pmf[..., ::-1], -1)[..., ::-1]  # P(at least that count): summed from the rare end, the tail beyond ~1e-20
+    pmf[..., -1] = hypergeom.sf(counts[..., -1] - 1, n, s[..., 0], t[..., 0])  # the last column: its whole tail
+    table = np.cumsum(pmf[..., ::-1], -1)[..., ::-1]  # P(at least that count), summed from the rare end
     rng = np.random.default_rng(seed)
     code = np.searchsorted(np.array(classes), labels)  # each image's class as 0..K-1
     who, image = np.nonzero(holding)  # the holders, as (patch, image) pairs: a shuffle costs their number, not P x N
