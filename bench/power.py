@@ -325,8 +325,11 @@ def _figure(planted: list[dict], out: Path) -> None:
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.8))
     for n in sorted({r["n"] for r in planted}):
         rhos = sorted({r["rho"] for r in planted if r["n"] == n})
-        power = [np.mean([_in_corner(r) for r in planted if r["n"] == n and r["rho"] == rho]) for rho in rhos]
-        ax.plot(rhos, power, marker="o", label=f"N = {n}")
+        hits = [[_in_corner(r) for r in planted if r["n"] == n and r["rho"] == rho] for rho in rhos]
+        power = np.array([np.mean(h) for h in hits])
+        band = np.array([share_interval(sum(h), len(h)) for h in hits])  # exact 95%: what a handful of seeds can claim
+        ax.errorbar(rhos, power, yerr=[power - band[:, 0], band[:, 1] - power], marker="o", capsize=3,
+                    label=f"N = {n} ({', '.join(str(len(h)) for h in hits)} runs; exact 95% interval)")
     ax.axhline(0.8, color="grey", lw=0.8, ls="--")
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{100 * v:g}%"))
@@ -346,7 +349,8 @@ def _figure(planted: list[dict], out: Path) -> None:
     bx.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{100 * v:g}%"))
     bx.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # a narrow range would print every minor tick in 1e-1 notation
     bx.set_xlim(min([max(r["flip"], 1e-3) for r in measured] + [0.01]) / 1.5, 1.0)
-    bx.set_yticks([0, 1, 2], ["nothing in\nthe corner", "a finding in\nthe corner", "a shortcut\ncheck there"])
+    bx.set_yticks([0, 1, 2], ["nothing in\nthe corner", "a finding in\nthe corner", "a shortcut check\nor copy there"])
+    bx.set_ylim(-0.3, 2.3)
     bx.set_xlabel("reliance: flip rate of marked other-class test images")
     bx.set_title("each run: what the report stated in the mark's corner")
     fig.tight_layout()
