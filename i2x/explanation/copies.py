@@ -116,7 +116,7 @@ def scan(x: np.ndarray, labels: np.ndarray, grid: tuple[int, int], tolerance: fl
     member = labels[None, :] == np.array(classes)[:, None]  # (K, N)
     sizes = member.sum(1)
     mean = x.mean(0)
-    found, held = [], []
+    found, held, counted = [], [], []
     for box in windows(size, grid):
         y0, y1, x0, x1 = box
         patch = x[:, :, y0:y1, x0:x1].reshape(n, -1)
@@ -131,6 +131,7 @@ def scan(x: np.ndarray, labels: np.ndarray, grid: tuple[int, int], tolerance: fl
             holders = _same(patch, ref, tolerance)
             held.append(holders)
             inside, total = (member & holders).sum(1), int(holders.sum())
+            counted.append(inside)
             for k, c in enumerate(classes):
                 excess = inside[k] / sizes[k] - (total - inside[k]) / (n - sizes[k])
                 if inside[k] >= min_images and excess > 0 and (c not in best or excess > best[c][0]):
@@ -139,8 +140,7 @@ def scan(x: np.ndarray, labels: np.ndarray, grid: tuple[int, int], tolerance: fl
     if not held:
         return [], 0
     holding = np.stack(held)  # (P, N): every patch tested, label-free
-    inside_all = np.rint(holding.astype(np.float32) @ member.T.astype(np.float32)).astype(np.int64)  # (P, K)
-    raw = hypergeom.sf(inside_all - 1, n, sizes[None, :], holding.sum(1)[:, None])
+    raw = hypergeom.sf(np.stack(counted) - 1, n, sizes[None, :], holding.sum(1)[:, None])  # (P, K), uncorrected
     tried = raw.size
     family = min_p(holding, labels, classes, permutations, seed) if permutations else None
     out = []
