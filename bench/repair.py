@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from i2x.explanation.document import explain  # noqa: E402
 from i2x.platform.config_io import load_config  # noqa: E402
-from i2x.runs.repair import lead_finding, with_copy  # noqa: E402
+from i2x.runs.repair import acting_on, lead_finding  # noqa: E402
 from i2x.training.checkpoints import list_checkpoints, model_from_checkpoint, read_checkpoint  # noqa: E402
 from i2x.training.data import load_data  # noqa: E402
 from i2x.training.groups import groups_of  # noqa: E402
@@ -88,11 +88,12 @@ def prepare(dataset: str, seed: int, rho: float, target: int, lr: float, work: P
         return assign_images(model, layer, x, analysis.protos, 1000, device)
 
     finding = lead_finding(doc, list(data.classes))
-    assign = plain if finding is None else with_copy(plain, finding, tuple(analysis.protos.assignment.shape[-2:]),
-                                                     config.faithfulness.copy_tolerance)
+    assignment, assign = plain(data.train_x), plain
+    if finding is not None:  # as tune acts: on the check's rigid copy
+        finding, assignment, assign = acting_on(finding, data, assignment, plain, config.faithfulness.copy_tolerance)
     early = next(p for p, c in zip(payloads, result.checkpoints, strict=True) if c.epoch >= 1.0)
     ctx = RepairContext(config=config, data=data, build=build, state=final["model"], early_state=early["model"],
-                        assignment=assign(data.train_x), finding=finding or Finding(-1, 0, "", "none"), device=device,
+                        assignment=assignment, finding=finding or Finding(-1, 0, "", "none"), device=device,
                         test_groups=groups_of(config.plant, data.classes, data.test_y.numpy(), data.test_marks.numpy()),
                         true_train=(2 * data.train_y + (data.train_marks[:, 0] >= 0).long()).numpy(), assign=assign)
     return ctx, finding, doc, t_explain
@@ -135,11 +136,11 @@ def one_seed(dataset: str, seed: int, rho: float, target: int, trials: int, lr: 
                      "worst_group": r["worst_group"], "gap": r["gap"], "groups": r["groups"],
                      "params": chosen.get(name, {}).get("params", {}), "declined": bool(chosen.get(name, {}).get("declined")),
                      "heldout": chosen.get(name, {}).get("values"), "chosen": pick, "acted": finding is not None or not name.startswith("i2x-"),
-                     "finding": None if finding is None else finding.prototype, "finding_class": None if finding is None else finding.class_name,
+                     "finding": None if finding is None else (finding.copy or {}).get("prototype", finding.prototype), "finding_class": None if finding is None else finding.class_name,
                      "finding_is_mark": bool(finding is not None and finding.cls == target
                                              and _in_corner({"region": finding.copy["where"]} if finding.copy
                                                             else doc["prototypes"][finding.prototype]["where"])),
-                     "finding_is_copy": bool(finding is not None and finding.copy),
+                     "finding_is_copy": bool(finding is not None and finding.copy and "prototype" not in finding.copy),
                      "mark_cells_with_finding": where, "explain_s": round(t_explain, 1), "study_s": round(t_study, 1), "set": extra,
                      "heldout_take_out": ctx.config.tune.heldout_take_out, "refit_take_out": ctx.config.tune.refit_take_out})
     return rows

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from i2x.explanation.prototypes import fit_prototypes, receptive_box, rigidity
+from i2x.explanation.prototypes import fit_prototypes, receptive_box
+from i2x.explanation.rigid import rigidity
 from i2x.platform.errors import I2XError
 
 

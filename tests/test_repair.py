@@ -11,12 +11,14 @@ import pytest
 import torch
 
 from i2x.reporting.claims import shortcut_checks
+from i2x.runs.repair import acting_on
 from i2x.training.batches import to_float
 from i2x.training.checkpoints import read_checkpoint
 from i2x.training.models import build_model
 from i2x.training.pixels import cell_mask
 from i2x.tuning.guided import (
     BASELINES,
+    COPY_ID,
     I2X_STRATEGIES,
     RANDOM_TARGET,
     WITHOUT_FINDING,
@@ -52,15 +54,16 @@ def repair(mnist_shortcut):
     model.load_state_dict(final["model"])
     layer = final["target_layer"]
 
-    def assign(x: torch.Tensor) -> torch.Tensor:
+    def plain(x: torch.Tensor) -> torch.Tensor:
         return assign_images(model, layer, x, analysis.protos, 1000, torch.device("cpu"))
 
     check = shortcut_checks(doc)[0]
-    finding = Finding(check["prototype"], data.classes.index(check["class"]), check["class"], "lead")
+    lead = Finding(check["prototype"], data.classes.index(check["class"]), check["class"], "lead")
+    finding, assignment, assign = acting_on(lead, data, plain(data.train_x), plain, config.faithfulness.copy_tolerance)
     small = config_from_dict({**config.to_dict(), "tune": {**config.to_dict()["tune"], "seeds": 2, "epoch_samples": 1500, "n_trials": 3}})
     truth = (2 * data.train_y + (data.train_marks[:, 0] >= 0).long()).numpy()
     ctx = RepairContext(config=small, data=data, build=build, state=final["model"], early_state=early["model"],
-                        assignment=assign(data.train_x), finding=finding, device=torch.device("cpu"),
+                        assignment=assignment, finding=finding, device=torch.device("cpu"),
                         test_groups=groups_of(small.plant, data.classes, data.test_y.numpy(), data.test_marks.numpy()),
                         true_train=truth, assign=assign)
     return ctx, assign
@@ -86,6 +89,23 @@ def test_the_i2x_groups_recover_the_planted_groups_on_test_images(repair):
     other = next(k for k in np.unique(ids.numpy()).tolist() if k != ctx.finding.prototype and (ids == k).flatten(1).any(1).float().mean() > 0.05)
     wrong_share, wrong_recall = _agreement(i2x_groups(ids, data.test_y, other), truth)
     assert wrong_recall < 0.5, (other, wrong_share, wrong_recall)
+
+
+def test_the_repair_acts_on_the_marks_pixels_not_on_a_prototype_id(repair):
+    """The lead check is a prototype's; the repair acts on its rigid copy (planted truth: the
+    4x4 white mark at rows and columns 24-27), found by its pixels: on the test split, where
+    half of every class is marked, the copy's cells are exactly the marked images' mark cell."""
+    ctx, assign = repair
+    data, copy = ctx.data, ctx.finding.copy
+    assert copy is not None and ctx.finding.prototype == COPY_ID and ctx.finding.class_name == "7"
+    y0, x0, y1, x1 = copy["box"]
+    mask = np.asarray(copy["mask"])
+    rows, cols = np.nonzero(mask)
+    assert (y0 + rows >= 24).all() and (y0 + rows < 28).all() and (x0 + cols >= 24).all() and (x0 + cols < 28).all()
+    assert mask.sum() >= 12 and np.asarray(copy["reference"])[:, mask].min() > 0.9  # the white mark
+    held = (assign(data.test_x) == COPY_ID).flatten(1).any(1).numpy()
+    marked = (data.test_marks[:, 0] >= 0).numpy()
+    assert (held == marked).mean() >= 0.99, (held[marked].mean(), held[~marked].mean())
 
 
 def test_the_i2x_training_groups_split_the_marked_class_from_the_rest(repair):
@@ -206,12 +226,13 @@ def test_the_random_target_control_moves_the_findings_cells_not_their_number(rep
     y = ctx.data.train_y.numpy()
     for c in np.unique(y):
         assert (rnd.groups[y == c] % 2).sum() == (ctx.groups[y == c] % 2).sum()
-    # here the finding is in every 7 and nowhere else, so no class has both groups: give 50 zeros the finding
+    # the finding is in (nearly) every 7 and (nearly) nowhere else: give 50 more zeros the finding
     groups = ctx.groups.copy()
-    groups[np.flatnonzero(y == 0)[:50]] = 1
-    mixed = random_context(replace(ctx, _cache={"cells": ctx.cells, "groups": groups}))
     zero = y == 0
-    assert (mixed.groups[zero] % 2).sum() == 50 and (mixed.groups[zero] != groups[zero]).any()
+    before = int((groups[zero] % 2).sum())
+    groups[np.flatnonzero(zero & (groups % 2 == 0))[:50]] = 1
+    mixed = random_context(replace(ctx, _cache={"cells": ctx.cells, "groups": groups}))
+    assert (mixed.groups[zero] % 2).sum() == before + 50 and (mixed.groups[zero] != groups[zero]).any()
     chosen = {"i2x-augment": {"params": {"how": "swap", "share": 0.5}, "values": [0.9, 0.6]},
               "i2x-groups": {"params": {"power": 1.0}, "values": [0.95, 0.5]}, "i2x-dfr": {"params": {}, "declined": "no"}}
     assert random_target(chosen) == {RANDOM_TARGET: {"strategy": "i2x-augment", "params": {"how": "swap", "share": 0.5}}}

@@ -33,8 +33,8 @@ from i2x.explanation.prototypes import (
     content_background,
     fit_prototypes,
     off_object,
-    rigidity,
 )
+from i2x.explanation.rigid import rigidity
 from i2x.explanation.saliency import grad_cam
 from i2x.explanation.structure import Structure, build_structure
 from i2x.explanation.transplant import TransplantResult, transplant_test

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from i2x.explanation.prototypes import RIGID_SHARE
+from i2x.explanation.rigid import RIGID_SHARE
 
 
 def prototype_names(ids: list[int]) -> str:

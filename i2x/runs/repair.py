@@ -68,6 +68,48 @@ def with_copy(assign: Callable[[Any], Any], finding: Any, grid: tuple[int, int],
     return wrapped
 
 
+def on_its_copy(finding: Any, images: Any, assignment: Any, labels: Any) -> Any:
+    """A prototype's finding as the rigid copy its shortcut check is a claim about (the check
+    requires one): the pixels of its best core cell, found by those pixels in any image
+    (:func:`~i2x.explanation.rigid.rigid_copy`), so that the repair's cells and the i2x groups
+    do not hang on which of a mark's prototypes the model assigns a cell to (a planted mark
+    splits into the mark's cell and the cells beside it that see it; which id the mark's cell
+    of a marked 0 gets moved with float noise between machines). The finding itself when it is
+    already a copy, or when no cell of the prototype holds one.
+
+    Args:
+        images: ``(N, C, H, W)`` uint8 training images; assignment: ``(N, h, w)`` their
+            prototype ids (the final model's); labels: ``(N,)``.
+    """
+    from dataclasses import replace
+
+    import numpy as np
+
+    from i2x.explanation.rigid import rigid_copy
+    from i2x.tuning.guided import COPY_ID
+
+    if finding.copy is not None:
+        return finding
+    row = rigid_copy(images, np.asarray(assignment), np.asarray(labels), finding.prototype, finding.cls)
+    if row is None:
+        return finding
+    y0, x0, y1, x1 = row["box"]
+    statement = (f"{finding.statement}; the repair acts on its rigid copy, the {row['pixels']} pixels it holds at rows "
+                 f"{y0}-{y1 - 1}, columns {x0}-{x1 - 1} wherever they appear")
+    return replace(finding, prototype=COPY_ID, statement=statement, copy=row)
+
+
+def acting_on(finding: Any, data: Any, assignment: Any, plain: Callable[[Any], Any], tolerance: float) -> tuple[Any, Any, Any]:
+    """What a repair acts on: (the finding, :func:`on_its_copy`; the training images'
+    assignment with its cells marked; ``plain`` (images -> prototype ids) wrapped the same way)."""
+    finding = on_its_copy(finding, data.train_x, assignment, data.train_y)
+    grid = tuple(assignment.shape[-2:])
+    assign = with_copy(plain, finding, grid, tolerance)
+    if finding.copy is None:
+        return finding, assignment, assign
+    return finding, with_copy(lambda _x: assignment, finding, grid, tolerance)(data.train_x), assign
+
+
 def _early_state(train_run_id: str, checkpoints: list[str], scratch: Path) -> dict[str, Any]:
     """JTT's early model: the first checkpoint at or after epoch 1 (else the first)."""
     from i2x.training.checkpoints import read_checkpoint
@@ -98,10 +140,7 @@ def repair_context(tune_ctx: Any, finding: Any, early_state: dict[str, Any]) -> 
         model = tune_ctx.fresh_model()
         return assign_images(model, tune_ctx.target_layer, x, tune_ctx.protos, config.explain.batch_size, tune_ctx.device)
 
-    grid = tuple(tune_ctx.assignment.shape[-2:])
-    assign = with_copy(plain, finding, grid, config.faithfulness.copy_tolerance)
-    assignment = tune_ctx.assignment if finding.copy is None else with_copy(lambda x: tune_ctx.assignment, finding, grid,
-                                                                           config.faithfulness.copy_tolerance)(data.train_x)
+    finding, assignment, assign = acting_on(finding, data, tune_ctx.assignment, plain, config.faithfulness.copy_tolerance)
     return RepairContext(config=config, data=data, build=tune_ctx.build, state=tune_ctx.state, early_state=early_state,
                          assignment=assignment, finding=finding, device=tune_ctx.device, test_groups=test_groups,
                          true_train=true_train, assign=assign)
@@ -146,8 +185,8 @@ def repair_run(args: argparse.Namespace, inputs: tuple, build_ctx: Callable[[], 
         from i2x.tuning.guided import REPAIR_METRICS, make_objective, seed_trials
         from i2x.tuning.study import open_study, run_study
 
-        print(f"i2x tune: acting on {finding.statement}", flush=True)
         rctx = repair_context(build_ctx(), finding, _early_state(train_run_id, checkpoints, scratch))
+        print(f"i2x tune: acting on {rctx.finding.statement}", flush=True)
         study = open_study(name, url, config, dict.fromkeys(REPAIR_METRICS, "maximize"))
         study.set_user_attr("explain_run_id", args.run_id)
         study.set_user_attr("mlflow_parent_run_id", parent.info.run_id)
@@ -155,7 +194,7 @@ def repair_run(args: argparse.Namespace, inputs: tuple, build_ctx: Callable[[], 
         study.set_user_attr("finding", finding.__dict__)
         study.set_user_attr("config", config.to_dict())
         study.set_user_attr("mlflow_run_url", tracking.where_to_look(parent.info.experiment_id, parent.info.run_id)[1])
-        study.set_user_attr("what", f"i2x repair of {config.data.name} {config.model.name}, acting on {finding.statement}: each trial "
+        study.set_user_attr("what", f"i2x repair of {config.data.name} {config.model.name}, acting on {rctx.finding.statement}: each trial "
                                     "applies one i2x strategy and reports the accuracy and the worst i2x group on the explanation's "
                                     "held-out set (validation images with the finding moved; both maximised); no group label is read")
         seed_trials(study, rctx)
