@@ -52,8 +52,9 @@ WITHOUT_FINDING = "val_accuracy_without_finding"  # a trial's user attr (validat
 @dataclass(frozen=True)
 class Finding:
     """A verified finding to act on: prototype ``k`` drives class index ``cls``; for a rigid
-    copy (``copy``: its explanation row), ``k`` is :data:`COPY_ID`, the id its cells get in
-    the assignment (:func:`i2x.runs.repair.with_copy`)."""
+    copy (``copy``: its explanation row, or a prototype check's own copy from
+    :func:`i2x.runs.repair.on_its_copy`, which names its ``prototype``), ``k`` is
+    :data:`COPY_ID`, the id its cells get in the assignment (:func:`i2x.runs.repair.with_copy`)."""
 
     prototype: int
     cls: int
