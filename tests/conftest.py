@@ -84,18 +84,7 @@ def planted_run(tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("planted")
     config = load_config("smoke", {"work_dir": str(work), **PLANTED})
     data = load_data(config.data, config.seed, config.plant)
-    # Trained with 2 torch threads whatever the worker runs (what `-n 0` gives on 2 cores). The
-    # mark's cells split over two prototypes, the mark's own and a halo around it, and which of
-    # them the training history credits moves with the training's float order: trained with one
-    # thread, on this machine on 2026-12-01, the report named only the halo (42% of its cells on
-    # or beside the mark), with two the mark's own prototype too. A known fragility of the
-    # explanation, pinned here so the fixture is the one the planted-mark tests were written on.
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        result = train(config, data, work / "ckpts", progress=False)
-    finally:
-        torch.set_num_threads(before)
+    result = train(config, data, work / "ckpts", progress=False)
     return config, data, result
 
 

@@ -12,7 +12,7 @@ import torch
 from i2x.explanation.document import TIMESTAMP_FIELDS, dumps, explain, validate
 from i2x.platform.config_io import apply_overrides
 from i2x.platform.errors import I2XError
-from i2x.reporting.claims import named_prototypes, shortcut_checks, statements
+from i2x.reporting.claims import named_prototypes, prototype_names, shortcut_checks, statements
 from i2x.training.checkpoints import list_checkpoints, model_from_checkpoint, read_checkpoint
 from i2x.training.synthetic import make_synthetic
 
@@ -136,6 +136,16 @@ def test_the_planted_mark_is_named_verified_and_located(planted_run, planted):
     said = statements(doc)
     assert any(s.startswith(f"P{k} sits in the top-left") for s in said["locations"]), said["locations"]
     assert any("relies on" in s and f"P{k}" in s and "bar+mark" in s for s in said["classes"]), said["classes"]
+    # prototypes in exactly the same images are one column of the fits: they occur together,
+    # every class labels all of them or none, and the report names each group it states
+    present = analysis.protos.presence
+    for group in doc["aliases"]:
+        assert all(np.array_equal(present[:, group[0]], present[:, j]) for j in group)
+        for cls in doc["class_structure"]:
+            ids = {r["prototype"] for r in cls["shared"]}
+            assert ids.isdisjoint(group) or ids >= set(group), (group, ids)
+        if k in group:
+            assert any(s.startswith(f"{prototype_names(group)} occur in exactly the same images") for s in said["classes"])
 
 
 @pytest.fixture(scope="module")

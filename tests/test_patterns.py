@@ -5,12 +5,14 @@ from sklearn.linear_model import Ridge
 from i2x.explanation.patterns import (
     NOISE,
     PermutedFits,
+    alias_groups,
     default_min_cluster_size,
     fit_group_betas,
     fit_ridge,
     heldout_summary,
     kfold_ss,
     learning_groups,
+    prototype_aliases,
     r2_from,
     ridge,
 )
@@ -129,3 +131,36 @@ def test_the_null_replicates_fit_from_sums_what_a_refit_of_the_permuted_rows_giv
             assert np.array_equal(a.members, b.members)
             np.testing.assert_allclose(a.beta, b.beta, rtol=1e-9, atol=1e-12)
             np.testing.assert_allclose(a.intercept, b.intercept, rtol=1e-9, atol=1e-12)
+
+
+def test_prototypes_in_exactly_the_same_images_are_fitted_as_one_and_share_the_credit():
+    """Known truth: dY follows the sum of prototypes 1 and 2, which occur in exactly the same
+    images (a mark's cell and the halo beside it); prototype 3 occurs in the same images but
+    one, prototype 0 is independent. Fitted apart, the credit of the pair is split by the
+    noise in their columns; fitted as aliases, both get the beta of their sum, which is the
+    fit of one summed column, and everything else is the plain fit."""
+    rng = np.random.default_rng(0)
+    t, n = 2, 300
+    present = rng.random(n) < 0.4
+    presence = np.column_stack([rng.random(n) < 0.5, present, present, present & (np.arange(n) != np.flatnonzero(present)[0])])
+    dp = rng.normal(size=(t, n, 4)) * presence[None]
+    dy = (dp[..., 1] + dp[..., 2])[..., None] + 0.1 * rng.normal(size=(t, n, 1))
+    alias = prototype_aliases(presence)
+    assert alias.tolist() == [0, 1, 1, 2] and alias_groups(alias) == [[1, 2]]
+    groups = np.zeros((t, n), dtype=int)
+    fits = fit_group_betas(dp, dy, groups, 1.0, 0, 0, alias=alias, score=False)
+    one = fit_group_betas(np.stack([dp[..., 0], dp[..., 1] + dp[..., 2], dp[..., 3]], axis=2), dy, groups, 1.0, 0, 0, score=False)
+    for f, g in zip(fits, one, strict=True):
+        assert f.beta[1, 0] == f.beta[2, 0] and f.beta[1, 0] > 0.9
+        np.testing.assert_allclose(f.beta[[0, 1, 3]], g.beta, rtol=1e-12)
+    # no aliases (or the identity): the fits are the plain ones, to the bit
+    plain = fit_group_betas(dp, dy, groups, 1.0, 0, 0, score=False)
+    same = fit_group_betas(dp, dy, groups, 1.0, 0, 0, score=False, alias=np.arange(4))
+    assert all(np.array_equal(a.beta, b.beta) for a, b in zip(plain, same, strict=True))
+    assert prototype_aliases(np.zeros((5, 3), dtype=bool)).tolist() == [0, 1, 2]  # absent prototypes are not aliases
+    # the null's replicates fit the same columns
+    perm = np.random.default_rng(1).permutation(n)
+    fast = PermutedFits(dp, dy, groups, 1.0, alias=alias).fits(perm)
+    slow = fit_group_betas(dp[:, perm], dy, groups, 1.0, 0, 0, alias=alias, score=False)
+    for a, b in zip(fast, slow, strict=True):
+        np.testing.assert_allclose(a.beta, b.beta, rtol=1e-9, atol=1e-12)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from i2x.explanation.labels import background_prototypes, oscillation, uncertainty_scores
-from i2x.explanation.nulls import benjamini_hochberg
+from i2x.explanation.nulls import _adjusted, benjamini_hochberg
 from i2x.explanation.patterns import GroupFit, fit_group_betas
 from i2x.explanation.structure import build_structure, pair_progression
 from i2x.platform.config import ExplainConfig
@@ -118,6 +118,17 @@ def test_benjamini_hochberg_by_hand():
     p = np.array([0.01, 0.04, 0.03, 0.5])
     # sorted 0.01, 0.03, 0.04, 0.5 -> 0.04, 0.06, 0.0533, 0.5 -> monotone from the right
     np.testing.assert_allclose(benjamini_hochberg(p), [0.04, 0.05333333, 0.05333333, 0.5])
+
+
+def test_aliased_prototypes_are_one_hypothesis_of_the_correction():
+    """Prototypes 1 and 2 share a column of the fits, so their labels for a class are one test:
+    by hand, BH over the three distinct hypotheses (0.01, 0.03, 0.04) gives 0.03, 0.04, 0.04,
+    where counting the pair twice would give 0.04, 0.04, 0.04, 0.04 (n = 4); a label of the pair
+    for another class stays its own test."""
+    cands = [("shared", 0, 0, 0.0), ("shared", 0, 1, 0.0), ("shared", 0, 2, 0.0), ("shared", 0, 3, 0.0), ("uncertain", -1, 1, 0.0)]
+    p = np.array([0.01, 0.03, 0.03, 0.04, 0.2])
+    np.testing.assert_allclose(_adjusted(p, cands, np.array([0, 1, 1, 2])), [0.03, 0.04, 0.04, 0.04, 0.2])
+    np.testing.assert_allclose(_adjusted(p, cands), [0.04, 0.04, 0.04, 0.04, 0.2])
 
 
 def _planted_history(linked: bool, seed: int = 0):

@@ -25,7 +25,13 @@ from i2x.explanation.faithfulness import (
     road_scores,
 )
 from i2x.explanation.intensity import Intensities, compute_intensities
-from i2x.explanation.patterns import GroupFit, fit_group_betas, heldout_summary, learning_groups
+from i2x.explanation.patterns import (
+    GroupFit,
+    fit_group_betas,
+    heldout_summary,
+    learning_groups,
+    prototype_aliases,
+)
 from i2x.explanation.prototypes import (
     Prototypes,
     blank_cells,
@@ -197,8 +203,9 @@ def analyse(
     tick = time.perf_counter()
     y = labels.numpy()
     doing("regression of confidence changes on prototype changes, per group")
+    alias = prototype_aliases(intens.presence)
     fits = fit_group_betas(intens.dp, intens.dy, groups, cfg.ridge_lambda, cfg.min_group_for_r2, seed, labels=y,
-                           regression=cfg.regression, folds=cfg.r2_folds)
+                           regression=cfg.regression, folds=cfg.r2_folds, alias=alias)
     timings["regression"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -209,7 +216,7 @@ def analyse(
     rigid = rigidity(images, protos.assignment, y, protos.coverage.argmax(1))
     doing("class structure and the training-history permutation null")
     structure = build_structure(fits, groups, intens.presence, protos.coverage, y, preds, cfg, dp=intens.dp, dy=intens.dy,
-                                seed=seed if cfg.null_seed < 0 else cfg.null_seed, content=content)
+                                seed=seed if cfg.null_seed < 0 else cfg.null_seed, content=content, alias=alias)
     timings["structure"] = time.perf_counter() - tick
 
     deletion: list[DeletionResult] | None = None

@@ -232,6 +232,7 @@ def build_document(
         "uncertain": [{**score_row(s), **checks("uncertain", -1, s.prototype, s.pair)} for s in cands.uncertain],
         "background": sorted(background),
         "background_reasons": {str(k): why for k, why in sorted(structure.background_reasons.items())},
+        "aliases": structure.aliases,
         "regression": regression,
         "null": null_doc,
         "faithfulness": faith,

@@ -93,6 +93,7 @@ def permutation_null(
     real: Labels,
     cfg: ExplainConfig,
     seed: int,
+    alias: np.ndarray | None = None,
 ) -> NullTest:
     """Test every label against dP permuted within each class (OURS, METHOD step 7).
 
@@ -104,11 +105,12 @@ def permutation_null(
     Args:
         dp: ``(T-1, N, K)``; dy: ``(T-1, N, M)``; groups: ``(T-1, N)``.
         real: the labels of the real fits.
+        alias: the real fits' prototype columns (:func:`i2x.explanation.patterns.prototype_aliases`).
     """
     rng = np.random.default_rng(seed + 7)
     members_of = [np.flatnonzero(labels == c) for c in np.unique(labels)]
     cands = _candidates(real)
-    fitter = PermutedFits(dp, dy, groups, cfg.ridge_lambda, cfg.regression)
+    fitter = PermutedFits(dp, dy, groups, cfg.ridge_lambda, cfg.regression, alias)
 
     @threadpool_limits.wrap(limits=1, user_api="blas")  # 128x128 solves: a second BLAS thread spins, doubling CPU for the same wall time
     def replicates(count: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -129,7 +131,7 @@ def permutation_null(
     # Adaptive (OURS): while a label's verdict would change within the Monte Carlo error of its
     # p-value, double the replicates (same stream: the first ones are unchanged), up to the cap.
     statistic = np.array([c[3] for c in cands])
-    while 0 < len(null_stats) < cfg.null_max_permutations and _unresolved(null_stats, statistic, cands, cfg.null_alpha):
+    while 0 < len(null_stats) < cfg.null_max_permutations and _unresolved(null_stats, statistic, cands, cfg.null_alpha, alias):
         more, tally = replicates(min(len(null_stats), cfg.null_max_permutations - len(null_stats)))
         null_stats = np.concatenate([null_stats, more])
         null_counts = {role: np.concatenate([null_counts[role], tally[role]]) for role in ROLES}
@@ -142,7 +144,7 @@ def permutation_null(
                         "null_std": float(nc.std(ddof=1)) if len(nc) > 1 else 0.0,
                         "p": float((1 + (nc >= real_counts[role]).sum()) / (1 + len(nc)))}
     p = _p_values(null_stats, statistic)
-    adjusted = _adjusted(p, cands)
+    adjusted = _adjusted(p, cands, alias)
     tests = [LabelTest(role, cls, k, s, float(null_stats[:, i].mean()) if n else 0.0, float(p[i]), float(adjusted[i]),
                        bool(adjusted[i] < cfg.null_alpha))
              for i, (role, cls, k, s) in enumerate(cands)]
@@ -154,21 +156,28 @@ def _p_values(null_stats: np.ndarray, statistic: np.ndarray) -> np.ndarray:
     return (1 + (null_stats >= statistic[None, :]).sum(0)) / (1 + len(null_stats))
 
 
-def _adjusted(p: np.ndarray, cands: list[tuple[str, int, int, float]]) -> np.ndarray:
-    """Benjamini-Hochberg within each role."""
+def _adjusted(p: np.ndarray, cands: list[tuple[str, int, int, float]], alias: np.ndarray | None = None) -> np.ndarray:
+    """Benjamini-Hochberg within each role. Aliased prototypes (one column of the fits, so the
+    same statistic in every replicate) are one hypothesis: one test, whose verdict each takes."""
     adjusted = np.ones(len(cands))
     for role in ROLES:
-        idx = np.array([i for i, c in enumerate(cands) if c[0] == role], dtype=int)
-        adjusted[idx] = benjamini_hochberg(p[idx])
+        tests: dict[tuple[int, int], list[int]] = {}
+        for i, (r, cls, k, _) in enumerate(cands):
+            if r == role:
+                tests.setdefault((cls, k if alias is None else int(alias[k])), []).append(i)
+        first = np.array([ids[0] for ids in tests.values()], dtype=int)
+        for value, ids in zip(benjamini_hochberg(p[first]), tests.values(), strict=True):
+            adjusted[ids] = value
     return adjusted
 
 
-def _unresolved(null_stats: np.ndarray, statistic: np.ndarray, cands: list[tuple[str, int, int, float]], alpha: float) -> bool:
+def _unresolved(null_stats: np.ndarray, statistic: np.ndarray, cands: list[tuple[str, int, int, float]], alpha: float,
+                alias: np.ndarray | None = None) -> bool:
     """Would any label's verdict change if its p-value moved by 3 Monte Carlo standard
     errors (``sqrt(p (1 - p) / n)``, with p at least ``1 / n``)?"""
     n = len(null_stats)
     p = _p_values(null_stats, statistic)
     se = np.sqrt(np.maximum(p, 1 / n) * (1 - p) / n)
-    low = _adjusted(np.clip(p - 3 * se, 1 / (n + 1), 1), cands) < alpha
-    high = _adjusted(np.clip(p + 3 * se, 0, 1), cands) < alpha
+    low = _adjusted(np.clip(p - 3 * se, 1 / (n + 1), 1), cands, alias) < alpha
+    high = _adjusted(np.clip(p + 3 * se, 0, 1), cands, alias) < alpha
     return bool((low != high).any())

@@ -134,6 +134,41 @@ def r2_from(parts: list[tuple[float, float]]) -> float | None:
     return 1 - sum(r for r, _ in parts) / tot if tot > 0 else None
 
 
+def prototype_aliases(presence: np.ndarray) -> np.ndarray:
+    """``(K,)``: each prototype's column in the regression (OURS). Prototypes that occur in
+    exactly the same images (and in some) share one column, the sum of their dP: the fit has
+    the same rows for both and can only split the credit between them by float noise (a planted
+    mark's own cells and the halo beside them, both in every marked image, were credited one
+    way or the other depending on the training's thread count), so they are fitted as one and
+    each gets the shared beta. Every other prototype keeps a column of its own; without
+    aliases this is ``arange(K)`` and the fits are unchanged."""
+    columns: dict[object, int] = {}
+    out = np.empty(presence.shape[1], dtype=np.int64)
+    for k in range(presence.shape[1]):
+        key = presence[:, k].tobytes() if presence[:, k].any() else ("absent", k)
+        out[k] = columns.setdefault(key, len(columns))
+    return out
+
+
+def alias_groups(alias: np.ndarray | None) -> list[list[int]]:
+    """The prototypes that share a column, two or more to a group, in id order."""
+    if alias is None:
+        return []
+    groups = [np.flatnonzero(alias == a).tolist() for a in np.unique(alias)]
+    return sorted(g for g in groups if len(g) > 1)
+
+
+def _merged(dp: np.ndarray, alias: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """dP with aliased prototypes summed into their shared column, and the map back (None
+    when every prototype has its own column)."""
+    if alias is None or np.array_equal(alias, np.arange(dp.shape[2])):
+        return dp, None
+    out = np.zeros(dp.shape[:2] + (int(alias.max()) + 1,), dtype=dp.dtype)
+    for k, a in enumerate(alias):
+        out[..., a] += dp[..., k]
+    return out, alias
+
+
 def fit_group_betas(
     dp: np.ndarray,
     dy: np.ndarray,
@@ -145,6 +180,7 @@ def fit_group_betas(
     regression: str = "centred",
     folds: int = 5,
     score: bool = True,
+    alias: np.ndarray | None = None,
 ) -> list[GroupFit]:
     """Fit ``beta^t_g`` for every interval t and group g (noise included as g = -1).
 
@@ -156,8 +192,11 @@ def fit_group_betas(
             for comparison; its held-out R^2 was negative on every data set tried).
         folds: k of the k-fold held-out R^2.
         score: compute held-out scores (the permutation null skips them).
+        alias: :func:`prototype_aliases`; aliased prototypes are fitted as one column and
+            each gets its beta (None: one column each).
     """
     check_regression(regression)
+    dp, back = _merged(dp, alias)
     rng = np.random.default_rng(seed)
     m = dy.shape[2]
     onehot = None if labels is None else np.eye(m)[labels]
@@ -177,7 +216,7 @@ def fit_group_betas(
                     ss["class"] = kfold_ss(cls, c, lam, "centred", fold)
                     ss["prototypes+class"] = kfold_ss(np.hstack([pi, cls]), c, lam, regression, fold)
             r2 = r2_from([ss["prototypes"]]) if "prototypes" in ss else None
-            fits.append(GroupFit(t, int(g), members, beta, b0, r2, ss))
+            fits.append(GroupFit(t, int(g), members, beta if back is None else beta[back], b0, r2, ss))
     return fits
 
 
@@ -193,8 +232,10 @@ class PermutedFits:
     rounding (tests/test_structure.py).
     """
 
-    def __init__(self, dp: np.ndarray, dy: np.ndarray, groups: np.ndarray, lam: float, regression: str = "centred") -> None:
+    def __init__(self, dp: np.ndarray, dy: np.ndarray, groups: np.ndarray, lam: float, regression: str = "centred",
+                 alias: np.ndarray | None = None) -> None:
         check_regression(regression)
+        dp, self.back = _merged(dp, alias)
         self.dp, self.dy = dp.astype(np.float64), dy.astype(np.float64)
         self.lam, self.regression = lam, regression
         self.gram = np.einsum("tnk,tnl->tkl", self.dp, self.dp)
@@ -245,7 +286,7 @@ class PermutedFits:
                         x0, c0 = sx / m, cm.mean(0)
                         beta = np.linalg.solve(xtx - m * np.outer(x0, x0) + self.lam * np.eye(k), xty - m * np.outer(x0, c0))
                         b0 = c0 - x0 @ beta
-                    out[r].append(GroupFit(t, g, members, beta, b0, None, {}))
+                    out[r].append(GroupFit(t, g, members, beta if self.back is None else beta[self.back], b0, None, {}))
         return out
 
 

@@ -16,7 +16,7 @@ from i2x.explanation.labels import (
     derive_labels,
 )
 from i2x.explanation.nulls import NullTest, permutation_null
-from i2x.explanation.patterns import GroupFit
+from i2x.explanation.patterns import GroupFit, alias_groups
 from i2x.platform.config import ExplainConfig
 
 
@@ -64,6 +64,7 @@ class Structure:
     distinct_vs_separation: float | None = None
     distinct_vs_separation_p: float | None = None
     background_reasons: dict[int, str] = field(default_factory=dict)
+    aliases: list[list[int]] = field(default_factory=list)
 
     @property
     def interval_beta(self) -> np.ndarray:
@@ -126,6 +127,7 @@ def build_structure(
     dy: np.ndarray | None = None,
     seed: int = 0,
     content: dict[int, str] | None = None,
+    alias: np.ndarray | None = None,
 ) -> Structure:
     """Derive the structured explanation from the group fits.
 
@@ -137,6 +139,8 @@ def build_structure(
             ``cfg.null_permutations`` > 0; without them every candidate label is kept.
         content: background by content (:func:`i2x.explanation.prototypes.content_background`),
             added to the coverage rule's.
+        alias: the fits' prototype columns (:func:`i2x.explanation.patterns.prototype_aliases`),
+            which the null's replicates use too.
     """
     k, m = coverage.shape
     reasons = dict.fromkeys(background_prototypes(coverage, cfg.background_coverage, cfg.background_class_share), "in most classes")
@@ -146,7 +150,7 @@ def build_structure(
     null = None
     shared, specialised, uncertain = lab.shared, lab.specialised, lab.uncertain
     if cfg.null_permutations > 0 and dp is not None and dy is not None:
-        null = permutation_null(dp, dy, groups, presence, coverage, labels, background, lab, cfg, seed)
+        null = permutation_null(dp, dy, groups, presence, coverage, labels, background, lab, cfg, seed, alias)
         kept = {(t.role, t.cls, t.prototype) for t in null.tests if t.kept}
         shared = {c: [p for p in ks if ("shared", c, p) in kept] for c, ks in lab.shared.items()}
         specialised = {c: [s for s in ss if ("specialised", c, s.prototype) in kept] for c, ss in lab.specialised.items()}
@@ -158,7 +162,8 @@ def build_structure(
         rest = np.delete(coverage, c, axis=1).max(1) if m > 1 else np.zeros(k)
         distinct[c] = int(((coverage[:, c] >= cfg.distinct_coverage) & (coverage[:, c] >= cfg.distinct_ratio * rest)).sum())
     corr, corr_p = _distinct_vs_separation(progression, distinct, preds.shape[0], cfg.null_permutations, seed)
-    return Structure(lab, shared, specialised, progression, uncertain, distinct, background, null, corr, corr_p, reasons)
+    return Structure(lab, shared, specialised, progression, uncertain, distinct, background, null, corr, corr_p, reasons,
+                     alias_groups(alias))
 
 
 def _distinct_vs_separation(progression: list[PairProgression], distinct: dict[int, int], t: int, permutations: int,

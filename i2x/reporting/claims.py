@@ -280,6 +280,11 @@ def statements(doc: dict[str, Any]) -> dict[str, list[str]]:
         out["classes"].append(f"Not verified: {listed}: labelled by the training history for those classes, but occluding "
                               f"{'it' if len(failed) == 1 else 'them'} there does not hurt the model more than matched random cells "
                               f"(or too few images contain {'it' if len(failed) == 1 else 'them'}); not findings (figure: faithfulness.png).")
+    stated = {r["prototype"] for r in named["findings"] + named["model_only"] + named["not_verified"]}
+    for group in doc.get("aliases") or []:
+        if stated & set(group):
+            out["classes"].append(f"{prototype_names(group)} occur in exactly the same images, so the training history cannot tell "
+                                  f"them apart: they are fitted as one and share their labels; the causal check tests each on its own.")
     background = doc.get("background", [])
     if background:
         reasons = doc.get("background_reasons") or {}
