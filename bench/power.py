@@ -298,8 +298,8 @@ def write_curve(path: Path, curve: Path, fresh: bool = False) -> None:
     dataset = (planted or clean)[0]["dataset"]
     ns = sorted({r["n"] for r in planted + clean})
     n = 2000 if 2000 in ns else ns[0]
-    stated_as = ("stated (a shortcut check or a finding for its class, placed in its corner)" if COUNTS_FINDINGS[dataset]
-                 else "stated (a shortcut check for its class in its corner)")
+    stated_as = ("stated (a shortcut check, a verified rigid copy or a finding for its class, placed in its corner)" if COUNTS_FINDINGS[dataset]
+                 else "stated (a shortcut check or a verified rigid copy for its class in its corner)")
     curves = json.loads(curve.read_text()) if curve.is_file() else {}
     old = curves.get(dataset, {})
     same = old.get("setting") == CUT_IN_WORDS[dataset] and old.get("n") == n and not fresh
@@ -323,22 +323,23 @@ def _figure(planted: list[dict], out: Path) -> None:
     import matplotlib.ticker
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.8))
+    every = sorted({r["rho"] for r in planted})
+    at = {rho: i for i, rho in enumerate(every)}  # evenly spaced: 80%, 90%, 95% and 100% crowd on any continuous scale
     for n in sorted({r["n"] for r in planted}):
         rhos = sorted({r["rho"] for r in planted if r["n"] == n})
         hits = [[_in_corner(r) for r in planted if r["n"] == n and r["rho"] == rho] for rho in rhos]
         power = np.array([np.mean(h) for h in hits])
         band = np.array([share_interval(sum(h), len(h)) for h in hits])  # exact 95%: what a handful of seeds can claim
-        ax.errorbar(rhos, power, yerr=[power - band[:, 0], band[:, 1] - power], marker="o", capsize=3,
+        ax.errorbar([at[rho] for rho in rhos], power, yerr=[power - band[:, 0], band[:, 1] - power], marker="o", capsize=3,
                     label=f"N = {n} ({', '.join(str(len(h)) for h in hits)} runs; exact 95% interval)")
     ax.axhline(0.8, color="grey", lw=0.8, ls="--")
-    ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{100 * v:g}%"))
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set_xticks(sorted({r["rho"] for r in planted}))
-    ax.set_xlabel("share of the class's training images with the mark (rho)")
+    ax.set_xticks(range(len(every)), [f"{100 * rho:g}%" for rho in every])
+    ax.set_xlim(-0.5, len(every) - 0.5)
+    ax.set_xlabel("share of the class's training images with the mark (rho; not to scale)")
     ax.set_ylabel("power: stated in the mark's corner")
-    ax.set_ylim(-0.05, 1.05)
-    ax.legend(frameon=False)
+    ax.set_ylim(-0.05, 1.3)
+    ax.set_yticks(np.linspace(0, 1, 6))
+    ax.legend(frameon=False, loc="upper left", fontsize=8)
     ax.set_title(f"{planted[0]['dataset']}: power by planted share" if planted else "")
     measured = [r for r in planted if "flip" in r]
     jitter = np.random.default_rng(0).uniform(-0.04, 0.04, len(measured))
