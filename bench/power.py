@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from i2x.explanation.document import explain  # noqa: E402
 from i2x.platform.config_io import apply_overrides, load_config  # noqa: E402
+from i2x.repair.heldout import worst_group  # noqa: E402
 from i2x.reporting.claims import copy_checks, named_prototypes, shortcut_checks  # noqa: E402
 from i2x.reporting.power import share_interval  # noqa: E402
 from i2x.training.checkpoints import (  # noqa: E402
@@ -52,7 +53,6 @@ from i2x.training.checkpoints import (  # noqa: E402
 )
 from i2x.training.data import load_data  # noqa: E402
 from i2x.training.loop import predictions, resolve_device, run_folder, train  # noqa: E402
-from i2x.tuning.heldout import worst_group  # noqa: E402
 
 # What each data set's sweep cuts, so that it fits a 2-core CPU (stated in the README with the curve).
 # The permutation null is off: the claim under test, the shortcut check, rests on the causal

@@ -29,26 +29,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from i2x.explanation.document import explain  # noqa: E402
 from i2x.platform.config_io import load_config  # noqa: E402
-from i2x.runs.repair import acting_on, lead_finding  # noqa: E402
+from i2x.repair.baselines import JTT_LAMBDAS, READS_GROUP_LABELS  # noqa: E402
+from i2x.repair.choice import (  # noqa: E402
+    best_per_strategy,
+    choose_jtt,
+    chosen_strategy,
+    make_objective,
+    seed_trials,
+)
+from i2x.repair.context import RepairContext  # noqa: E402
+from i2x.repair.evaluation import RANDOM_TARGET, evaluate, random_target  # noqa: E402
+from i2x.repair.finding import Finding, acting_on, lead_finding  # noqa: E402
+from i2x.repair.strategies import I2X_STRATEGIES  # noqa: E402
+from i2x.reporting.claims import copy_checks, shortcut_checks  # noqa: E402
 from i2x.training.checkpoints import list_checkpoints, model_from_checkpoint, read_checkpoint  # noqa: E402
 from i2x.training.data import load_data  # noqa: E402
 from i2x.training.groups import groups_of  # noqa: E402
 from i2x.training.loop import resolve_device, run_folder, train  # noqa: E402
 from i2x.training.models import build_model  # noqa: E402
-from i2x.tuning.guided import (  # noqa: E402
-    I2X_STRATEGIES,
-    RANDOM_TARGET,
-    USES_TRUE_GROUPS,
-    Finding,
-    RepairContext,
-    best_per_strategy,
-    choose_jtt,
-    chosen_strategy,
-    evaluate,
-    make_objective,
-    random_target,
-    seed_trials,
-)
 from i2x.tuning.study import assign_images  # noqa: E402
 
 SETTINGS = {
@@ -87,10 +85,10 @@ def prepare(dataset: str, seed: int, rho: float, target: int, lr: float, work: P
     def plain(x: torch.Tensor) -> torch.Tensor:
         return assign_images(model, layer, x, analysis.protos, 1000, device)
 
-    finding = lead_finding(doc, list(data.classes))
+    finding = lead_finding(shortcut_checks(doc), copy_checks(doc), list(data.classes))
     assignment, assign = plain(data.train_x), plain
     if finding is not None:  # as tune acts: on the check's rigid copy
-        finding, assignment, assign = acting_on(finding, data, assignment, plain, config.faithfulness.copy_tolerance)
+        finding, assignment, assign = acting_on(finding, data.train_x, data.train_y, assignment, plain, config.faithfulness.copy_tolerance)
     early = next(p for p, c in zip(payloads, result.checkpoints, strict=True) if c.epoch >= 1.0)
     ctx = RepairContext(config=config, data=data, build=build, state=final["model"], early_state=early["model"],
                         assignment=assignment, finding=finding or Finding(-1, 0, "", "none"), device=device,
@@ -110,7 +108,8 @@ def one_seed(dataset: str, seed: int, rho: float, target: int, trials: int, lr: 
     ctx, finding, doc, t_explain = prepare(dataset, seed, rho, target, lr, work, extra)
     data = ctx.data
     t0 = time.perf_counter()
-    chosen = {"erm": {"params": {}}, "jtt": {"params": choose_jtt(ctx)}, "dfr": {"params": {"C": 1.0}}, "oracle": {"params": {}}}
+    chosen = {"erm": {"params": {}}, "jtt": {"params": choose_jtt(ctx, JTT_LAMBDAS)}, "dfr": {"params": {}}, "dfr-classes": {"params": {}},
+              "oracle": {"params": {}}}
     if finding is not None:
         study = optuna.create_study(directions=["maximize", "maximize"], sampler=optuna.samplers.TPESampler(seed=seed))
         seed_trials(study, ctx)
@@ -132,7 +131,7 @@ def one_seed(dataset: str, seed: int, rho: float, target: int, trials: int, lr: 
     for name, runs in results.items():
         r = runs[0]
         rows.append({"dataset": dataset, "seed": seed, "rho": rho, "strategy": "final (before)" if name == "before" else name,
-                     "true_groups": name in USES_TRUE_GROUPS, "seconds": r["seconds"], "accuracy": r["accuracy"],
+                     "true_groups": name in READS_GROUP_LABELS, "fit": r.get("fit"), "seconds": r["seconds"], "accuracy": r["accuracy"],
                      "worst_group": r["worst_group"], "gap": r["gap"], "groups": r["groups"],
                      "params": chosen.get(name, {}).get("params", {}), "declined": bool(chosen.get(name, {}).get("declined")),
                      "heldout": chosen.get(name, {}).get("values"), "chosen": pick, "acted": finding is not None or not name.startswith("i2x-"),
@@ -148,12 +147,13 @@ def one_seed(dataset: str, seed: int, rho: float, target: int, trials: int, lr: 
 
 def table(path: Path) -> None:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    order = ["final (before)", "erm", "jtt", "dfr", "oracle", "i2x-augment", "i2x-groups", "i2x-dfr", "i2x (chosen)", RANDOM_TARGET]
+    order = ["final (before)", "erm", "jtt", "dfr", "dfr-classes", "oracle", "i2x-augment", "i2x-groups", "i2x-dfr", "i2x (chosen)",
+             RANDOM_TARGET]
     seeds = sorted({r["seed"] for r in rows})
     print(f"{rows[0]['dataset']}, rho {rows[0]['rho']}, seeds {seeds}; findings: {sorted({(r['seed'], r.get('finding')) for r in rows})}")
-    print("| strategy | uses true groups | worst-group acc | average acc | gap aligned-conflicting | vs ERM (worst, paired) | "
-          "vs JTT (worst, paired) | vs DFR (worst, paired) | s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| strategy | reads group labels | worst-group acc | average acc | gap aligned-conflicting | vs ERM (worst, paired) | "
+          "vs JTT (worst, paired) | vs DFR (worst, paired) | vs DFR by class (worst, paired) | s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     by = {(r["strategy"], r["seed"]): r for r in rows}
 
     def paired(a: str, b: str, key: str = "worst_group") -> str:
@@ -173,7 +173,26 @@ def table(path: Path) -> None:
         print(f"| {name} | {'yes' if sel[0]['true_groups'] else 'no'} | {100 * w.mean():.1f} +- {100 * w.std(ddof=1) if len(w) > 1 else 0:.1f} | "
               f"{100 * a.mean():.2f} +- {100 * a.std(ddof=1) if len(a) > 1 else 0:.2f} | {100 * np.nanmean(g):+.1f} | "
               f"{paired(name, 'erm') if name != 'erm' else '-'} | {paired(name, 'jtt') if name != 'jtt' else '-'} | "
-              f"{paired(name, 'dfr') if name != 'dfr' else '-'} | {np.mean([r['seconds'] for r in sel]):.0f} |")
+              f"{paired(name, 'dfr') if name != 'dfr' else '-'} | {paired(name, 'dfr-classes') if name != 'dfr-classes' else '-'} | "
+              f"{np.mean([r['seconds'] for r in sel]):.0f} |")
+    from i2x.repair.summary import trained_on
+
+    print("\nWhat each row trained on (seed " + str(seeds[0]) + "):")
+    for name in order:
+        sel = [r for r in rows if r["strategy"] == name and r["seed"] == seeds[0]]
+        if sel and name not in ("final (before)", "i2x (chosen)"):
+            print(f"- {name}: {trained_on(name, [sel[0].get('fit')])}")
+    picks = []
+    for s_ in seeds:
+        ok = {n: by[(n, s_)]["worst_group"] for n in I2X_STRATEGIES if (n, s_) in by and not by[(n, s_)]["declined"] and by[(n, s_)]["acted"]}
+        chosen = by.get(("i2x (chosen)", s_), {}).get("chosen")
+        if ok and chosen:
+            best = max(ok, key=ok.get)
+            picks.append((s_, chosen, best, 100 * (ok[best] - ok[chosen])))
+    if picks:
+        agree = sum(1 for _, c, b, r in picks if c == b or r < 2.0)
+        print(f"\nThe choice against the test split's ranking of the i2x strategies tune kept: {agree} of {len(picks)} seeds chose the "
+              "test's best or one within 2 points (" + "; ".join(f"seed {s_}: chose {c}, test's best {b}, regret {r:.1f}" for s_, c, b, r in picks) + ")")
     if any(r["strategy"] == RANDOM_TARGET for r in rows):
         print(f"\ni2x (chosen) vs {RANDOM_TARGET} (its settings at random cells), worst group, paired: {paired('i2x (chosen)', RANDOM_TARGET)}; "
               f"average accuracy: {paired('i2x (chosen)', RANDOM_TARGET, 'accuracy')}")

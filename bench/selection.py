@@ -1,15 +1,17 @@
-"""Does tune's held-out set choose the repair the test split would? (issue 22)
+"""Does tune's choice of a repair agree with the test split's ranking? (issue 42)
 
-Tune picks an i2x strategy by the worst i2x group on its held-out set (:mod:`i2x.tuning.heldout`):
-validation images with the finding's cells pasted into other classes' images and taken out of
-its class's images. This bench trains and explains the planted data per seed (as
-``bench/repair.py`` does), fine-tunes the final model once by each of a fixed set of strategy
-variants, and scores every model on the held-out set built each way of taking the cue out
-(``mean``, ``swap-out``, ``blur``; i2x-dfr is refit on each) and on the test split by the true
-groups. Then, per choosing rule, what it picks (with tune's do-no-harm rule: the held-out and
-as-is validation accuracies within 1 point of the final model's, the held-out worst group
-above it) and that pick's test worst group, over seeds; beside it, the fixed rules (always the
-same variant) and the test's own best (the ceiling).
+Tune picks an i2x strategy by the worst i2x group on a set it builds from the validation split
+with the finding's cells (no group label): today the judging set of :mod:`i2x.repair.heldout`
+(every validation image as it is and edited: every (class, finding) group holds all the class's
+images), the finding's cells and one cell around them pasted. Until this release it was half of
+the validation split, each image edited or not by a coin (the other half went to i2x-dfr's
+refit), the finding's cells alone: groups of about 30 images.
+
+Per training seed (the planted cut of ``bench/repair.py``), this bench fine-tunes the final model
+once by each of a fixed set of i2x variants, scores every model on both judging sets and on the
+test split by the true groups, and asks per rule what it picks (with tune's do-no-harm rule) and
+how far that pick's test worst group is below the test's own best (its regret); beside it, the
+rank correlation between the judging worst group and the test's over the variants.
 
     python bench/selection.py --seeds 5
     python bench/selection.py --table bench/out/selection.jsonl
@@ -23,31 +25,35 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.power import mark_cell_ids  # noqa: E402
 from bench.repair import add_planted_args, prepare  # noqa: E402
-from i2x.tuning.guided import does_no_harm, run_strategy, score, validation_scores  # noqa: E402
-from i2x.tuning.heldout import TAKE_OUT, heldout  # noqa: E402
-from i2x.tuning.repair import retrain_last_layer  # noqa: E402
+from i2x.repair.choice import does_no_harm, validation_scores  # noqa: E402
+from i2x.repair.evaluation import score  # noqa: E402
+from i2x.repair.heldout import HeldOut, _edit, judging_set  # noqa: E402
+from i2x.repair.strategies import run_strategy  # noqa: E402
 
-VARIANTS = [("i2x-augment", {"how": "swap", "share": 0.5}), ("i2x-augment", {"how": "mask", "share": 0.5}),
-            ("i2x-augment", {"how": "blur", "share": 0.5}), ("i2x-groups", {"power": 1.0}), ("i2x-groups", {"power": 0.5}),
-            ("i2x-dfr", {"C": 1.0})]
+VARIANTS = [("i2x-augment", {"how": "swap", "share": 0.5}), ("i2x-augment", {"how": "swap", "share": 0.9}),
+            ("i2x-augment", {"how": "mask", "share": 0.5}), ("i2x-augment", {"how": "blur", "share": 0.5}),
+            ("i2x-groups", {"power": 1.0}), ("i2x-groups", {"power": 0.5}), ("i2x-dfr", {})]
 MAX_LOSS = 0.01
+CLOSE = 0.02  # a pick within 2 points of the test's best counts as agreeing
 
 
-def judge(model, ctx, helds) -> dict[str, list[float]]:
-    """Per way of taking the cue out: tune's ``validation_scores`` on that held-out set."""
-    return {t: list(validation_scores(ctx, model, h)) for t, h in helds.items()}
-
-
-def mark_share(ctx, prototype: int) -> float:
-    """Share of the marked training images' mark cells assigned to ``prototype``: near 1 when
-    the finding is the mark, not when it is a broad prototype that merely occurs in those images."""
-    ids = mark_cell_ids(ctx.data.train_marks.numpy(), np.asarray(ctx.assignment), ctx.data.train_x.shape[-1])
-    return float((ids == prototype).mean()) if len(ids) else 0.0
+def coin_half(data, cells, cls: int, seed: int, donors) -> HeldOut:
+    """The judging set before this release: the scoring half of the validation split, each image
+    of another class pasted by a coin (``tune.heldout_take_out=none``), once each."""
+    gen = torch.Generator().manual_seed(seed * 104_729 + 17)
+    val = data.val_idx
+    y = data.train_y[val]
+    paste = (y != cls) & (torch.rand(len(y), generator=gen) < 0.5)
+    x, now = _edit(data, cells, cls, val, paste, torch.zeros_like(paste), "none", gen, donors)
+    part = (torch.rand(len(y), generator=gen) >= 0.5).numpy()  # the other half was i2x-dfr's
+    present = cells[val].flatten(1).any(1).numpy()
+    return HeldOut(x=x[part], original=data.train_x[val][part], y=y[part], groups=(2 * y + now.long()).numpy()[part],
+                   carried=present[part], edited=paste.numpy()[part], source=val.numpy()[part])
 
 
 def one(dataset: str, seed: int, rho: float, target: int, lr: float, work: Path, extra: str = "") -> list[dict]:
@@ -55,81 +61,58 @@ def one(dataset: str, seed: int, rho: float, target: int, lr: float, work: Path,
     if finding is None:
         print(f"seed {seed}: no shortcut check; nothing to choose", flush=True)
         return []
-    on_mark = mark_share(ctx, finding.prototype)
-    helds = {t: heldout(ctx.data, ctx.cells, finding.cls, ctx.config.seed, t) for t in TAKE_OUT}
+    donors, seed_ = ctx.donor_positions(), ctx.config.seed
+    rules = {"coin half, the finding's cells (before)": coin_half(ctx.data, ctx.core, finding.cls, seed_, donors),
+             "every image twice, the finding's cells": judging_set(ctx.data, ctx.core, finding.cls, seed_, donors=donors),
+             "every image twice, one cell of margin (now)": judging_set(ctx.data, ctx.cells, finding.cls, seed_, donors=donors)}
+    sizes = {r: int(np.median([n for n in np.bincount(h.groups) if n >= 5])) for r, h in rules.items()}
     rows = []
 
-    def add(variant: str, model, refit_on: str | None = None) -> None:
+    def add(variant: str, model) -> None:
         test = score(model, ctx, ctx.test_groups)
-        rows.append({"seed": seed, "finding": finding.prototype, "finding_on_mark": on_mark, "variant": variant, "refit_on": refit_on,
-                     "heldout": judge(model, ctx, helds), "test_worst": test["worst_group"], "test_accuracy": test["accuracy"]})
+        rows.append({"seed": seed, "variant": variant, "judged": {r: list(validation_scores(ctx, model, h)) for r, h in rules.items()},
+                     "test_worst": test["worst_group"], "test_accuracy": test["accuracy"], "sizes": sizes})
         r = rows[-1]
-        print(f"seed {seed} {variant + (f' (refit on {refit_on})' if refit_on else ''):<52} held-out worst "
-              + " / ".join(f"{t} {100 * r['heldout'][t][1]:5.1f}" for t in TAKE_OUT)
+        print(f"seed {seed} {variant:<44} " + " / ".join(f"{k} {100 * v[1]:5.1f}" for k, v in r["judged"].items())
               + f"; test worst {100 * r['test_worst']:5.1f}, accuracy {100 * r['test_accuracy']:.2f}", flush=True)
 
     add("before", ctx.fresh_model())
     for name, params in VARIANTS:
-        variant = f"{name} {json.dumps(params)}"
-        if name != "i2x-dfr":
-            add(variant, run_strategy(ctx, name, params, ctx.config.seed))
-            continue
-        for t, h in helds.items():  # i2x-dfr refits on the fit half of the held-out set it is judged by
-            model = retrain_last_layer(ctx.fresh_model(), h.x[h.fit], h.y[h.fit], h.groups[h.fit], ctx.config.seed, ctx.device,
-                                       c=float(params["C"]))
-            add(variant, model, t)
+        add(f"{name} {json.dumps(params)}", run_strategy(ctx, name, params, ctx.config.seed))
     return rows
 
 
-def candidates(rows: list[dict], refit_on: str) -> list[dict]:
-    """The i2x variants of one seed as tune would see them when its held-out set takes the cue
-    out by ``refit_on`` (i2x-dfr refit on that set)."""
-    return [r for r in rows if r["variant"].startswith("i2x-") and r["refit_on"] in (None, refit_on)]
-
-
-def pick(rows: list[dict], key, base: dict[str, list[float]], judged_by: list[str]) -> dict | None:
-    """Tune's rule: do no harm on every way in ``judged_by``, then the best ``key``."""
-    ok = [r for r in rows if all(does_no_harm(r["heldout"][t], base[t], MAX_LOSS) for t in judged_by)]
-    return max(ok, key=key) if ok else None
+def _spearman(a: list[float], b: list[float]) -> float:
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def table(rows: list[dict]) -> None:
     seeds = sorted({r["seed"] for r in rows})
-    by_seed = {s: [r for r in rows if r["seed"] == s] for s in seeds}
-    rules = {}
-    for t in TAKE_OUT:
-        rules[f"held-out, cue taken out by {t}"] = lambda rs, b, t=t: pick(candidates(rs, t), lambda r: r["heldout"][t][1], b, [t])
-    for judge in TAKE_OUT:  # cross-fit: i2x-dfr refit on one way, every variant judged by another
-        for refit in TAKE_OUT:
-            if refit != judge:
-                rules[f"held-out by {judge}, i2x-dfr refit on {refit}"] = lambda rs, b, j=judge, f=refit: pick(
-                    candidates(rs, f), lambda r: r["heldout"][j][1], b, [j])
-    rules["held-out, worst over the three ways (i2x-dfr refit on mean)"] = lambda rs, b: pick(
-        candidates(rs, "mean"), lambda r: min(r["heldout"][t][1] for t in TAKE_OUT), b, list(TAKE_OUT))
-    fixed = sorted({r["variant"] for r in rows if r["variant"].startswith("i2x-") and r["refit_on"] in (None, "mean")})
-    for v in fixed:
-        rules[f"always {v}"] = lambda rs, b, v=v: next(r for r in rs if r["variant"] == v and r["refit_on"] in (None, "mean"))
-    rules["the test's best (ceiling, reads the test)"] = lambda rs, b: max(candidates(rs, "mean"), key=lambda r: r["test_worst"])
-    before = {s: next(r for r in rs if r["variant"] == "before") for s, rs in by_seed.items()}
-    print(f"\n| rule | test worst group of the pick, seed {' / '.join(map(str, seeds))} | mean | picks |\n|---|---|---|---|")
-    was = [before[s]["test_worst"] for s in seeds]
-    print(f"| before (no repair) | {' / '.join(f'{100 * v:.1f}' for v in was)} | {100 * np.mean(was):.1f} | - |")
-    for name, rule in rules.items():
-        got = {s: rule(rs, before[s]["heldout"]) for s, rs in by_seed.items()}
-        vals = [(got[s] or before[s])["test_worst"] for s in seeds]
-        picks = "; ".join(f"{s}: {g['variant'] + (' ' + g['refit_on'] if g['refit_on'] else '') if g else 'declined'}" for s, g in got.items())
-        print(f"| {name} | {' / '.join(f'{100 * v:.1f}' for v in vals)} | {100 * np.mean(vals):.1f} | {picks} |")
-    def where(r: dict) -> str:
-        share = r.get("finding_on_mark", r.get("finding_on_mark_centre"))  # files before 2026-11-30 hold the centre cell's share
-        return f"P{r['finding']}" + ("" if share is None else f" {100 * share:.0f}%")
-
-    print("\nfinding per seed (its share of the marked images' mark cells): "
-          + "; ".join(f"{s}: {where(rs[0])}" for s, rs in by_seed.items()))
+    rules = list(rows[0]["judged"])
+    print(f"\n{len(seeds)} seeds ({', '.join(map(str, seeds))}); median images per scored group, per rule: "
+          + ", ".join(f"{r} {rows[0]['sizes'][r]}" for r in rules))
+    print("\n| rule | picks the test's best or within 2 points | regret (test worst group, points), per seed | mean regret | "
+          "rank correlation with the test (median) |\n|---|---|---|---|---|")
+    for rule in rules:
+        agree, regrets, rhos = 0, [], []
+        for s in seeds:
+            rs = [r for r in rows if r["seed"] == s]
+            base = next(r for r in rs if r["variant"] == "before")["judged"][rule]
+            cands = [r for r in rs if r["variant"] != "before"]
+            ok = [r for r in cands if does_no_harm(r["judged"][rule], base, MAX_LOSS)]
+            best = max(r["test_worst"] for r in cands)
+            pick = max(ok, key=lambda r: (r["judged"][rule][1], r["judged"][rule][0])) if ok else next(r for r in rs if r["variant"] == "before")
+            regrets.append(100 * (best - pick["test_worst"]))
+            agree += best - pick["test_worst"] < CLOSE
+            rhos.append(_spearman([r["judged"][rule][1] for r in cands], [r["test_worst"] for r in cands]))
+        print(f"| {rule} | {agree} of {len(seeds)} | {' / '.join(f'{v:.1f}' for v in regrets)} | {np.mean(regrets):.1f} | "
+              f"{np.median(rhos):+.2f} |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_planted_args(ap, seeds=5, work="bench/out/selection-work")
+    add_planted_args(ap, seeds=5, work="bench/out/power-work")
     ap.add_argument("--out", default="bench/out/selection.jsonl")
     ap.add_argument("--table", default="", help="print the table of a finished run's JSON lines and stop")
     args = ap.parse_args()
@@ -141,7 +124,7 @@ def main() -> None:
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         if any(r["seed"] == seed for r in rows):
             continue
-        rows += one(args.dataset, seed, args.rho, args.target, args.lr, Path(args.work) / f"seed-{seed}", args.set)
+        rows += one(args.dataset, seed, args.rho, args.target, args.lr, Path(args.work), args.set)  # the same models as bench/repair.py
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     table(rows)

@@ -195,8 +195,8 @@ def test_the_report_states_a_verified_copy_with_its_control_and_leaves_unverifie
 
 
 def test_tune_acts_on_a_copy_through_the_cells_it_covers_in_the_images_that_hold_it():
-    from i2x.runs.repair import lead_finding, with_copy
-    from i2x.tuning.guided import COPY_ID
+    from i2x.repair.finding import COPY_ID, lead_finding, with_copy
+    from i2x.reporting.claims import copy_checks, shortcut_checks
 
     images, labels, white, _ = planted()
     found = [f for f in find_copies(MarkReader(), images, labels, GRID, FaithfulnessConfig(copy_recipients=200), seed=0,
@@ -205,7 +205,7 @@ def test_tune_acts_on_a_copy_through_the_cells_it_covers_in_the_images_that_hold
     row = {"class": "1", "where": f.where, "push": f.push, "verified": True, "pixels": f.pixels, "share": f.share, "box": list(f.box),
            "mask": f.mask.astype(int).tolist(), "reference": f.reference.tolist()}
     doc = {"config": {"explain": {}}, "prototypes": [], "faithfulness": {"deletion": [], "transplant": [], "copies": [row]}}
-    finding = lead_finding(doc, ["0", "1", "2", "3"])
+    finding = lead_finding(shortcut_checks(doc), copy_checks(doc), ["0", "1", "2", "3"])
     assert finding.prototype == COPY_ID and finding.cls == 1 and finding.copy is row and "bottom-right" in finding.statement
     ids = with_copy(lambda x: torch.zeros(len(x), *GRID, dtype=torch.int16), finding, GRID, 0.05)(images)
     cells = (ids == COPY_ID).numpy()

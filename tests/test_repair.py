@@ -10,30 +10,26 @@ import numpy as np
 import pytest
 import torch
 
-from i2x.reporting.claims import shortcut_checks
-from i2x.runs.repair import acting_on
-from i2x.training.batches import to_float
-from i2x.training.checkpoints import read_checkpoint
-from i2x.training.models import build_model
-from i2x.training.pixels import cell_mask
-from i2x.tuning.guided import (
-    BASELINES,
-    COPY_ID,
-    I2X_STRATEGIES,
+from i2x.repair.baselines import BASELINES, available, true_heldout
+from i2x.repair.choice import WITHOUT_FINDING, make_objective, pick
+from i2x.repair.context import RepairContext
+from i2x.repair.edits import counterfactual, i2x_groups
+from i2x.repair.evaluation import (
     RANDOM_TARGET,
-    WITHOUT_FINDING,
-    Finding,
-    RepairContext,
     evaluate,
-    make_objective,
-    pick,
     random_context,
     random_target,
     scoring_groups,
 )
-from i2x.tuning.heldout import TAKE_OUT, heldout
-from i2x.tuning.repair import counterfactual, i2x_groups
-from i2x.tuning.repair_summary import summarize_repair
+from i2x.repair.finding import COPY_ID, Finding, acting_on
+from i2x.repair.heldout import TAKE_OUT, judging_set, refit_set
+from i2x.repair.strategies import I2X_STRATEGIES
+from i2x.repair.summary import repair_markdown, summarize_repair
+from i2x.reporting.claims import shortcut_checks
+from i2x.training.batches import to_float
+from i2x.training.checkpoints import read_checkpoint
+from i2x.training.models import build_model
+from i2x.training.pixels import cell_mask
 from i2x.tuning.study import assign_images
 
 
@@ -59,8 +55,9 @@ def repair(mnist_shortcut):
 
     check = shortcut_checks(doc)[0]
     lead = Finding(check["prototype"], data.classes.index(check["class"]), check["class"], "lead")
-    finding, assignment, assign = acting_on(lead, data, plain(data.train_x), plain, config.faithfulness.copy_tolerance)
-    small = config_from_dict({**config.to_dict(), "tune": {**config.to_dict()["tune"], "seeds": 2, "epoch_samples": 1500, "n_trials": 3}})
+    finding, assignment, assign = acting_on(lead, data.train_x, data.train_y, plain(data.train_x), plain, config.faithfulness.copy_tolerance)
+    small = config_from_dict({**config.to_dict(), "tune": {**config.to_dict()["tune"], "seeds": 2, "epoch_samples": 1500, "n_trials": 3,
+                                                           "dfr_draws": 10, "refit_images": 3000}})
     truth = (2 * data.train_y + (data.train_marks[:, 0] >= 0).long()).numpy()
     ctx = RepairContext(config=small, data=data, build=build, state=final["model"], early_state=early["model"],
                         assignment=assignment, finding=finding, device=torch.device("cpu"),
@@ -138,52 +135,118 @@ def test_counterfactual_edits_touch_only_the_findings_cells(repair, how):
     assert not (changed & ~allowed).any(), int((changed & ~allowed).sum())
 
 
-def test_the_held_out_set_has_every_group_from_the_explanation_alone(repair):
+def test_the_judging_set_holds_every_validation_image_as_it_is_and_edited(repair):
+    """Every validation image once as it is; every image of another class once more with the
+    finding pasted, so each (class, finding) group holds all the class's images; from the
+    explanation alone."""
     ctx, _ = repair
-    h = heldout(ctx.data, ctx.cells, ctx.finding.cls, 0)
-    names = np.unique(h.groups)
-    assert len(names) == 2 * len(ctx.data.classes), names  # every class with and without the finding
-    assert (h.x == h.original).flatten(1).all(1).float().mean() < 0.7  # about half were edited
-    # the images the do-no-harm rule leaves out (they carried the finding before the edit) are
-    # the planted ones: the validation images that hold the mark
-    marked = (ctx.data.train_marks[ctx.data.val_idx][:, 0] >= 0).numpy()
-    assert (h.carried == marked).mean() >= 0.9, (h.carried == marked).mean()
+    data, cls = ctx.data, ctx.finding.cls
+    h = judging_set(data, ctx.cells, cls, 0)
+    val_y = data.train_y[data.val_idx]
+    assert len(h) == len(val_y) + int((val_y != cls).sum())
+    assert (h.x[~h.edited] == data.train_x[data.val_idx]).all()
+    for c in range(len(data.classes)):
+        if c != cls:  # every image of class c, pasted: its "with the finding" group is the whole class
+            assert ((h.groups == 2 * c + 1) & h.edited).sum() == (val_y == c).sum()
+    assert set(range(2 * len(data.classes))) - set(np.unique(h.groups).tolist()) <= {2 * cls}  # every 7 is marked: "7 without" may be empty
+    # the images the do-no-harm rule leaves out (they carried the finding) are the planted ones
+    marked = (data.train_marks[data.val_idx][:, 0] >= 0).numpy()
+    assert (h.carried[~h.edited] == marked).mean() >= 0.9
 
 
-def _mark_left(h, marks: np.ndarray, taken: np.ndarray) -> float:
-    """Median share of the planted mark's brightness left in the ``taken`` images."""
+def _mark_left(h, marks: np.ndarray, rows: np.ndarray) -> float:
+    """Median share of the planted mark's brightness left in the given rows of ``h``."""
     left = [h.x[i, :, r0:r1, c0:c1].float().mean() / h.original[i, :, r0:r1, c0:c1].float().mean()
-            for i in np.flatnonzero(taken) for r0, c0, r1, c1 in [marks[i, :4]]]
+            for i in rows for r0, c0, r1, c1 in [marks[i, :4]]]
     return float(np.median(left))
 
 
-def test_each_way_of_taking_the_cue_out_edits_only_its_cells_on_the_same_split(repair):
+def test_each_way_of_taking_the_cue_out_edits_only_its_cells(repair):
     """Planted truth: the finding is the mark. Every way edits the class's images only inside
-    the finding's cells and pastes the same donors into the same other images; all share one
-    fit/scoring split (i2x-dfr refits on one way's fit half and is judged on another's scoring
-    half, which must be other images). ``swap-out`` takes the mark out (a real 7's corner),
-    ``mean`` leaves a grey patch, ``blur`` at the image corner leaves most of the mark, and
-    ``none`` leaves the class's images as they were."""
+    the finding's cells and pastes the same donors into the same other images. ``swap-out``
+    takes the mark out (a real 7's corner), ``mean`` leaves a grey patch, ``blur`` at the image
+    corner leaves most of the mark, and ``none`` leaves the class's images as they were."""
     ctx, _ = repair
     data, cls = ctx.data, ctx.finding.cls
-    val = data.val_idx
-    marks = data.train_marks[val].numpy()
-    own = (data.train_y[val] == cls).numpy()
-    allowed = cell_mask(ctx.cells[val], tuple(data.train_x.shape[-2:])).bool().any(1)
-    helds = {t: heldout(data, ctx.cells, cls, 3, t) for t in TAKE_OUT}
-    first = helds["mean"]
+    sets = {t: judging_set(data, ctx.cells, cls, 3, t) for t in TAKE_OUT}
+    none = sets["none"]
     left = {}
-    for t, h in helds.items():
-        assert (h.fit == first.fit).all(), t
+    for t, h in sets.items():
+        own = (h.y == cls).numpy()
+        marks = data.train_marks[h.source].numpy()
+        allowed = cell_mask(ctx.cells[h.source], tuple(data.train_x.shape[-2:])).bool().any(1)
         changed = (h.x != h.original).any(1)
         assert not (changed[own] & ~allowed[own]).any(), t
-        assert (h.x[~own] == first.x[~own]).all(), t  # the same pastes
-        taken = own & changed.flatten(1).any(1).numpy() & (marks[:, 0] >= 0)
-        assert (taken.sum() == 0) == (t == "none"), (t, taken.sum())
+        assert (h.x[~own] == none.x[(none.y != cls).numpy()]).all(), t  # the same pastes
+        taken = np.flatnonzero(own & h.edited & (marks[:, 0] >= 0))
+        assert (len(taken) == 0) == (t == "none"), (t, len(taken))
         if t != "none":
             left[t] = _mark_left(h, marks, taken)
     assert left["swap-out"] < 0.1 and left["blur"] > 0.5 and 0.1 < left["mean"] < 0.5, left
-    assert (helds["none"].groups[own] % 2 == 1).mean() > 0.9  # the class's images keep the cue (95% are marked)
+
+
+def test_i2x_dfr_refits_on_training_images_never_on_the_judging_set(repair):
+    """The refit set: a class-stratified ``tune.refit_images`` of the fit split (no validation
+    image), the finding pasted into about half of the other classes' images and taken out of
+    about half of its class's, so every i2x group occurs with hundreds of images."""
+    ctx, _ = repair
+    data, cls = ctx.data, ctx.finding.cls
+    h = refit_set(data, ctx.cells, cls, 0, "swap-out", 3000)
+    assert abs(len(h) - 3000) <= len(data.classes) and not np.isin(h.source, data.val_idx.numpy()).any()  # rounded per class
+    ids, counts = np.unique(h.groups, return_counts=True)
+    assert len(ids) == 2 * len(data.classes) and counts.min() >= 50, dict(zip(ids.tolist(), counts.tolist(), strict=True))
+    other = (h.y != cls).numpy()
+    assert 0.4 < h.edited[other].mean() < 0.6 and 0.4 < (h.groups[~other] % 2 == 0).mean() < 0.6
+
+
+def test_dfr_reads_the_validation_images_before_the_plant_with_the_mark_in_half_of_every_class(repair):
+    """DFR's held-out set (the truth): the validation images as they were before the plant,
+    the mark stamped into half of every class independently of class, so the 7s without the
+    mark really lack it (the plant had marked every 7)."""
+    ctx, _ = repair
+    data = ctx.data
+    t = true_heldout(ctx, 0)
+    y = data.train_y[data.val_idx].numpy()
+    assert len(t.y) == len(y) and "before the plant" in t.what
+    for c in range(len(data.classes)):
+        marked = t.groups[y == c] % 2
+        assert abs(marked.mean() - 0.5) < 0.05, (c, marked.mean())
+    corner = t.x[:, :, 24:28, 24:28].float().mean((1, 2, 3)).numpy()
+    assert (corner[t.groups % 2 == 1] == 255).all() and (corner[(t.groups % 2 == 0) & (y == 7)] < 128).all()
+    assert (data.train_x[data.val_idx][y == 7][:, :, 24:28, 24:28] == 255).all()  # the plant's 7s: every one marked
+
+
+def test_a_group_file_brings_the_dfr_rows_their_sizes_and_the_goal_line(repair, tmp_path):
+    """A user's ImageFolder with a group file (the truth for test images only, no plant): DFR
+    and DFR by class run on a seeded half of every test group, every row is scored on the other
+    half, the table states the sizes, and the goal line is filled; the oracle, which needs
+    training groups, is not run."""
+    from i2x.repair.baselines import dfr_test_half
+    from i2x.training.groups import read_group_file
+
+    ctx, _ = repair
+    data = ctx.data
+    marks = (data.test_marks[:, 0] >= 0).numpy()
+    path = tmp_path / "groups.csv"
+    path.write_text("id,group\n" + "".join(f"{i},{data.classes[int(y)]} {'marked' if m else 'plain'}\n"
+                                           for i, (m, y) in enumerate(zip(marks, data.test_y.tolist(), strict=True))))
+    config = replace(ctx.config, plant=replace(ctx.config.plant, kind="none", group_file=str(path)),
+                     tune=replace(ctx.config.tune, seeds=1))
+    fctx = replace(ctx, config=config, data=replace(data, val_clean=None, train_marks=None), test_groups=read_group_file(path, len(marks)),
+                   true_train=None, _cache={})
+    names = available(fctx)
+    assert {"erm", "jtt", "dfr", "dfr-classes"} <= set(names) and "oracle" not in names
+    chosen = {"erm": {"params": {}}, "jtt": {"params": {"lambda": 5.0}}, "dfr": {"params": {}}, "dfr-classes": {"params": {}},
+              "i2x-augment": {"params": {"how": "swap", "share": 0.5}, "values": [0.9, 0.9]}}
+    groups = scoring_groups(fctx)
+    half = dfr_test_half(fctx)
+    assert abs(half.mean() - 0.5) < 0.01 and not (groups.of_image[half] >= 0).any()  # DFR's half is never scored
+    summary = summarize_repair(evaluate(fctx, chosen, groups, {}), chosen, groups, fctx.finding, 0.95)
+    rows = summary["strategies"]
+    assert summary["scored_images"] == int((~half).sum()) and summary["goal"] is not None and summary["goal"]["strategy"] == "i2x-augment"
+    assert f"{int(half.sum()):,} test images with their groups" in rows["dfr"]["trained_on"]
+    assert rows["dfr"]["worst_mean"] > rows["before"]["worst_mean"] + 0.2, (rows["dfr"], rows["before"])  # the truth repairs it
+    assert "Goal (" in repair_markdown(summary)
 
 
 def test_the_repair_study_and_every_baseline_run_and_are_scored_by_the_true_groups(repair):
@@ -193,22 +256,34 @@ def test_the_repair_study_and_every_baseline_run_and_are_scored_by_the_true_grou
     study = optuna.create_study(directions=["maximize", "maximize"], sampler=optuna.samplers.TPESampler(seed=0))
     study.optimize(make_objective(ctx), n_trials=3)
     assert all(len(t.values) == 2 and 0 <= t.values[0] <= 1 for t in study.trials)
-    chosen = {t.params["strategy"]: {"params": {k: v for k, v in t.params.items() if k != "strategy"}} for t in study.trials}
-    chosen |= {"erm": {"params": {}}, "jtt": {"params": {"lambda": 5.0}}, "dfr": {"params": {"C": 1.0}}, "oracle": {"params": {}}}
-    chosen.setdefault("i2x-augment", {"params": {"how": "swap", "share": 0.5}})
+    chosen = {t.params["strategy"]: {"params": {k: v for k, v in t.params.items() if k != "strategy"}, "values": [0.5, 0.1]}
+              for t in study.trials}
+    chosen["i2x-augment"] = {"params": {"how": "swap", "share": 0.5}, "values": [0.9, 0.9]}  # the one tune hands the user
+    chosen |= {"erm": {"params": {}}, "jtt": {"params": {"lambda": 5.0}}, "dfr": {"params": {}}, "dfr-classes": {"params": {}},
+               "oracle": {"params": {}}}
     chosen[RANDOM_TARGET] = {"strategy": "i2x-augment", "params": chosen["i2x-augment"]["params"]}
     groups = scoring_groups(ctx)
     assert groups.source == "plant"
     results = evaluate(ctx, chosen, groups, {})
     assert set(BASELINES) <= set(results) and set(results) - {"before", RANDOM_TARGET, *BASELINES} <= set(I2X_STRATEGIES)
     summary = summarize_repair(results, chosen, groups, ctx.finding, 0.95)
-    before = summary["strategies"]["before"]
+    rows = summary["strategies"]
+    before = rows["before"]
     # planted truth: the final model follows the mark, so a conflicting group is far below average
     assert before["worst_mean"] < before["accuracy_mean"] - 0.2, before
-    assert summary["strategies"]["dfr"]["true_groups"] and not summary["strategies"]["erm"]["true_groups"]
+    assert rows["dfr"]["true_groups"] and not rows["dfr-classes"]["true_groups"] and not rows["erm"]["true_groups"]
+    # the last-layer refit with true groups repairs most of it (Kirichenko et al.'s recipe)
+    assert rows["dfr"]["worst_mean"] > before["worst_mean"] + 0.2, (rows["dfr"], before)
     assert all(len(results[n]) == 2 for n in results if n != "before")
-    assert {v["against"] for v in summary["verdicts"]} == {"erm", "jtt", RANDOM_TARGET}
+    assert {v["against"] for v in summary["verdicts"] if v["strategy"] == "i2x-augment"} == {"erm", "jtt", "dfr", "dfr-classes", RANDOM_TARGET}
     assert {v["strategy"] for v in summary["verdicts"] if v["against"] == RANDOM_TARGET} == {"i2x-augment"}  # matched to it alone
+    # the table states what each row read, with its size
+    n_val = len(ctx.data.val_idx)
+    assert f"the {n_val:,} validation images before the plant" in rows["dfr"]["trained_on"] and "10 balanced draws" in rows["dfr"]["trained_on"]
+    assert "balanced by class, no group label read" in rows["dfr-classes"]["trained_on"]
+    assert f"of {1500:,} fit images" in rows["erm"]["trained_on"]
+    text = repair_markdown(summary)
+    assert "| trained on |" in text and "Goal (the i2x strategy chosen without labels, i2x-augment" in text and "vs DFR" in text
 
 
 def test_the_random_target_control_moves_the_findings_cells_not_their_number(repair):
@@ -219,9 +294,9 @@ def test_the_random_target_control_moves_the_findings_cells_not_their_number(rep
     against that strategy only."""
     ctx, _ = repair
     rnd = random_context(ctx)
-    assert torch.equal(rnd.cells.flatten(1).sum(1), ctx.cells.flatten(1).sum(1))
-    marked = (ctx.data.train_marks[:, 0] >= 0) & ctx.cells.flatten(1).any(1)
-    on_mark = (rnd.cells[marked] & ctx.cells[marked]).sum() / rnd.cells[marked].sum()
+    assert torch.equal(rnd.core.flatten(1).sum(1), ctx.core.flatten(1).sum(1))
+    marked = (ctx.data.train_marks[:, 0] >= 0) & ctx.core.flatten(1).any(1)
+    on_mark = (rnd.core[marked] & ctx.core[marked]).sum() / rnd.core[marked].sum()
     assert on_mark < 0.3, float(on_mark)
     y = ctx.data.train_y.numpy()
     for c in np.unique(y):
@@ -231,7 +306,7 @@ def test_the_random_target_control_moves_the_findings_cells_not_their_number(rep
     zero = y == 0
     before = int((groups[zero] % 2).sum())
     groups[np.flatnonzero(zero & (groups % 2 == 0))[:50]] = 1
-    mixed = random_context(replace(ctx, _cache={"cells": ctx.cells, "groups": groups}))
+    mixed = random_context(replace(ctx, _cache={"core": ctx.core, "groups": groups}))
     assert (mixed.groups[zero] % 2).sum() == before + 50 and (mixed.groups[zero] != groups[zero]).any()
     chosen = {"i2x-augment": {"params": {"how": "swap", "share": 0.5}, "values": [0.9, 0.6]},
               "i2x-groups": {"params": {"power": 1.0}, "values": [0.95, 0.5]}, "i2x-dfr": {"params": {}, "declined": "no"}}

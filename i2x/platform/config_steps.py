@@ -198,19 +198,28 @@ class TuneConfig:
 
     Attributes:
         act_on: ``findings`` (OURS, default): repair what the report verified (its lead
-            shortcut check) with the strategies of :mod:`i2x.tuning.guided`, against ERM,
-            JTT, DFR and the oracle; with no finding, tune says so and stops.
+            shortcut check) with the strategies of :mod:`i2x.repair`, against ERM, JTT, DFR
+            (Kirichenko et al.'s recipe), DFR by class and the oracle; with no finding, tune
+            says so and stops.
             ``candidates``: the paper's study of the uncertain prototypes (below).
         repair_strategies: the i2x strategies the repair study searches.
         repair_lr: the learning rate every repair strategy and baseline fine-tunes with.
         max_accuracy_loss: a repair trial is chosen only within this much of the final
             model's accuracy on the i2x held-out set and on the validation images without the
-            finding (the best worst group among those; :func:`i2x.tuning.guided.pick`).
-        heldout_take_out: how the i2x held-out set that judges every repair trial takes the
-            finding out of its class's images (:mod:`i2x.tuning.heldout`): ``none`` (OURS,
+            finding (the best worst group among those; :func:`i2x.repair.choice.pick`).
+        heldout_take_out: how the judging set that scores every repair trial takes the
+            finding out of its class's images (:mod:`i2x.repair.heldout`): ``none`` (OURS,
             default: the cue is only pasted into the other classes' images), ``swap-out``,
-            ``blur`` or ``mean``. refit_take_out: the same for the set that i2x-dfr refits its
-            last layer on (``swap-out``): not the set it is judged on (bench/selection.py).
+            ``blur`` or ``mean``. refit_take_out: the same for the training images i2x-dfr
+            refits its last layer on (``swap-out``).
+        cue_margin: grid cells around the finding's own cells that every strategy and the
+            judging set edit with them (OURS; 0: the cells alone). A finding's cells are its
+            core; a cue that spans a cell border leaves the rest of itself beside them.
+        refit_images: training images in i2x-dfr's refit set (a seeded, class-stratified
+            subset of the fit split; 0: all of it). DFR on training data reads them with the
+            features frozen (Kirichenko et al.'s DFR_Tr).
+        dfr_draws: group-balanced fits whose coefficients every DFR variant averages
+            (Kirichenko et al.: 20; :mod:`i2x.repair.lastlayer`).
         n_trials: total trials of the study (COMPLETE + PRUNED), over all workers.
         storage: Optuna storage URL; empty means ``sqlite:///mlruns/optuna.db``. A
             PostgreSQL URL or ``journal:<path>`` (several processes on one host) work too.
@@ -255,6 +264,9 @@ class TuneConfig:
     max_accuracy_loss: float = 0.01
     heldout_take_out: Literal["none", "swap-out", "blur", "mean"] = "none"
     refit_take_out: Literal["none", "swap-out", "blur", "mean"] = "swap-out"
+    cue_margin: int = 1
+    refit_images: int = 10_000
+    dfr_draws: int = 20
     n_trials: int = 8
     storage: str = ""
     study_name: str = ""

@@ -240,7 +240,7 @@ def repair_report(summary: dict[str, Any], out: Path, figs: dict[str, Any]) -> P
     """``index.html`` of a tune run that acted on a finding: the group table before and after
     each strategy first, then what was changed in the training images, the verdicts, and the
     study. With no finding: the one line that says so."""
-    from i2x.tuning.repair_summary import verdict_lines
+    from i2x.repair.summary import verdict_lines
 
     out.mkdir(parents=True, exist_ok=True)
     if summary.get("finding") is None:

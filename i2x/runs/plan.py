@@ -26,14 +26,14 @@ import torch
 from i2x.explanation.faithfulness import BASELINES
 from i2x.explanation.saliency import grad_cam
 from i2x.platform.config import Config
+from i2x.repair.baselines import BASELINES as BASELINE_STRATEGIES
+from i2x.repair.baselines import JTT_LAMBDAS
 from i2x.training.batches import to_float
 from i2x.training.checkpoints import checkpoint_steps, steps_per_epoch
 from i2x.training.data import DataBundle
 from i2x.training.loop import make_optimizer, train_step
 from i2x.training.models import build_model
 from i2x.tuning.comparison import STRATEGIES
-from i2x.tuning.guided import BASELINES as BASELINE_STRATEGIES
-from i2x.tuning.guided import JTT_LAMBDAS
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ def estimate(config: Config, data: DataBundle, device: torch.device, repeats: in
         final += 2 * tune.seeds * 2 * (spe * step_s - per_epoch)
     tune_s = trials + final + tune.seeds * len(STRATEGIES) * len(data.test_y) * forward_s
     note = ""
-    if tune.act_on == "findings":  # one epoch per trial and per strategy and seed; see i2x.tuning.guided
+    if tune.act_on == "findings":  # one epoch per trial and per strategy and seed; see i2x.repair
         runs = tune.n_trials + len(JTT_LAMBDAS) + (len(BASELINE_STRATEGIES) + len(tune.repair_strategies)) * tune.seeds
         tune_s = runs * per_epoch + (tune.n_trials * n_val + len(data.train_y) + runs * len(data.test_y)) * forward_s
         note = "if the explanation states a finding to act on; seconds if it states none"

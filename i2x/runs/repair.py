@@ -28,88 +28,6 @@ def study_key(doc: dict[str, Any], config: Config) -> str:
     return hashlib.sha256((json.dumps(stable, sort_keys=True) + json.dumps(config.to_dict()["tune"], sort_keys=True)).encode()).hexdigest()[:12]
 
 
-def lead_finding(doc: dict[str, Any], classes: list[str]) -> Any:
-    """The report's lead shortcut check as a :class:`~i2x.tuning.guided.Finding`, or None: a
-    prototype's check first, else the strongest verified rigid copy."""
-    from i2x.reporting.claims import copy_checks, shortcut_checks
-    from i2x.tuning.guided import COPY_ID, Finding
-
-    checks = shortcut_checks(doc)
-    if checks:
-        r = checks[0]
-        statement = (f"P{r['prototype']} drives class {r['class']} from the {r['where']['region']} of the image "
-                     "(the report's lead shortcut check)")
-        return Finding(int(r["prototype"]), classes.index(r["class"]), r["class"], statement)
-    copies = copy_checks(doc)
-    if not copies:
-        return None
-    c = copies[0]
-    statement = (f"a rigid copy in the {c['where']} of the image drives class {c['class']} (the report's lead shortcut check: "
-                 f"{c['pixels']} pixels in {100 * c['share']:.0f}% of its images)")
-    return Finding(COPY_ID, classes.index(c["class"]), c["class"], statement, copy=c)
-
-
-def with_copy(assign: Callable[[Any], Any], finding: Any, grid: tuple[int, int], tolerance: float) -> Callable[[Any], Any]:
-    """``assign`` (images -> prototype ids per cell), with the cells a rigid copy covers set to
-    :data:`~i2x.tuning.guided.COPY_ID` in the images that hold it, so that every repair
-    strategy acts on the copy's cells as it would on a prototype's; ``assign`` itself when the
-    finding is a prototype's."""
-    if finding.copy is None:
-        return assign
-
-    def wrapped(x):  # noqa: ANN001, ANN202
-        import torch
-
-        from i2x.explanation.copies import copy_cells
-
-        ids = assign(x)
-        return torch.where(copy_cells(x, finding.copy, grid, tolerance), torch.as_tensor(finding.prototype, dtype=ids.dtype), ids)
-
-    return wrapped
-
-
-def on_its_copy(finding: Any, images: Any, assignment: Any, labels: Any) -> Any:
-    """A prototype's finding as the rigid copy its shortcut check is a claim about (the check
-    requires one): the pixels of its best core cell, found by those pixels in any image
-    (:func:`~i2x.explanation.rigid.rigid_copy`), so that the repair's cells and the i2x groups
-    do not hang on which of a mark's prototypes the model assigns a cell to (a planted mark
-    splits into the mark's cell and the cells beside it that see it; which id the mark's cell
-    of a marked 0 gets moved with float noise between machines). The finding itself when it is
-    already a copy, or when no cell of the prototype holds one.
-
-    Args:
-        images: ``(N, C, H, W)`` uint8 training images; assignment: ``(N, h, w)`` their
-            prototype ids (the final model's); labels: ``(N,)``.
-    """
-    from dataclasses import replace
-
-    import numpy as np
-
-    from i2x.explanation.rigid import rigid_copy
-    from i2x.tuning.guided import COPY_ID
-
-    if finding.copy is not None:
-        return finding
-    row = rigid_copy(images, np.asarray(assignment), np.asarray(labels), finding.prototype, finding.cls)
-    if row is None:
-        return finding
-    y0, x0, y1, x1 = row["box"]
-    statement = (f"{finding.statement}; the repair acts on its rigid copy, the {row['pixels']} pixels it holds at rows "
-                 f"{y0}-{y1 - 1}, columns {x0}-{x1 - 1} wherever they appear")
-    return replace(finding, prototype=COPY_ID, statement=statement, copy=row)
-
-
-def acting_on(finding: Any, data: Any, assignment: Any, plain: Callable[[Any], Any], tolerance: float) -> tuple[Any, Any, Any]:
-    """What a repair acts on: (the finding, :func:`on_its_copy`; the training images'
-    assignment with its cells marked; ``plain`` (images -> prototype ids) wrapped the same way)."""
-    finding = on_its_copy(finding, data.train_x, assignment, data.train_y)
-    grid = tuple(assignment.shape[-2:])
-    assign = with_copy(plain, finding, grid, tolerance)
-    if finding.copy is None:
-        return finding, assignment, assign
-    return finding, with_copy(lambda _x: assignment, finding, grid, tolerance)(data.train_x), assign
-
-
 def _early_state(train_run_id: str, checkpoints: list[str], scratch: Path) -> dict[str, Any]:
     """JTT's early model: the first checkpoint at or after epoch 1 (else the first)."""
     from i2x.training.checkpoints import read_checkpoint
@@ -124,10 +42,11 @@ def _early_state(train_run_id: str, checkpoints: list[str], scratch: Path) -> di
 
 
 def repair_context(tune_ctx: Any, finding: Any, early_state: dict[str, Any]) -> Any:
-    """A :class:`~i2x.tuning.guided.RepairContext` from the candidate study's context; the
+    """A :class:`~i2x.repair.context.RepairContext` from the candidate study's context; the
     truth (a plant's marks, a group file) goes only where marked."""
+    from i2x.repair.context import RepairContext
+    from i2x.repair.finding import acting_on
     from i2x.training.groups import groups_of
-    from i2x.tuning.guided import RepairContext
     from i2x.tuning.study import assign_images
 
     data, config = tune_ctx.data, tune_ctx.config
@@ -140,7 +59,8 @@ def repair_context(tune_ctx: Any, finding: Any, early_state: dict[str, Any]) -> 
         model = tune_ctx.fresh_model()
         return assign_images(model, tune_ctx.target_layer, x, tune_ctx.protos, config.explain.batch_size, tune_ctx.device)
 
-    finding, assignment, assign = acting_on(finding, data, tune_ctx.assignment, plain, config.faithfulness.copy_tolerance)
+    finding, assignment, assign = acting_on(finding, data.train_x, data.train_y, tune_ctx.assignment, plain,
+                                            config.faithfulness.copy_tolerance)
     return RepairContext(config=config, data=data, build=tune_ctx.build, state=tune_ctx.state, early_state=early_state,
                          assignment=assignment, finding=finding, device=tune_ctx.device, test_groups=test_groups,
                          true_train=true_train, assign=assign)
@@ -152,7 +72,7 @@ def track_trials(parent_run_id: str) -> Callable[..., Any]:
     @contextlib.contextmanager
     def track(trial, strategy):  # noqa: ANN001, ANN202
         def outcome() -> dict[str, Any]:
-            from i2x.tuning.guided import WITHOUT_FINDING
+            from i2x.repair.choice import WITHOUT_FINDING
 
             return {k: trial.user_attrs.get(k) for k in ("heldout_accuracy", "heldout_worst_i2x_group", WITHOUT_FINDING)}
 
@@ -165,10 +85,12 @@ def track_trials(parent_run_id: str) -> Callable[..., Any]:
 def repair_run(args: argparse.Namespace, inputs: tuple, build_ctx: Callable[[], Any], scratch: Path) -> str:
     """Open the tune run; with no finding, say so and finish; else the repair study, the
     evaluation of every strategy and baseline, the summary, figures and report."""
+    from i2x.repair.finding import lead_finding
+    from i2x.reporting.claims import copy_checks, shortcut_checks
     from i2x.tuning.study import resolve_storage
 
     doc, final, checkpoints, config, train_run_id = inputs
-    finding = lead_finding(doc, list(final["data"]["classes"]))
+    finding = lead_finding(shortcut_checks(doc), copy_checks(doc), list(final["data"]["classes"]))
     key = study_key(doc, config)
     name = args.study or config.tune.study_name or f"i2x-{config.data.name}-{key}"
     url = resolve_storage(args.storage or config.tune.storage)
@@ -181,8 +103,8 @@ def repair_run(args: argparse.Namespace, inputs: tuple, build_ctx: Callable[[], 
         tracking.log_params(config.flat())
         if finding is None:
             return _nothing(parent.info.run_id, local, config)
+        from i2x.repair.choice import REPAIR_METRICS, make_objective, seed_trials
         from i2x.tuning.comparison import study_record
-        from i2x.tuning.guided import REPAIR_METRICS, make_objective, seed_trials
         from i2x.tuning.study import open_study, run_study
 
         rctx = repair_context(build_ctx(), finding, _early_state(train_run_id, checkpoints, scratch))
@@ -221,24 +143,19 @@ def _nothing(run_id: str, local: Path, config: Config) -> str:
 
 
 def _evaluate(study: Any, rctx: Any, local: Path) -> dict[str, Any]:
-    from i2x.tuning.guided import (
-        available,
-        best_per_strategy,
-        choose_jtt,
-        evaluate,
-        random_target,
-        scoring_groups,
-    )
-    from i2x.tuning.repair_summary import summarize_repair
+    from i2x.repair.baselines import JTT_LAMBDAS, available
+    from i2x.repair.choice import best_per_strategy, choose_jtt
+    from i2x.repair.evaluation import evaluate, random_target, scoring_groups
+    from i2x.repair.summary import summarize_repair
 
     chosen = best_per_strategy(study, rctx)
     chosen |= random_target(chosen)
     path = local / "repair.json"
     cache = json.loads(path.read_text()) if path.is_file() else {}
     if "jtt" in available(rctx):
-        chosen["jtt"] = {"params": cache.get("jtt_params") or choose_jtt(rctx)}
+        chosen["jtt"] = {"params": cache.get("jtt_params") or choose_jtt(rctx, JTT_LAMBDAS)}
         cache["jtt_params"] = chosen["jtt"]["params"]
-    chosen |= {"erm": {"params": {}}, "dfr": {"params": {"C": 1.0}}, "oracle": {"params": {}}}
+    chosen |= {"erm": {"params": {}}, "dfr": {"params": {}}, "dfr-classes": {"params": {}}, "oracle": {"params": {}}}
     results = cache.setdefault("results", {})
     groups = scoring_groups(rctx)
 
@@ -252,9 +169,9 @@ def _evaluate(study: Any, rctx: Any, local: Path) -> dict[str, Any]:
 
 
 def _publish(parent: Any, summary: dict[str, Any], rctx: Any, study: Any, local: Path, config: Config) -> str:
+    from i2x.repair.summary import changed_examples, repair_markdown, repair_verdict
     from i2x.reporting.html import repair_report
     from i2x.reporting.run_figures import plot_changed, plot_optuna, plot_repair
-    from i2x.tuning.repair_summary import changed_examples, repair_markdown, repair_verdict
 
     out = local / "tuning"
     out.mkdir(parents=True, exist_ok=True)
@@ -269,9 +186,9 @@ def _publish(parent: Any, summary: dict[str, Any], rctx: Any, study: Any, local:
                                           out / "changed.png")
     if best is not None:  # the repaired model beside the train run's: the registry can hold before and after
         from i2x.platform.mlflow_model import log_model
+        from i2x.repair.strategies import run_strategy
         from i2x.runs.train import TAG_MODEL_URI, evaluate_model
         from i2x.training.batches import to_float
-        from i2x.tuning.guided import run_strategy
 
         model = run_strategy(rctx, best, summary["chosen"][best]["params"], config.seed)  # seed 0 of the evaluation
         uri = log_model(model, to_float(rctx.data.test_x[:4]).numpy(), rctx.data.classes, register_as=config.train.register_as)

@@ -89,7 +89,7 @@ def check_registered(cfg: Config) -> Config:
     unknown = [kind for kind in cfg.tune.kinds if kind not in PERTURBATIONS]
     if unknown or not cfg.tune.kinds:
         raise I2XError(f"tune.kinds {list(cfg.tune.kinds)} must be a non-empty list of {', '.join(PERTURBATIONS)}")
-    from i2x.tuning.guided import I2X_STRATEGIES
+    from i2x.repair.strategies import I2X_STRATEGIES
 
     if not cfg.tune.repair_strategies or any(s not in I2X_STRATEGIES for s in cfg.tune.repair_strategies):
         raise I2XError(f"tune.repair_strategies {list(cfg.tune.repair_strategies)} must be a non-empty list of {', '.join(I2X_STRATEGIES)}")

@@ -187,8 +187,9 @@ def tune_worker(args: argparse.Namespace) -> str:
     try:
         ctx, _ = _tune_context(attrs["explain_run_id"], args, scratch, config_dict=attrs["config"])
         if attrs.get("act_on") == "findings":  # a repair study: its trials never need JTT's early model
+            from i2x.repair.choice import make_objective
+            from i2x.repair.finding import Finding
             from i2x.runs.repair import repair_context, track_trials
-            from i2x.tuning.guided import Finding, make_objective
 
             rctx = repair_context(ctx, Finding(**attrs["finding"]), ctx.state)
             run_study(study, rctx, objective=make_objective(rctx, track_trials(attrs["mlflow_parent_run_id"])))

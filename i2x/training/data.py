@@ -62,6 +62,8 @@ class DataBundle:
         train_marks / test_marks: ``(N, 4)`` boxes ``(y0, x0, y1, x1)`` of a planted mark
             (:mod:`i2x.training.plants`), -1 where an image has none; None without a plant.
             The truth, for metrics and tests: no explanation or tuning step reads them.
+        val_clean: the validation images as they were before the plant (None without one):
+            the truth's held-out set for the DFR baseline (:mod:`i2x.repair.baselines`).
     """
 
     name: str
@@ -77,6 +79,7 @@ class DataBundle:
     std: tuple[float, ...]
     train_marks: torch.Tensor | None = None
     test_marks: torch.Tensor | None = None
+    val_clean: torch.Tensor | None = None
 
     @property
     def channels(self) -> int:
@@ -355,6 +358,7 @@ def load_data(cfg: DataConfig, seed: int, plant: PlantConfig | None = None) -> D
     if cfg.image_size and train_x.shape[-1] != cfg.image_size:
         train_x, test_x = (_resize(t, cfg.image_size) for t in (train_x, test_x))
     marks: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
+    clean = train_x
     if plant is not None and plant.kind != "none":
         check_plant(plant, len(raw.classes), int(train_x.shape[1]), int(train_x.shape[-1]))
         train_x, test_x, *marks = apply_plant(plant, seed, train_x, train_y, test_x, test_y)
@@ -382,6 +386,7 @@ def load_data(cfg: DataConfig, seed: int, plant: PlantConfig | None = None) -> D
         std=tuple(round(float(s), 6) for s in std),
         train_marks=marks[0],
         test_marks=marks[1],
+        val_clean=clean[val_idx].clone() if marks[0] is not None else None,
     )
 
 

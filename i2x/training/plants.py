@@ -84,6 +84,18 @@ def stamp_into(x: torch.Tensor, marked: np.ndarray, cfg: PlantConfig, rng: np.ra
     return boxes
 
 
+def mark_share_of_every_class(x: torch.Tensor, y: torch.Tensor, cfg: PlantConfig, seed: int) -> tuple[torch.Tensor, np.ndarray]:
+    """A copy of the unplanted images ``x`` with the mark in a share ``cfg.test`` of every class,
+    independently of class, as the test split carries it (a held-out set where every (class,
+    mark) group occurs: DFR's, :mod:`i2x.repair.baselines`). Returns the images and ``(N,)``
+    whether each was marked."""
+    rng = np.random.default_rng([seed, _STREAM, 1])
+    marked = _choose(y.numpy(), dict.fromkeys(range(int(y.max()) + 1), cfg.test), rng)
+    out = x.clone()
+    stamp_into(out, marked, cfg, rng)
+    return out, marked
+
+
 def apply_plant(
     cfg: PlantConfig, seed: int, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
