@@ -6,27 +6,41 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?=
+OVERRIDES ?=
 DATASET ?= $(if $(CONFIG),,mnist)
 # Local data: the offline copies next to the repo when present, else torchvision downloads into ./data.
 DATA_DIR ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared/datasets),)
 export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run run-isolated test install ui dashboard lint bench clean-work
+.PHONY: run run-isolated test install lock ui dashboard lint bench clean-work
 
-$(BIN)/.installed: pyproject.toml requirements.txt
+# Every install takes the versions pinned in requirements.lock (pip constraints): two installs a week
+# apart resolve the same numpy, scikit-learn, hdbscan and optuna. pip prints each package as it goes.
+$(BIN)/.installed: pyproject.toml requirements.txt requirements.lock
+	@echo "i2x: installing into $(VENV) from requirements.lock (the first time: about 2-5 minutes; torch is the largest)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c requirements.lock pip
 	rm -rf i2x.egg-info  # a stale one in the checkout would hide the new entry points (the MLflow store plugin) from `mlflow`
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	set -o pipefail; $(BIN)/python -m pip install -c requirements.lock -e '.[dev]' 2>&1 \
+	  | { grep --line-buffered -v -E 'is ignored: it is neither a file|^Requirement already satisfied' || true; }
 	touch $@
+	@echo "i2x: installed ($$($(BIN)/python -m pip freeze --exclude-editable | wc -l) pinned packages)"
+
+# A new requirements.lock from a fresh environment (after changing requirements.txt or the dev extras).
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv && .lock-venv/bin/python -m pip install --quiet -e '.[dev]'
+	{ head -2 requirements.lock; echo "# Resolved $$(date +%F) on $$(uname -s) $$(uname -m), Python 3.11, from PyPI and the local torch wheels."; \
+	  echo "pip==$$(.lock-venv/bin/python -m pip --version | cut -d' ' -f2)"; \
+	  .lock-venv/bin/python -m pip freeze --exclude-editable; } > requirements.lock.new && mv requirements.lock.new requirements.lock
+	rm -rf .lock-venv
 
 install: $(BIN)/.installed
 
 run: install
 	mkdir -p mlruns
 	$(BIN)/python -c "from i2x.platform.tracking import init_store; init_store()"  # create the store's tables once, under a lock
-	$(BIN)/mlflow run . -P dataset=$(DATASET) -P config=$(CONFIG) -P data_dir=$(DATA_DIR) --env-manager local
+	$(BIN)/mlflow run . -P dataset=$(DATASET) -P config=$(CONFIG) -P data_dir=$(DATA_DIR) -P overrides=$(OVERRIDES) --env-manager local
 
 # The same job in the environment MLflow builds from python_env.yaml (first build: minutes).
 run-isolated: install
@@ -48,7 +62,7 @@ ui: install
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
 
 dashboard: install
-	$(BIN)/optuna-dashboard $${I2X_OPTUNA_STORAGE:-sqlite:///mlruns/optuna.db} --host 127.0.0.1 --port 8080
+	$(BIN)/i2x dashboard --port 8080
 
 bench: install
 	$(BIN)/python bench/train_mnist.py

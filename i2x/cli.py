@@ -55,6 +55,25 @@ def cmd_services(args: argparse.Namespace) -> None:
     print(f"\nexport MLFLOW_TRACKING_URI={urls['mlflow']}")
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """optuna-dashboard on the study storage. Its Optuna schema is created first: before any
+    study the dashboard died on the empty SQLite file it had itself created ("no such table:
+    version_info"), and left that 0-byte file behind."""
+    from i2x.platform import services
+    from i2x.platform.secrets import redact
+    from i2x.tuning.study import resolve_storage, storage_for
+
+    url = resolve_storage(args.storage)
+    storage = storage_for(url, 30)  # creates the schema; a storage that cannot be opened is one line
+    if hasattr(storage, "engine"):
+        storage.engine.dispose()
+    print(f"i2x dashboard: optuna-dashboard on {redact(url)} at http://{args.host}:{args.port}/ (studies appear once tune "
+          "acts on a finding; Ctrl-C to stop)", flush=True)
+    command = [services._bin("optuna-dashboard"), *services.dashboard_args(url.removeprefix("journal:"), args.host, args.port)]
+    os.execv(command[0], command)  # the dashboard takes over this process (and its Ctrl-C)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="i2x",
@@ -95,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default="", help="also check the RUNNING trials of every study of this Optuna storage (default: $I2X_OPTUNA_STORAGE)")
     p.add_argument("--work", default="", help="also check that every checkpoint under this work folder is whole")
     p.add_argument("--verify", action="store_true", help="download every recorded artifact and compare its SHA-256 (not only its size)")
+    p = command("dashboard", "optuna-dashboard on the study storage, ready before any study exists",
+                ["i2x dashboard", "i2x dashboard --storage sqlite:///mlruns/optuna.db --port 8080"])
+    p.add_argument("--storage", default="", help="Optuna storage URL (default: $I2X_OPTUNA_STORAGE, else sqlite:///mlruns/optuna.db)")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: loopback only)")
+    p.add_argument("--port", type=int, default=8080)
     p = command("services", "the local stack without docker: S3 (SeaweedFS), MLflow server, optuna-dashboard",
                 ["i2x services up", "i2x services status", "i2x services down"])
     p.add_argument("action", choices=["up", "down", "status", "compose", "caddyfile"],
@@ -181,6 +205,8 @@ def _command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int
             getattr(importlib.import_module(module), function)(args)
     elif args.command == "services":
         cmd_services(args)
+    elif args.command == "dashboard":
+        return cmd_dashboard(args)
     elif args.command == "doctor":
         from i2x.runs.doctor import doctor_run
 

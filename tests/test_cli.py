@@ -43,3 +43,12 @@ def test_mlflow_run_train_entry_point_smoke(tmp_path):
     assert tags["i2x.dataset"] == "synthetic" and tags["i2x.model"] == "cnn" and "mlflow.source.git.commit" in tags
     assert run.data.params["train.epochs"] == "2"
 
+
+
+def test_make_run_passes_the_overrides_the_plan_advises():
+    """Issue 43: the plan advised overrides that `make run` had no way to pass."""
+    out = subprocess.run(["make", "-n", "run", "OVERRIDES=train.epochs=1,tune.seeds=2"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    line = next(x for x in out.stdout.splitlines() if " run . " in x)
+    assert "-P overrides=train.epochs=1,tune.seeds=2" in line, line

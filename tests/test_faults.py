@@ -34,6 +34,23 @@ def test_training_stopped_at_random_moments_by_each_signal_resumes_to_the_same_w
     assert bad == [], bad
 
 
+def _ctrl_c_once_training(command: list[str], env: dict[str, str], cwd: Path) -> tuple[subprocess.Popen, str]:
+    """Start ``command`` in its own process group, send the group SIGINT (a terminal's Ctrl-C)
+    once the training stage is under way, and return the process and all it printed."""
+    import os
+
+    proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("i2x train: ") and " step, " in line:
+            break
+    os.killpg(proc.pid, signal.SIGINT)
+    rest, _ = proc.communicate(timeout=300)
+    return proc, "".join(seen) + rest
+
+
 @pytest.mark.slow
 def test_ctrl_c_during_mlflow_run_prints_one_stop_line_and_ends_every_run_killed(tmp_path):
     """Issue 23: Ctrl-C during `make run` printed Optuna's traceback, "Exception ignored ...
@@ -41,7 +58,6 @@ def test_ctrl_c_during_mlflow_run_prints_one_stop_line_and_ends_every_run_killed
     the SIGINT) and left the parent main run FAILED. Ctrl-C sends SIGINT to the whole
     foreground process group: the launcher, main and the stage."""
     import os
-    import subprocess
     import sys
 
     import mlflow
@@ -52,16 +68,8 @@ def test_ctrl_c_during_mlflow_run_prints_one_stop_line_and_ends_every_run_killed
 
     env = cli_env(tmp_path, I2X_PROGRESS_EVERY="1")
     overrides = f"overrides=work_dir={tmp_path / 'work'},tune.storage=sqlite:///{tmp_path}/optuna.db"
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "run", str(ROOT), "-P", "config=smoke", "-P", overrides, "--env-manager", "local"],
-                            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    seen = []
-    for line in proc.stdout:  # until the training stage is under way
-        seen.append(line)
-        if line.startswith("i2x train: ") and " step, " in line:
-            break
-    os.killpg(proc.pid, signal.SIGINT)
-    rest, _ = proc.communicate(timeout=300)
-    out = "".join(seen) + rest
+    proc, out = _ctrl_c_once_training([sys.executable, "-m", "mlflow", "run", str(ROOT), "-P", "config=smoke", "-P", overrides,
+                                       "--env-manager", "local"], env, tmp_path)
     stops = [line for line in out.splitlines() if line.startswith("i2x: stopped by")]
     assert stops == ["i2x: stopped by SIGINT; the MLflow run is marked KILLED; run the same command again to resume"], out[-3000:]
     assert "Traceback" not in out and "Exception ignored" not in out, out[-3000:]
@@ -71,6 +79,28 @@ def test_ctrl_c_during_mlflow_run_prints_one_stop_line_and_ends_every_run_killed
     status = dict(zip(runs["tags.i2x.stage"].fillna("launcher"), runs["status"], strict=True))
     assert status == {"main": "KILLED", "train": "KILLED"}, status
     assert doctor().violations == []
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_make_run_ends_every_run_killed_and_the_shell_sees_130(tmp_path):
+    """Issue 43: what `make run` returns on Ctrl-C, as the README says. The terminal signals the
+    whole group (make, MLflow's launcher, main, the stage); the stage ends its run KILLED and
+    exits 130, MLflow's launcher prints "Aborted!" and exits 1, and make then ends itself by
+    the same SIGINT, so the shell sees 130. The work goes to $I2X_WORK_DIR, not the checkout."""
+
+    import mlflow
+
+    from .conftest import cli_env
+
+    env = cli_env(tmp_path, I2X_PROGRESS_EVERY="1", I2X_WORK_DIR=str(tmp_path / "work"))
+    proc, out = _ctrl_c_once_training(["make", "run", "CONFIG=smoke", f"OVERRIDES=tune.storage=sqlite:///{tmp_path}/optuna.db"], env, ROOT)
+    assert proc.returncode == -signal.SIGINT, (proc.returncode, out[-2000:])  # a shell reports it as 130
+    assert [line for line in out.splitlines() if line.startswith("i2x: stopped by")] == [
+        "i2x: stopped by SIGINT; the MLflow run is marked KILLED; run the same command again to resume"], out[-2000:]
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    runs = mlflow.search_runs(search_all_experiments=True)
+    assert sorted(runs["status"]) == ["KILLED", "KILLED"], runs[["tags.i2x.stage", "status"]]
+    assert list((tmp_path / "work").glob("train-synthetic-*"))  # the work folder named by $I2X_WORK_DIR
 
 
 

@@ -116,3 +116,70 @@ def test_the_next_holder_closes_a_dead_runs_record(mlflow_store, tmp_path):
     assert client.get_run(dead.info.run_id).data.tags["i2x.closed_by"] == run.info.run_id
     assert client.get_run(other.info.run_id).info.status == "RUNNING"  # another folder's run is not ours to close
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
+
+
+SLEEPER = """name: sleeper
+entry_points:
+  main:
+    command: "python -c 'import time; time.sleep(120)'"
+"""
+
+
+def test_a_stop_while_mlflow_starts_a_child_stage_ends_the_childs_run_killed(mlflow_store, tmp_path, monkeypatch):
+    """Issue 43's window: a Ctrl-C after MLflow created the child stage's run and started its
+    process, before the call that does both returned (so before main held a handle on it). The
+    child's run must end KILLED and its process stop; before the fix it stayed RUNNING with a
+    process nobody waited for."""
+    import signal
+
+    import mlflow
+
+    from i2x.platform import tracking
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "MLproject").write_text(SLEEPER)
+    monkeypatch.setenv("PATH", f"{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '')}")  # MLflow's launcher calls `mlflow`
+    real = mlflow.projects.run
+    started = []
+
+    def stopped_inside(*args, **kwargs):
+        submitted = real(*args, **kwargs)
+        started.append(submitted)
+        os.kill(os.getpid(), signal.SIGINT)  # the stop arrives before the call returns
+        time.sleep(0.3)
+        return submitted
+
+    monkeypatch.setattr(mlflow.projects, "run", stopped_inside)
+    with pytest.raises(KeyboardInterrupt), tracking.open_run("main", {tracking.TAG_STAGE: "main"}) as parent:
+        tracking.run_entry_point(project, "main", {})
+    client = mlflow.MlflowClient()
+    assert client.get_run(parent.info.run_id).info.status == "KILLED"
+    child = started[0]
+    assert client.get_run(child.run_id).info.status == "KILLED"
+    assert child.command_proc.wait(timeout=30) is not None  # its process was stopped, not left sleeping
+
+
+def test_a_run_left_running_under_an_ended_parent_without_a_holder_is_closed_by_the_next_run(mlflow_store, tmp_path):
+    """What an older version left after that window: a child stage's run RUNNING, never held by a
+    process, under a main run that ended KILLED. The next run of any stage closes it; a child
+    held by a live process, or under a parent still running, is left alone."""
+    import mlflow
+
+    from i2x.platform import tracking
+    from i2x.platform.process import holder
+
+    experiment = mlflow.set_experiment("i2x")
+    client = mlflow.MlflowClient()
+    parent = client.create_run(experiment.experiment_id)
+    client.set_terminated(parent.info.run_id, status="KILLED")
+    orphan = client.create_run(experiment.experiment_id, tags={tracking.TAG_PARENT: parent.info.run_id})
+    held = client.create_run(experiment.experiment_id, tags={tracking.TAG_PARENT: parent.info.run_id, tracking.TAG_HOLDER: holder()})
+    live = client.create_run(experiment.experiment_id)
+    child = client.create_run(experiment.experiment_id, tags={tracking.TAG_PARENT: live.info.run_id})
+    with tracking.open_run("explain x", {}) as run:
+        pass
+    assert client.get_run(orphan.info.run_id).info.status == "KILLED"
+    assert client.get_run(orphan.info.run_id).data.tags["i2x.closed_by"] == run.info.run_id
+    assert client.get_run(held.info.run_id).info.status == "RUNNING"  # this process holds it
+    assert client.get_run(child.info.run_id).info.status == "RUNNING"  # its parent still runs

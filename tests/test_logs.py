@@ -110,6 +110,14 @@ def test_the_heartbeat_leaves_no_gap_over_its_period_in_a_stage_with_a_long_sile
     assert len(said) == 9 and said[0] == "i2x explain: working (causal check), 1m10s into the stage", said[:2]
 
 
+def test_mains_heartbeat_gives_the_stage_its_own_time():
+    """Issue 43: main's line named the explain stage, 5 minutes in, with main's 57 minutes."""
+    from i2x.platform.progress import Beat
+
+    line = Beat("main", 30.0, start=0.0).due(3456.0, 3400.0, "the explain stage, in its own process", since=3156.0)
+    assert line == "i2x main: working (the explain stage, in its own process, for 5m00s), 57m36s since main started", line
+
+
 def test_a_stage_under_the_heartbeat_prints_what_it_is_doing_while_silent(capsys, monkeypatch):
     import time
 
@@ -121,7 +129,7 @@ def test_a_stage_under_the_heartbeat_prints_what_it_is_doing_while_silent(capsys
         doing("trial 3: i2x-dfr")
         time.sleep(1.0)
     lines = capsys.readouterr().err.splitlines()
-    assert lines and all(line.startswith("i2x tune: working (trial 3: i2x-dfr), ") for line in lines), lines
+    assert lines and all(line.startswith("i2x tune: working (trial 3: i2x-dfr, for ") for line in lines), lines
     time.sleep(0.5)
     assert capsys.readouterr().err == ""  # the thread stopped with the stage
 

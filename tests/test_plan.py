@@ -15,7 +15,7 @@ def test_a_long_plan_names_the_flags_that_cut_its_longest_stages():
     lines = _plan({"train": 1900.0, "explain": 300.0, "tune": 2500.0}, config).lines()
     advice = [line for line in lines if "over an hour" in line]
     assert len(advice) == 1, lines
-    assert "-P overrides=tune.n_trials=3,tune.seeds=2,tune.epoch_samples=7500,train.epochs=5" in advice[0]
+    assert "make run OVERRIDES=tune.n_trials=3,tune.seeds=2,tune.epoch_samples=7500,train.epochs=5" in advice[0]
     assert "data.analysis_size" not in advice[0]  # explain is not among the two longest stages
 
 
@@ -27,8 +27,12 @@ def test_a_short_plan_gives_no_advice():
 def test_acting_on_findings_says_tune_is_seconds_without_one(tmp_path):
     config = load_config("smoke", {"work_dir": str(tmp_path), "tune.act_on": "findings"})
     plan = estimate(config, load_data(config.data, config.seed, config.plant), resolve_device("cpu"), repeats=1)
-    tune = next(line for line in plan.lines() if line.strip().startswith("tune"))
-    assert "seconds if it states none" in tune, tune
+    lines = plan.lines()
+    tune = next(line for line in lines if line.strip().startswith("tune"))
+    assert tune.split()[1] == "seconds," and "if the explanation states a shortcut check" in tune, tune
+    total = next(line for line in lines if line.strip().startswith("total"))
+    # issue 43: the total was train + explain + a tune that then acted on nothing; tune is now apart from it
+    assert " + tune (" in total, total
     candidates = estimate(load_config("smoke", {"work_dir": str(tmp_path)}), load_data(config.data, config.seed, config.plant),
                           resolve_device("cpu"), repeats=1)
-    assert "seconds if it states none" not in next(line for line in candidates.lines() if line.strip().startswith("tune"))
+    assert "shortcut check" not in next(line for line in candidates.lines() if line.strip().startswith("tune"))

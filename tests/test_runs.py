@@ -8,6 +8,7 @@ import html
 from pathlib import Path
 
 import mlflow
+import mlflow.pytorch
 import numpy as np
 import pytest
 
@@ -126,6 +127,11 @@ def test_the_trained_model_is_an_mlflow_model_that_predicts_like_its_checkpoint(
         got = np.asarray(load_pyfunc(loaded).predict(x.numpy())).argmax(1)
         assert np.array_equal(got, expected)
     assert not torch.equal(torch.from_numpy(expected), torch.zeros(64, dtype=torch.long))  # a real prediction, not a constant
+    # and back as the module (issue 43: MLflow 3's default torch.export graph raised NotImplementedError on .eval())
+    module = mlflow.pytorch.load_model(uri)
+    assert isinstance(module, torch.nn.Module) and module.eval() is module
+    with torch.no_grad():
+        assert np.array_equal(module(x).argmax(1).numpy(), expected)
 
     # explain and tune accept the model's URI: version, alias, latest or the logged model's id
     from i2x.platform.errors import I2XError

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -384,11 +385,18 @@ def test_with_no_finding_tune_says_so_in_one_line_and_runs_no_study(explained):
     assert out.returncode == 0, out.stderr[-2000:]
     said = [line for line in out.stdout.splitlines() if "nothing to act on" in line]
     assert len(said) == 1 and "tune.act_on=candidates" in said[0], out.stdout
+    # it says what is missing (a shortcut check), not that nothing was verified: explain states findings (issue 43)
+    assert "states no shortcut check" in said[0] and "no verified finding" not in said[0], said
     assert "trial" not in out.stdout + out.stderr
     run = next(r for r in client.search_runs([client.get_run(explain_id).info.experiment_id], "tags.`i2x.act_on` = 'findings'"))
     assert run.info.status == "FINISHED" and run.data.tags["i2x.verdict"] == "nothing to act on"
     assert not client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
     assert optuna.get_all_study_names(storage) == []
+    # its page links the explanation's report and run, and says what would make tune act
+    page = open(client.download_artifacts(run.info.run_id, "report/index.html", str(root / "page"))).read()
+    report = client.get_run(explain_id).data.tags["i2x.report"]
+    assert f'href="{Path(report).resolve().as_uri()}"' in page and f"runs/{explain_id}" in page, page[-3000:]
+    assert "Tune repairs a shortcut check" in page and f"The explanation (run {explain_id}) states" in page
 
 
 WRITER = """

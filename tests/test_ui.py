@@ -104,3 +104,35 @@ def test_a_fresh_stack_root_starts_the_dashboard_with_named_objectives(browser, 
         assert "focal_pair_val_confusions" in body and "Objective 0" not in body
     finally:
         services.down(root)
+
+
+def test_the_dashboard_opens_before_any_study_and_leaves_no_empty_file(tmp_path):
+    """`make dashboard` on a fresh clone (issue 43): the dashboard used to print an 84-line
+    traceback ("no such table: version_info") and leave a 0-byte optuna.db. Now it serves an
+    empty study list, and the storage it leaves is a whole Optuna database."""
+    import json
+
+    from .conftest import cli_env
+
+    port = _free_port()
+    env = cli_env(tmp_path)
+    env.pop("I2X_OPTUNA_STORAGE", None)
+    proc = subprocess.Popen([sys.executable, "-m", "i2x.cli", "dashboard", "--port", str(port)], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        body = None
+        for _ in range(120):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as answer:
+                    body = json.loads(answer.read())
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert body is not None and body.get("study_summaries") == [], body
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=30)
+    assert "Traceback" not in err and "no such table" not in err, err[-2000:]
+    assert out.splitlines()[0].startswith("i2x dashboard: optuna-dashboard on sqlite:///mlruns/optuna.db at http://127.0.0.1:"), out
+    db = tmp_path / "mlruns" / "optuna.db"
+    assert db.stat().st_size > 0

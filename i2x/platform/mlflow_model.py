@@ -1,6 +1,12 @@
 """The trained model as an MLflow Model (issue 24): logged with ``mlflow.pytorch`` beside the
 checkpoints, with a signature, an input example and the class names, optionally registered,
-so that ``mlflow.pyfunc.load_model``, ``mlflow models serve`` and the model registry work.
+so that ``mlflow.pyfunc.load_model``, ``mlflow models serve`` and the model registry work, and
+``mlflow.pytorch.load_model`` gives back the ``nn.Module`` (``.eval()``, fine-tuning).
+
+MLflow 3 saves a PyTorch model with ``torch.export`` by default (``pt2``): what it loads is an
+exported graph, which has no ``.eval()`` (NotImplementedError) and cannot be trained further.
+i2x asks for the pickled module, with the i2x source that defines its classes carried inside
+the model (``code_paths``), so that a serving environment without i2x installed loads it.
 
 The input is a float32 batch ``(B, C, H, W)`` of pixels in [0, 1] (the model normalises
 inside); the output is the logits ``(B, M)``, in the order of the ``classes`` metadata.
@@ -24,20 +30,25 @@ def log_model(model: torch.nn.Module, example: np.ndarray, classes: list[str] | 
         example: ``(B, C, H, W)`` float32 pixels in [0, 1], a few real images.
         register_as: a registered model name: a new version of it points at this model.
     """
+    from pathlib import Path
+
     import mlflow
     import mlflow.pytorch
     from mlflow.models import infer_signature
+
+    import i2x
 
     model = model.cpu().eval()
     with torch.no_grad():
         logits = model(torch.from_numpy(example)).numpy()
     signature = infer_signature(example, logits)
     # Requirements given, not inferred: MLflow's inference imports the model in a subprocess.
-    requirements = [f"torch=={torch.__version__.split('+')[0]}", "numpy"]
+    requirements = [f"torch=={torch.__version__.split('+')[0]}", "numpy", "pyyaml"]
     with uploading(f"{name} (MLflow Model)"):
         info = mlflow.pytorch.log_model(model, name=name, signature=signature, input_example=example,
                                         pip_requirements=requirements, metadata={"classes": list(classes)},
-                                        registered_model_name=register_as or None)
+                                        registered_model_name=register_as or None, serialization_format="pickle",
+                                        code_paths=[str(Path(i2x.__file__).parent)])
     return str(info.model_uri)
 
 

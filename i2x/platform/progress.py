@@ -39,7 +39,7 @@ def is_tty() -> bool:
     return sys.stderr.isatty()
 
 
-_state = {"last": time.monotonic(), "doing": ""}  # the last progress line printed; what is running now
+_state = {"last": time.monotonic(), "doing": "", "since": None}  # the last line printed; what runs now, since when
 
 
 def say(text: str) -> None:
@@ -48,7 +48,10 @@ def say(text: str) -> None:
 
 
 def doing(what: str) -> None:
-    """Say what the stage is doing now (the heartbeat names it; nothing is printed)."""
+    """Say what the stage is doing now (the heartbeat names it, with how long it has been at
+    it; nothing is printed)."""
+    if what != _state["doing"]:
+        _state["since"] = time.monotonic()
     _state["doing"] = what
 
 
@@ -59,10 +62,14 @@ class Beat:
     def __init__(self, stage: str, every_s: float, start: float) -> None:
         self.stage, self.every_s, self.start = stage, every_s, start
 
-    def due(self, now: float, last: float, what: str) -> str | None:
+    def due(self, now: float, last: float, what: str, since: float | None = None) -> str | None:
+        """``since``: when ``what`` began (its own time is given beside the stage's: ``main``'s
+        line counted from main's start while it named the explain stage, 5 minutes in)."""
         if now - last < self.every_s:
             return None
-        return f"i2x {self.stage}: working{f' ({what})' if what else ''}, {duration(now - self.start)} into the stage"
+        doing = f"{what}, for {duration(now - since)}" if what and since is not None else what
+        into = "since main started" if self.stage == "main" else "into the stage"
+        return f"i2x {self.stage}: working{f' ({doing})' if doing else ''}, {duration(now - self.start)} {into}"
 
 
 class heartbeat:  # noqa: N801 (used as a context manager, like contextlib's)
@@ -80,12 +87,12 @@ class heartbeat:  # noqa: N801 (used as a context manager, like contextlib's)
 
     def _run(self) -> None:
         while not self.stop.wait(min(1.0, self.beat.every_s / 4)):
-            line = self.beat.due(time.monotonic(), _state["last"], _state["doing"])
+            line = self.beat.due(time.monotonic(), _state["last"], _state["doing"], _state["since"])
             if line:
                 say(line)
 
     def __enter__(self) -> heartbeat:
-        _state["last"], _state["doing"] = time.monotonic(), ""
+        _state["last"], _state["doing"], _state["since"] = time.monotonic(), "", None
         if self.enabled:
             self.thread.start()
         return self

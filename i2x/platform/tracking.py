@@ -24,9 +24,11 @@ from i2x.platform.process import (
     folder_lock,
     git_commit,
     holder,
+    holder_alive,
     probe_write,
     quiet_timer,
     stop_on_signals,
+    uninterrupted,
 )
 from i2x.platform.secrets import redact
 
@@ -144,6 +146,7 @@ def open_run(run_name: str, tags: dict[str, str], nested: bool = False, local: P
             mlflow.set_tags({k: redact(str(v)) for k, v in {**tags, TAG_COMMIT: tags.get(TAG_COMMIT, git_commit()), TAG_HOLDER: holder()}.items()})
             if local is not None:
                 close_stale(local, run.info.run_id)
+            close_orphans(run.info.run_id)
             yield run
             quiet_timer()
             if pending:  # the stop landed where Python swallows exceptions, and the work then ended
@@ -179,6 +182,35 @@ def close_stale(folder: Path, current: str) -> list[str]:
             client.set_tag(run.info.run_id, "i2x.closed_by", current)
             client.set_terminated(run.info.run_id, status="KILLED")
             closed.append(run.info.run_id)
+    return closed
+
+
+def close_orphans(current: str) -> list[str]:
+    """Runs left RUNNING under a parent run that has ended, by no live process on this host (the
+    holder it recorded is gone, or it never recorded one: a stop between MLflow's creation of a
+    child run and the start of its process, which versions before this one did not close): end
+    them KILLED, tagged with the run that found them. A run held on another host is left alone."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    running = {r.info.run_id: r for r in client.search_runs(experiments, "attributes.status = 'RUNNING'", max_results=5000)}
+    closed = []
+    for run_id, run in running.items():
+        parent = run.data.tags.get(TAG_PARENT, "")
+        if run_id == current or not parent or parent in running:
+            continue
+        held = run.data.tags.get(TAG_HOLDER)
+        if held and holder_alive(held) is not False:
+            continue
+        try:
+            if client.get_run(parent).info.status == "RUNNING":
+                continue
+        except Exception:  # noqa: BLE001 (a parent deleted from the store: the child has no holder either way)
+            pass
+        client.set_tag(run_id, "i2x.closed_by", current)
+        client.set_terminated(run_id, status="KILLED")
+        closed.append(run_id)
     return closed
 
 
@@ -381,14 +413,20 @@ def run_entry_point(project: Path, entry_point: str, parameters: dict[str, Any])
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    submitted = mlflow.projects.run(str(project), entry_point=entry_point, parameters=parameters, env_manager="local", synchronous=False)
     client = MlflowClient()
+    submitted = None
     try:
+        # A stop inside this call (it creates the child's run, then starts its process) used to leave the child's run
+        # RUNNING with no process and no handle to end it; held back (:func:`uninterrupted`), it lands in wait() below
+        with uninterrupted():
+            submitted = mlflow.projects.run(str(project), entry_point=entry_point, parameters=parameters, env_manager="local",
+                                            synchronous=False)
         ok = submitted.wait()
     except KeyboardInterrupt:  # the child got the same Ctrl-C (one process group), or SIGTERM now: it ends its run KILLED
-        submitted.cancel()
-        if client.get_run(submitted.run_id).info.status == "RUNNING":
-            client.set_terminated(submitted.run_id, status="KILLED")
+        if submitted is not None:
+            submitted.cancel()
+            if client.get_run(submitted.run_id).info.status == "RUNNING":
+                client.set_terminated(submitted.run_id, status="KILLED")
         raise
     if ok:
         return str(submitted.run_id)

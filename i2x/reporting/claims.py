@@ -301,8 +301,7 @@ def statements(doc: dict[str, Any]) -> dict[str, list[str]]:
         where = protos[k]["where"]
         if where["share"] is not None and where["share"] >= concentration:
             out["locations"].append(f"P{k} sits in the {where['region']} of the image in {100 * where['share']:.0f}% of the "
-                                    f"{where['n_images']} images of class {where['class']} that contain it (figure: locations.png). A prototype "
-                                    f"fixed in one place can be a shortcut: check that the model should look there.")
+                                    f"{where['n_images']} images of class {where['class']} that contain it (figure: locations.png).")
 
     steps = [c["step"] for c in doc["checkpoints"]]
     min_peak = int(cfg.get("min_peak_confusions", 10))

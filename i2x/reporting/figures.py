@@ -272,7 +272,7 @@ def plot_progression(progression: Sequence[dict[str, Any]], steps: Sequence[int]
     after the first checkpoint (an untrained model's confusions say nothing about learning),
     up to ``top``; each separation checkpoint is marked."""
     chosen = progression_pairs(progression, named, top)
-    fig, ax = plt.subplots(figsize=(8, 3.6))
+    fig, ax = plt.subplots(figsize=(9.5, 3.6))
     x = np.arange(len(steps))
     for p in chosen:
         (line,) = ax.plot(x, p["confusions"], "o-", ms=3, label=f"{p['pair'][0]} / {p['pair'][1]}")
@@ -283,7 +283,7 @@ def plot_progression(progression: Sequence[dict[str, Any]], steps: Sequence[int]
     ax.set_xticklabels([f"{i}\n{s}" for i, s in enumerate(steps)], fontsize=6)
     ax.set_xlabel("checkpoint (and step); star: separated from here on")
     ax.set_ylabel("confusions on the analysis set")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # beside the axes: never on a line
     ax.set_title(f"Confusions over training: the {len(named)} pair(s) the text names, then the most confused after checkpoint 0",
                  fontsize=9)
     return save_figure(fig, path)

@@ -244,7 +244,18 @@ def repair_report(summary: dict[str, Any], out: Path, figs: dict[str, Any]) -> P
 
     out.mkdir(parents=True, exist_ok=True)
     if summary.get("finding") is None:
-        body = _section("Nothing to act on", [summary["said"]], [])
+        lines, links = [summary["said"]], []
+        if summary.get("explain_run_id"):
+            found = summary.get("findings") or []
+            lines.append(f"The explanation (run {summary['explain_run_id']}) states {len(found)} finding(s)"
+                         + (f": {', '.join(found[:8])}{' and more' if len(found) > 8 else ''}" if found else "") + ".")
+            if summary.get("explain_report"):
+                links.append(f"<a href=\"{html.escape(Path(summary['explain_report']).resolve().as_uri())}\">the explanation report</a>")
+            if summary.get("explain_url"):
+                links.append(f"<a href=\"{html.escape(summary['explain_url'])}\">the explain run in the MLflow UI</a>")
+        if summary.get("what_would_act"):
+            lines.append(summary["what_would_act"])
+        body = _section("Nothing to act on", lines, [f"<p>Open {' or '.join(links)}.</p>"] if links else [])
         index = out / "index.html"
         index.write_text(_page("i2x repair", "no finding", body))
         return index

@@ -78,7 +78,7 @@ def explain_run(args: argparse.Namespace) -> str:
             tracking.TAG_TRAIN_RUN: train_run_id or "",
         }
         out = _explain_folder(config, files)
-        name = f"explain {config.data.name} {config.model.name}" + (f" (from train {train_run_id[:6]})" if train_run_id else "")
+        name = f"explain {config.data.name} {config.model.name}"  # short: the runs table cut "(from train ab12cd)"; the tag keeps it
         with tracking.open_run(name, tags, local=out.resolve()) as run:
             tracking.log_params(config.flat())
             tracking.log_text(config.to_yaml(), "config/resolved.yaml")
@@ -112,10 +112,17 @@ def explain_run(args: argparse.Namespace) -> str:
                 **{k: float("nan") if v is None else v for k, v in metrics.items() if k not in ("n_prototypes", "n_samples")},
                 **{f"time_{k}_s": v for k, v in timings.items()},
             })
-            from i2x.reporting.claims import findings_stated, fit_line, headline
+            from i2x.reporting.claims import (
+                copy_checks,
+                findings_stated,
+                fit_line,
+                headline,
+                shortcut_checks,
+            )
             from i2x.reporting.power import power_line
 
-            tracking.log_metrics({"n_findings": len(findings_stated(doc))})  # the headline's count; n_verified: causal check only
+            tracking.log_metrics({"n_findings": len(findings_stated(doc)),  # the headline's count; n_verified: causal check only
+                                  "n_shortcut_checks": len(shortcut_checks(doc)) + len(copy_checks(doc))})  # what tune acts on
             said, fit = headline(doc), fit_line(metrics)
             tracking.describe_run(tracking.TAG_HEADLINE, said, out / "report" / "index.html", f"{said}. {fit}. Report: report/index.html.")
             print(f"i2x explain: run {run.info.run_id} FINISHED: {said}\n  {fit}; HDBSCAN noise {metrics['noise_share']:.2f}\n  {power_line(doc)}")

@@ -11,7 +11,7 @@ from i2x.platform import tracking
 from i2x.platform.config import Config
 from i2x.platform.process import UNDER_MAIN
 from i2x.platform.progress import doing
-from i2x.runs.runconfig import run_config
+from i2x.runs.runconfig import WORK_DIR_ENV, run_config
 from i2x.training.loop import resolve_model
 
 
@@ -38,6 +38,13 @@ def run_main(args: argparse.Namespace) -> None:
     plan = estimate(config, load_data(config.data, config.seed, config.plant), resolve_device(config.train.device))
     print("\n".join(plan.lines()), flush=True)
     os.environ[UNDER_MAIN] = "1"  # the stages leave the stop line to this process
+    # MLflow starts every stage in the project's folder: the work folder and a SQLite store named relative to the
+    # folder main was started in are passed on as absolute paths, so nothing is written into the source checkout
+    os.environ[WORK_DIR_ENV] = config.work_dir
+    store = tracking.configure()
+    if store.startswith("sqlite:///") and not store.startswith("sqlite:////"):
+        os.environ["MLFLOW_TRACKING_URI"] = "sqlite:///" + str(Path(store.removeprefix("sqlite:///")).absolute())
+        tracking.configure()
     with tracking.open_run(f"main {config.data.name} {config.model.name}", {tracking.TAG_STAGE: "main"}):
         tracking.log_metrics({f"plan_{name}_s": round(s, 1) for name, s in plan.stages.items()}, step=0)
         ids, took = {}, {}
@@ -47,6 +54,11 @@ def run_main(args: argparse.Namespace) -> None:
             ids[name] = stage(name, {k: ids[v] for k, v in extra.items()})
             took[name] = time.perf_counter() - start
             tracking.log_metrics({f"stage_{name}_s": round(took[name], 1)}, step=0)
+            if name == "explain" and config.tune.act_on == "findings":
+                checks = tracking.get_run(ids[name]).data.metrics.get("n_shortcut_checks", 0)
+                print("plan: " + (f"the explanation states {int(checks)} shortcut check(s): tune acts on the first, "
+                                  f"~ {plan.stages['tune'] / 60:.0f} min" if checks else
+                                  "the explanation states no shortcut check: tune has nothing to act on (seconds)"), flush=True)
         print("stage times (estimate at start -> real): " + ", ".join(
             f"{name} {plan.stages[name] / 60:.1f} -> {took[name] / 60:.1f} min" for name in took), flush=True)
         print(_main_summary(ids, config), flush=True)

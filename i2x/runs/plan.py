@@ -10,8 +10,8 @@ forward batch. Each stage's estimate multiplies those by the work the config ask
   on the model) come on top and are not in the estimate;
 - tune: every fine-tuning step of the study's trials and of the final evaluation
   (each strategy x ``tune.seeds``, two phases each), plus their validation passes. When
-  tune acts on findings (the default) the estimate is for a run that finds one; with none,
-  tune takes seconds.
+  tune acts on findings (the default) the estimate is for a run that finds one, given apart
+  from the total; with none, tune takes seconds, which ``main`` prints once explain is done.
 
 When the total is over an hour, :meth:`StagePlan.lines` ends with the flags that cut it.
 """
@@ -53,16 +53,25 @@ class StagePlan:
     cuts: tuple[str, ...] = ()
 
     def lines(self) -> list[str]:
-        total = sum(self.stages.values())
+        """The plan in words. Acting on findings (``tune_note``), tune's time is not known before
+        explain: seconds when the explanation states no shortcut check (``main`` says which once
+        explain is done), so it is given apart and left out of the total."""
+        sure = {k: v for k, v in self.stages.items() if not (k == "tune" and self.tune_note)}
+        total = sum(sure.values())
         head = (f"plan: {self.device}, {self.model} (width {self.width}), {self.n_fit} training images, "
                 f"{self.n_analysis} analysed; timed warm-up: {self.step_s:.2f} s per training step, "
                 f"{1000 * self.cam_image_s:.1f} ms per Grad-CAM image")
-        out = [head] + [f"  {name:8s} ~ {_clock(s)}" + (f" ({self.tune_note})" if name == "tune" and self.tune_note else "")
-                        for name, s in self.stages.items()]
-        out.append(f"  total    ~ {_clock(total)} (explain: network passes only; clustering and the null come on top)")
-        if total > LONG_S and self.cuts:
-            out.append(f"  over an hour: to cut it, add -P overrides={','.join(self.cuts)} (or -P config=smoke for a one-minute "
-                       "synthetic run); pass the same to i2x train/explain/tune --overrides")
+        out = [head]
+        for name, s in self.stages.items():
+            if name == "tune" and self.tune_note:
+                out.append(f"  {name:8s} seconds, or ~ {_clock(s)} {self.tune_note}")
+            else:
+                out.append(f"  {name:8s} ~ {_clock(s)}")
+        extra = " + tune" if len(sure) < len(self.stages) else ""
+        out.append(f"  total    ~ {_clock(total)}{extra} (explain: network passes only; clustering and the null come on top)")
+        if total + (self.stages.get("tune", 0.0) if extra else 0.0) > LONG_S and self.cuts:
+            out.append(f"  over an hour: to cut it, make run OVERRIDES={','.join(self.cuts)} (mlflow run: -P overrides=...; "
+                       "i2x train/explain/tune: --overrides ...), or CONFIG=smoke for a one-minute synthetic run")
         return out
 
 
@@ -128,7 +137,7 @@ def estimate(config: Config, data: DataBundle, device: torch.device, repeats: in
     if tune.act_on == "findings":  # one epoch per trial and per strategy and seed; see i2x.repair
         runs = tune.n_trials + len(JTT_LAMBDAS) + (len(BASELINE_STRATEGIES) + len(tune.repair_strategies)) * tune.seeds
         tune_s = runs * per_epoch + (tune.n_trials * n_val + len(data.train_y) + runs * len(data.test_y)) * forward_s
-        note = "if the explanation states a finding to act on; seconds if it states none"
+        note = "if the explanation states a shortcut check to act on (main says which after explain)"
     stages = {"train": train_s, "explain": explain_s, "tune": tune_s}
     return StagePlan(device.type, config.model.name, config.model.width, n_fit, n, step_s, cam_s, forward_s, stages, note,
                      cuts(config, stages))

@@ -16,9 +16,14 @@ from i2x.platform.secrets import redact
 from i2x.runs.artifacts import TUNE_SUMMARY
 from i2x.training.checkpoints import atomic_write_text
 
-NOTHING = ("nothing to act on: the explanation states no verified finding (no shortcut check passed its causal, transplant "
-           "and location tests), so there is nothing to repair; to run the paper's study of uncertain prototypes instead, "
-           "pass --overrides tune.act_on=candidates")
+NOTHING = ("nothing to act on: the explanation states no shortcut check (no cue that the final model needs, that alone turns "
+           "other classes' images into its class, and that sits in one place off the objects); its findings are the model's own "
+           "evidence for its classes, which tune leaves as they are. The paper's study of uncertain prototypes: "
+           "--overrides tune.act_on=candidates")
+WHAT_WOULD_ACT = ("Tune repairs a shortcut check: a prototype or a rigid copy the final model needs for one class (occluding it "
+                  "hurts beyond matched cells), that alone turns other classes' images into that class when pasted (beyond the "
+                  "class's other parts of the same size), and that sits in one place, off the objects. The explanation report lists "
+                  "each check with its tests.")
 
 
 def study_key(doc: dict[str, Any], config: Config) -> str:
@@ -99,10 +104,10 @@ def repair_run(args: argparse.Namespace, inputs: tuple, build_ctx: Callable[[], 
     if finding is not None:
         tags |= {"optuna.study_name": name, "optuna.storage": redact(url)}
     local = (Path(config.work_dir) / f"tune-{config.data.name}-{key}").resolve()
-    with tracking.open_run(f"tune {config.data.name} {config.model.name} (from explain {args.run_id[:6]})", tags, local=local) as parent:
+    with tracking.open_run(f"tune {config.data.name} {config.model.name}", tags, local=local) as parent:
         tracking.log_params(config.flat())
         if finding is None:
-            return _nothing(parent.info.run_id, local, config)
+            return _nothing(parent.info.run_id, local, config, args.run_id, doc)
         from i2x.repair.choice import REPAIR_METRICS, make_objective, seed_trials
         from i2x.tuning.comparison import study_record
         from i2x.tuning.study import open_study, run_study
@@ -127,10 +132,15 @@ def repair_run(args: argparse.Namespace, inputs: tuple, build_ctx: Callable[[], 
         return _publish(parent, summary, rctx, study, local, config)
 
 
-def _nothing(run_id: str, local: Path, config: Config) -> str:
+def _nothing(run_id: str, local: Path, config: Config, explain_run_id: str, doc: dict[str, Any]) -> str:
+    from i2x.reporting.claims import findings_stated
     from i2x.reporting.html import repair_report
 
-    summary = {"act_on": "findings", "finding": None, "said": NOTHING}
+    explain = tracking.get_run(explain_run_id)
+    summary = {"act_on": "findings", "finding": None, "said": NOTHING, "what_would_act": WHAT_WOULD_ACT,
+               "explain_run_id": explain_run_id, "explain_report": explain.data.tags.get(tracking.TAG_REPORT, ""),
+               "explain_url": tracking.where_to_look(explain.info.experiment_id, explain_run_id)[1],
+               "explain_headline": explain.data.tags.get(tracking.TAG_HEADLINE, ""), "findings": findings_stated(doc)}
     local.mkdir(parents=True, exist_ok=True)
     atomic_write_text(local / TUNE_SUMMARY, json.dumps(summary, indent=2, sort_keys=True))
     tracking.log_artifact(local / TUNE_SUMMARY, "tuning")

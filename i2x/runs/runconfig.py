@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+from pathlib import Path
 from typing import Any
 
 from i2x.platform.config import Config
@@ -17,6 +19,7 @@ from i2x.platform.config_io import apply_overrides, available_configs, load_conf
 from i2x.platform.errors import I2XError
 from i2x.training.loop import resolve_model
 
+WORK_DIR_ENV = "I2X_WORK_DIR"  # the work folder, over the config's work_dir (`i2x main` sets it for its stages)
 # What the checkpoints fix: an explain or tune run may not change these.
 RUN_IDENTITY = ("model", "data.name", "data.image_size", "data.synthetic_per_class", "data.synthetic_confuser")
 
@@ -55,7 +58,7 @@ def run_config(args: argparse.Namespace, base: Config | None = None) -> Config:
         if args.dataset and args.dataset not in DATASETS:
             raise I2XError(f"unknown dataset '{args.dataset}'; choose one of {', '.join(sorted(DATASETS))}")
         name = args.config or (args.dataset if args.dataset in available_configs() else "") or "mnist"
-        return check_registered(load_config(name, ({"data.name": args.dataset} if args.dataset else {}) | _flags(args)))
+        return with_work_dir(check_registered(load_config(name, ({"data.name": args.dataset} if args.dataset else {}) | _flags(args))))
     if args.dataset and args.dataset != base.data.name:
         raise I2XError(f"--dataset {args.dataset} contradicts the checkpoints, which were trained on {base.data.name}; "
                        "drop --dataset, or explain checkpoints of that data set")
@@ -70,7 +73,15 @@ def run_config(args: argparse.Namespace, base: Config | None = None) -> Config:
     if changed:
         raise I2XError(f"--overrides change {', '.join(changed)}, which the checkpoints fix "
                        f"({', '.join(f'{k}={_at(before, k)}' for k in changed)}); drop those overrides, or train a new run with them")
-    return check_registered(cfg)
+    return with_work_dir(check_registered(cfg))
+
+
+def with_work_dir(cfg: Config) -> Config:
+    """The work folder as an absolute path: ``$I2X_WORK_DIR`` when set, else the config's
+    ``work_dir``, under the folder the command runs in. ``i2x main`` resolves it where the user
+    started it and passes it on, since MLflow starts each stage in the project's folder: a
+    relative folder there put the work into the source checkout."""
+    return dataclasses.replace(cfg, work_dir=str(Path(os.environ.get(WORK_DIR_ENV) or cfg.work_dir).expanduser().absolute()))
 
 
 def check_registered(cfg: Config) -> Config:

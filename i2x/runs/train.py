@@ -74,8 +74,11 @@ def train_run(args: argparse.Namespace) -> str:
             tracking.log_artifact(scratch / "training.png", "report")
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        print(f"i2x train: run {run_id} FINISHED, test accuracy {result.final_metrics['test_accuracy']:.4f}, "
-              f"{len(result.checkpoints)} checkpoints in {folder}")
+        said = (f"test accuracy {result.final_metrics['test_accuracy']:.4f} after {config.train.epochs} epoch(s) of "
+                f"{len(data.fit_idx):,} images; {len(result.checkpoints)} checkpoints")
+        tracking.set_tags({tracking.TAG_DESCRIPTION: f"Trained {config.data.name} {config.model.name}: {said}. Explain it with "
+                                                     f"`i2x explain --run-id {run_id}`. Checkpoints: {folder}."})
+        print(f"i2x train: run {run_id} FINISHED, {said} in {folder}")
     return run_id
 
 

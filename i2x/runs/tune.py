@@ -122,7 +122,7 @@ def tune_run(args: argparse.Namespace) -> str:
         tags = {tracking.TAG_STAGE: "tune", tracking.TAG_DATASET: config.data.name, tracking.TAG_MODEL: config.model.name,
                 "i2x.explain_run_id": args.run_id, "optuna.study_name": name, "optuna.storage": redact(url)}
         local = Path(config.work_dir) / f"tune-{config.data.name}-{key}"
-        with tracking.open_run(f"tune {config.data.name} {config.model.name} (from explain {args.run_id[:6]})", tags, local=local.resolve()) as parent:
+        with tracking.open_run(f"tune {config.data.name} {config.model.name}", tags, local=local.resolve()) as parent:
             tracking.log_params(config.flat())
             study = open_study(name, url, config)
             study.set_user_attr("explain_run_id", args.run_id)
