@@ -13,7 +13,7 @@ DATA_DIR ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared/datasets),)
 export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run run-isolated test install lock ui dashboard lint bench clean-work
+.PHONY: run run-isolated test install lock docs ui dashboard lint bench clean-work
 
 # Every install takes the versions pinned in requirements.lock (pip constraints): two installs a week
 # apart resolve the same numpy, scikit-learn, hdbscan and optuna. pip prints each package as it goes.
@@ -50,6 +50,9 @@ run-isolated: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+docs: install  # the generated parts of docs/: the config reference
+	$(BIN)/python -c "from i2x.platform.config_io import config_table; print(config_table())" > docs/config.md
 
 lint: install
 	$(BIN)/ruff check i2x pipelines tests bench

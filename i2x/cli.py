@@ -109,11 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
                 ["i2x report --run-id EXPLAIN_RUN_ID", "i2x report --run-id TUNE_RUN_ID --out /tmp/report"])
     p.add_argument("--run-id", default="", help="the explain or tune run")
     p.add_argument("--out", default="", help="write the report into this folder instead of logging it to the run")
-    p = command("doctor", "check the invariants of the tracking store, a study storage and a work folder (read-only)",
-                ["i2x doctor", "i2x doctor --storage sqlite:///mlruns/optuna.db --work mlruns/i2x-work --verify"])
+    p = command("doctor", "check the invariants of the tracking store, a study storage and a work folder (read-only unless --repair)",
+                ["i2x doctor", "i2x doctor --storage sqlite:///mlruns/optuna.db --work mlruns/i2x-work --verify", "i2x doctor --repair"])
     p.add_argument("--storage", default="", help="also check the RUNNING trials of every study of this Optuna storage (default: $I2X_OPTUNA_STORAGE)")
     p.add_argument("--work", default="", help="also check that every checkpoint under this work folder is whole")
     p.add_argument("--verify", action="store_true", help="download every recorded artifact and compare its SHA-256 (not only its size)")
+    p.add_argument("--repair", action="store_true", help="end what no process can end any more: runs RUNNING without a live holder "
+                                                          "or under an ended parent become KILLED, such trials FAIL (the only writes doctor makes)")
     p = command("dashboard", "optuna-dashboard on the study storage, ready before any study exists",
                 ["i2x dashboard", "i2x dashboard --storage sqlite:///mlruns/optuna.db --port 8080"])
     p.add_argument("--storage", default="", help="Optuna storage URL (default: $I2X_OPTUNA_STORAGE, else sqlite:///mlruns/optuna.db)")
@@ -141,30 +143,36 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
-def _end_launched_run() -> None:
+def _end_launched_run() -> bool:
     """``mlflow run`` made this process's run (``MLFLOW_RUN_ID``); a stop before the stage
-    adopted it left it RUNNING, and the launcher would mark it FAILED: it was stopped."""
+    adopted it left it RUNNING, and the launcher would mark it FAILED: it was stopped. True
+    when this ended it."""
     run_id = os.environ.get("MLFLOW_RUN_ID")
     if not run_id:
-        return
+        return False
     try:
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient()
         if client.get_run(run_id).info.status == "RUNNING":
             client.set_terminated(run_id, status="KILLED")
+            return True
     except Exception:  # noqa: BLE001 (best effort on the way out; the next holder closes it otherwise)
         pass
+    return False
 
 
 def _stopped(exc: KeyboardInterrupt, under_main: bool) -> int:
     """A stop (:class:`~i2x.platform.process.Stopped`, or SIGINT's KeyboardInterrupt): the
-    launched run ended KILLED, one line (a stage of `i2x main`: main says it, once), 128 + n."""
+    launched run ended KILLED, one line that says what was done (a stage of `i2x main`: main
+    says it, once), 128 + n. Only a command that held a run says it marked one KILLED."""
     signum = getattr(exc, "signum", signal.SIGINT)
-    _end_launched_run()
+    ended = _end_launched_run()
+    held = ended or bool(sys.modules.get("i2x.platform.tracking") and sys.modules["i2x.platform.tracking"].KILLED_RUNS)
     if not under_main:
-        print(f"i2x: stopped by {signal.Signals(signum).name}; the MLflow run is marked KILLED; run the same command again to resume",
-              file=sys.stderr)
+        name = signal.Signals(signum).name
+        print(f"i2x: stopped by {name}; the MLflow run is marked KILLED; run the same command again to resume" if held else
+              f"i2x: stopped by {name}; no MLflow run was open, so none was changed", file=sys.stderr)
     return 128 + int(signum)
 
 

@@ -119,6 +119,25 @@ def one_group_file(tmp: Path, _request) -> dict[str, str]:
     return {"FILE": str(tmp / "groups.csv")}
 
 
+def _file(name: str, data: bytes) -> Callable[[Path, pytest.FixtureRequest], dict[str, str]]:
+    def setup(tmp: Path, _request) -> dict[str, str]:
+        (tmp / name).write_bytes(data)
+        return {"FILE": str(tmp / name)}
+
+    return setup
+
+
+# issue 44: a 700-byte "billion laughs" printed nothing for 150 s and took 1.3 GB (its error wrote the list out)
+YAML_BOMB = ("a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+                                                        for p, c in zip("abcdefgh", "bcdefghi", strict=True))
+             + "train:\n  epochs: *i\n").encode()
+LATIN1_YAML = "# réglages\ntrain:\n  epochs: 1\n".encode("latin-1")
+HUGE_FIELD = b"id,group\n0,water\n1," + b"x" * 200_000 + b"\n"
+LONG_NAME = ("id,group\n0,water\n1," + "y" * 300 + "\n").encode()
+NUL_NAME = b"id,group\n0,water\n1,la\x00nd\n"
+SAME_METRIC = b"id,group\n0,a?b\n1,a!b\n"
+
+
 def list_yaml(tmp: Path, _request) -> dict[str, str]:
     (tmp / "list.yaml").write_text("- train\n- explain\n")
     return {"FILE": str(tmp / "list.yaml")}
@@ -302,19 +321,62 @@ BAD_INPUTS = [
     Bad("override without =", [*SMOKE, "noequals"], "override 'noequals' is not key=value (example:"),
     # types and ranges (a traceback or a wrong message before)
     Bad("lr not a number", [*SMOKE, "train.lr=abc"], "config key 'train.lr' expects float, got 'abc'"),
-    Bad("negative lr", [*SMOKE, "train.lr=-1"], "'train.lr' in overrides must be above 0, got -1.0"),  # torch ValueError traceback
+    Bad("negative lr", [*SMOKE, "train.lr=-1"], "'train.lr' in overrides must be above 0 and at most 1,000,000, got -1.0"),  # torch ValueError traceback
     Bad("momentum above 1", [*SMOKE, "train.momentum=1.5"], "'train.momentum' in overrides must be from 0 to 1, got 1.5"),
-    Bad("negative decay", [*SMOKE, "train.weight_decay=-0.1"], "'train.weight_decay' in overrides must be at least 0"),
-    Bad("smoothing above 1", [*SMOKE, "train.label_smoothing=2"], "'train.label_smoothing' in overrides must be from 0 to 1"),
+    Bad("negative decay", [*SMOKE, "train.weight_decay=-0.1"], "'train.weight_decay' in overrides must be from 0 to 1"),
+    Bad("smoothing above 1", [*SMOKE, "train.label_smoothing=2"], "'train.label_smoothing' in overrides must be at least 0 and below 1"),
     Bad("val fraction 1.5", [*SMOKE, "data.val_fraction=1.5"], "'data.val_fraction' in overrides must be between 0 and 1, both excluded"),
     Bad("bool not a bool", [*SMOKE, "data.download=maybe"], "config key 'data.download' expects bool, got 'maybe'"),
-    Bad("batch size 0", [*SMOKE, "train.batch_size=0"], "'train.batch_size' in overrides must be at least 1, got 0"),  # ZeroDivisionError
-    Bad("epochs 0", [*SMOKE, "train.epochs=0"], "'train.epochs' in overrides must be at least 1, got 0"),  # was an 'S3 upload failure'
-    Bad("negative image size", [*SMOKE, "data.image_size=-5"], "'data.image_size' in overrides must be from 0 to 4096"),
-    Bad("negative width", [*SMOKE, "model.width=-1"], "'model.width' in overrides must be from 0 to 4096, got -1"),
-    Bad("one prototype", [*SMOKE, "explain.n_prototypes=1"], "'explain.n_prototypes' in overrides must be at least 2, got 1"),
+    Bad("batch size 0", [*SMOKE, "train.batch_size=0"], "'train.batch_size' in overrides must be from 1 to 1,000,000, got 0"),  # ZeroDivisionError
+    Bad("epochs 0", [*SMOKE, "train.epochs=0"], "'train.epochs' in overrides must be from 1 to 10,000, got 0"),  # was an 'S3 upload failure'
+    Bad("negative image size", [*SMOKE, "data.image_size=-5"], "'data.image_size' in overrides must be 0, or from 8 to 4,096"),
+    Bad("negative width", [*SMOKE, "model.width=-1"], "'model.width' in overrides must be 0, or from 1 to 4,096, got -1"),
+    Bad("one prototype", [*SMOKE, "explain.n_prototypes=1"], "'explain.n_prototypes' in overrides must be from 2 to 100,000, got 1"),
     Bad("CI level 1", [*SMOKE, "faithfulness.ci=1"], "'faithfulness.ci' in overrides must be between 0 and 1, both excluded"),
-    Bad("huge seed", ["train", "--config", "smoke", "--seed", "99999999999999999999"], "'seed' in overrides must be from 0 to 4294967295"),
+    Bad("huge seed", ["train", "--config", "smoke", "--seed", "99999999999999999999"], "'seed' in overrides must be from 0 to 4,294,967,295"),
+    # issue 44: each of these opened a run and trained, or failed later with a traceback and a FAILED run
+    Bad("negative analysis size", [*SMOKE, "data.analysis_size=-5"], "'data.analysis_size' in overrides must be 0, or at least 20, got -5"),
+    Bad("negative PCA size", [*SMOKE, "explain.pca_components=-1"], "'explain.pca_components' in overrides must be from 1 to 4,096, got -1"),
+    Bad("no exemplars", [*SMOKE, "explain.n_exemplars=0"], "'explain.n_exemplars' in overrides must be from 1 to 1,000, got 0"),
+    Bad("no K-Means restart", [*SMOKE, "explain.kmeans_n_init=0"], "'explain.kmeans_n_init' in overrides must be from 1 to 1,000, got 0"),
+    Bad("negative train limit", [*SMOKE, "data.train_limit=-1"], "'data.train_limit' in overrides must be 0, or at least 20, got -1"),
+    Bad("no checkpoint fraction", [*SMOKE, "train.checkpoint_fractions=[]"], "'train.checkpoint_fractions' in overrides needs at least one value"),
+    Bad("checkpoint fraction above 1", [*SMOKE, "train.checkpoint_fractions=[1.5]"],
+        "every value of config key 'train.checkpoint_fractions' in overrides must be above 0 and at most 1, got 1.5"),
+    Bad("NaN learning rate", [*SMOKE, "train.lr=.nan"], "'train.lr' in overrides must be a finite number, got nan"),
+    Bad("infinite learning rate", [*SMOKE, "train.lr=.inf"], "'train.lr' in overrides must be a finite number, got inf"),
+    Bad("log every 0 steps", [*SMOKE, "train.log_every=0"], "'train.log_every' in overrides must be from 1 to 1,000,000, got 0"),  # ZeroDivisionError
+    Bad("image size 1", [*SMOKE, "data.image_size=1"], "'data.image_size' in overrides must be 0, or from 8 to 4,096, got 1"),  # "low >= high"
+    Bad("tune epochs 0", [*SMOKE, "tune.epochs_choices=[0]"],
+        "every value of config key 'tune.epochs_choices' in overrides must be from 1 to 1,000, got 0"),  # IndexError, FAILED tune and trials
+    Bad("threshold min above max", [*SMOKE, "tune.threshold_min=0.7"],
+        "tune.threshold_min must be below tune.threshold_max (got tune.threshold_min=0.7, tune.threshold_max=0.6)"),
+    Bad("YAML bomb", ["train", "--config", "{FILE}"], "uses more than 20 YAML aliases", _file("bomb.yaml", YAML_BOMB)),
+    Bad("Latin-1 config", ["train", "--config", "{FILE}"], "is not UTF-8 text (byte 0xe9 at offset 3); save it as UTF-8",
+        _file("latin.yaml", LATIN1_YAML)),  # UnicodeDecodeError traceback
+    Bad("group file with a 200 kB field", [*SMOKE, "plant.group_file={FILE}"], "is not a CSV file this reader takes (field larger than",
+        _file("huge.csv", HUGE_FIELD)),  # _csv.Error traceback
+    Bad("group name of 300 characters", [*SMOKE, "plant.group_file={FILE}"], "is 300 characters (at most 200)",
+        _file("long.csv", LONG_NAME)),  # failed after training, on MLflow's metric name
+    Bad("group name with a NUL byte", [*SMOKE, "plant.group_file={FILE}"], "holds a control character", _file("nul.csv", NUL_NAME)),
+    Bad("group names of one metric name", [*SMOKE, "plant.group_file={FILE}"], "would share the MLflow metric group_accuracy/a_b",
+        _file("same.csv", SAME_METRIC)),
+    Bad("doctor --work with a typo", ["doctor", "--work", "mlruns/i2x-wrok"], "--work mlruns/i2x-wrok is not a folder", empty_store,
+        env={"MLFLOW_TRACKING_URI": "sqlite:///mlflow.db"}),  # reported "0 violation(s)"
+    Bad("doctor --storage on a new path", ["doctor", "--storage", "sqlite:///new-optuna.db"], "no Optuna storage at new-optuna.db",
+        empty_store, env={"MLFLOW_TRACKING_URI": "sqlite:///mlflow.db"}),  # created the database
+    Bad("doctor on a store that is not there", ["doctor"], "no tracking store at missing/mlflow.db: the file does not exist",
+        env={"MLFLOW_TRACKING_URI": "sqlite:///missing/mlflow.db"}),  # a traceback, and the folder created
+    Bad("doctor on a storage of an unknown scheme", ["doctor", "--storage", "foo://bar"], "cannot read the Optuna storage foo://bar",
+        empty_store, env={"MLFLOW_TRACKING_URI": "sqlite:///mlflow.db"}),  # a traceback
+    Bad("doctor on a PostgreSQL server that refuses", ["doctor"], "cannot read the tracking store postgresql://127.0.0.1:1/i2x",
+        env={"MLFLOW_TRACKING_URI": "postgresql://127.0.0.1:1/i2x"}),  # a 137-line traceback
+    Bad("tracking server that is down", ["train", "--config", "smoke"], "the tracking server http://127.0.0.1:1 does not answer",
+        env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:1"}),  # 150 s of "working" lines
+    Bad("report into /proc", ["report", "--run-id", "{RUN}", "--out", "/proc/i2x-report"], "--out /proc/i2x-report cannot hold the report",
+        train_run),  # traceback
+    Bad("report into a folder under a file", ["report", "--run-id", "{RUN}", "--out", "A_FILE/report"],
+        "--out A_FILE/report cannot hold the report (Not a directory)", train_run),
     # planted defects and groups (issue 21): refused before any run
     Bad("plant class out of range", [*SMOKE, "plant.kind=shortcut,plant.classes=[9]"], "plant.classes must be class indices in 0..3, got [9]"),
     Bad("plant share above 1", [*SMOKE, "plant.rho=1.5"], "'plant.rho' in overrides must be from 0 to 1, got 1.5"),
@@ -355,8 +417,8 @@ BAD_INPUTS = [
         "--overrides change data.image_size, which the checkpoints fix", smoke_checkpoints),
     Bad("classes against checkpoints", ["explain", "--checkpoints", "{CKPTS}", "--data-dir", "{DIR}"],
         "is not what the checkpoints were trained on (classes ['a', 'b', 'c'] here, ['a', 'b', 'c', 'd'] in the checkpoints)", other_classes),
-    Bad("K above locations", ["explain", "--checkpoints", "{CKPTS}", "--overrides", "explain.n_prototypes=1000000"],
-        "explain.n_prototypes=1000000 is larger than the", smoke_checkpoints),
+    Bad("K above locations", ["explain", "--checkpoints", "{CKPTS}", "--overrides", "explain.n_prototypes=50000"],
+        "explain.n_prototypes=50000 is larger than the", smoke_checkpoints),
     Bad("missing target layer", ["explain", "--checkpoints", "{CKPTS}", "--overrides", "explain.target_layer=net.block7"],
         "target layer 'net.block7' does not exist", smoke_checkpoints),
     # runs in the store

@@ -52,3 +52,32 @@ def test_make_run_passes_the_overrides_the_plan_advises():
     assert out.returncode == 0, out.stderr
     line = next(x for x in out.stdout.splitlines() if " run . " in x)
     assert "-P overrides=train.epochs=1,tune.seeds=2" in line, line
+
+
+HOLDS_NO_RUN = """
+import time
+import i2x.runs.doctor as doctor
+def slow(*args, **kwargs):
+    print("ready", flush=True)
+    time.sleep(120)
+doctor.doctor = slow
+from i2x.cli import run
+run(["doctor", "--verify"])
+"""
+
+
+def test_a_stop_of_a_command_that_holds_no_run_says_no_run_was_changed(tmp_path):
+    """Issue 44: Ctrl-C of `doctor --verify` (or `services up`, `report --out`, a train still
+    starting) said "the MLflow run is marked KILLED" where no run existed."""
+    import signal
+
+    import mlflow
+
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db").search_experiments()
+    proc = subprocess.Popen([sys.executable, "-c", HOLDS_NO_RUN], cwd=tmp_path, env=cli_env(tmp_path), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == ["i2x: stopped by SIGINT; no MLflow run was open, so none was changed"], err

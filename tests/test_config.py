@@ -101,3 +101,42 @@ def test_a_config_file_sizes_itself_to_the_device_and_overrides_still_win(tmp_pa
     path.write_text("devices:\n  cpu:\n    tune:\n      seedz: 3\n")
     with pytest.raises(I2XError, match=r"unknown config key 'tune.seedz' in .*\(devices.cpu\)"):
         load_config(str(path), "train.device=cpu")
+
+
+def test_the_config_reference_in_docs_is_current():
+    """docs/config.md is generated from the dataclasses (`make docs`): every key, its default,
+    what it accepts and its meaning."""
+    from i2x.platform.config_io import config_table
+
+    from .conftest import ROOT
+
+    assert (ROOT / "docs" / "config.md").read_text() == config_table() + "\n", "run `make docs`"
+
+
+def test_every_numeric_key_declares_its_range_and_every_rule_can_fail():
+    """Issue 44: a range on every number, declared once next to its field; each rule between
+    keys refuses a config that breaks it."""
+    import dataclasses
+    import typing
+
+    import pytest
+
+    from i2x.platform.config import SECTIONS, Config
+    from i2x.platform.config_io import load_config
+    from i2x.platform.errors import I2XError
+
+    hints = typing.get_type_hints(Config)
+    for name in SECTIONS:
+        for f in dataclasses.fields(hints[name]):
+            kind = typing.get_type_hints(hints[name])[f.name]
+            numeric = kind in (int, float) or (typing.get_origin(kind) is tuple and typing.get_args(kind)[0] in (int, float))
+            assert not numeric or "bounds" in f.metadata, f"{name}.{f.name} declares no range"
+    for overrides, said in [({"tune.threshold_min": 0.7}, "tune.threshold_min must be below tune.threshold_max"),
+                            ({"tune.lr_min": 0.1}, "tune.lr_min must be at most tune.lr_max"),
+                            ({"explain.null_max_permutations": 10}, "explain.null_max_permutations must be at least"),
+                            ({"explain.fit_max_locations": 10}, "explain.fit_max_locations must be at least explain.n_prototypes"),
+                            ({"explain.min_group_for_r2": 3}, "explain.min_group_for_r2 must be at least explain.r2_folds"),
+                            ({"faithfulness.max_images": 5}, r"faithfulness.max_images must be 0 \(all\) or at least"),
+                            ({"data.image_size": 16, "data.translate": 8}, "data.translate must be less than half")]:
+        with pytest.raises(I2XError, match=said):
+            load_config("mnist", overrides)

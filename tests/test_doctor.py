@@ -135,8 +135,10 @@ def test_a_checkpoint_cut_short_is_a_violation(smoke_run, tmp_path):
 
 
 def test_the_command_prints_each_violation_and_exits_1(tmp_path):
+    import mlflow
     import optuna
 
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db").search_experiments()  # the (empty) tracking store doctor reads
     storage = f"sqlite:///{tmp_path}/optuna.db"
     study = optuna.create_study(study_name="s", storage=storage)
     study.ask().set_user_attr("i2x.holder", "nohost 1 1")  # another host's worker: not visible from here
@@ -148,3 +150,63 @@ def test_the_command_prints_each_violation_and_exits_1(tmp_path):
     assert lines[0].startswith("VIOLATION  study s: trial 1 is RUNNING but its worker (") and lines[1] == (
         "cannot tell  study s: trial 0 is RUNNING with a worker this host cannot see"), lines
     assert lines[-1].startswith("i2x doctor: 2 checks over sqlite:///") and lines[-1].endswith(": 1 violation(s), 1 not verifiable here"), lines
+
+
+def test_a_manifest_cut_short_is_a_violation_not_a_traceback(mlflow_store, tmp_path):
+    """Issue 44: a manifest cut short gave a JSONDecodeError traceback."""
+    run_id = _finished_run(tmp_path)
+    manifest = _artifact_file(run_id, "i2x-manifest.json")
+    manifest.write_text(manifest.read_text()[:20])
+    found = doctor()
+    assert found.violations == [f"run {run_id} (explain): i2x-manifest.json is damaged (JSONDecodeError): what the run logged "
+                                "cannot be checked"], found.violations
+
+
+def test_doctor_creates_nothing_where_there_is_no_store(tmp_path):
+    """Issue 44: doctor on a store, a storage or a folder that is not there said "0 violations"
+    or created them; it only reads, so each is one line, exit 2, and nothing is created."""
+    env = cli_env(tmp_path, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/missing/mlflow.db")
+    out = subprocess.run([sys.executable, "-m", "i2x.cli", "doctor"], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.strip().startswith("i2x: error: no tracking store at "), out.stderr
+    assert not (tmp_path / "missing").exists()
+    import mlflow
+
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db").search_experiments()  # a store that exists
+    env = cli_env(tmp_path)
+    out = subprocess.run([sys.executable, "-m", "i2x.cli", "doctor", "--storage", f"sqlite:///{tmp_path}/new/optuna.db"], env=env,
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 2 and "no Optuna storage at" in out.stderr and not (tmp_path / "new").exists(), out.stderr
+
+
+def test_repair_ends_what_no_process_can_end_and_leaves_the_rest(mlflow_store, tmp_path):
+    """``--repair``: a run whose holder died and an orphan under an ended parent become KILLED
+    (tagged ``i2x.closed_by: doctor``), a trial whose worker died FAIL; a run held by a live
+    process stays RUNNING; afterwards no violation is left."""
+    import mlflow
+    import optuna
+
+    from i2x.platform import tracking
+    from i2x.platform.process import holder
+
+    client = mlflow.MlflowClient()
+    experiment = mlflow.set_experiment("i2x").experiment_id
+    dead = subprocess.run([sys.executable, "-c", "from i2x.platform.process import holder; print(holder())"], capture_output=True,
+                          text=True, env=cli_env(tmp_path), cwd=ROOT, check=True).stdout.strip()
+    gone = client.create_run(experiment, tags={tracking.TAG_HOLDER: dead, tracking.TAG_STAGE: "train"})
+    parent = client.create_run(experiment)
+    client.set_terminated(parent.info.run_id, "KILLED")
+    orphan = client.create_run(experiment, tags={tracking.TAG_PARENT: parent.info.run_id, tracking.TAG_STAGE: "train"})
+    alive = client.create_run(experiment, tags={tracking.TAG_HOLDER: holder(), tracking.TAG_STAGE: "explain"})
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    study = optuna.create_study(study_name="s", storage=storage)
+    study.ask().set_user_attr("i2x.holder", dead)
+    out = subprocess.run([sys.executable, "-m", "i2x.cli", "doctor", "--storage", storage, "--repair"], env=cli_env(tmp_path),
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    repaired = [line for line in out.stdout.splitlines() if line.startswith("REPAIRED")]
+    assert len(repaired) == 3 and out.stdout.splitlines()[-1].endswith(": 0 violation(s), 0 not verifiable here"), out.stdout
+    for run in (gone, orphan):
+        got = client.get_run(run.info.run_id)
+        assert got.info.status == "KILLED" and got.data.tags["i2x.closed_by"] == "doctor"
+    assert client.get_run(alive.info.run_id).info.status == "RUNNING"
+    assert [t.state.name for t in optuna.load_study(study_name="s", storage=storage).trials] == ["FAIL"]

@@ -53,3 +53,26 @@ def test_a_bad_group_file_is_refused_in_one_line(tmp_path, text, fragment):
     with pytest.raises(I2XError, match=None) as err:
         read_group_file(path, 5)
     assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_group_file_as_excel_saves_it_is_read(tmp_path):
+    """Issue 44: Excel's "CSV UTF-8" starts with a byte-order mark (refused as having no header)
+    and ends lines with CR LF."""
+    path = tmp_path / "groups.csv"
+    path.write_bytes("id,group\r\n0,water\r\n1,land\r\n2,water\r\n".encode("utf-8-sig"))
+    groups = read_group_file(path, 3)
+    assert groups.names == ("water", "land") and groups.of_image.tolist() == [0, 1, 0]
+
+
+def test_group_names_become_metric_names_mlflow_takes(mlflow_store):
+    """Issue 44: a group named ``../up`` failed after training, on MLflow's metric name."""
+    import mlflow
+
+    from i2x.training.evaluation import metric_name
+
+    names = ["../up", "a/./b", "trailing/", "x" * 150, "T-shirt/top"]
+    keys = [f"group_accuracy/{metric_name(n)}" for n in names]
+    assert keys[0] == "group_accuracy/_/up" and keys[-1] == "group_accuracy/T-shirt/top" and len(set(keys)) == len(keys)
+    mlflow.set_experiment("groups")
+    with mlflow.start_run():
+        mlflow.log_metrics(dict.fromkeys(keys, 0.5))

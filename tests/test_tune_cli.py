@@ -251,6 +251,23 @@ def test_tune_needs_an_explain_run(explained):
     assert out.returncode == 2 and "no study 'nope'" in out.stderr.strip().splitlines()[-1]
 
 
+def test_a_storage_that_cannot_be_opened_is_one_line_and_opens_no_tune_run(explained, tmp_path):
+    """Issue 44: an Optuna storage that is a directory (or a text file, or a server that refuses)
+    gave one clean line but left a FAILED tune run behind: the storage is opened first now."""
+    root, env, explain_id, client = explained
+    experiment = client.get_run(explain_id).info.experiment_id
+    before = {r.info.run_id for r in client.search_runs([experiment])}
+    (tmp_path / "dir.db").mkdir()
+    (tmp_path / "notes.db").write_text("my notes\n")
+    for storage in (f"sqlite:///{tmp_path}/dir.db", f"sqlite:///{tmp_path}/notes.db", "postgresql://127.0.0.1:1/i2x"):
+        out = cli(env, root, "tune", "--run-id", explain_id, "--storage", storage, "--overrides",
+                  f"work_dir={root / 'work'},tune.act_on=candidates")
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode == 2 and lines[-1].startswith("i2x: error: cannot open Optuna storage "), out.stderr[-2000:]
+        assert "Traceback" not in out.stderr
+    assert {r.info.run_id for r in client.search_runs([experiment])} == before  # no tune run, FAILED or otherwise
+
+
 def test_report_command_regenerates_into_a_folder_or_the_run(explained, tmp_path):
     root, env, explain_id, client = explained
     out = cli(env, root, "report", "--run-id", explain_id, "--out", str(tmp_path / "rep"))

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 
 from i2x.platform.config_steps import ExplainConfig, FaithfulnessConfig, TuneConfig
+from i2x.platform.settings import Check, setting
 
 CONFIG_DIR_ENV = "I2X_CONFIG_DIR"
 SECTIONS = ("data", "plant", "model", "train", "explain", "faithfulness", "tune")
@@ -50,16 +51,21 @@ class DataConfig:
     name: str = "mnist"
     root: str = ""
     download: bool = True
-    image_size: int = 0
-    val_fraction: float = 0.1
-    train_limit: int = 0
-    test_limit: int = 0
-    analysis_size: int = 1000
+    image_size: int = setting(0, lo=8, hi=4096, zero=True)
+    val_fraction: float = setting(0.1, above=0, below=1)
+    train_limit: int = setting(0, lo=20, zero=True)
+    test_limit: int = setting(0, lo=20, zero=True)
+    analysis_size: int = setting(1000, lo=20, zero=True)
     augment: bool = False
-    translate: int = 4
+    translate: int = setting(4, lo=0, hi=16)
     flip: Literal["random", "alternating"] = "random"
-    synthetic_per_class: int = 300
-    synthetic_confuser: float = 0.0
+    synthetic_per_class: int = setting(300, lo=10, hi=100_000)
+    synthetic_confuser: float = setting(0.0, lo=0, hi=1)
+
+    CHECKS: ClassVar[tuple[Check, ...]] = (
+        Check(("translate", "image_size"), lambda d: d.image_size == 0 or 2 * d.translate < d.image_size,
+              "data.translate must be less than half of data.image_size"),
+    )
 
 
 @dataclass(frozen=True)
@@ -72,26 +78,34 @@ class PlantConfig:
     Attributes:
         kind: ``shortcut``: the mark on a share ``rho`` of the training images of ``classes``
             (``other`` of the rest); ``confuser``: on ``rho`` of each of two ``classes``.
+        classes: the class indices the mark goes with.
+        rho: share of those classes' training images that carry the mark.
+        other: share of every other class's training images that carry it.
         test: share of every class's test images marked, independently of class, so the
             model's reliance shows as a gap between groups.
         mark: ``square``, ``ring`` or ``stripes`` (a texture), ``size`` pixels a side, in
             ``color`` (one value for all channels, or one each).
+        size: the mark's side in pixels.
+        color: its pixel value (one for all channels, or one per channel).
         position: ``fixed`` (in ``corner``) or ``random`` (inside the corner's square of side
             ``region``; 0: twice the size).
+        corner: ``tl``, ``tr``, ``bl`` or ``br``: where a fixed mark sits, or the corner of a
+            random one's square.
+        region: side of that square for ``position: random`` (0: twice the mark's size).
         group_file: a CSV ``id,group`` (test-image index -> group): a user's own groups.
     """
 
     kind: Literal["none", "shortcut", "confuser"] = "none"
-    classes: tuple[int, ...] = (0,)
-    rho: float = 0.95
-    other: float = 0.0
-    test: float = 0.5
+    classes: tuple[int, ...] = setting((0,), lo=0, hi=100_000, nonempty=True)
+    rho: float = setting(0.95, lo=0, hi=1)
+    other: float = setting(0.0, lo=0, hi=1)
+    test: float = setting(0.5, lo=0, hi=1)
     mark: Literal["square", "ring", "stripes"] = "square"
-    size: int = 5
-    color: tuple[int, ...] = (255,)
+    size: int = setting(5, lo=1, hi=256)
+    color: tuple[int, ...] = setting((255,), lo=0, hi=255, nonempty=True)
     position: Literal["fixed", "random"] = "fixed"
     corner: Literal["tl", "tr", "bl", "br"] = "br"
-    region: int = 0
+    region: int = setting(0, lo=0, hi=4096)
     group_file: str = ""
 
 
@@ -107,7 +121,7 @@ class ModelConfig:
     """
 
     name: str = "cnn"
-    width: int = 0
+    width: int = setting(0, lo=1, hi=4096, zero=True)
 
 
 @dataclass(frozen=True)
@@ -115,6 +129,14 @@ class TrainConfig:
     """Training and the checkpoint schedule (METHOD step 1).
 
     Attributes:
+        epochs: passes over the fit split.
+        batch_size: images per optimizer step.
+        optimizer: ``sgd`` (with ``momentum``) or ``adam``.
+        lr: the peak learning rate of ``lr_schedule``.
+        momentum: SGD momentum.
+        weight_decay: L2 weight decay.
+        eval_batch_size: images per batch when evaluating.
+        log_every: steps between logged training metrics.
         checkpoint_fractions: fractions of epoch 1 at which to checkpoint (OURS: the
             paper only says "selected checkpoints"; learning moves fast early, so the
             schedule is dense at the start).
@@ -138,32 +160,38 @@ class TrainConfig:
             reported). Every checkpoint and explanation is of the plain model.
     """
 
-    epochs: int = 3
-    batch_size: int = 128
+    epochs: int = setting(3, lo=1, hi=10_000)
+    batch_size: int = setting(128, lo=1, hi=1_000_000)
     optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    lr: float = setting(0.05, above=0, hi=1e6)
+    momentum: float = setting(0.9, lo=0, hi=1)
+    weight_decay: float = setting(5e-4, lo=0, hi=1)
     lr_schedule: Literal["onecycle", "cosine", "constant", "triangle"] = "onecycle"
-    checkpoint_fractions: tuple[float, ...] = (0.1, 0.25, 0.5)
+    checkpoint_fractions: tuple[float, ...] = setting((0.1, 0.25, 0.5), above=0, hi=1, nonempty=True)
     checkpoint_every_epoch: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    eval_batch_size: int = 1000
-    log_every: int = 20
-    num_threads: int = 0
-    label_smoothing: float = 0.0
-    bias_lr_scale: float = 1.0
-    lookahead_every: int = 0
-    lookahead_start: float = 3.0
-    tta_level: int = 0
+    eval_batch_size: int = setting(1000, lo=1, hi=1_000_000)
+    log_every: int = setting(20, lo=1, hi=1_000_000)
+    num_threads: int = setting(0, lo=0, hi=1024)
+    label_smoothing: float = setting(0.0, lo=0, below=1)
+    bias_lr_scale: float = setting(1.0, above=0, hi=1e6)
+    lookahead_every: int = setting(0, lo=0, hi=1_000_000)
+    lookahead_start: float = setting(3.0, lo=0, hi=10_000)
+    tta_level: int = setting(0, lo=0, hi=2)
     register_as: str = ""
 
 
 @dataclass(frozen=True)
 class Config:
-    """The whole resolved configuration of a run."""
+    """The whole resolved configuration of a run.
 
-    seed: int = 0
+    Attributes:
+        seed: every random choice's seed (data splits, training, the explanation, tuning).
+        work_dir: local folder of checkpoints and stage outputs (``$I2X_WORK_DIR`` wins), under
+            the folder the command runs in.
+    """
+
+    seed: int = setting(0, lo=0, hi=2**32 - 1)
     work_dir: str = "mlruns/i2x-work"
     data: DataConfig = field(default_factory=DataConfig)
     plant: PlantConfig = field(default_factory=PlantConfig)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import reprlib
 import types
 import typing
 from pathlib import Path
@@ -16,8 +17,9 @@ from typing import Any, Literal
 import yaml
 
 from i2x.platform.config import CONFIG_DIR_ENV, RETIRED_KEYS, SECTIONS, Config
-from i2x.platform.errors import I2XError
+from i2x.platform.errors import I2XError, read_user_text
 from i2x.platform.secrets import has_secret, redact
+from i2x.platform.settings import bounds_of, field_problem, rule_problems
 
 
 def config_dir() -> Path:
@@ -54,6 +56,45 @@ def _section_types() -> dict[str, type]:
 _FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
+_SHORT = reprlib.Repr()  # Python 3.11's takes no keywords
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 2, 6, 6, 4, 60, 60
+MAX_CONFIG_BYTES = 1 << 20
+MAX_ALIASES = 20  # a config needs none; a YAML "billion laughs" needs dozens
+
+
+def _short(value: Any) -> str:
+    """``repr`` of a value, bounded: a value built from YAML aliases can be astronomically long
+    written out (a 700-byte file printed nothing for 150 s and took 1.3 GB)."""
+    return _SHORT.repr(value)
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, with YAML aliases counted: past :data:`MAX_ALIASES` the file is refused."""
+
+    aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_ALIASES:
+                raise I2XError(f"uses more than {MAX_ALIASES} YAML aliases (*name); a config needs none: write the values out")
+        return super().compose_node(parent, index)
+
+
+def read_yaml(path: Path) -> Any:
+    """A config file as users save it: at most :data:`MAX_CONFIG_BYTES`, UTF-8 with or without a
+    byte-order mark, YAML aliases only up to :data:`MAX_ALIASES`; anything else one line."""
+    text = read_user_text(path, "config file", MAX_CONFIG_BYTES, "a config is a few kilobytes of YAML")
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
+    except I2XError as exc:
+        raise I2XError(f"config file {path} {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise I2XError(f"config file {path} is not valid YAML{where}: {getattr(exc, 'problem', None) or str(exc).splitlines()[0]}") from None
+
+
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
     """Check and convert ``value`` to ``annotation``; one-line error naming ``key``."""
     origin = typing.get_origin(annotation)
@@ -61,7 +102,7 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         choices = typing.get_args(annotation)
         if value in choices:
             return value
-        raise I2XError(f"config key '{key}' must be one of {', '.join(map(str, choices))}, got {value!r}")
+        raise I2XError(f"config key '{key}' must be one of {', '.join(map(str, choices))}, got {_short(value)}")
     if annotation is bool:
         if isinstance(value, bool):
             return value
@@ -95,72 +136,24 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             except I2XError:
                 continue
     type_name = getattr(annotation, "__name__", str(annotation))
-    raise I2XError(f"config key '{key}' expects {type_name}, got {value!r}")
+    raise I2XError(f"config key '{key}' expects {type_name}, got {_short(value)}")
 
 
-# Bounds of numeric keys (inclusive; None: open). A value outside fails at load, in one
-# line, before any run is opened, instead of as a ZeroDivisionError or numpy overflow later.
-RANGES: dict[str, tuple[float | None, float | None]] = {
-    "seed": (0, 2**32 - 1),
-    "data.image_size": (0, 4096),
-    "plant.rho": (0, 1), "plant.other": (0, 1), "plant.test": (0, 1), "plant.size": (1, 256), "plant.region": (0, 4096),
-    "data.translate": (0, 16),
-    "model.width": (0, 4096),
-    "train.bias_lr_scale": (1e-6, None),
-    "train.lookahead_every": (0, None),
-    "train.lookahead_start": (0, None),
-    "train.tta_level": (0, 2),
-    "train.epochs": (1, None),
-    "train.batch_size": (1, None),
-    "train.eval_batch_size": (1, None),
-    "explain.batch_size": (1, None),
-    "explain.n_prototypes": (2, None),
-    "explain.memory_mb": (0, None),
-    "tune.n_trials": (1, None),
-    "tune.seeds": (1, None),
-    "tune.refit_images": (0, None),
-    "tune.cue_margin": (0, 8),
-    "tune.dfr_draws": (1, None),
-    "train.lr": (0, None),
-    "train.momentum": (0, 1),
-    "train.weight_decay": (0, None),
-    "train.label_smoothing": (0, 1),
-    "data.val_fraction": (0, 1),
-    "explain.ridge_lambda": (0, None),
-    "explain.uncertain_threshold": (0, 1),
-    "explain.null_alpha": (0, 1),
-    "explain.null_seed": (-1, None),
-    "faithfulness.ci": (0, 1),
-    "faithfulness.draws": (1, None),
-    "faithfulness.uniform_draws": (1, None),
-    "faithfulness.max_images": (0, None),
-    "faithfulness.alpha": (0, 1),
-    "faithfulness.copy_tolerance": (0, 1),
-    "faithfulness.copy_min_images": (2, None),
-    "faithfulness.copy_tests": (0, None),
-    "faithfulness.copy_recipients": (1, None),
-    "faithfulness.copy_min_push": (0, 1),
-    "faithfulness.copy_permutations": (0, None),
-    "tune.lr_min": (0, None),
-    "tune.lr_max": (0, None),
-    "tune.ci": (0, 1),
-}
-# Keys whose bounds above are themselves invalid values (a rate of 0, a CI level of 1).
-OPEN_RANGES = frozenset({"train.lr", "data.val_fraction", "explain.null_alpha", "faithfulness.ci", "faithfulness.alpha",
-                         "tune.lr_min", "tune.lr_max", "tune.ci"})
+def _check_field(key: str, value: Any, section: type, name: str, source: str) -> None:
+    """The field's declared bounds (:func:`i2x.platform.settings.setting`): one line if not met."""
+    problem = field_problem(key, value, bounds_of(section, name), source)
+    if problem:
+        raise I2XError(problem)
 
 
-def _check_range(key: str, value: Any, source: str) -> None:
-    lo, hi = RANGES.get(key, (None, None))
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return
-    if key in OPEN_RANGES:
-        if (lo is not None and value <= lo) or (hi is not None and value >= hi):
-            bound = f"between {lo} and {hi}, both excluded" if hi is not None else f"above {lo}"
-            raise I2XError(f"config key '{key}' in {source} must be {bound}, got {value}")
-    elif (lo is not None and value < lo) or (hi is not None and value > hi):
-        bound = f"from {lo} to {hi}" if hi is not None else f"at least {lo}"
-        raise I2XError(f"config key '{key}' in {source} must be {bound}, got {value}")
+def check_rules(config: Config) -> Config:
+    """The rules between fields (each section's ``CHECKS``): the first that does not hold is
+    one line. Run on the whole config once every source is applied."""
+    for name in SECTIONS:
+        problems = rule_problems(name, getattr(config, name))
+        if problems:
+            raise I2XError(problems[0])
+    return config
 
 
 def _apply(config: Config, updates: dict[str, Any], source: str) -> Config:
@@ -179,14 +172,14 @@ def _apply(config: Config, updates: dict[str, Any], source: str) -> Config:
                     f"{', '.join(hints)}"
                 )
             per_section.setdefault(head, {})[tail] = _coerce(key, value, hints[tail])
-            _check_range(key, per_section[head][tail], source)
+            _check_field(key, per_section[head][tail], sections[head], tail, source)
             if isinstance(value, str) and has_secret(value):
                 raise I2XError(f"config key '{key}' in {source} holds a password ({redact(value)}); config values are copied into "
                                f"params, checkpoints and the explanation: give the URL in the environment instead "
                                f"(tune.storage: $I2X_OPTUNA_STORAGE)")
         elif head in top_hints and head not in sections and not tail:
             top[head] = _coerce(key, value, top_hints[head])
-            _check_range(key, top[head], source)
+            _check_field(key, top[head], Config, head, source)
         else:
             valid = [k for k in top_hints if k not in sections] + [f"{s}.*" for s in sections]
             raise I2XError(f"unknown config key '{key}' in {source}; valid keys: {', '.join(valid)}")
@@ -255,21 +248,16 @@ def load_config(
         The frozen, resolved :class:`Config`.
     """
     path = resolve_config_path(name_or_path)
-    try:
-        tree = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise I2XError(f"config file {path} is not valid YAML{where}: {getattr(exc, 'problem', None) or str(exc).splitlines()[0]}") from exc
+    tree = read_yaml(path)
     per_device = tree.pop(DEVICES_KEY, None) if isinstance(tree, dict) else None
     config = _apply(Config(), _flatten_yaml(tree, path), str(path))
     if per_device:
         if not isinstance(per_device, dict) or not set(per_device) <= {"cpu", "cuda"}:
-            raise I2XError(f"config file {path}: '{DEVICES_KEY}' must map cpu and/or cuda to sections, got {per_device!r}")
+            raise I2XError(f"config file {path}: '{DEVICES_KEY}' must map cpu and/or cuda to sections, got {_short(per_device)}")
         asked = apply_overrides(config, overrides) if overrides else config
         kind = device_kind(asked.train.device)
         config = _apply(config, _flatten_yaml(per_device.get(kind), path), f"{path} ({DEVICES_KEY}.{kind})")
-    return apply_overrides(config, overrides) if overrides else config
+    return check_rules(apply_overrides(config, overrides) if overrides else config)
 
 
 DEVICES_KEY = "devices"  # a config file's per-device sections, applied before the overrides
@@ -289,10 +277,81 @@ def apply_overrides(config: Config, overrides: dict[str, Any] | str) -> Config:
     if isinstance(overrides, str):
         overrides = parse_overrides(overrides)
     parsed = {k: _parse_value(v) if isinstance(v, str) else v for k, v in overrides.items()}
-    return _apply(config, parsed, "overrides") if parsed else config
+    return check_rules(_apply(config, parsed, "overrides")) if parsed else config
 
 
 def config_from_dict(tree: dict[str, Any]) -> Config:
     """Rebuild a :class:`Config` from :meth:`Config.to_dict` output (e.g. a checkpoint)."""
     flat = {k: v for k, v in _flatten_yaml(tree, Path("<checkpoint>")).items() if k not in RETIRED_KEYS}
-    return _apply(Config(), flat, "checkpoint config")
+    return check_rules(_apply(Config(), flat, "checkpoint config"))
+
+
+def _attribute_docs(section: type) -> dict[str, str]:
+    """``{field: its words}`` from a section's docstring (``Attributes:``, Google style; a line
+    ``a / b: ...`` documents both)."""
+    doc = section.__doc__ or ""
+    out: dict[str, str] = {}
+    current: list[str] = []
+    in_attrs = False
+    for line in doc.splitlines():
+        if line.strip() == "Attributes:":
+            in_attrs = True
+            continue
+        if not in_attrs:
+            continue
+        m = re.match(r"^ {8}([\w ,/]+?):\s*(.*)$", line)
+        if m and not line.startswith(" " * 12):
+            current = [n.strip() for n in re.split(r"[/,]", m.group(1)) if n.strip()]
+            for name in current:
+                out[name] = m.group(2).strip()
+        elif line.startswith(" " * 12) and current:
+            for name in current:
+                out[name] += " " + line.strip()
+    return out
+
+
+def config_table() -> str:
+    """docs/config.md: every config key with its type, default, what it accepts and its
+    meaning, from the dataclasses (their fields, :func:`i2x.platform.settings.setting` bounds
+    and docstrings) and each section's rules between fields."""
+    from i2x.platform.settings import Bounds
+
+    lines = ["# Configuration reference", "",
+             "Generated from `i2x/platform/config.py` and `config_steps.py` (`make docs`; a test checks it is current). Every",
+             "key is set in a config file (`configs/*.yaml`) or with `--overrides key=value` (`make run OVERRIDES=...`). A value",
+             "outside what a key accepts, a number that is not finite, or a broken rule between keys is refused in one line",
+             "before any run is opened.", ""]
+    top = typing.get_type_hints(Config)
+    sections = [("", Config)] + [(name, top[name]) for name in SECTIONS]
+    for name, section in sections:
+        hints, docs = typing.get_type_hints(section), _attribute_docs(section)
+        lines += [f"## `{name or 'top level'}`", "", "| key | type | default | accepts | meaning |", "|---|---|---|---|---|"]
+        for f in dataclasses.fields(section):
+            if name == "" and f.name in SECTIONS:
+                continue
+            kind = hints[f.name]
+            if typing.get_origin(kind) is Literal:
+                accepts = " \\| ".join(map(str, typing.get_args(kind)))
+                type_name = "choice"
+            else:
+                bounds: Bounds | None = f.metadata.get("bounds")
+                accepts = bounds.words() if bounds else ("true / false" if kind is bool else "any")
+                if bounds and bounds.nonempty:
+                    accepts = f"a non-empty list{'' if accepts == 'any finite number' else ', each ' + accepts}"
+                type_name = getattr(kind, "__name__", str(kind)).replace("typing.", "")
+                if typing.get_origin(kind) is tuple:
+                    type_name = "list"
+            default = f.default if f.default is not dataclasses.MISSING else "(section)"
+            meaning = docs.get(f.name, "").replace("|", "\\|")
+            lines.append(f"| `{(name + '.') if name else ''}{f.name}` | {type_name} | `{_plain_default(default)}` | {accepts} | {meaning} |")
+        checks = getattr(section, "CHECKS", ())
+        if checks:
+            lines += ["", "Rules between keys: " + "; ".join(c.say for c in checks) + "."]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _plain_default(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "[" + ", ".join(map(str, value)) + "]"
+    return "''" if value == "" else str(value)

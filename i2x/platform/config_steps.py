@@ -5,7 +5,9 @@ data, plant, model and training sections."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
+
+from i2x.platform.settings import Check, setting
 
 
 @dataclass(frozen=True)
@@ -86,45 +88,54 @@ class ExplainConfig:
 
     method: str = "gradcam"
     target_layer: str = ""
-    target: str = "label"
+    target: Literal["label", "pred"] = "label"
     normalize: Literal["minmax", "none"] = "minmax"
-    pca_components: int = 32
-    n_prototypes: int = 32
-    fit_max_locations: int = 200_000
-    kmeans_n_init: int = 3
-    n_exemplars: int = 8
-    min_cluster_size: int = 0
-    patterns_max_dim: int = 16
-    ridge_lambda: float = 1.0
+    pca_components: int = setting(32, lo=1, hi=4096)
+    n_prototypes: int = setting(32, lo=2, hi=100_000)
+    fit_max_locations: int = setting(200_000, lo=2, hi=100_000_000)
+    kmeans_n_init: int = setting(3, lo=1, hi=1000)
+    n_exemplars: int = setting(8, lo=1, hi=1000)
+    min_cluster_size: int = setting(0, lo=2, hi=1_000_000, zero=True)
+    patterns_max_dim: int = setting(16, lo=1, hi=4096)
+    ridge_lambda: float = setting(1.0, above=0, hi=1e9)
     regression: Literal["centred", "origin"] = "centred"
-    r2_folds: int = 5
-    min_group_for_r2: int = 30
+    r2_folds: int = setting(5, lo=2, hi=100)
+    min_group_for_r2: int = setting(30, lo=2, hi=1_000_000)
     evidence_includes_noise: bool = True
-    shared_coverage: float = 0.8
-    specialised_purity: float = 0.5
-    background_coverage: float = 0.8
-    background_class_share: float = 0.8
-    background_blank_std: float = 0.04
-    background_blank_share: float = 0.8
-    background_ring_share: float = 0.9
-    distinct_coverage: float = 0.5
-    distinct_ratio: float = 2.0
-    separation_ratio: float = 0.25
-    min_peak_confusions: int = 10
-    top_drivers: int = 3
-    uncertain_threshold: float = 0.15
+    shared_coverage: float = setting(0.8, above=0, hi=1)
+    specialised_purity: float = setting(0.5, above=0, hi=1)
+    background_coverage: float = setting(0.8, lo=0, hi=1)
+    background_class_share: float = setting(0.8, lo=0, hi=1)
+    background_blank_std: float = setting(0.04, lo=0, hi=1)
+    background_blank_share: float = setting(0.8, lo=0, hi=1)
+    background_ring_share: float = setting(0.9, lo=0, hi=1)
+    distinct_coverage: float = setting(0.5, lo=0, hi=1)
+    distinct_ratio: float = setting(2.0, lo=1, hi=1e6)
+    separation_ratio: float = setting(0.25, lo=0, hi=1)
+    min_peak_confusions: int = setting(10, lo=0, hi=1_000_000)
+    top_drivers: int = setting(3, lo=0, hi=1000)
+    uncertain_threshold: float = setting(0.15, lo=0, hi=1)
     oscillation_weight: Literal["runs", "min", "later"] = "runs"
-    null_permutations: int = 200
-    null_max_permutations: int = 3200
-    null_alpha: float = 0.05
-    null_seed: int = -1
-    concentration_share: float = 0.8
-    cue_coverage: float = 0.05
-    shortcut_off_object: float = 0.4
-    shortcut_rigid: float = 0.95
-    overlay_per_class: int = 2
-    batch_size: int = 500
-    memory_mb: int = 2048
+    null_permutations: int = setting(200, lo=0, hi=1_000_000)
+    null_max_permutations: int = setting(3200, lo=0, hi=1_000_000)
+    null_alpha: float = setting(0.05, above=0, below=1)
+    null_seed: int = setting(-1, lo=-1, hi=2**32 - 1)
+    concentration_share: float = setting(0.8, lo=0, hi=1)
+    cue_coverage: float = setting(0.05, lo=0, hi=1)
+    shortcut_off_object: float = setting(0.4, lo=0, hi=1)
+    shortcut_rigid: float = setting(0.95, lo=0, hi=1)
+    overlay_per_class: int = setting(2, lo=0, hi=100)
+    batch_size: int = setting(500, lo=1, hi=1_000_000)
+    memory_mb: int = setting(2048, lo=0, hi=10_000_000)
+
+    CHECKS: ClassVar[tuple[Check, ...]] = (
+        Check(("null_permutations", "null_max_permutations"), lambda e: e.null_max_permutations >= e.null_permutations,
+              "explain.null_max_permutations must be at least explain.null_permutations"),
+        Check(("n_prototypes", "fit_max_locations"), lambda e: e.fit_max_locations >= e.n_prototypes,
+              "explain.fit_max_locations must be at least explain.n_prototypes (K-Means needs a location per centre)"),
+        Check(("r2_folds", "min_group_for_r2"), lambda e: e.min_group_for_r2 >= e.r2_folds,
+              "explain.min_group_for_r2 must be at least explain.r2_folds"),
+    )
 
 
 @dataclass(frozen=True)
@@ -171,24 +182,29 @@ class FaithfulnessConfig:
 
     enabled: bool = True
     fill: Literal["mean", "blur"] = "mean"
-    blur_sigma: float = 2.0
-    draws: int = 4
-    uniform_draws: int = 1
-    max_images: int = 300
-    min_images: int = 10
-    foreground_threshold: float = 0.1
-    bootstrap: int = 1000
-    ci: float = 0.95
-    alpha: float = 0.05
-    road_images: int = 64
-    road_percentiles: tuple[int, ...] = (20, 40, 60, 80)
+    blur_sigma: float = setting(2.0, above=0, hi=100)
+    draws: int = setting(4, lo=1, hi=1000)
+    uniform_draws: int = setting(1, lo=1, hi=1000)
+    max_images: int = setting(300, lo=0, hi=10_000_000)
+    min_images: int = setting(10, lo=2, hi=1_000_000)
+    foreground_threshold: float = setting(0.1, lo=0, hi=1)
+    bootstrap: int = setting(1000, lo=10, hi=1_000_000)
+    ci: float = setting(0.95, above=0, below=1)
+    alpha: float = setting(0.05, above=0, below=1)
+    road_images: int = setting(64, lo=0, hi=100_000)
+    road_percentiles: tuple[int, ...] = setting((20, 40, 60, 80), lo=1, hi=99, nonempty=True)
     copies: bool = True
-    copy_tolerance: float = 0.05
-    copy_min_images: int = 10
-    copy_tests: int = 30
-    copy_recipients: int = 300
-    copy_min_push: float = 0.05
-    copy_permutations: int = 999
+    copy_tolerance: float = setting(0.05, lo=0, hi=1)
+    copy_min_images: int = setting(10, lo=2, hi=1_000_000)
+    copy_tests: int = setting(30, lo=0, hi=10_000)
+    copy_recipients: int = setting(300, lo=1, hi=1_000_000)
+    copy_min_push: float = setting(0.05, lo=0, hi=1)
+    copy_permutations: int = setting(999, lo=0, hi=1_000_000)
+
+    CHECKS: ClassVar[tuple[Check, ...]] = (
+        Check(("min_images", "max_images"), lambda f: f.max_images == 0 or f.max_images >= f.min_images,
+              "faithfulness.max_images must be 0 (all) or at least faithfulness.min_images"),
+    )
 
 
 @dataclass(frozen=True)
@@ -210,8 +226,9 @@ class TuneConfig:
         heldout_take_out: how the judging set that scores every repair trial takes the
             finding out of its class's images (:mod:`i2x.repair.heldout`): ``none`` (OURS,
             default: the cue is only pasted into the other classes' images), ``swap-out``,
-            ``blur`` or ``mean``. refit_take_out: the same for the training images i2x-dfr
-            refits its last layer on (``swap-out``).
+            ``blur`` or ``mean``.
+        refit_take_out: the same for the training images i2x-dfr refits its last layer on
+            (``swap-out``).
         cue_margin: grid cells around the finding's own cells that every strategy and the
             judging set edit with them (OURS; 0: the cells alone). A finding's cells are its
             core; a cue that spans a cell border leaves the rest of itself beside them.
@@ -259,35 +276,41 @@ class TuneConfig:
     """
 
     act_on: Literal["findings", "candidates"] = "findings"
-    repair_strategies: tuple[str, ...] = ("i2x-augment", "i2x-groups", "i2x-dfr")
-    repair_lr: float = 0.01
-    max_accuracy_loss: float = 0.01
+    repair_strategies: tuple[str, ...] = setting(("i2x-augment", "i2x-groups", "i2x-dfr"), nonempty=True)
+    repair_lr: float = setting(0.01, above=0, hi=1e6)
+    max_accuracy_loss: float = setting(0.01, lo=0, hi=1)
     heldout_take_out: Literal["none", "swap-out", "blur", "mean"] = "none"
     refit_take_out: Literal["none", "swap-out", "blur", "mean"] = "swap-out"
-    cue_margin: int = 1
-    refit_images: int = 10_000
-    dfr_draws: int = 20
-    n_trials: int = 8
+    cue_margin: int = setting(1, lo=0, hi=8)
+    refit_images: int = setting(10_000, lo=100, hi=10_000_000, zero=True)
+    dfr_draws: int = setting(20, lo=1, hi=1000)
+    n_trials: int = setting(8, lo=1, hi=100_000)
     storage: str = ""
     study_name: str = ""
-    kinds: tuple[str, ...] = ("drop", "upweight", "mask", "blur", "noise")
-    target_modes: tuple[Literal["prototypes", "pair"], ...] = ("prototypes", "pair")
-    max_targets: int = 8
-    threshold_min: float = 0.1
-    threshold_max: float = 0.6
-    lr_min: float = 1e-4
-    lr_max: float = 0.03
-    epochs_choices: tuple[int, ...] = (1, 2)
-    epoch_samples: int = 0
+    kinds: tuple[str, ...] = setting(("drop", "upweight", "mask", "blur", "noise"), nonempty=True)
+    target_modes: tuple[Literal["prototypes", "pair"], ...] = setting(("prototypes", "pair"), nonempty=True)
+    max_targets: int = setting(8, lo=1, hi=100_000)
+    threshold_min: float = setting(0.1, lo=0, hi=1)
+    threshold_max: float = setting(0.6, lo=0, hi=1)
+    lr_min: float = setting(1e-4, above=0, hi=1e6)
+    lr_max: float = setting(0.03, above=0, hi=1e6)
+    epochs_choices: tuple[int, ...] = setting((1, 2), lo=1, hi=1000, nonempty=True)
+    epoch_samples: int = setting(0, lo=0, hi=100_000_000)
     paper_whole_epochs: bool = True
     curation: Literal["pair", "literal"] = "pair"
-    max_class_drop: float = 0.5
-    upweight_max: float = 4.0
-    match_tolerance: float = 0.2
+    max_class_drop: float = setting(0.5, lo=0, hi=1)
+    upweight_max: float = setting(4.0, lo=1, hi=1e6)
+    match_tolerance: float = setting(0.2, lo=0, hi=10)
     second_objective: bool = True
-    seeds: int = 3
-    ci: float = 0.95
-    heartbeat_s: int = 30
-    startup_trials: int = 3
-    paper_lr: float = 0.0
+    seeds: int = setting(3, lo=1, hi=1000)
+    ci: float = setting(0.95, above=0, below=1)
+    heartbeat_s: int = setting(30, lo=1, hi=86_400)
+    startup_trials: int = setting(3, lo=0, hi=100_000)
+    paper_lr: float = setting(0.0, lo=0, hi=1e6)
     artifact_store: str = ""
+
+    CHECKS: ClassVar[tuple[Check, ...]] = (
+        Check(("threshold_min", "threshold_max"), lambda t: t.threshold_min < t.threshold_max,
+              "tune.threshold_min must be below tune.threshold_max"),
+        Check(("lr_min", "lr_max"), lambda t: t.lr_min <= t.lr_max, "tune.lr_min must be at most tune.lr_max"),
+    )

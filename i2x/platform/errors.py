@@ -49,3 +49,21 @@ def os_error_message(exc: BaseException, where: str = "a file it writes") -> str
             return _OS_ERRORS[errno.ENOSPC].format(path="the tracking store (SQLite)")
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def read_user_text(path: os.PathLike[str] | str, what: str, max_bytes: int, fix: str) -> str:
+    """A text file as users save it: UTF-8 with or without a byte-order mark, at most
+    ``max_bytes``; one line naming ``what`` it is otherwise (too large, not UTF-8, unreadable)."""
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise I2XError(f"{what} {path} is {size:,} bytes, more than {max_bytes:,}; {fix}")
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise I2XError(f"{what} {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                       "save it as UTF-8") from None
+    except OSError as exc:
+        raise I2XError(f"{what} {path} cannot be read ({exc.strerror or type(exc).__name__}); {fix}") from None

@@ -33,6 +33,7 @@ from i2x.platform.process import (
 from i2x.platform.secrets import redact
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+KILLED_RUNS: list[str] = []  # the runs this process ended KILLED on a stop: what its stop line may say it did
 DEFAULT_EXPERIMENT = "i2x"
 
 # Tag keys, one place.
@@ -69,15 +70,22 @@ RUNS_VIEW = "workflowType=machine_learning"
 TAG_DESCRIPTION = "mlflow.note.content"  # the run page's description
 
 
-def configure() -> str:
-    """Set the tracking URI (env wins) and the S3 client defaults; return the URI."""
+def configure(create: bool = True) -> str:
+    """Set the tracking URI (env wins) and the S3 client defaults; return the URI. ``create``
+    makes a relative SQLite store's folder; without it (``i2x doctor``, which only reads) a
+    SQLite store that does not exist is one line."""
     import mlflow
 
     for key, value in _S3_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
     uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        if not create and not path.is_file():
+            raise I2XError(f"no tracking store at {path}: the file does not exist; set MLFLOW_TRACKING_URI to the store the runs "
+                           "used (doctor creates nothing)")
+        if create and not uri.startswith("sqlite:////"):
+            path.parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     return uri
 
@@ -156,6 +164,7 @@ def open_run(run_name: str, tags: dict[str, str], nested: bool = False, local: P
             quiet_timer()
             if run is not None:  # ours is the active run (a nested one ends before its parent)
                 mlflow.end_run(status="KILLED")
+                KILLED_RUNS.append(run.info.run_id)
             raise
         except BaseException:
             if run is not None:

@@ -104,6 +104,10 @@ def repair_run(args: argparse.Namespace, inputs: tuple, build_ctx: Callable[[], 
     if finding is not None:
         tags |= {"optuna.study_name": name, "optuna.storage": redact(url)}
     local = (Path(config.work_dir) / f"tune-{config.data.name}-{key}").resolve()
+    if finding is not None:  # the storage answers before a run is opened (a refusal used to leave a FAILED tune run)
+        from i2x.tuning.study import storage_for
+
+        _close(storage_for(url, config.tune.heartbeat_s))
     with tracking.open_run(f"tune {config.data.name} {config.model.name}", tags, local=local) as parent:
         tracking.log_params(config.flat())
         if finding is None:
@@ -130,6 +134,12 @@ def repair_run(args: argparse.Namespace, inputs: tuple, build_ctx: Callable[[], 
         summary = _evaluate(study, rctx, local)
         summary["study"] = study_record(study, url)
         return _publish(parent, summary, rctx, study, local, config)
+
+
+def _close(storage: Any) -> None:
+    engine = getattr(storage, "engine", None)
+    if engine is not None:
+        engine.dispose()
 
 
 def _nothing(run_id: str, local: Path, config: Config, explain_run_id: str, doc: dict[str, Any]) -> str:

@@ -14,6 +14,17 @@ OPTUNA_FIGURES = ("optimization_history.png", "pareto_front.png", "param_importa
 REPAIR_FIGURES = ("repair.png", "changed.png")
 
 
+def _writable(folder: Path) -> None:
+    """``--out`` can hold the report, or one line (a folder under /proc, or under a file, was a traceback)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".i2x-write-probe"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise I2XError(f"--out {folder} cannot hold the report ({exc.strerror or type(exc).__name__}); give a folder you can write") from None
+
+
 def report_run(args: argparse.Namespace) -> Path:
     """Regenerate the report of an explain or tune run, into ``--out`` or back into the run."""
     from i2x.reporting.html import explain_report, repair_report, tune_report
@@ -33,6 +44,8 @@ def report_run(args: argparse.Namespace) -> Path:
         raise I2XError(f"--out {args.out} is a file; give a folder (it is created if missing) so that nothing there is overwritten")
     run = tracking.get_run(args.run_id)
     stage = run.data.tags.get(tracking.TAG_STAGE)
+    if args.out:
+        _writable(Path(args.out))
     scratch = scratch_dir("report")
     try:
         out = Path(args.out) if args.out else scratch / "report"

@@ -122,6 +122,11 @@ def tune_run(args: argparse.Namespace) -> str:
         tags = {tracking.TAG_STAGE: "tune", tracking.TAG_DATASET: config.data.name, tracking.TAG_MODEL: config.model.name,
                 "i2x.explain_run_id": args.run_id, "optuna.study_name": name, "optuna.storage": redact(url)}
         local = Path(config.work_dir) / f"tune-{config.data.name}-{key}"
+        from i2x.tuning.study import storage_for
+
+        probe = storage_for(url, config.tune.heartbeat_s)  # the storage answers before a run is opened
+        if getattr(probe, "engine", None) is not None:
+            probe.engine.dispose()
         with tracking.open_run(f"tune {config.data.name} {config.model.name}", tags, local=local.resolve()) as parent:
             tracking.log_params(config.flat())
             study = open_study(name, url, config)

@@ -49,5 +49,8 @@ def evaluation_metrics(ev: Evaluation, classes: tuple[str, ...] | list[str]) -> 
 
 def metric_name(name: str) -> str:
     """A class or group name as part of an MLflow metric name (letters, digits, ``_ - . / :``
-    and spaces; anything else becomes ``_``)."""
-    return re.sub(r"[^\w\-./: ]", "_", name)
+    and spaces; anything else becomes ``_``), cut to 100 characters. A path segment MLflow
+    would resolve (``..``, ``.``, an empty one: a group named ``../up``) becomes ``_``: MLflow
+    refuses a metric name that resolves to another."""
+    safe = re.sub(r"[^\w\-./: ]", "_", name)
+    return "/".join("_" if part.strip() in ("", ".", "..") else part for part in safe.split("/"))[:100]

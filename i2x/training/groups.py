@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from i2x.platform.config import PlantConfig
-from i2x.platform.errors import I2XError
+from i2x.platform.errors import I2XError, read_user_text
 from i2x.training.evaluation import metric_name
 
 
@@ -50,20 +50,30 @@ def planted_groups(plant: PlantConfig, classes: tuple[str, ...], test_y: np.ndar
     return Groups(names, 2 * np.asarray(test_y, dtype=np.int64) + present, aligned, "plant")
 
 
+MAX_GROUP_FILE_BYTES = 64 * 2**20
+MAX_GROUP_NAME = 200  # characters: a name longer than this is a pasted cell, not a group
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def read_group_file(path: str | Path, n_test: int) -> Groups:
     """A user's groups: a CSV with a header ``id,group``, one row per test image (``id`` is the
     image's index in the test split as loaded, 0-based). Images with no row are in no group.
+    Read as users save it: UTF-8 with or without a byte-order mark (Excel's "CSV UTF-8"), any
+    line ending.
 
     Raises:
-        I2XError: a missing or unreadable file, a row that is not ``id,group``, an id that is
-            not a test image, an id given twice, or fewer than two groups.
+        I2XError: a missing, unreadable, oversized or non-UTF-8 file, a row that is not
+            ``id,group``, an id that is not a test image, an id given twice, a group name that
+            is too long, holds a control character or would share an MLflow metric name with
+            another, or fewer than two groups.
     """
     path = Path(path)
     fix = f"fix {path}: a header 'id,group', then one row per test image (id = 0..{n_test - 1})"
+    text = read_user_text(path, "group file", MAX_GROUP_FILE_BYTES, fix)
     try:
-        rows = list(csv.reader(path.read_text(encoding="utf-8").splitlines()))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise I2XError(f"group file {path} cannot be read ({type(exc).__name__}); {fix}") from None
+        rows = list(csv.reader(text.splitlines()))
+    except csv.Error as exc:
+        raise I2XError(f"group file {path} is not a CSV file this reader takes ({str(exc)[:80]}); {fix}") from None
     if not rows or [c.strip().lower() for c in rows[0]] != ["id", "group"]:
         raise I2XError(f"group file {path} does not start with the header 'id,group'; {fix}")
     of_image = np.full(n_test, -1, dtype=np.int64)
@@ -76,9 +86,20 @@ def read_group_file(path: str | Path, n_test: int) -> Groups:
             raise I2XError(f"group file {path} line {line}: id {image} is not a test image (the test split has {n_test}); {fix}")
         if of_image[image] >= 0:
             raise I2XError(f"group file {path} line {line}: id {image} is given twice; {fix}")
-        of_image[image] = names.setdefault(row[1].strip(), len(names))
+        name = row[1].strip()
+        if len(name) > MAX_GROUP_NAME or _CONTROL.search(name):
+            what = f"is {len(name)} characters (at most {MAX_GROUP_NAME})" if len(name) > MAX_GROUP_NAME else "holds a control character"
+            raise I2XError(f"group file {path} line {line}: the group name {name[:40]!r}{'...' if len(name) > 40 else ''} {what}; "
+                           "name the group in a few printable words")
+        of_image[image] = names.setdefault(name, len(names))
     if len(names) < 2:
         raise I2XError(f"group file {path} has {len(names)} group(s); worst-group accuracy needs at least 2")
+    seen: dict[str, str] = {}
+    for name in names:
+        other = seen.setdefault(metric_name(name), name)
+        if other != name:
+            raise I2XError(f"group file {path}: groups {other!r} and {name!r} would share the MLflow metric "
+                           f"group_accuracy/{metric_name(name)}; rename one of them")
     return Groups(tuple(names), of_image, None, str(path))
 
 
