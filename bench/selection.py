@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.repair import add_planted_args, prepare  # noqa: E402
 from i2x.repair.choice import does_no_harm, validation_scores  # noqa: E402
 from i2x.repair.evaluation import score  # noqa: E402
-from i2x.repair.heldout import HeldOut, _edit, judging_set  # noqa: E402
+from i2x.repair.heldout import HeldOut, _edit, donor_positions, judging_set  # noqa: E402
 from i2x.repair.strategies import run_strategy  # noqa: E402
 
 VARIANTS = [("i2x-augment", {"how": "swap", "share": 0.5}), ("i2x-augment", {"how": "swap", "share": 0.9}),
@@ -64,7 +64,9 @@ def one(dataset: str, seed: int, rho: float, target: int, lr: float, work: Path,
     donors, seed_ = ctx.donor_positions(), ctx.config.seed
     rules = {"coin half, the finding's cells (before)": coin_half(ctx.data, ctx.core, finding.cls, seed_, donors),
              "every image twice, the finding's cells": judging_set(ctx.data, ctx.core, finding.cls, seed_, donors=donors),
-             "every image twice, one cell of margin (now)": judging_set(ctx.data, ctx.cells, finding.cls, seed_, donors=donors)}
+             "every image twice, one cell of margin (now)": judging_set(ctx.data, ctx.cells, finding.cls, seed_, donors=donors),
+             "every image twice, margin, validation donors": judging_set(
+                 ctx.data, ctx.cells, finding.cls, seed_, donors=donor_positions(ctx.data, ctx.core, finding.cls, ctx.data.val_idx))}
     sizes = {r: int(np.median([n for n in np.bincount(h.groups) if n >= 5])) for r, h in rules.items()}
     rows = []
 

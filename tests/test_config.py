@@ -140,3 +140,20 @@ def test_every_numeric_key_declares_its_range_and_every_rule_can_fail():
                             ({"data.image_size": 16, "data.translate": 8}, "data.translate must be less than half")]:
         with pytest.raises(I2XError, match=said):
             load_config("mnist", overrides)
+
+
+@pytest.mark.slow
+def test_a_seeded_slice_of_random_config_values_is_refused_in_one_line_or_runs_to_the_end():
+    """Issue 44's sweep (bench/config_sweep.py), a seeded slice of 8 draws through the real CLI:
+    each value is refused in one line before any run opens, or `i2x main --config smoke` runs
+    to the end with every run FINISHED (this slice: 2 run, 6 are refused)."""
+    import sys
+
+    from .conftest import ROOT
+
+    sys.path.insert(0, str(ROOT))
+    from bench.config_sweep import sweep
+
+    rows = sweep(4, 1, only=8, cap_s=900)
+    assert [r for r in rows if r["outcome"] not in ("refused", "finished")] == []
+    assert sorted(r["outcome"] for r in rows) == ["finished"] * 2 + ["refused"] * 6

@@ -66,14 +66,15 @@ class HeldOut:
         return len(self.y)
 
 
-def donor_positions(data: DataBundle, cells: torch.Tensor, cls: int) -> torch.Tensor:
-    """Fit images of class ``cls`` whose finding cells are a cue, not the object: present in
-    at most :data:`MAX_PASTE_SHARE` of the image's cells. Pasting more (a broad prototype,
-    the top of a 6) would draw the class's object into another class's image under that
-    image's label, and teach the model to miss the class itself."""
-    fit = data.fit_idx
-    share = cells[fit].flatten(1).float().mean(1)
-    return fit[(data.train_y[fit] == cls) & (share > 0) & (share <= MAX_PASTE_SHARE)]
+def donor_positions(data: DataBundle, cells: torch.Tensor, cls: int, pool: torch.Tensor | None = None) -> torch.Tensor:
+    """Images of class ``cls`` (of ``pool``, positions into ``train_x``; default the fit split)
+    whose finding cells are a cue, not the object: present in at most :data:`MAX_PASTE_SHARE`
+    of the image's cells. Pasting more (a broad prototype, the top of a 6) would draw the
+    class's object into another class's image under that image's label, and teach the model to
+    miss the class itself."""
+    pool = data.fit_idx if pool is None else pool
+    share = cells[pool].flatten(1).float().mean(1)
+    return pool[(data.train_y[pool] == cls) & (share > 0) & (share <= MAX_PASTE_SHARE)]
 
 
 def grow(cells: torch.Tensor, margin: int) -> torch.Tensor:
