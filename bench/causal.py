@@ -54,7 +54,7 @@ def main() -> None:
     total = time.perf_counter() - t0
     classes = data.classes
     print(f"\n== {config.data.name} / {config.model.name}, N={len(labels)}, K={config.explain.n_prototypes}, T={len(files)}, "
-          f"{'BEFORE (origin, later-weighted oscillation, no null)' if args.before else 'AFTER'}; fill={config.faithfulness.fill}")
+          f"{'BEFORE (origin, later-weighted oscillation, no null)' if args.before else 'AFTER'}; fills={list(config.faithfulness.fills)}")
     print(f"analysis {total:.1f} s: " + ", ".join(f"{k} {v:.1f}" for k, v in a.timings.items()))
     print("held-out R^2 (pooled, k-fold): " + json.dumps({p: {k: None if v is None else round(v, 3) for k, v in d.items()} for p, d in a.heldout.items()}))
     print(f"background prototypes: {a.structure.background}")

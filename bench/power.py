@@ -284,6 +284,16 @@ def _in_corner(r: dict) -> bool:
     return bool(r["corner_checks"] or (COUNTS_FINDINGS[r["dataset"]] and r.get("corner_findings")))
 
 
+def setting_match(dataset: str, n: int) -> dict[str, object]:
+    """The config values a run must share with the curve for its power line to quote it
+    (:data:`i2x.reporting.power.MATCH_KEYS`): the cut's, with N = ``n`` analysed images."""
+    from i2x.reporting.power import MATCH_KEYS
+
+    name, cut = SETTINGS[dataset]
+    config = load_config(name, f"{cut},data.analysis_size={n}").to_dict()
+    return {key: config[key.split(".")[0]][key.split(".")[1]] for key in MATCH_KEYS}
+
+
 def write_curve(path: Path, curve: Path, fresh: bool = False) -> None:
     """Put this results file's runs into the curve file the report reads (:mod:`i2x.reporting.power`),
     under its data set: per planted run its reliance (flip) and whether the report stated the mark
@@ -308,7 +318,7 @@ def write_curve(path: Path, curve: Path, fresh: bool = False) -> None:
                  for r in planted if r["n"] == n})
     false = {s: bool(f) for s, f in (old.get("clean", {}).get("seeds", {}).items() if same else [])}
     false.update({str(r["seed"]): _in_corner(r) for r in clean if r["n"] == n})
-    entry = {"setting": CUT_IN_WORDS[dataset], "n": n, "stated_as": stated_as,
+    entry = {"setting": CUT_IN_WORDS[dataset], "n": n, "stated_as": stated_as, "match": setting_match(dataset, n),
              "runs": sorted(runs.values(), key=lambda r: (-r["rho"], r["seed"])),
              "clean": {"runs": len(false), "false": sum(false.values()), "seeds": dict(sorted(false.items(), key=lambda kv: int(kv[0])))}}
     curves[dataset] = entry

@@ -66,7 +66,9 @@ def one(dataset: str, seed: int, rho: float, target: int, lr: float, work: Path,
              "every image twice, the finding's cells": judging_set(ctx.data, ctx.core, finding.cls, seed_, donors=donors),
              "every image twice, one cell of margin (now)": judging_set(ctx.data, ctx.cells, finding.cls, seed_, donors=donors),
              "every image twice, margin, validation donors": judging_set(
-                 ctx.data, ctx.cells, finding.cls, seed_, donors=donor_positions(ctx.data, ctx.core, finding.cls, ctx.data.val_idx))}
+                 ctx.data, ctx.cells, finding.cls, seed_, donors=donor_positions(ctx.data, ctx.core, finding.cls, ctx.data.val_idx)),
+             "every image twice, margin, the cue also taken out (swap-out)": judging_set(ctx.data, ctx.cells, finding.cls, seed_,
+                                                                                         "swap-out", donors=donors)}
     sizes = {r: int(np.median([n for n in np.bincount(h.groups) if n >= 5])) for r, h in rules.items()}
     rows = []
 

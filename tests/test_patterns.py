@@ -164,3 +164,20 @@ def test_prototypes_in_exactly_the_same_images_are_fitted_as_one_and_share_the_c
     slow = fit_group_betas(dp[:, perm], dy, groups, 1.0, 0, 0, alias=alias, score=False)
     for a, b in zip(fast, slow, strict=True):
         np.testing.assert_allclose(a.beta, b.beta, rtol=1e-9, atol=1e-12)
+
+
+def test_the_headline_r2_pools_every_sample_interval_the_noise_too():
+    """Issue 45: the headline R^2 covered the learning groups only. Planted: in a learning
+    group dY follows dP; in HDBSCAN noise it follows the class. Over all sample-intervals the
+    prototypes' R^2 lies between the two parts and the class's counts the noise too."""
+    rng = np.random.default_rng(5)
+    labels = np.repeat(np.arange(3), 100)
+    dp = rng.normal(size=(1, 300, 4))
+    groups = np.where(np.arange(300) < 150, 0, NOISE)[None]
+    beta = rng.normal(size=(4, 3))
+    dy = np.where((groups[0] == 0)[:, None], dp[0] @ beta, np.eye(3)[labels]) + 0.05 * rng.normal(size=(300, 3))
+    fits = fit_group_betas(dp, dy[None], groups, lam=1e-3, min_group_for_r2=30, seed=0, labels=labels)
+    summary = heldout_summary(fits)
+    assert summary["groups"]["prototypes"] > 0.9 and summary["noise"]["prototypes"] < 0.2
+    assert summary["noise"]["prototypes"] < summary["all"]["prototypes"] < summary["groups"]["prototypes"]
+    assert summary["all"]["class"] > summary["groups"]["class"]

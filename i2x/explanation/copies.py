@@ -3,7 +3,7 @@ the final model uses them (OURS; the paper has no such step).
 
 Prototypes are clusters of the final model's feature cells, so a mark on a tenth of one
 class's images is a few hundred cells among a hundred thousand and gets no prototype of its
-own (CIFAR-10, ``docs/benchmarks.md#detection-power``); the prototype-based shortcut check then
+own (CIFAR-10, ``docs/history.md#detection-power``); the prototype-based shortcut check then
 has nothing to check. This step looks at the pixels instead. For every window (half a grid
 cell on a side, tiling the image) it takes the commonest patches there over all images, chosen
 without the labels, and counts per class the images that hold each to within

@@ -159,6 +159,7 @@ def build_document(
         class_rows.append({
             "name": cname,
             "shared": [{"prototype": k, "evidence": _r(structure.evidence[k, c]), "coverage": _r(protos.coverage[k, c]),
+                        "rise_share": None if structure.rise_share is None else _r(structure.rise_share[k, c]),
                         **checks("shared", c, k, (c,))} for k in cands.shared[c]],
             "specialised": [
                 {"prototype": s.prototype, "evidence": _r(structure.evidence[s.prototype, c]), "coverage": _r(protos.coverage[s.prototype, c]),
@@ -185,7 +186,7 @@ def build_document(
                 "oscillation": _r(s.oscillation), "share": _r(s.share), "d": [_r(v) for v in s.d]}
 
     heldout = heldout or {}
-    groups_r2 = heldout.get("groups", {})
+    groups_r2 = heldout.get("all") or heldout.get("groups", {})  # all sample-intervals: learning groups and noise
     mean_r2 = groups_r2.get("prototypes")
     adds = [groups_r2.get(p) for p in ("prototypes+class", "class", "group_mean", "prototypes")]
     regression = {
@@ -194,6 +195,7 @@ def build_document(
         "heldout_r2": {part: {p: _r(v.get(p)) for p in PREDICTORS} for part, v in heldout.items()},
         "prototypes_beat_class": None if None in (adds[1], adds[3]) else bool(adds[3] > adds[1]),
         "prototypes_add_to_class": None if None in (adds[0], adds[1]) else bool(adds[0] > adds[1]),
+        "r2_added": None if None in (adds[0], adds[1]) else _r(adds[0] - adds[1]),
     }
     null = structure.null
     null_doc = None if null is None else {
@@ -241,6 +243,7 @@ def build_document(
             "r2_group_mean": _r(groups_r2.get("group_mean")),
             "r2_class": _r(groups_r2.get("class")),
             "r2_prototypes_plus_class": _r(groups_r2.get("prototypes+class")),
+            "r2_added": None if None in (adds[0], adds[1]) else _r(adds[0] - adds[1]),
             "n_named": faith["summary"]["n_named"] if faith else None,
             "n_verified": faith["summary"]["n_verified"] if faith else None,
             "share_verified": faith["summary"]["share_verified"] if faith else None,
@@ -311,6 +314,8 @@ def _faithfulness_doc(deletion: list[DeletionResult], road: RoadResult | None, n
         "ci": [_r(r.ci[0]), _r(r.ci[1])], "p": _r(r.p), "p_adjusted": _r(r.p_adjusted), "verified": r.verified,
         "gradcam_overlap": _r(r.gradcam_overlap), "beyond_gradcam": _r(r.beyond_gradcam),
         "beyond_gradcam_ci": [_r(r.beyond_gradcam_ci[0]), _r(r.beyond_gradcam_ci[1])],
+        "fills": {how: {"effect": _r(f["effect"]), "excess": _r(f["excess"]), "ci": [_r(f["ci"][0]), _r(f["ci"][1])],
+                        "p_adjusted": _r(f["p_adjusted"]), "verified": f["verified"]} for how, f in r.fills.items()},
     } for r in deletion]
     tested = [r for r in deletion if r.verified is not None]
     verified = [r for r in tested if r.verified]

@@ -291,9 +291,11 @@ class PermutedFits:
 
 
 def heldout_summary(fits: list[GroupFit]) -> dict[str, dict[str, float | None]]:
-    """Pooled held-out R^2 per predictor set, for the learning groups (the headline) and
-    for HDBSCAN noise apart."""
+    """Pooled held-out R^2 per predictor set over all sample-intervals (``all``: the headline),
+    and for the learning groups and HDBSCAN noise apart. The headline covered the learning
+    groups only until this release: 38% of MNIST's sample-intervals, where prototypes do best;
+    on the rest, class alone beat them (0.28 against 0.23)."""
     out: dict[str, dict[str, float | None]] = {}
-    for part, keep in (("groups", lambda f: f.group != NOISE), ("noise", lambda f: f.group == NOISE)):
+    for part, keep in (("all", lambda f: True), ("groups", lambda f: f.group != NOISE), ("noise", lambda f: f.group == NOISE)):
         out[part] = {name: r2_from([f.ss[name] for f in fits if keep(f) and name in f.ss]) for name in PREDICTORS}
     return out

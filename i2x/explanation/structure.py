@@ -65,6 +65,7 @@ class Structure:
     distinct_vs_separation_p: float | None = None
     background_reasons: dict[int, str] = field(default_factory=dict)
     aliases: list[list[int]] = field(default_factory=list)
+    rise_share: np.ndarray | None = None  # (K, M): share of class c's images holding k where k's saliency rose, first to last
 
     @property
     def interval_beta(self) -> np.ndarray:
@@ -163,7 +164,25 @@ def build_structure(
         distinct[c] = int(((coverage[:, c] >= cfg.distinct_coverage) & (coverage[:, c] >= cfg.distinct_ratio * rest)).sum())
     corr, corr_p = _distinct_vs_separation(progression, distinct, preds.shape[0], cfg.null_permutations, seed)
     return Structure(lab, shared, specialised, progression, uncertain, distinct, background, null, corr, corr_p, reasons,
-                     alias_groups(alias))
+                     alias_groups(alias), None if dp is None else rise_shares(dp, presence, labels, m))
+
+
+def rise_shares(dp: np.ndarray, presence: np.ndarray, labels: np.ndarray, m: int) -> np.ndarray:
+    """``(K, M)``: of the images of class c that hold prototype k, the share where k's saliency
+    is higher at the last checkpoint than at the first (NaN where none holds it). The report says
+    a prototype's saliency "rose" only where this is most of them: the regression says how its
+    changes moved with the confidence, not that it rose (MNIST's P4 fell in 86% of the 1s).
+
+    Args:
+        dp: ``(T-1, N, K)``; presence: ``(N, K)``; labels: ``(N,)``.
+    """
+    rose = dp.sum(0) > 0
+    out = np.full((presence.shape[1], m), np.nan)
+    for c in range(m):
+        held = presence & (labels == c)[:, None]
+        counts = held.sum(0)
+        out[:, c] = np.where(counts > 0, (rose & held).sum(0) / np.maximum(counts, 1), np.nan)
+    return out
 
 
 def _distinct_vs_separation(progression: list[PairProgression], distinct: dict[int, int], t: int, permutations: int,

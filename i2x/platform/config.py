@@ -20,7 +20,7 @@ CONFIG_DIR_ENV = "I2X_CONFIG_DIR"
 SECTIONS = ("data", "plant", "model", "train", "explain", "faithfulness", "tune")
 # Keys that older versions wrote into checkpoints and that no longer exist: ignored when a
 # checkpoint's config is read back, refused everywhere else.
-RETIRED_KEYS = frozenset({"explain.r2_holdout", "explain.shortcut_max_overlap"})
+RETIRED_KEYS = frozenset({"explain.r2_holdout", "explain.shortcut_max_overlap", "faithfulness.fill"})
 
 
 @dataclass(frozen=True)

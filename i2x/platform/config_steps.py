@@ -144,8 +144,11 @@ class FaithfulnessConfig:
 
     Attributes:
         enabled: run the deletion check (and ROAD) in every explain run.
-        fill: what occluded cells become: ``mean`` (the analysis set's mean colour) or
-            ``blur`` (the image blurred, so only fine detail is removed).
+        fills: what occluded cells become, each way in turn; a prototype is verified only
+            under every one (OURS; ROAD, Rong et al.: one constant fill can leak class
+            information): ``mean`` (the analysis set's mean colour), ``background`` (the
+            image's border colour: on blank canvas, erasing), ``blur`` (the image blurred) or
+            ``road`` (pytorch-grad-cam's noisy linear imputation; slower).
         blur_sigma: Gaussian sigma in pixels of the ``blur`` fill.
         draws: random cell sets per image for the foreground-matched baseline (the verdict's).
         uniform_draws: random cell sets per image for the uniform baseline, which is
@@ -153,7 +156,7 @@ class FaithfulnessConfig:
         max_images: images per prototype: a seeded subsample of those that contain it when
             there are more (0: all). Sized so that the verdicts do not change: on CIFAR-10 at
             N = 10,000 (fast net) the verdicts on 300 images agreed with those on all of them
-            (docs/benchmarks.md#explain-cost); at N = 2,000 a class holds about 200 images.
+            (docs/history.md#explain-cost); at N = 2,000 a class holds about 200 images.
         min_images: fewer images than this: the prototype is "not tested", never verified.
         foreground_threshold: a cell is foreground when its pixels differ from the image's
             border colour by at least this much on average (pixels in [0, 1]).
@@ -181,7 +184,7 @@ class FaithfulnessConfig:
     """
 
     enabled: bool = True
-    fill: Literal["mean", "blur"] = "mean"
+    fills: tuple[Literal["mean", "background", "blur", "road"], ...] = setting(("mean", "background"), nonempty=True)
     blur_sigma: float = setting(2.0, above=0, hi=100)
     draws: int = setting(4, lo=1, hi=1000)
     uniform_draws: int = setting(1, lo=1, hi=1000)

@@ -131,6 +131,27 @@ def copy_sentence(c: dict[str, Any]) -> str:
             f"(figure: copies.png).")
 
 
+def _rose(rows: list[dict[str, Any]]) -> str:
+    """Whether the saliency rose over training, said only as far as it holds: in most of the
+    class's images that hold the prototype (``rise_share``; documents without it say nothing)."""
+    shares = [r.get("rise_share") for r in rows]
+    if any(v is None for v in shares):
+        return ""
+    low = min(shares)
+    if low >= 0.5:
+        return f" (it rose over training in {100 * low:.0f}% or more of the class's images that hold it)" if len(rows) > 1 else \
+            f" (it rose over training in {100 * low:.0f}% of the class's images that hold it)"
+    return f" (though it rose over training in only {100 * low:.0f}% of the class's images that hold {'one of them' if len(rows) > 1 else 'it'})"
+
+
+def _fills_words(doc: dict[str, Any]) -> str:
+    """The fills the causal check used, in words (``faithfulness.fills``)."""
+    words = {"mean": "painted the data set's mean colour", "background": "erased to the image's background colour",
+             "blur": "blurred", "road": "imputed from the pixels around them (ROAD)"}
+    fills = (doc.get("config", {}).get("faithfulness") or {}).get("fills") or ["mean"]
+    return "cells " + " and ".join(words.get(f, f) for f in fills)
+
+
 def _enrichment_words(c: dict[str, Any]) -> str:
     """How far beyond chance its class holds the copy, after the scan's many tries (documents
     from before the enrichment test have none)."""
@@ -209,8 +230,10 @@ def fit_line(metrics: dict[str, Any]) -> str:
 
     checked = (f"{metrics['n_verified']} of {_plural(metrics['n_named'], 'named prototype')} passed the causal check"
                if metrics.get("n_named") is not None else "causal check off")
-    return (f"{checked}; held-out R^2 {num(metrics.get('mean_r2_heldout'))} against {num(metrics.get('r2_class'))} from the class "
-            f"alone (the gap is what prototypes add; near 0 or negative: they explain little)")
+    both, alone = metrics.get("r2_prototypes_plus_class"), metrics.get("r2_class")
+    added = "n/a" if None in (both, alone) else f"{both - alone:+.3f}"
+    return (f"{checked}; held-out R^2 over all sample-intervals {num(metrics.get('mean_r2_heldout'))} from prototype changes, "
+            f"{num(alone)} from the class alone, {num(both)} from both (what prototypes add to the class: {added})")
 
 
 def progression_claims(doc: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None, list[dict[str, Any]]]:
@@ -256,9 +279,11 @@ def statements(doc: dict[str, Any]) -> dict[str, list[str]]:
         if shared:
             cov = min(r["coverage"] for r in shared)
             out["classes"].append(f"Class {cls['name']} relies on {prototype_names([r['prototype'] for r in shared])}: "
-                                  f"{'each is' if len(shared) > 1 else 'it is'} in {_share(cov, len(shared) > 1)} of its samples, its rise in "
-                                  f"saliency pushed the class's confidence up beyond a within-class permutation null, and occluding it hurts "
-                                  f"the class more than occluding matched random cells (figures: class_prototypes.png, faithfulness.png).")
+                                  f"{'each is' if len(shared) > 1 else 'it is'} in {_share(cov, len(shared) > 1)} of its samples, changes in "
+                                  f"{'their' if len(shared) > 1 else 'its'} saliency moved with the class's confidence beyond a "
+                                  f"within-class permutation null{_rose(shared)}, and occluding {'each' if len(shared) > 1 else 'it'} hurts "
+                                  f"the class more than occluding matched random cells under every fill "
+                                  f"({_fills_words(doc)}) (figures: class_prototypes.png, faithfulness.png).")
         for r in sorted((r for r in found if r["role"] == "specialised"), key=lambda r: -(r["evidence"] or 0))[:2]:
             out["classes"].append(f"Some {cls['name']} samples use P{r['prototype']} instead: it is in {100 * r['group_coverage']:.0f}% of one "
                                   f"learning group but only {100 * r['coverage']:.0f}% of the class, a variant within the class "
@@ -307,12 +332,21 @@ def statements(doc: dict[str, Any]) -> dict[str, list[str]]:
     min_peak = int(cfg.get("min_peak_confusions", 10))
     last, first, never = progression_claims(doc)
     if last is not None:
-        out["progression"].append(f"{last['pair'][0]} and {last['pair'][1]} were the last pair separated, at checkpoint "
-                                  f"{last['separated_at']} (step {steps[last['separated_at']]}), after up to "
-                                  f"{_plural(max(last['confusions']), 'confusion')} (figure: progression.png).")
-        if first is not last:
-            out["progression"].append(f"{first['pair'][0]} and {first['pair'][1]} were separated first, at checkpoint "
-                                      f"{first['separated_at']} (figure: progression.png).")
+        qualified = [p for p in doc["progression"] if p["separated_at"] is not None and max(p["confusions"]) >= min_peak]
+        for which, pick in (("last", last), ("first", first or last)):
+            tied = [p for p in qualified if p["separated_at"] == pick["separated_at"]]
+            at = f"at checkpoint {pick['separated_at']} (step {steps[pick['separated_at']]})"
+            if which == "first" and first is None and len(tied) == 1:
+                continue
+            if len(tied) > 1:
+                names = ", ".join(f"{p['pair'][0]}/{p['pair'][1]}" for p in tied[:6]) + (f" and {len(tied) - 6} more" if len(tied) > 6 else "")
+                out["progression"].append(f"{len(tied)} pairs tie as the {which} separated, {at}: {names}; the order among them "
+                                          f"is not known (figure: progression.png).")
+            elif which == "last":
+                out["progression"].append(f"{pick['pair'][0]} and {pick['pair'][1]} were the last pair separated, {at}, after up to "
+                                          f"{_plural(max(pick['confusions']), 'confusion')} (figure: progression.png).")
+            else:
+                out["progression"].append(f"{pick['pair'][0]} and {pick['pair'][1]} were separated first, {at} (figure: progression.png).")
     else:
         out["progression"].append(f"No class pair reached {min_peak} confusions at any checkpoint, so no separation order is claimed "
                                   f"(figure: progression.png).")
@@ -352,25 +386,26 @@ def statements(doc: dict[str, Any]) -> dict[str, list[str]]:
         alike = [role for role in ("shared", "specialised", "uncertain")
                  if c[role]["real"] and abs(c[role]["real"] - c[role]["null_mean"]) <= 2 * max(c[role]["null_std"], 0.5)]
         if alike:
-            out["uncertain"].append(f"The {' and '.join(alike)} candidate labels are about as many as the null makes with the link "
-                                    f"between saliency and confidence broken: as a set, they come from which classes contain which "
-                                    f"prototypes, not from how the model learned. A label is stated only where it beats the null "
-                                    f"on its own.")
+            out["uncertain"].append(f"The number of {' and '.join(alike)} candidate labels is about what the null makes with the link "
+                                    f"between saliency and confidence broken, so the count alone shows nothing beyond which classes "
+                                    f"contain which prototypes; the labels stated above are the ones that beat the null one by one.")
 
     reg = doc.get("regression") or {}
-    r2 = (reg.get("heldout_r2") or {}).get("groups", {})
-    if r2.get("prototypes") is not None:
-        verdict = ("predict confidence changes better than class identity alone" if reg.get("prototypes_beat_class")
-                   else "do NOT predict confidence changes better than class identity alone")
-        adds = "and add to it" if reg.get("prototypes_add_to_class") else "and add nothing to it"
+    parts = reg.get("heldout_r2") or {}
+    r2 = parts.get("all") or {}
+    if r2.get("prototypes") is not None and r2.get("class") is not None and r2.get("prototypes+class") is not None:
+        added = r2["prototypes+class"] - r2["class"]
+        verdict = ("predict confidence changes better than the class alone" if r2["prototypes"] > r2["class"]
+                   else "predict confidence changes less well than the class alone")
+        adds = f"and add {added:+.2f} of R^2 to it" if added > 0 else f"and add nothing to it ({added:+.2f})"
+        groups, noise = parts.get("groups") or {}, parts.get("noise") or {}
+        split = "" if groups.get("prototypes") is None or noise.get("prototypes") is None else (
+            f"; in the learning groups {groups['prototypes']:.2f} vs {groups['class']:.2f}, in HDBSCAN noise "
+            f"({100 * doc['metrics']['noise_share']:.0f}% of samples) {noise['prototypes']:.2f} vs {noise['class']:.2f}")
         out["faithfulness"].append(
-            f"Prototype changes {verdict} {adds}: held-out R^2 {r2['prototypes']:.2f} vs class one-hot "
-            f"{r2['class']:.2f}, both {r2['prototypes+class']:.2f}, group mean alone {r2['group_mean']:.2f} "
-            f"({reg.get('folds')}-fold, {reg.get('mode')} fit, learning groups only; figure: beta_heatmap.png).")
-    noise = (reg.get("heldout_r2") or {}).get("noise", {})
-    if noise.get("prototypes") is not None:
-        out["faithfulness"].append(f"HDBSCAN noise ({100 * doc['metrics']['noise_share']:.0f}% of samples) is scored apart: R^2 "
-                                   f"{noise['prototypes']:.2f} vs class one-hot {noise['class']:.2f}.")
+            f"Prototype changes {verdict} {adds}: held-out R^2 over all sample-intervals {r2['prototypes']:.2f} vs the class "
+            f"alone {r2['class']:.2f}, both {r2['prototypes+class']:.2f}, group mean alone {r2['group_mean']:.2f} "
+            f"({reg.get('folds')}-fold, {reg.get('mode')} fit{split}; figure: beta_heatmap.png).")
     faith = doc.get("faithfulness")
     if faith:
         sm = faith["summary"]

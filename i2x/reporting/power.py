@@ -46,14 +46,32 @@ def share_interval(k: int, n: int) -> tuple[float, float]:
     return lo, hi
 
 
+MATCH_KEYS = ("data.train_limit", "train.epochs", "model.name", "model.width", "data.analysis_size")  # what a curve was measured on
+
+
+def _differs(doc: dict[str, Any], curve: dict[str, Any]) -> list[str]:
+    """The keys of :data:`MATCH_KEYS` where this run's config is not the curve's."""
+    config = doc.get("config") or {}
+    return [key for key, value in (curve.get("match") or {}).items()
+            if (config.get(key.split(".")[0]) or {}).get(key.split(".")[1]) != value]
+
+
 def power_line(doc: dict[str, Any], measured: dict[str, Any] | None = None) -> str:
     """One sentence: the power of this kind of run on its data set (``measured``: the curves,
-    default :func:`curves`)."""
+    default :func:`curves`), only from a curve measured on this run's setting (its cut, epochs,
+    model and analysed images); otherwise that power is not measured for the setting."""
     dataset = doc["run"]["dataset"]
     curve = (curves() if measured is None else measured).get(dataset)
     if not curve:
         return (f"detection power is not measured for {dataset}: a shortcut the report does not state may still be there "
                 f"(bench/power.py measures it with planted marks)")
+    differs = _differs(doc, curve)
+    if differs or not curve.get("match"):
+        config = doc.get("config") or {}
+        these = ", ".join(f"{k}={(config.get(k.split('.')[0]) or {}).get(k.split('.')[1])}" for k in differs)
+        return (f"detection power is not measured for this setting: the measured curve on {dataset} is for {curve['setting']}, "
+                f"N = {curve['n']:,}" + (f", and this run has {these}" if these else "") + "; a shortcut the report does not state may "
+                "still be there (bench/power.py measures it with planted marks)")
     runs, n = curve["runs"], curve["n"]
     where = f"on {dataset} (bench/power.py, {curve['setting']}, N = {n:,}, {len(runs)} runs with a planted corner mark)"
     f = threshold(runs)
