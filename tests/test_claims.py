@@ -111,3 +111,43 @@ def test_no_sentence_claims_a_push_or_a_shortcut_warning_on_every_place():
         for doc in (yes, no):
             text = _said(doc)
             assert "pushed" not in text and "can be a shortcut" not in text and "learning groups only" not in text
+
+
+def _cue_doc(rigid: float) -> dict[str, Any]:
+    """P1, a cue of class b in the top-left of 90% of its images, off the objects, that the model
+    needs (deletion) and that alone turns other images into b (paste); ``rigid``: how much of a
+    cell's pixels stay the same (1.0 a pasted copy, 0.0 a mark that moves and varies)."""
+    doc = _doc()
+    doc["config"]["explain"].update({"shortcut_off_object": 0.4, "shortcut_rigid": 0.95})
+    doc["prototypes"][1]["where"] = {"class": "b", "region": "top-left", "share": 0.9, "n_images": 40, "off_object": 0.7, "rigid": rigid}
+    doc["prototypes"][1]["coverage"] = {"a": 0.01, "b": 0.99, "c": 0.0}
+    doc["faithfulness"]["deletion"] = [{"prototype": 1, "role": "cue", "classes": ["b"], "verified": True, "effect": 3.1, "excess": 2.9,
+                                        "baselines": {"foreground": 0.2, "uniform": 0.1, "gradcam": 2.0}, "p_adjusted": 1e-23}]
+    doc["faithfulness"]["transplant"] = [{"prototype": 1, "role": "cue", "classes": ["b"], "sufficient": True, "n_pairs": 300,
+                                          "flips": 0.76, "control_flips": 0.05, "rise": 4.0, "control": 0.3, "excess": 3.7,
+                                          "ci": [3.0, 4.4]}]
+    return doc
+
+
+def test_a_cue_that_failed_only_the_rigid_copy_gate_is_worth_a_look_with_its_evidence():
+    """Issue 41: a mark that moves and varies, which the model needs (deletion p 1e-23) and whose
+    paste turns 76% of other digits, was stated nowhere. It is listed, with the gate it failed
+    and how to act on it; the same cue as a rigid copy is a shortcut check instead."""
+    moving = statements(_cue_doc(rigid=0.0))
+    assert moving["shortcuts"] == [] and len(moving["worth_a_look"]) == 1
+    said = moving["worth_a_look"][0]
+    assert said.startswith("P1 -> b (in the top-left of the image in 90% of the class's images that hold it; in 99% of class b's images, "
+                           "at most 1% of another's)"), said
+    assert "turns 76% of them into b (5% for the control)" in said and "it is not a rigid copy" in said and "tune.act_on=P1" in said
+    rigid = statements(_cue_doc(rigid=1.0))
+    assert rigid["worth_a_look"] == [] and len(rigid["shortcuts"]) == 1
+
+
+def test_tune_acts_on_a_prototype_the_user_names_and_refuses_one_the_report_does_not_hold():
+    from i2x.platform.errors import I2XError
+    from i2x.runs.repair import named_finding
+
+    finding = named_finding(_cue_doc(rigid=0.0), 1, ["a", "b", "c"])
+    assert (finding.prototype, finding.cls, finding.class_name) == (1, 1, "b") and "tune.act_on=P1" in finding.statement
+    with pytest.raises(I2XError, match="tune.act_on=P0: the explanation verified no class cue P0"):
+        named_finding(_cue_doc(rigid=0.0), 0, ["a", "b", "c"])

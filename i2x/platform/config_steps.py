@@ -221,6 +221,9 @@ class TuneConfig:
             (Kirichenko et al.'s recipe), DFR by class and the oracle; with no finding, tune
             says so and stops.
             ``candidates``: the paper's study of the uncertain prototypes (below).
+            ``P<k>`` (``P12``): repair prototype k as the finding, for its class in the report's
+            "worth a look" list or its class-specific causal check (a shortcut the report did not
+            state; the user's call).
         repair_strategies: the i2x strategies the repair study searches.
         repair_lr: the learning rate every repair strategy and baseline fine-tunes with.
         max_accuracy_loss: a repair trial is chosen only within this much of the final
@@ -278,7 +281,7 @@ class TuneConfig:
             is ``$MLFLOW_S3_ENDPOINT_URL``. Empty: no Optuna artifacts.
     """
 
-    act_on: Literal["findings", "candidates"] = "findings"
+    act_on: str = "findings"
     repair_strategies: tuple[str, ...] = setting(("i2x-augment", "i2x-groups", "i2x-dfr"), nonempty=True)
     repair_lr: float = setting(0.01, above=0, hi=1e6)
     max_accuracy_loss: float = setting(0.01, lo=0, hi=1)
@@ -313,6 +316,8 @@ class TuneConfig:
     artifact_store: str = ""
 
     CHECKS: ClassVar[tuple[Check, ...]] = (
+        Check(("act_on",), lambda t: t.act_on in ("findings", "candidates") or (t.act_on[:1] == "P" and t.act_on[1:].isdigit()),
+              "tune.act_on must be findings, candidates or P<k> (a prototype of the report, e.g. P12)"),
         Check(("threshold_min", "threshold_max"), lambda t: t.threshold_min < t.threshold_max,
               "tune.threshold_min must be below tune.threshold_max"),
         Check(("lr_min", "lr_max"), lambda t: t.lr_min <= t.lr_max, "tune.lr_min must be at most tune.lr_max"),

@@ -189,6 +189,59 @@ def shortcut_candidates(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def worth_a_look(doc: dict[str, Any], limit: int = 5) -> list[dict[str, Any]]:
+    """Cues the final model needs and that alone push their class, which a gate of the shortcut
+    check left out (issue 41): the deletion test verified it and the transplant test found it
+    sufficient, it belongs to one class, and it is no shortcut check because it is not in one
+    place, sits on the objects, or is not a rigid copy (a cue that moves, varies or is
+    re-encoded). Ranked by how many other classes' images its paste turns into its class beyond
+    the control; each row says which gate it failed (``why``). A user who recognises one as a
+    shortcut repairs it with ``tune.act_on=P<k>``."""
+    cfg = _explain_cfg(doc)
+    concentration = float(cfg.get("concentration_share", 0.8))
+    off_object = float(cfg.get("shortcut_off_object", 0.4))
+    rigid = float(cfg.get("shortcut_rigid", 0.95))
+    stated = {(r["prototype"], r["class"]) for r in shortcut_checks(doc)}
+    faith = doc.get("faithfulness") or {}
+    transplant = {(d["prototype"], d["role"], d["classes"][0]): d for d in faith.get("transplant", [])}
+    background = set(doc.get("background") or [])
+    rows: dict[tuple[int, str], dict[str, Any]] = {}
+    for d in faith.get("deletion", []):
+        k, cls = d["prototype"], d["classes"][0]
+        moved = transplant.get((k, d["role"], cls))
+        if d["role"] == "uncertain" or not d["verified"] or moved is None or not moved["sufficient"] or k in background:
+            continue
+        if (k, cls) in stated or (k, cls) in rows:
+            continue
+        where = doc["prototypes"][k].get("where") or {}
+        why = []
+        if where.get("class") != cls or (where.get("share") or 0) < concentration:
+            why.append(f"it is not in one place ({100 * (where.get('share') or 0):.0f}% of its class's images in one region)")
+        if (where.get("off_object") or 0) < off_object:
+            why.append(f"it sits where other classes' images have content ({100 * (where.get('off_object') or 0):.0f}% empty there)")
+        if where.get("rigid") is not None and where["rigid"] < rigid:
+            why.append("it is not a rigid copy: its pixels differ from image to image (a cue that moves, varies or is re-encoded, "
+                       "or a part of the object)")
+        if not why:
+            continue
+        rows[(k, cls)] = {"prototype": k, "class": cls, "deletion": d, "transplant": moved, "where": where, "why": why,
+                          "push": float(moved["flips"]) - float(moved["control_flips"])}
+    return sorted(rows.values(), key=lambda r: -r["push"])[:limit]
+
+
+def worth_a_look_sentence(r: dict[str, Any], coverage: dict[str, Any] | None = None) -> str:
+    """One candidate of :func:`worth_a_look` in words, with its evidence."""
+    d, moved, where = r["deletion"], r["transplant"], r["where"]
+    place = (f"in the {where['region']} of the image in {100 * where['share']:.0f}% of the class's images that hold it"
+             if where.get("region") and where.get("share") is not None else "in no one place")
+    purity = f"; in {100 * coverage['own']:.0f}% of class {r['class']}'s images, at most {100 * coverage['other']:.0f}% of another's" if coverage else ""
+    return (f"P{r['prototype']} -> {r['class']} ({place}{purity}): occluding it lowers the margin by {d['effect']:.2f} against "
+            f"{d['baselines']['foreground']:.2f} for matched cells (p_BH {d['p_adjusted']:.2g}); pasted into {moved['n_pairs']} images of "
+            f"other classes it turns {100 * moved['flips']:.0f}% of them into {r['class']} ({100 * moved['control_flips']:.0f}% for the "
+            f"control). Not stated as a shortcut check because {'; and '.join(r['why'])}. If it is a shortcut, tune repairs it with "
+            f"--overrides tune.act_on=P{r['prototype']}.")
+
+
 def dominance(transplant: dict[str, Any]) -> float:
     """How much more a cue pushes its class than the rest of its image's foreground does, as a
     smoothed ratio ``excess / (|control| + 1)`` (logits). Reported beside a check and used to
@@ -255,7 +308,8 @@ def statements(doc: dict[str, Any]) -> dict[str, list[str]]:
     """Plain-language findings, generated from the explanation, by report section. Only
     prototypes that passed the causal check are stated as findings; each sentence names
     the figure that backs it."""
-    out: dict[str, list[str]] = {"shortcuts": [], "classes": [], "locations": [], "progression": [], "uncertain": [], "faithfulness": []}
+    out: dict[str, list[str]] = {"shortcuts": [], "worth_a_look": [], "classes": [], "locations": [], "progression": [], "uncertain": [],
+                                 "faithfulness": []}
     for r in shortcut_checks(doc):
         d, moved, where = r["deletion"], r["transplant"], r["where"]
         out["shortcuts"].append(
@@ -269,6 +323,11 @@ def statements(doc: dict[str, Any]) -> dict[str, list[str]]:
             f"{_rigid_words(where)}. "
             f"Check whether this is a shortcut (figures: locations.png, findings.png).")
     out["shortcuts"] += [copy_sentence(c) for c in copy_checks(doc)]
+    for r in worth_a_look(doc):
+        cov = (doc["prototypes"][r["prototype"]].get("coverage") or {}) if r["prototype"] < len(doc["prototypes"]) else {}
+        own = cov.get(r["class"]) if isinstance(cov, dict) else None
+        others = [v for c, v in cov.items() if c != r["class"]] if isinstance(cov, dict) else []
+        out["worth_a_look"].append(worth_a_look_sentence(r, {"own": own, "other": max(others)} if own is not None and others else None))
     cfg = _explain_cfg(doc)
     protos = {p["id"]: p for p in doc["prototypes"]}
     checked = doc.get("faithfulness") is not None

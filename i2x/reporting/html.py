@@ -164,6 +164,7 @@ def explain_report(doc: dict[str, Any], arrays: dict[str, np.ndarray], out: Path
         *([("Shortcut check", said["shortcuts"], [_img(figs["copies"], "Rigid copies the final model uses: a few images of the class "
                                                         "that hold each, the copied pixels boxed")] if figs["copies"] else [])]
           if said["shortcuts"] else []),
+        *([("Worth a look: cues that failed a gate", said["worth_a_look"], [])] if said["worth_a_look"] else []),
         ("What each class relies on", said["classes"], [_img(figs["classes"], "Shared and specialised prototypes per class (verified or not: see the causal check)")]
                  + [_folded(f"Prototype gallery ({len(galleries)} page{'s' if len(galleries) != 1 else ''}): exemplar patches and coverage per class",
                             [_img(g, f"Prototype gallery page {i + 1}") for i, g in enumerate(galleries)])]),

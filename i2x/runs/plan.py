@@ -134,7 +134,7 @@ def estimate(config: Config, data: DataBundle, device: torch.device, repeats: in
         final += 2 * tune.seeds * 2 * (spe * step_s - per_epoch)
     tune_s = trials + final + tune.seeds * len(STRATEGIES) * len(data.test_y) * forward_s
     note = ""
-    if tune.act_on == "findings":  # one epoch per trial and per strategy and seed; see i2x.repair
+    if tune.act_on != "candidates":  # one epoch per trial and per strategy and seed; see i2x.repair
         runs = tune.n_trials + len(JTT_LAMBDAS) + (len(BASELINE_STRATEGIES) + len(tune.repair_strategies)) * tune.seeds
         tune_s = runs * per_epoch + (tune.n_trials * n_val + len(data.train_y) + runs * len(data.test_y)) * forward_s
         note = "if the explanation states a shortcut check to act on (main says which after explain)"

@@ -12,6 +12,7 @@ from typing import Any
 
 from i2x.platform import tracking, trial_runs
 from i2x.platform.config import Config
+from i2x.platform.errors import I2XError
 from i2x.platform.secrets import redact
 from i2x.runs.artifacts import TUNE_SUMMARY
 from i2x.training.checkpoints import atomic_write_text
@@ -31,6 +32,23 @@ def study_key(doc: dict[str, Any], config: Config) -> str:
     (after a crash or a failed upload) resumes the same study and work folder."""
     stable = {k: v for k, v in doc.items() if k not in doc.get("timestamp_fields", [])}
     return hashlib.sha256((json.dumps(stable, sort_keys=True) + json.dumps(config.to_dict()["tune"], sort_keys=True)).encode()).hexdigest()[:12]
+
+
+def named_finding(doc: dict[str, Any], k: int, classes: list[str]) -> Any:
+    """``tune.act_on=P<k>``: prototype k as the finding, for the class its report row names (a
+    shortcut check, a cue worth a look, else a class cue the causal check verified); one line
+    when the explanation has no such row, before any run is opened."""
+    from i2x.repair.finding import Finding
+    from i2x.reporting.claims import shortcut_checks, worth_a_look
+
+    rows = [r for r in shortcut_checks(doc) + worth_a_look(doc, limit=10_000) if r["prototype"] == k]
+    cls = rows[0]["class"] if rows else next((d["classes"][0] for d in (doc.get("faithfulness") or {}).get("deletion", [])
+                                             if d["prototype"] == k and d["role"] != "uncertain" and d["verified"]), None)
+    if cls is None:
+        raise I2XError(f"tune.act_on=P{k}: the explanation verified no class cue P{k} (the causal check did not pass it for any class); "
+                       "name a prototype the report lists as a shortcut check or under 'Worth a look'")
+    where = (doc["prototypes"][k].get("where") or {}).get("region") or "no one place"
+    return Finding(k, classes.index(cls), cls, f"P{k} -> {cls} ({where}), chosen by the user with tune.act_on=P{k}")
 
 
 def _early_state(train_run_id: str, checkpoints: list[str], scratch: Path) -> dict[str, Any]:
@@ -95,12 +113,16 @@ def repair_run(args: argparse.Namespace, inputs: tuple, build_ctx: Callable[[], 
     from i2x.tuning.study import resolve_storage
 
     doc, final, checkpoints, config, train_run_id = inputs
-    finding = lead_finding(shortcut_checks(doc), copy_checks(doc), list(final["data"]["classes"]))
+    classes = list(final["data"]["classes"])
+    if config.tune.act_on == "findings":
+        finding = lead_finding(shortcut_checks(doc), copy_checks(doc), classes)
+    else:
+        finding = named_finding(doc, int(config.tune.act_on[1:]), classes)
     key = study_key(doc, config)
     name = args.study or config.tune.study_name or f"i2x-{config.data.name}-{key}"
     url = resolve_storage(args.storage or config.tune.storage)
     tags = {tracking.TAG_STAGE: "tune", tracking.TAG_DATASET: config.data.name, tracking.TAG_MODEL: config.model.name,
-            "i2x.explain_run_id": args.run_id, "i2x.act_on": "findings"}
+            "i2x.explain_run_id": args.run_id, "i2x.act_on": config.tune.act_on}
     if finding is not None:
         tags |= {"optuna.study_name": name, "optuna.storage": redact(url)}
     local = (Path(config.work_dir) / f"tune-{config.data.name}-{key}").resolve()

@@ -108,7 +108,7 @@ def tune_run(args: argparse.Namespace) -> str:
     scratch = scratch_dir("tune")
     try:
         inputs = _explain_inputs(args.run_id, args, scratch)
-        if inputs[3].tune.act_on == "findings":
+        if inputs[3].tune.act_on != "candidates":  # findings, or a prototype the user names (P<k>)
             from i2x.runs.repair import repair_run
 
             return repair_run(args, inputs, lambda: _tune_context(args.run_id, args, scratch, inputs=inputs)[0], scratch)
