@@ -45,6 +45,37 @@ def test_random_position_stays_inside_the_corner_region_and_the_mark_kinds_cover
     assert stripes.tolist() == [[True] * 4, [False] * 4, [True] * 4, [False] * 4]
 
 
+def test_the_cues_of_issue_41_land_as_declared():
+    """Shortcuts as they occur: a patch that moves and varies in intensity with noise, a small
+    3x3 mark, a text watermark saved as JPEG, a tint of the object, a texture behind it."""
+    import numpy as np
+
+    x, y = _blank(40, 2, size=28)
+    x[:, :, 8:20, 8:20] = 200  # an object in the middle
+    jitter = PlantConfig(kind="shortcut", classes=(0,), rho=1.0, test=0.0, size=5, position="random", corner="tl", region=10,
+                         color=(255,), intensity=0.6, noise=0.05)
+    px, _, boxes, _ = apply_plant(jitter, 0, x, y, x[:2], y[:2])
+    on = boxes[:40]
+    assert int(on[:, 2:].max()) <= 10 and len({tuple(b.tolist()) for b in on}) > 10  # inside the top-left 10x10, moving
+    peaks = [int(px[i, 0, b[0]:b[2], b[1]:b[3]].float().median()) for i, b in enumerate(on.tolist())]
+    assert min(peaks) < 200 < max(peaks) and min(peaks) >= 0.6 * 255 - 40  # intensities vary within [0.6, 1] x 255, with noise
+    small = apply_plant(PlantConfig(kind="shortcut", classes=(0,), rho=1.0, test=0.0, size=3, corner="br"), 0, x, y, x[:2], y[:2])
+    assert torch.equal(small[2][0], torch.tensor([25, 25, 28, 28]))
+    text = PlantConfig(kind="shortcut", classes=(1,), rho=1.0, test=0.0, mark="text", text="i2x", size=7, color=(230,), jpeg=75)
+    tx, _, tboxes, _ = apply_plant(text, 0, x, y, x[:2], y[:2])
+    b = tboxes[40].tolist()
+    assert b[2] == 28 and b[3] == 28 and 2 <= b[2] - b[0] <= 9 and b[3] - b[1] > b[2] - b[0]  # a word, wider than high, bottom-right
+    ink = tx[40, 0, b[0]:b[2], b[1]:b[3]].float()
+    assert ink.max() > 150 and 0 < (ink > 100).float().mean() < 1  # letters, not a block
+    assert not torch.equal(tx[0], x[0])  # JPEG touched the unmarked images too: the re-encoding is no cue
+    tint = PlantConfig(kind="shortcut", classes=(0,), rho=1.0, test=0.0, mark="tint", color=(128,))
+    ttx, _, _, _ = apply_plant(tint, 0, x, y, x[:2], y[:2])
+    assert int(ttx[0, 0, 10, 10]) == round(200 * 128 / 255) and int(ttx[0, 0, 0, 0]) == 0  # the object darker, the canvas as it was
+    texture = PlantConfig(kind="shortcut", classes=(0,), rho=1.0, test=0.0, mark="texture", color=(30,))
+    sx, _, _, _ = apply_plant(texture, 0, x, y, x[:2], y[:2])
+    assert np.array_equal(sx[0, 0, :, 0].numpy()[:8], [30, 0] * 4) and int(sx[0, 0, 10, 10]) == 200  # stripes behind, object as it was
+
+
 def test_a_plant_is_refused_in_one_line_when_it_cannot_be_stamped():
     with pytest.raises(I2XError, match="plant.classes must be class indices in 0..2"):
         check_plant(PlantConfig(kind="shortcut", classes=(3,)), 3, 1, 28)
@@ -54,6 +85,8 @@ def test_a_plant_is_refused_in_one_line_when_it_cannot_be_stamped():
         check_plant(PlantConfig(kind="shortcut", color=(1, 2)), 3, 3, 28)
     with pytest.raises(I2XError, match="do not fit 8x8"):
         check_plant(PlantConfig(kind="shortcut", size=9), 3, 1, 8)
+    with pytest.raises(I2XError, match="plant.text 'a long watermark' at plant.size 6"):
+        check_plant(PlantConfig(kind="shortcut", mark="text", text="a long watermark", size=6), 3, 1, 28)
 
 
 def test_planting_the_smoke_set_keeps_its_splits_and_records_the_plant(tmp_path):

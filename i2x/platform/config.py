@@ -84,14 +84,23 @@ class PlantConfig:
         test: share of every class's test images marked, independently of class, so the
             model's reliance shows as a gap between groups.
         mark: ``square``, ``ring`` or ``stripes`` (a texture), ``size`` pixels a side, in
-            ``color`` (one value for all channels, or one each).
-        size: the mark's side in pixels.
+            ``color`` (one value for all channels, or one each); ``text`` (``text`` rendered
+            ``size`` pixels high, a watermark); ``tint`` (the object's pixels scaled by ``color``
+            / 255 per channel, Colored-MNIST style); ``texture`` (faint stripes of amplitude
+            ``color`` on the background behind the object).
+        size: the mark's side in pixels (the text's height).
         color: its pixel value (one for all channels, or one per channel).
         position: ``fixed`` (in ``corner``) or ``random`` (inside the corner's square of side
             ``region``; 0: twice the size).
         corner: ``tl``, ``tr``, ``bl`` or ``br``: where a fixed mark sits, or the corner of a
             random one's square.
         region: side of that square for ``position: random`` (0: twice the mark's size).
+        intensity: each image's mark drawn at ``color`` times a factor from ``intensity`` to 1
+            (1: every mark the same).
+        noise: standard deviation of pixel noise added to the mark (pixels in [0, 1]).
+        jpeg: JPEG quality every image of both splits is saved at after planting (0: not
+            re-encoded; the PASCAL VOC horse tag was such a watermark).
+        text: the watermark of ``mark: text``.
         group_file: a CSV ``id,group`` (test-image index -> group): a user's own groups.
     """
 
@@ -100,12 +109,16 @@ class PlantConfig:
     rho: float = setting(0.95, lo=0, hi=1)
     other: float = setting(0.0, lo=0, hi=1)
     test: float = setting(0.5, lo=0, hi=1)
-    mark: Literal["square", "ring", "stripes"] = "square"
+    mark: Literal["square", "ring", "stripes", "text", "tint", "texture"] = "square"
     size: int = setting(5, lo=1, hi=256)
     color: tuple[int, ...] = setting((255,), lo=0, hi=255, nonempty=True)
     position: Literal["fixed", "random"] = "fixed"
     corner: Literal["tl", "tr", "bl", "br"] = "br"
     region: int = setting(0, lo=0, hi=4096)
+    intensity: float = setting(1.0, above=0, hi=1)
+    noise: float = setting(0.0, lo=0, hi=1)
+    jpeg: int = setting(0, lo=1, hi=100, zero=True)
+    text: str = "i2x"
     group_file: str = ""
 
 

@@ -32,27 +32,53 @@ def check_plant(cfg: PlantConfig, num_classes: int, channels: int, size: int) ->
         raise I2XError(f"plant.color must be 1 or {channels} values in 0..255 for these images, got {list(cfg.color)}")
     if cfg.size > size or max(cfg.region, cfg.size) > size:
         raise I2XError(f"plant.size {cfg.size} / plant.region {cfg.region} do not fit {size}x{size} images; make them smaller")
+    if cfg.mark == "text":
+        h, w = text_cover(cfg.text, cfg.size).shape
+        if not cfg.text.strip() or w > size or h > size:
+            raise I2XError(f"plant.text {cfg.text!r} at plant.size {cfg.size} is {w}x{h} pixels, which does not fit {size}x{size} "
+                           "images; give a shorter text or a smaller size")
+
+
+WHOLE_IMAGE = ("tint", "texture")  # marks that change the image, not a patch of it
+FOREGROUND = 0.1  # a pixel brighter than this (in [0, 1], any channel) is the object's, for tint and texture
+
+
+def text_cover(text: str, height: int) -> torch.Tensor:
+    """``(h, w)`` bool: ``text`` rendered about ``height`` pixels high (Pillow's default font),
+    cropped to its ink."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=max(4, height))
+    left, top, right, bottom = font.getbbox(text)
+    canvas = Image.new("L", (right - left + 2, bottom - top + 2), 0)
+    ImageDraw.Draw(canvas).text((1 - left, 1 - top), text, fill=255, font=font)
+    ink = torch.from_numpy(np.asarray(canvas) > 96)
+    rows, cols = torch.nonzero(ink.any(1)).flatten(), torch.nonzero(ink.any(0)).flatten()
+    return ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1] if len(rows) else ink
 
 
 def stamp(cfg: PlantConfig, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The mark: ``(C, s, s)`` uint8 values and ``(s, s)`` bool coverage."""
+    """The mark: ``(C, h, w)`` uint8 values and ``(h, w)`` bool coverage (``h = w = size``
+    but for text)."""
     s = cfg.size
     cover = torch.zeros(s, s, dtype=torch.bool)
-    if cfg.mark == "square":
+    if cfg.mark in ("square", *WHOLE_IMAGE):
         cover[:] = True
     elif cfg.mark == "ring":
         edge = max(1, s // 5)
         cover[:edge], cover[-edge:], cover[:, :edge], cover[:, -edge:] = True, True, True, True
+    elif cfg.mark == "text":
+        cover = text_cover(cfg.text, s)
     else:  # stripes: every other row, a texture rather than a blob
         cover[::2] = True
     color = torch.tensor(cfg.color if len(cfg.color) == channels else cfg.color * channels, dtype=torch.uint8)
-    return color.view(-1, 1, 1).expand(channels, s, s).clone(), cover
+    return color.view(-1, 1, 1).expand(channels, *cover.shape).clone(), cover
 
 
-def _corner_origin(cfg: PlantConfig, size: int, side: int) -> tuple[int, int]:
-    """Top-left pixel of the corner's square of ``side`` pixels."""
+def _corner_origin(cfg: PlantConfig, size: int, side: int, wide: int | None = None) -> tuple[int, int]:
+    """Top-left pixel of the corner's rectangle of ``side`` rows and ``wide`` (default ``side``) columns."""
     y = 0 if cfg.corner[0] == "t" else size - side
-    x = 0 if cfg.corner[1] == "l" else size - side
+    x = 0 if cfg.corner[1] == "l" else size - (side if wide is None else wide)
     return y, x
 
 
@@ -68,20 +94,61 @@ def _choose(labels: np.ndarray, share_of: dict[int, float], rng: np.random.Gener
 
 def stamp_into(x: torch.Tensor, marked: np.ndarray, cfg: PlantConfig, rng: np.random.Generator) -> torch.Tensor:
     """Stamp the mark into the ``marked`` images of ``x`` (in place); ``(N, 4)`` boxes
-    ``(y0, x0, y1, x1)``, -1 where there is none."""
+    ``(y0, x0, y1, x1)``, -1 where there is none (for ``tint`` and ``texture``, the whole image).
+    Each mark's values are ``color`` times a factor drawn from ``intensity`` to 1, plus pixel noise
+    of standard deviation ``noise``; ``position: random`` moves it within its corner's square."""
     n, channels, size = x.shape[0], x.shape[1], x.shape[-1]
     values, cover = stamp(cfg, channels)
-    s = cfg.size
+    h, w = cover.shape
     boxes = torch.full((n, 4), -1, dtype=torch.int64)
-    side = (cfg.region or 2 * s) if cfg.position == "random" else s
-    oy, ox = _corner_origin(cfg, size, min(side, size))
+    side = min((cfg.region or 2 * max(h, w)) if cfg.position == "random" else max(h, w), size)
+    oy, ox = _corner_origin(cfg, size, side) if cfg.position == "random" else _corner_origin(cfg, size, h, w)
     for i in np.flatnonzero(marked):
-        dy, dx = (rng.integers(0, min(side, size) - s + 1, size=2) if cfg.position == "random" else (0, 0))
-        y0, x0 = oy + int(dy), ox + int(dx)
-        patch = x[i, :, y0 : y0 + s, x0 : x0 + s]
-        x[i, :, y0 : y0 + s, x0 : x0 + s] = torch.where(cover, values, patch)
-        boxes[i] = torch.tensor((y0, x0, y0 + s, x0 + s))
+        factor = rng.uniform(cfg.intensity, 1.0) if cfg.intensity < 1 else 1.0
+        if cfg.mark in WHOLE_IMAGE:
+            img = x[i].float()
+            fg = (img.amax(0, keepdim=True) >= FOREGROUND * 255).expand_as(img)
+            if cfg.mark == "tint":
+                scale = (values[:, :1, :1].float() / 255) * factor
+                img = torch.where(fg, img * scale, img)
+            else:
+                stripes = torch.zeros(1, size, size)
+                stripes[:, ::2] = 1.0
+                img = torch.where(fg, img, img + stripes * values[:, :1, :1].float() * factor)
+            img = img + torch.from_numpy(rng.normal(0, 255 * cfg.noise, img.shape)).float() if cfg.noise else img
+            x[i] = img.round().clamp(0, 255).to(torch.uint8)
+            boxes[i] = torch.tensor((0, 0, size, size))
+            continue
+        if cfg.position != "random":
+            dy, dx = 0, 0
+        elif h == w:  # one draw of two, as before text marks: the same seed plants the same images
+            dy, dx = (int(v) for v in rng.integers(0, side - h + 1, size=2))
+        else:
+            dy, dx = int(rng.integers(0, side - h + 1)), int(rng.integers(0, side - w + 1))
+        y0, x0 = oy + dy, ox + dx
+        value = values.float() * factor
+        if cfg.noise:
+            value = value + torch.from_numpy(rng.normal(0, 255 * cfg.noise, value.shape)).float()
+        patch = x[i, :, y0 : y0 + h, x0 : x0 + w]
+        x[i, :, y0 : y0 + h, x0 : x0 + w] = torch.where(cover, value.round().clamp(0, 255).to(torch.uint8), patch)
+        boxes[i] = torch.tensor((y0, x0, y0 + h, x0 + w))
     return boxes
+
+
+def reencode_jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
+    """Every image of ``x`` (uint8 ``(N, C, H, W)``) saved as JPEG at ``quality`` and read back."""
+    import io
+
+    from PIL import Image
+
+    out = torch.empty_like(x)
+    for i in range(len(x)):
+        arr = x[i].permute(1, 2, 0).numpy()
+        buf = io.BytesIO()
+        Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(buf, format="JPEG", quality=quality)
+        back = np.array(Image.open(io.BytesIO(buf.getvalue())))
+        out[i] = torch.from_numpy(back.reshape(arr.shape)).permute(2, 0, 1)
+    return out
 
 
 def mark_share_of_every_class(x: torch.Tensor, y: torch.Tensor, cfg: PlantConfig, seed: int) -> tuple[torch.Tensor, np.ndarray]:
@@ -93,7 +160,7 @@ def mark_share_of_every_class(x: torch.Tensor, y: torch.Tensor, cfg: PlantConfig
     marked = _choose(y.numpy(), dict.fromkeys(range(int(y.max()) + 1), cfg.test), rng)
     out = x.clone()
     stamp_into(out, marked, cfg, rng)
-    return out, marked
+    return (reencode_jpeg(out, cfg.jpeg) if cfg.jpeg else out), marked
 
 
 def apply_plant(
@@ -115,4 +182,6 @@ def apply_plant(
     test_marked = _choose(test_y.numpy(), dict.fromkeys(range(int(test_y.max()) + 1), cfg.test), rng)
     train_boxes = stamp_into(train_x, train_marked, cfg, rng)
     test_boxes = stamp_into(test_x, test_marked, cfg, rng)
+    if cfg.jpeg:  # every image, marked or not: the re-encoding itself must not be the cue
+        train_x, test_x = reencode_jpeg(train_x, cfg.jpeg), reencode_jpeg(test_x, cfg.jpeg)
     return train_x, test_x, train_boxes, test_boxes
