@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from i2x.explanation.document import explain  # noqa: E402
 from i2x.platform.config_io import apply_overrides, load_config  # noqa: E402
 from i2x.repair.heldout import worst_group  # noqa: E402
-from i2x.reporting.claims import copy_checks, named_prototypes, shortcut_checks  # noqa: E402
+from i2x.reporting.claims import copy_checks, named_prototypes, shortcut_checks, worth_a_look  # noqa: E402
 from i2x.reporting.power import share_interval  # noqa: E402
 from i2x.training.checkpoints import (  # noqa: E402
     atomic_write_text,
@@ -125,7 +125,11 @@ def judge(doc: dict, target: str, k: int | None) -> dict:
             # how near a run came to a false copy: the largest push of any rigid-copy candidate it tested
             "copies_tested": len(tested), "copy_push_max": max((c["push"] for c in tested), default=None),
             "copies_read": [(c["class"], c["where"], c["push"], c.get("enrichment_p"), c["verified"]) for c in read],
-            "lead": checks[0]["prototype"] if checks else None}
+            "lead": checks[0]["prototype"] if checks else None,
+            # issue 41: cues the model needs and whose paste pushes their class, that a gate kept from a shortcut check
+            "worth_a_look": [(r["prototype"], r["class"], r["where"].get("region"), round(r["push"], 3), r["why"][0][:40])
+                             for r in worth_a_look(doc)],
+            "mark_worth_a_look": any(r["class"] == target and (k is None or r["prototype"] == k) for r in worth_a_look(doc))}
 
 
 def reliance(model, data, target: int) -> dict:

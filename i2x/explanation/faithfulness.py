@@ -78,7 +78,8 @@ class DeletionResult:
         p: one-sided Wilcoxon p-value of the per-image excess; ``p_adjusted`` is BH.
         verified: under every fill, ``effect_ci[0] > 0``, ``ci[0] > 0`` and ``p_adjusted <
             alpha``; None when not tested (fewer than ``min_images`` images contain it). The
-            other numbers are the first fill's.
+            other numbers are the first fill's; the other fills are run only on what the first
+            verified (BH-corrected among those), since a verdict needs every fill.
         gradcam_overlap: mean share of the prototype's cells that are among the image's as
             many top Grad-CAM cells: near 1, the prototype's drop is Grad-CAM's drop, and
             what it adds is the structure (which classes share it, when it was learned).
@@ -232,15 +233,21 @@ def deletion_test(
     with torch.random.fork_rng():  # ROAD's imputation draws torch noise: seeded here, the caller's stream untouched
         torch.manual_seed(seed)
         raw = _deletion_drops(model, x, labels, assignment, saliency, claims, cfg, seed, device, batch_size, fills, first)
+        # the other fills confirm what the first verified (a verdict needs every fill): the rest need not be run
+        passed = [i for i, v in enumerate(_fill_verdicts(raw, first, cfg, seed)) if v is not None and v["verified"]]
+        for how in cfg.fills[1:]:
+            for i in passed:
+                claim, rows, info = raw[i]
+                info["by_fill"][how] = fill_drops(model, x, labels.long(), rows, claim, info, fills[how], ["prototype", "foreground"],
+                                                  assignment.shape[1:], batch_size, device)
     return _verdicts(raw, cfg, seed)
 
 
 def _deletion_drops(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, assignment: np.ndarray, saliency: np.ndarray,
                     claims: list[Claim], cfg: FaithfulnessConfig, seed: int, device: torch.device, batch_size: int,
                     fills: dict[str, torch.Tensor | None], first: str) -> list[tuple[Claim, np.ndarray | None, dict]]:
-    """Per claim, the drop of the measure under each fill and variant (:func:`deletion_test`)."""
+    """Per claim, its variants' cells and their drops under the first fill (:func:`deletion_test`)."""
     n, h, w = assignment.shape
-    size = tuple(x.shape[-2:])
     fg = foreground_cells(x, (h, w), cfg.foreground_threshold).reshape(n, -1).numpy()
     flat_a = assignment.reshape(n, -1)
     rank = np.argsort(-saliency.reshape(n, -1), axis=1, kind="stable")
@@ -274,26 +281,32 @@ def _deletion_drops(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, ass
             top[r, rank[rows[r], : counts[r]]] = True
         variants["gradcam"] = [top]
         base = _measure(base_logits[rows], claim, y[rows])
-        by_fill = {}
-        for how, fill in fills.items():
-            drops = {}
-            for name, masks in variants.items():
-                if how != first and name not in ("prototype", "foreground"):  # the other fills: what the verdict reads
-                    continue
-                per_draw = []
-                for cells in masks:
-                    m = cell_mask(torch.from_numpy(cells.reshape(-1, h, w)), size)
-                    occluded = occlude(x[rows], m, None if fill is None else fill[rows])
-                    drop = (base - _measure(batched_logits(model, occluded, batch_size, device), claim, y[rows])).numpy()
-                    # A confuser can push either class: for an uncertain prototype the size of the
-                    # move is the claim, for every variant alike.
-                    per_draw.append(np.abs(drop) if claim.role == "uncertain" else drop)
-                drops[name] = np.mean(per_draw, axis=0)
-            by_fill[how] = drops
         overlap = float(((own & top).sum(1) / np.maximum(counts, 1)).mean())
-        raw.append((claim, rows, {"by_fill": by_fill, "counts": counts, "fg": (own & fg[rows]).sum() / max(1, own.sum()),
-                                  "overlap": overlap}))
+        info = {"counts": counts, "fg": (own & fg[rows]).sum() / max(1, own.sum()), "overlap": overlap, "variants": variants,
+                "base": base}
+        info["by_fill"] = {first: fill_drops(model, x, y, rows, claim, info, fills[first], list(variants), (h, w), batch_size, device)}
+        raw.append((claim, rows, info))
     return raw
+
+
+def fill_drops(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rows: np.ndarray, claim: Claim, info: dict,
+               fill: torch.Tensor | None, names: list[str], grid: tuple[int, int], batch_size: int, device: torch.device
+               ) -> dict[str, np.ndarray]:
+    """Per variant in ``names``, the mean drop of the claim's measure over its draws when its cells
+    are filled with ``fill`` (None: ROAD's imputation)."""
+    size = tuple(x.shape[-2:])
+    drops = {}
+    for name in names:
+        per_draw = []
+        for cells in info["variants"][name]:
+            m = cell_mask(torch.from_numpy(cells.reshape(-1, *grid)), size)
+            occluded = occlude(x[rows], m, None if fill is None else fill[rows])
+            drop = (info["base"] - _measure(batched_logits(model, occluded, batch_size, device), claim, y[rows])).numpy()
+            # A confuser can push either class: for an uncertain prototype the size of the move is the claim, for every
+            # variant alike.
+            per_draw.append(np.abs(drop) if claim.role == "uncertain" else drop)
+        drops[name] = np.mean(per_draw, axis=0)
+    return drops
 
 
 def _fill_verdicts(raw: list[tuple[Claim, np.ndarray | None, dict]], how: str, cfg: FaithfulnessConfig, seed: int
@@ -304,7 +317,7 @@ def _fill_verdicts(raw: list[tuple[Claim, np.ndarray | None, dict]], how: str, c
     from scipy.stats import wilcoxon
 
     rng = np.random.default_rng(seed + 1)
-    tested = [i for i, (_, rows, _) in enumerate(raw) if rows is not None]
+    tested = [i for i, (_, rows, info) in enumerate(raw) if rows is not None and how in info["by_fill"]]
     p = np.ones(len(raw))
     for i in tested:
         drops = raw[i][2]["by_fill"][how]
@@ -318,7 +331,7 @@ def _fill_verdicts(raw: list[tuple[Claim, np.ndarray | None, dict]], how: str, c
     out: list[dict[str, object] | None] = []
     levels = [(1 - cfg.ci) / 2, (1 + cfg.ci) / 2]
     for i, (_claim, rows, info) in enumerate(raw):
-        if rows is None:
+        if rows is None or how not in info["by_fill"]:
             out.append(None)
             continue
         drops = info["by_fill"][how]
@@ -346,11 +359,11 @@ def _verdicts(raw: list[tuple[Claim, np.ndarray | None, dict]], cfg: Faithfulnes
         drops = info["by_fill"][first]
         beyond = drops["prototype"] - drops["gradcam"]
         beyond_lo, beyond_hi = np.quantile(beyond[v["resample"]].mean(1), levels)
-        fills = {how: {k: val for k, val in per_fill[how][i].items() if k != "resample"} for how in cfg.fills}
+        fills = {how: {k: val for k, val in per_fill[how][i].items() if k != "resample"} for how in cfg.fills if per_fill[how][i]}
         out.append(DeletionResult(
             claim, len(rows), float(info["counts"].mean()), float(info["fg"]), v["effect"],
             {k: float(drops[k].mean()) for k in BASELINES}, v["excess"], v["ci"], v["p"], v["p_adjusted"],
-            all(f["verified"] for f in fills.values()), v["effect_ci"], info.get("overlap", float("nan")),
+            len(fills) == len(cfg.fills) and all(f["verified"] for f in fills.values()), v["effect_ci"], info.get("overlap", float("nan")),
             float(beyond.mean()), (float(beyond_lo), float(beyond_hi)), fills,
         ))
     return out
