@@ -154,9 +154,12 @@ def accepted(key: str, value: typing.Any) -> bool:
 
 
 def sweep(seed: int, per_field: int, keys: list[str] | None = None, cap_s: float = 600.0, out: Path | None = None,
-          only: int = 0) -> list[dict[str, typing.Any]]:
+          only: int = 0, max_runs: int | None = None) -> list[dict[str, typing.Any]]:
     """Draw ``per_field`` values for every field (or ``keys``) and run each; ``only``: run a
-    seeded sample of that many draws (the CI slice). Rows are appended to ``out`` as they come."""
+    seeded sample of that many draws (the CI slice); ``max_runs``: of the draws the config loader
+    accepts (each a whole `i2x main`, minutes), run only the first that many, and skip the rest
+    (the CI slice: every refusal, one run). Each row says whether the loader ``accepted`` the
+    value beforehand. Rows are appended to ``out`` as they come."""
     rng = np.random.default_rng(seed)
     draws = [(key, draw(rng, kind, bounds, default)) for key, kind, bounds, default in fields() if not keys or key in keys
              for _ in range(per_field)]
@@ -168,10 +171,15 @@ def sweep(seed: int, per_field: int, keys: list[str] | None = None, cap_s: float
         done = {(r["key"], r["value"]) for r in map(json.loads, out.read_text().splitlines())}
     rows = []
     start = time.perf_counter()
+    runs = 0
     for i, (key, value) in enumerate(draws):
         if (key, _yaml(value)) in done:
             continue
-        row = run_one(key, value, cap_s)
+        ok = accepted(key, value)
+        if ok and max_runs is not None and runs >= max_runs:
+            continue
+        runs += ok
+        row = {**run_one(key, value, cap_s), "accepted": ok}
         rows.append(row)
         if out is not None:
             with out.open("a") as fh:

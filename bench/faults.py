@@ -166,7 +166,9 @@ class Lab:
     def doctor(self) -> Any:
         from i2x.runs.doctor import doctor
 
-        return doctor(True, self.storage, self.root / "work")
+        # a stage before tune has made no Optuna storage yet, and doctor refuses a storage that is not there
+        made = not self.storage.startswith("sqlite:///") or Path(self.storage.removeprefix("sqlite:///")).is_file()
+        return doctor(True, self.storage if made else "", self.root / "work")
 
 
 def prepare(lab: Lab, stages: list[str]) -> None:

@@ -36,7 +36,7 @@ _EXPORTS = {
     "DATASETS": "training.data", "DataBundle": "training.data", "load_data": "training.data",
     "I2XError": "platform.errors",
     "document_of": "explanation.document",
-    "Claim": "explanation.faithfulness", "deletion_test": "explanation.faithfulness", "road_scores": "explanation.faithfulness",
+    "Claim": "explanation.faithfulness", "deletion_test": "explanation.faithfulness", "road_scores": "explanation.road",
     "MODELS": "training.models", "build_model": "training.models",
     "grad_cam": "explanation.saliency",
     "train": "training.loop",

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from i2x.reporting.claims import statements
+from i2x.reporting.statements import statements
 
 
 def _doc() -> dict[str, Any]:

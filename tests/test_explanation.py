@@ -12,7 +12,8 @@ import torch
 from i2x.explanation.document import TIMESTAMP_FIELDS, dumps, explain, validate
 from i2x.platform.config_io import apply_overrides
 from i2x.platform.errors import I2XError
-from i2x.reporting.claims import named_prototypes, prototype_names, shortcut_checks, statements
+from i2x.reporting.claims import named_prototypes, prototype_names, shortcut_checks
+from i2x.reporting.statements import statements
 from i2x.training.checkpoints import list_checkpoints, model_from_checkpoint, read_checkpoint
 from i2x.training.synthetic import make_synthetic
 

@@ -10,8 +10,8 @@ from i2x.explanation.faithfulness import (
     deletion_test,
     foreground_cells,
     matched_cells,
-    road_scores,
 )
+from i2x.explanation.road import road_scores
 from i2x.platform.config import FaithfulnessConfig
 
 

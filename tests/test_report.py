@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from i2x.reporting.claims import headline, named_prototypes, statements
+from i2x.reporting.claims import headline, named_prototypes
 from i2x.reporting.html import explain_report, tune_report
 from i2x.reporting.power import power_line
+from i2x.reporting.statements import statements
 
 from .test_explanation import _explain
 

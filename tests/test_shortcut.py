@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from i2x.explanation.prototypes import cells_box
-from i2x.reporting.claims import headline, shortcut_checks, statements
+from i2x.reporting.claims import headline, shortcut_checks
+from i2x.reporting.statements import statements
 
 from .conftest import mnist_small_run
 

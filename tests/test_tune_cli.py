@@ -275,7 +275,7 @@ def test_report_command_regenerates_into_a_folder_or_the_run(explained, tmp_path
     import html
     import json
 
-    from i2x.reporting.claims import statements
+    from i2x.reporting.statements import statements
 
     doc = json.loads(open(client.download_artifacts(explain_id, "explanation/explanation.json", str(tmp_path / "dl"))).read())
     page = (tmp_path / "rep" / "index.html").read_text()

@@ -17,13 +17,7 @@ import torch
 
 from i2x.explanation.cam_methods import pass_batch, pixels, saliency_pass
 from i2x.explanation.copies import Copy, find_copies
-from i2x.explanation.faithfulness import (
-    Claim,
-    DeletionResult,
-    RoadResult,
-    deletion_test,
-    road_scores,
-)
+from i2x.explanation.faithfulness import Claim, DeletionResult, deletion_test
 from i2x.explanation.intensity import Intensities, compute_intensities
 from i2x.explanation.patterns import (
     GroupFit,
@@ -41,6 +35,7 @@ from i2x.explanation.prototypes import (
     off_object,
 )
 from i2x.explanation.rigid import rigidity
+from i2x.explanation.road import RoadResult, road_scores
 from i2x.explanation.saliency import grad_cam
 from i2x.explanation.structure import Structure, build_structure
 from i2x.explanation.transplant import TransplantResult, transplant_test

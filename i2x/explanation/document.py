@@ -20,9 +20,10 @@ import torch
 
 from i2x.explanation.analysis import Analysis, analyse
 from i2x.explanation.copies import Copy
-from i2x.explanation.faithfulness import DeletionResult, RoadResult
+from i2x.explanation.faithfulness import DeletionResult
 from i2x.explanation.patterns import NOISE, PREDICTORS, GroupFit
 from i2x.explanation.prototypes import Prototypes, placement
+from i2x.explanation.road import RoadResult
 from i2x.explanation.structure import Structure
 from i2x.explanation.transplant import TransplantResult
 from i2x.platform.config import Config

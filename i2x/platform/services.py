@@ -137,9 +137,9 @@ def _write_identities(root: Path) -> None:
     path.write_text(json.dumps(config))
 
 
-def _healthy(url: str) -> bool:
+def _healthy(url: str, timeout: float = 2.0) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=2):
+        with urllib.request.urlopen(url, timeout=timeout):
             return True
     except urllib.error.HTTPError as exc:
         return exc.code < 500
@@ -214,7 +214,8 @@ def down(root: Path, timeout: float = 20) -> list[str]:
 
 def status(root: Path, services: list[Service]) -> dict[str, str]:
     pids = _read_pids(root)
-    return {svc.name: ("up" if _healthy(svc.health) else "down") + (f" (pid {pids[svc.name][0]})" if svc.name in pids else "")
+    # one patient probe (a loaded machine's MLflow server can take seconds to answer; "down" must mean down)
+    return {svc.name: ("up" if _healthy(svc.health, timeout=15.0) else "down") + (f" (pid {pids[svc.name][0]})" if svc.name in pids else "")
             for svc in services}
 
 

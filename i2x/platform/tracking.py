@@ -18,13 +18,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from i2x.platform import orphans
 from i2x.platform.errors import I2XError, os_error_message
+from i2x.platform.orphans import TAG_HOLDER, TAG_PARENT, TAG_WORK_DIR  # noqa: F401 (the run tags, read here and by callers)
 from i2x.platform.process import (
     Stopped,
     folder_lock,
     git_commit,
     holder,
-    holder_alive,
     probe_write,
     quiet_timer,
     stop_on_signals,
@@ -42,13 +43,10 @@ TAG_DATASET = "i2x.dataset"
 TAG_MODEL = "i2x.model"
 TAG_COMMIT = "mlflow.source.git.commit"
 TAG_TRAIN_RUN = "i2x.train_run_id"
-TAG_PARENT = "mlflow.parentRunId"
 TAG_RESUMED_FROM = "i2x.resumed_from_step"
-TAG_WORK_DIR = "i2x.work_dir"
 TAG_HEADLINE = "i2x.headline"  # explain: the verified findings in one line
 TAG_VERDICT = "i2x.verdict"  # tune: tuned vs full->full in one line
 TAG_REPORT = "i2x.report"  # the stage's local report/index.html
-TAG_HOLDER = "i2x.holder"  # the process that holds a RUNNING run: host, pid, start time (process.holder)
 
 
 # boto3 >= 1.36 sends CRC checksum headers some S3 servers reject; send them only when
@@ -153,8 +151,8 @@ def open_run(run_name: str, tags: dict[str, str], nested: bool = False, local: P
             mark_experiment(run.info.experiment_id)
             mlflow.set_tags({k: redact(str(v)) for k, v in {**tags, TAG_COMMIT: tags.get(TAG_COMMIT, git_commit()), TAG_HOLDER: holder()}.items()})
             if local is not None:
-                close_stale(local, run.info.run_id)
-            close_orphans(run.info.run_id)
+                orphans.close_stale(local, run.info.run_id)
+            orphans.close_orphans(run.info.run_id)
             yield run
             quiet_timer()
             if pending:  # the stop landed where Python swallows exceptions, and the work then ended
@@ -171,56 +169,6 @@ def open_run(run_name: str, tags: dict[str, str], nested: bool = False, local: P
                 mlflow.end_run(status="FAILED")
             raise
         mlflow.end_run(status="FINISHED")
-
-
-def close_stale(folder: Path, current: str) -> list[str]:
-    """Runs of this work folder still RUNNING while this process holds its lock were killed
-    (SIGKILL, power loss): end them KILLED, tagged with the run that found them. Searched in
-    every experiment of the store: the folder, not the experiment, is the work's identity
-    (``i2x train`` and ``mlflow run`` resume the same folder from different experiments)."""
-    from mlflow.tracking import MlflowClient
-
-    if "'" in str(folder):
-        return []  # not expressible in a filter string; such runs stay as they are
-    client = MlflowClient()
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    stale = client.search_runs(experiments, f"tags.`{TAG_WORK_DIR}` = '{folder}' and attributes.status = 'RUNNING'")
-    closed = []
-    for run in stale:
-        if run.info.run_id != current:
-            client.set_tag(run.info.run_id, "i2x.closed_by", current)
-            client.set_terminated(run.info.run_id, status="KILLED")
-            closed.append(run.info.run_id)
-    return closed
-
-
-def close_orphans(current: str) -> list[str]:
-    """Runs left RUNNING under a parent run that has ended, by no live process on this host (the
-    holder it recorded is gone, or it never recorded one: a stop between MLflow's creation of a
-    child run and the start of its process, which versions before this one did not close): end
-    them KILLED, tagged with the run that found them. A run held on another host is left alone."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    running = {r.info.run_id: r for r in client.search_runs(experiments, "attributes.status = 'RUNNING'", max_results=5000)}
-    closed = []
-    for run_id, run in running.items():
-        parent = run.data.tags.get(TAG_PARENT, "")
-        if run_id == current or not parent or parent in running:
-            continue
-        held = run.data.tags.get(TAG_HOLDER)
-        if held and holder_alive(held) is not False:
-            continue
-        try:
-            if client.get_run(parent).info.status == "RUNNING":
-                continue
-        except Exception:  # noqa: BLE001 (a parent deleted from the store: the child has no holder either way)
-            pass
-        client.set_tag(run_id, "i2x.closed_by", current)
-        client.set_terminated(run_id, status="KILLED")
-        closed.append(run_id)
-    return closed
 
 
 def mark_experiment(experiment_id: str) -> None:

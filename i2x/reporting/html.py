@@ -25,9 +25,9 @@ from i2x.reporting.claims import (
     progression_claims,
     prototype_names,
     shortcut_checks,
-    statements,
 )
 from i2x.reporting.power import power_line
+from i2x.reporting.statements import statements
 
 GALLERY_PAGES = 4  # at most 4 pages of figures.GALLERY_PAGE drawn; all prototypes are listed in prototypes.json
 
