@@ -230,9 +230,10 @@ class TuneConfig:
             model's accuracy on the i2x held-out set and on the validation images without the
             finding (the best worst group among those; :func:`i2x.repair.choice.pick`).
         heldout_take_out: how the judging set that scores every repair trial takes the
-            finding out of its class's images (:mod:`i2x.repair.heldout`): ``none`` (OURS,
-            default: the cue is only pasted into the other classes' images), ``swap-out``,
-            ``blur`` or ``mean``.
+            finding out of its class's images (:mod:`i2x.repair.heldout`): ``swap-out`` (OURS,
+            default: the finding's cells replaced by those of a class image without it, so the
+            judging set asks whether the class is still known without the cue), ``none`` (the cue
+            only pasted into the other classes' images), ``blur`` or ``mean``.
         refit_take_out: the same for the training images i2x-dfr refits its last layer on
             (``swap-out``).
         cue_margin: grid cells around the finding's own cells that every strategy and the
@@ -285,7 +286,7 @@ class TuneConfig:
     repair_strategies: tuple[str, ...] = setting(("i2x-augment", "i2x-groups", "i2x-dfr"), nonempty=True)
     repair_lr: float = setting(0.01, above=0, hi=1e6)
     max_accuracy_loss: float = setting(0.01, lo=0, hi=1)
-    heldout_take_out: Literal["none", "swap-out", "blur", "mean"] = "none"
+    heldout_take_out: Literal["none", "swap-out", "blur", "mean"] = "swap-out"
     refit_take_out: Literal["none", "swap-out", "blur", "mean"] = "swap-out"
     cue_margin: int = setting(1, lo=0, hi=8)
     refit_images: int = setting(10_000, lo=100, hi=10_000_000, zero=True)
