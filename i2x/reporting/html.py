@@ -258,7 +258,7 @@ def repair_report(summary: dict[str, Any], out: Path, figs: dict[str, Any]) -> P
             lines.append(summary["what_would_act"])
         body = _section("Nothing to act on", lines, [f"<p>Open {' or '.join(links)}.</p>"] if links else [])
         index = out / "index.html"
-        index.write_text(_page("i2x repair", "no finding", body))
+        index.write_text(_page("i2x repair", "no shortcut check to act on", body))
         return index
     rows = summary["strategies"]
     names = list(rows)

@@ -124,7 +124,8 @@ def estimate(config: Config, data: DataBundle, device: torch.device, repeats: in
     checkpoints = len(checkpoint_steps(spe, t.epochs, t.checkpoint_fractions, t.checkpoint_every_epoch)) + 1
     train_s = spe * t.epochs * step_s + checkpoints * n_val * forward_s
     claims = 3 * data.num_classes  # about: shared and specialised per class, uncertain pairs
-    deletion = claims * f.max_images * (1 + len(BASELINES) * f.draws) * forward_s if f.enabled else 0.0
+    # every fill deletes again (the first verifies, the others confirm)
+    deletion = claims * f.max_images * (1 + len(BASELINES) * f.draws) * len(f.fills) * forward_s if f.enabled else 0.0
     explain_s = checkpoints * n * cam_s + deletion
     per_epoch = (tune.epoch_samples or n_fit) / t.batch_size * step_s
     mean_epochs = sum(tune.epochs_choices) / len(tune.epochs_choices)

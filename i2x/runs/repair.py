@@ -180,7 +180,7 @@ def _nothing(run_id: str, local: Path, config: Config, explain_run_id: str, doc:
     tracking.log_artifact(index, "report")
     tracking.describe_run(tracking.TAG_VERDICT, "nothing to act on", index, NOTHING)
     print(f"i2x tune: {NOTHING}", flush=True)
-    print(f"i2x tune: run {run_id} FINISHED ({config.data.name}: no finding, no study)", flush=True)
+    print(f"i2x tune: run {run_id} FINISHED ({config.data.name}: no shortcut check, no study)", flush=True)
     return run_id
 
 
