@@ -39,8 +39,10 @@ def _ctrl_c_once_training(command: list[str], env: dict[str, str], cwd: Path) ->
     once the training stage is under way, and return the process and all it printed."""
     import os
 
+    # a terminal's foreground job has SIGINT at its default; a suite started in the background of a
+    # non-interactive shell inherits it ignored, and make then ignores the Ctrl-C (exit 2, not 130)
     proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
     for line in proc.stdout:
         seen.append(line)
