@@ -220,13 +220,14 @@ def deletion_test(
         torch.manual_seed(seed)
         raw = _deletion_drops(model, x, labels, assignment, saliency, claims, cfg, seed, device, batch_size, fills, first)
         # the other fills confirm what the first verified (a verdict needs every fill): the rest need not be run
-        passed = [i for i, v in enumerate(_fill_verdicts(raw, first, cfg, seed)) if v is not None and v["verified"]]
+        judged = _fill_verdicts(raw, first, cfg, seed)
+        passed = [i for i, v in enumerate(judged) if v is not None and v["verified"]]
         for how in cfg.fills[1:]:
             for i in passed:
                 claim, rows, info = raw[i]
                 info["by_fill"][how] = fill_drops(model, x, labels.long(), rows, claim, info, fills[how], ["prototype", "foreground"],
                                                   assignment.shape[1:], batch_size, device)
-    return _verdicts(raw, cfg, seed)
+    return _verdicts(raw, cfg, seed, judged)
 
 
 def _deletion_drops(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, assignment: np.ndarray, saliency: np.ndarray,
@@ -331,8 +332,12 @@ def _fill_verdicts(raw: list[tuple[Claim, np.ndarray | None, dict]], how: str, c
     return out
 
 
-def _verdicts(raw: list[tuple[Claim, np.ndarray | None, dict]], cfg: FaithfulnessConfig, seed: int) -> list[DeletionResult]:
-    per_fill = {how: _fill_verdicts(raw, how, cfg, seed) for how in cfg.fills}
+def _verdicts(raw: list[tuple[Claim, np.ndarray | None, dict]], cfg: FaithfulnessConfig, seed: int,
+              first_verdicts: list[dict[str, object] | None] | None = None) -> list[DeletionResult]:
+    """The results, from every fill's verdicts; ``first_verdicts``: the first fill's, where the
+    caller has judged them already (the same numbers, not computed twice)."""
+    per_fill = {how: first_verdicts if how == cfg.fills[0] and first_verdicts is not None else _fill_verdicts(raw, how, cfg, seed)
+                for how in cfg.fills}
     first = cfg.fills[0]
     levels = [(1 - cfg.ci) / 2, (1 + cfg.ci) / 2]
     out = []
