@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import sys
 import time
@@ -95,6 +96,17 @@ def mark_prototype(doc: dict, data, analysis, share: float = 0.8) -> int | None:
         return None
     ids, counts = np.unique(cells, return_counts=True)
     return int(ids[counts.argmax()]) if counts.max() >= share * len(cells) else None
+
+
+def mark_shares(data, analysis) -> dict[str, float]:
+    """Each prototype's share of the mark's grid cells (those at least half covered by the
+    mark) in the marked analysis images, for those holding at least 10%: a mark that moves or
+    varies is often split over several prototypes, none of which :func:`mark_prototype` names."""
+    cells = mark_cell_ids(data.train_marks[data.analysis_idx].numpy(), np.asarray(analysis.protos.assignment), data.image_size)
+    if not len(cells):
+        return {}
+    ids, counts = np.unique(cells, return_counts=True)
+    return {str(int(i)): round(float(c) / len(cells), 3) for i, c in zip(ids, counts, strict=True) if c >= 0.1 * len(cells)}
 
 
 def judge(doc: dict, target: str, k: int | None) -> dict:
@@ -178,17 +190,24 @@ def one(dataset: str, rho: float | None, seed: int, n: int, work: Path, permuted
                             resolve_device("cpu"), target_layer=payloads[-1]["target_layer"], progress=False)
     t_explain = time.perf_counter() - t0
     k = mark_prototype(doc, adata, analysis) if rho is not None else None
+    shares = mark_shares(adata, analysis) if rho is not None else {}
     used = reliance(model_from_checkpoint(payloads[-1], str(files[-1])), data, target) if data.test_marks is not None else {}
     (work / "docs").mkdir(parents=True, exist_ok=True)
-    _doc_path(work, dataset, rho, seed, n, permuted, explain_with).write_text(json.dumps(doc))
+    doc_path(work, dataset, rho, seed, n, permuted, explain_with, plant_with).write_text(json.dumps(doc))
     row = {"dataset": dataset, "rho": rho, "seed": seed, "n": n, "permuted": permuted, "target": target, "explain": explain_with,
+           "plant": plant_with if rho is not None else "",
            "test_accuracy": result.final_metrics["test_accuracy"], "train_s": round(t_train, 1), "explain_s": round(t_explain, 1), **used,
-           **judge(doc, data.classes[target], k)}
+           "mark_shares": shares, **judge(doc, data.classes[target], k)}
     return row
 
 
-def _doc_path(work: Path, dataset: str, rho: float | None, seed: int, n: int, permuted: bool, explain_with: str = "") -> Path:
+def doc_path(work: Path, dataset: str, rho: float | None, seed: int, n: int, permuted: bool, explain_with: str = "",
+              plant_with: str = "") -> Path:
+    """Where one run's document is saved: a planted run's name carries its plant overrides (a
+    hash of them), so that runs of several mark kinds share a ``--work``."""
     variant = f"-{explain_with.replace('=', '-').replace(',', '_')}" if explain_with else ""
+    if plant_with and rho is not None:
+        variant += "-plant" + hashlib.sha1(plant_with.encode()).hexdigest()[:10]
     return work / "docs" / f"{dataset}-rho{rho}-seed{seed}-n{n}{'-permuted' if permuted else ''}{variant}.json"
 
 
@@ -202,7 +221,7 @@ def rejudge(path: Path, work: Path) -> None:
     rows = _rows(path)
     out = []
     for r in rows:
-        doc = json.loads(_doc_path(work, r["dataset"], r["rho"], r["seed"], r["n"], r["permuted"], r.get("explain", "")).read_text())
+        doc = json.loads(doc_path(work, r["dataset"], r["rho"], r["seed"], r["n"], r["permuted"], r.get("explain", ""), r.get("plant", "")).read_text())
         out.append({**r, **judge(doc, doc["classes"][r["target"]], r["mark_prototype"])})
     path.write_text("".join(json.dumps(r) + "\n" for r in out))
 

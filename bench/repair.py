@@ -88,7 +88,8 @@ def prepare(dataset: str, seed: int, rho: float, target: int, lr: float, work: P
     finding = lead_finding(shortcut_checks(doc), copy_checks(doc), list(data.classes))
     assignment, assign = plain(data.train_x), plain
     if finding is not None:  # as tune acts: on the check's rigid copy
-        finding, assignment, assign = acting_on(finding, data.train_x, data.train_y, assignment, plain, config.faithfulness.copy_tolerance)
+        finding, assignment, assign = acting_on(finding, data.train_x, data.train_y, assignment, plain, config.faithfulness.copy_tolerance,
+                                             config.explain.shortcut_rigid)
     early = next(p for p, c in zip(payloads, result.checkpoints, strict=True) if c.epoch >= 1.0)
     ctx = RepairContext(config=config, data=data, build=build, state=final["model"], early_state=early["model"],
                         assignment=assignment, finding=finding or Finding(-1, 0, "", "none"), device=device,

@@ -27,17 +27,24 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.power import doc_path  # noqa: E402
 from i2x.reporting.claims import dominance, shortcut_candidates  # noqa: E402
 
 MEASURES = {"off_object": [0.3, 0.4, 0.45, 0.5, 0.55], "dominance": [0.25, 0.5, 1.0, 1.5], "flips": [0.1, 0.2, 0.3, 0.4],
-            "rigid": [0.8, 0.9, 0.95, 1.0]}
+            "rigid": [0.8, 0.9, 0.95, 1.0], "consistent": [0.6, 0.7, 0.8, 0.85, 0.9]}
 
 
-def candidates(doc: dict, mark: int | None, target: str) -> list[dict]:
-    """Every shortcut-check candidate of one run, with its measures."""
-    return [{"rigid": float(r["where"].get("rigid") or 0.0),
+def candidates(doc: dict, mark: int | None, target: str, shares: dict[str, float] | None = None) -> list[dict]:
+    """Every shortcut-check candidate of one run, with its measures. A candidate is the mark
+    when it is the run's mark prototype, or (``shares``: each prototype's share of the mark's
+    cells, from runs that record it) holds at least 30% of the mark's cells, for the planted
+    class."""
+    def on_mark(k: int) -> bool:
+        return (mark is not None and k == mark) or (shares or {}).get(str(k), 0.0) >= 0.3
+
+    return [{"rigid": float(r["where"].get("rigid") or 0.0), "consistent": float(r["where"].get("consistent") or 0.0),
              "prototype": r["prototype"], "class": r["class"], "region": r["where"].get("region"),
-             "mark": mark is not None and r["prototype"] == mark and r["class"] == target,
+             "mark": on_mark(r["prototype"]) and r["class"] == target,
              "off_object": float(r["where"].get("off_object") or 0.0), "dominance": dominance(r["transplant"]),
              "flips": float(r["transplant"]["flips"])} for r in shortcut_candidates(doc)]
 
@@ -50,17 +57,18 @@ def main() -> None:
     rows = [json.loads(x) for x in Path(args.results).read_text().splitlines() if x.strip()]
     found = []
     for r in rows:
-        variant = f"-{r['explain'].replace('=', '-').replace(',', '_')}" if r.get("explain") else ""
-        path = Path(args.work) / "docs" / f"{r['dataset']}-rho{r['rho']}-seed{r['seed']}-n{r['n']}{'-permuted' if r['permuted'] else ''}{variant}.json"
+        path = doc_path(Path(args.work), r["dataset"], r["rho"], r["seed"], r["n"], r["permuted"], r.get("explain", ""), r.get("plant", ""))
         doc = json.loads(path.read_text())
         target = doc["classes"][r["target"]]
-        for c in candidates(doc, r["mark_prototype"] if r["rho"] is not None else None, target):
-            found.append({"rho": r["rho"], "seed": r["seed"], **c})
-    print("| run | prototype -> class | region | mark? | off_object | dominance | flips | rigid |")
-    print("|---|---|---|---|---|---|---|---|")
+        planted = r["rho"] is not None
+        for c in candidates(doc, r["mark_prototype"] if planted else None, target, r.get("mark_shares") if planted else None):
+            found.append({"rho": r["rho"], "seed": r["seed"], "permuted": r["permuted"], **c})
+    print("| run | prototype -> class | region | mark? | off_object | dominance | flips | rigid | consistent |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for c in found:
-        print(f"| rho {c['rho']} seed {c['seed']} | P{c['prototype']} -> {c['class']} | {c['region']} | {'**mark**' if c['mark'] else ''} | "
-              f"{c['off_object']:.2f} | {c['dominance']:.2f} | {c['flips']:.2f} | {c['rigid']:.2f} |")
+        run = f"rho {c['rho']}" if c["rho"] is not None else ("permuted" if c["permuted"] else "clean")
+        print(f"| {run} seed {c['seed']} | P{c['prototype']} -> {c['class']} | {c['region']} | {'**mark**' if c['mark'] else ''} | "
+              f"{c['off_object']:.2f} | {c['dominance']:.2f} | {c['flips']:.2f} | {c['rigid']:.2f} | {c['consistent']:.2f} |")
     marks = [c for c in found if c["mark"]]
     rest = [c for c in found if not c["mark"]]
     runs_with_mark = sum(1 for r in rows if r["rho"] is not None)

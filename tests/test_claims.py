@@ -113,13 +113,16 @@ def test_no_sentence_claims_a_push_or_a_shortcut_warning_on_every_place():
             assert "pushed" not in text and "can be a shortcut" not in text and "learning groups only" not in text
 
 
-def _cue_doc(rigid: float) -> dict[str, Any]:
+def _cue_doc(rigid: float, consistent: float | None = None) -> dict[str, Any]:
     """P1, a cue of class b in the top-left of 90% of its images, off the objects, that the model
     needs (deletion) and that alone turns other images into b (paste); ``rigid``: how much of a
-    cell's pixels stay the same (1.0 a pasted copy, 0.0 a mark that moves and varies)."""
+    cell's pixels stay the same (1.0 a pasted copy, 0.0 a mark that moves and varies);
+    ``consistent``: how alike its patches are at their best shift (None: not measured)."""
     doc = _doc()
-    doc["config"]["explain"].update({"shortcut_off_object": 0.4, "shortcut_rigid": 0.95})
+    doc["config"]["explain"].update({"shortcut_off_object": 0.4, "shortcut_rigid": 0.95, "shortcut_consistent": 0.95})
     doc["prototypes"][1]["where"] = {"class": "b", "region": "top-left", "share": 0.9, "n_images": 40, "off_object": 0.7, "rigid": rigid}
+    if consistent is not None:
+        doc["prototypes"][1]["where"]["consistent"] = consistent
     doc["prototypes"][1]["coverage"] = {"a": 0.01, "b": 0.99, "c": 0.0}
     doc["faithfulness"]["deletion"] = [{"prototype": 1, "role": "cue", "classes": ["b"], "verified": True, "effect": 3.1, "excess": 2.9,
                                         "baselines": {"foreground": 0.2, "uniform": 0.1, "gradcam": 2.0}, "p_adjusted": 1e-23}]
@@ -129,18 +132,23 @@ def _cue_doc(rigid: float) -> dict[str, Any]:
     return doc
 
 
-def test_a_cue_that_failed_only_the_rigid_copy_gate_is_worth_a_look_with_its_evidence():
-    """Issue 41: a mark that moves and varies, which the model needs (deletion p 1e-23) and whose
-    paste turns 76% of other digits, was stated nowhere. It is listed, with the gate it failed
-    and how to act on it; the same cue as a rigid copy is a shortcut check instead."""
-    moving = statements(_cue_doc(rigid=0.0))
-    assert moving["shortcuts"] == [] and len(moving["worth_a_look"]) == 1
-    said = moving["worth_a_look"][0]
+def test_a_cue_that_failed_only_the_shape_gate_is_worth_a_look_with_its_evidence():
+    """Issue 41: a cue which the model needs (deletion p 1e-23) and whose paste turns 76% of
+    other digits, but whose pixels vary and whose patches are not of one shape (0.6), is listed,
+    with the gate it failed and how to act on it; the same cue as a rigid copy, or of one shape
+    (0.95: a mark that moves and varies), is a shortcut check instead, and says which."""
+    varied = statements(_cue_doc(rigid=0.0, consistent=0.6))
+    assert varied["shortcuts"] == [] and len(varied["worth_a_look"]) == 1
+    said = varied["worth_a_look"][0]
     assert said.startswith("P1 -> b (in the top-left of the image in 90% of the class's images that hold it; in 99% of class b's images, "
                            "at most 1% of another's)"), said
-    assert "turns 76% of them into b (5% for the control)" in said and "it is not a rigid copy" in said and "tune.act_on=P1" in said
+    assert "turns 76% of them into b (5% for the control)" in said and "neither a rigid copy nor of one shape" in said
+    assert "correlate 0.60" in said and "tune.act_on=P1" in said
     rigid = statements(_cue_doc(rigid=1.0))
-    assert rigid["worth_a_look"] == [] and len(rigid["shortcuts"]) == 1
+    assert rigid["worth_a_look"] == [] and len(rigid["shortcuts"]) == 1 and "it is a rigid copy" in rigid["shortcuts"][0]
+    moving = statements(_cue_doc(rigid=0.0, consistent=0.95))
+    assert moving["worth_a_look"] == [] and len(moving["shortcuts"]) == 1
+    assert "it has one shape though its pixels vary: its patches in the class's images correlate 0.95" in moving["shortcuts"][0]
 
 
 def test_tune_acts_on_a_prototype_the_user_names_and_refuses_one_the_report_does_not_hold():

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from i2x.explanation.consistency import shape_consistency
 from i2x.explanation.prototypes import fit_prototypes, receptive_box
 from i2x.explanation.rigid import rigidity
 from i2x.platform.errors import I2XError
@@ -64,16 +65,20 @@ def test_receptive_box_maps_cells_to_pixels():
     assert receptive_box((7, 7), (8, 8), (32, 32), 2.0) == (26, 26, 32, 32)
 
 
+def _canvas(n: int, size: int, grid: int) -> tuple[np.random.Generator, np.ndarray, np.ndarray, np.ndarray]:
+    """A seeded generator, ``n`` blank 1-channel images of ``size`` pixels, two classes (half
+    each) and a ``grid`` x ``grid`` assignment of prototype 2 (blank canvas) everywhere."""
+    return (np.random.default_rng(0), np.zeros((n, 1, size, size), dtype=np.uint8), np.repeat([0, 1], n // 2),
+            np.full((n, grid, grid), 2))
+
+
 def test_rigidity_tells_a_pasted_mark_from_a_part_that_varies_and_from_blank_canvas():
     """Planted truth on a 4x4 grid of 4-pixel cells: class 0 carries the same white square in
     cell (3, 3) (prototype 0), a stroke whose pixels move from image to image in cell (1, 1)
     (prototype 1) and blank canvas elsewhere (prototype 2); class 1 is blank with its own
     varying stroke. Only the pasted mark is a rigid copy."""
-    rng = np.random.default_rng(0)
-    n = 60
-    images = np.zeros((n, 1, 16, 16), dtype=np.uint8)
-    labels = np.repeat([0, 1], n // 2)
-    assignment = np.full((n, 4, 4), 2)
+    rng, images, labels, assignment = _canvas(60, 16, 4)
+    n = len(labels)
     for i in range(n):
         row = rng.integers(4, 8)  # a horizontal stroke at a random row of cell (1, 1)
         images[i, 0, row, 4:8] = 255
@@ -86,3 +91,37 @@ def test_rigidity_tells_a_pasted_mark_from_a_part_that_varies_and_from_blank_can
     assert rigid[0] == 1.0 and at[0] == "bottom-right"
     assert rigid[1] < 0.5, rigid  # the stroke is in the cell in every image, never at the same pixels
     assert rigid[2] == 0.0 and at[2] is None  # blank canvas is the same everywhere, and so not a copy
+
+
+def test_shape_consistency_keeps_a_mark_that_moves_and_varies_which_rigidity_loses():
+    """Planted truth on MNIST's 7x7 grid of 4-pixel cells: class 0 carries a 5-pixel square
+    that moves within a 10-pixel corner square, at a random intensity (150-255) with noise
+    (prototype 0, wherever its centre cell is); class 1 carries three strokes at random angles
+    (prototype 1); blank canvas is prototype 2. The moving square is no rigid copy, but it has
+    one shape; the strokes do not, and blank canvas has none."""
+    rng, images, labels, assignment = _canvas(120, 28, 7)
+    n = len(labels)
+    for i in range(n):
+        if labels[i] == 0:
+            y, x = 18 + rng.integers(0, 6), 18 + rng.integers(0, 6)
+            images[i, 0, y:y + 5, x:x + 5] = np.clip(rng.uniform(150, 255) + rng.normal(0, 25, (5, 5)), 0, 255)
+            assignment[i, (y + 2) // 4, (x + 2) // 4] = 0
+        else:
+            for _ in range(3):
+                y0, x0 = rng.integers(8, 18, 2)
+                angle = rng.uniform(0, np.pi)
+                for t in range(8):
+                    images[i, 0, int(y0 + t * np.sin(angle)):int(y0 + t * np.sin(angle)) + 2,
+                           int(x0 + t * np.cos(angle)):int(x0 + t * np.cos(angle)) + 2] = 255
+            assignment[i, 3, 3] = 1
+    images_t = torch.from_numpy(images)
+    classes = np.array([0, 1, 0])
+    consistent = shape_consistency(images_t, assignment, labels, classes)
+    rigid, _ = rigidity(images_t, assignment, labels, classes)
+    assert rigid[0] < 0.5  # the rigid-copy measure loses the moving square
+    assert consistent[0] > 0.9, consistent
+    assert consistent[1] < 0.75, consistent
+    assert consistent[2] == 0.0  # blank canvas has no shape
+    # brightness does not matter: the same squares at a quarter of the intensity score the same
+    dim = shape_consistency(torch.from_numpy((images // 4).astype(np.uint8)), assignment, labels, classes)
+    assert abs(dim[0] - consistent[0]) < 0.05

@@ -328,3 +328,29 @@ def test_a_repair_is_chosen_only_if_it_raises_the_worst_group_and_costs_at_most_
     assert pick(costly + fair, base, 0.01).number == 3
     assert pick(costly, base, 0.01) is None
     assert pick([trial(5, 0.95, 0.50, 0.97)], base, 0.01) is None  # better accuracy, the same worst group
+
+
+def test_a_cue_that_moves_is_repaired_on_its_cells_in_each_image_and_a_rigid_mark_on_its_pixels():
+    """Issue 41: the repair acts on a rigid copy's pixels only where the check's prototype is one
+    (``explain.shortcut_rigid``); a square that moves and varies is acted on through the
+    prototype's cells, wherever they are in each image, not through a few pixels that happen
+    to agree. Planted: class 1 carries a white square, fixed or moving by up to 2 pixels, assigned
+    to prototype 0."""
+    from i2x.repair.finding import on_its_copy
+
+    rng = np.random.default_rng(0)
+    n = 80
+    labels = torch.tensor(np.repeat([0, 1], n // 2))
+    for moving in (False, True):
+        images = torch.zeros((n, 1, 28, 28), dtype=torch.uint8)
+        assignment = np.ones((n, 7, 7), dtype=np.int64)
+        for i in range(n // 2, n):
+            y, x = (20 + rng.integers(0, 3), 20 + rng.integers(0, 3)) if moving else (20, 20)
+            images[i, 0, y:y + 5, x:x + 5] = 255  # a moving square's middle pixels agree in every image: a few-pixel copy
+            assignment[i, (y + 2) // 4, (x + 2) // 4] = 0
+        lead = Finding(0, 1, "1", "lead")
+        acted = on_its_copy(lead, images, torch.from_numpy(assignment), labels, min_rigid=0.95)
+        if moving:
+            assert acted == lead  # its cells in each image
+        else:
+            assert acted.prototype == COPY_ID and acted.copy["rigid"] >= 0.95  # its pixels, wherever they appear

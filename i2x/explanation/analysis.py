@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from i2x.explanation.cam_methods import pass_batch, pixels, saliency_pass
+from i2x.explanation.consistency import shape_consistency
 from i2x.explanation.copies import Copy, find_copies
 from i2x.explanation.faithfulness import Claim, DeletionResult, deletion_test
 from i2x.explanation.intensity import Intensities, compute_intensities
@@ -83,6 +84,7 @@ class Analysis:
     off_object: np.ndarray | None = None
     rigid: tuple[np.ndarray, list[str | None]] | None = None
     copies: list[Copy] | None = None
+    consistent: np.ndarray | None = None  # (K,) shape consistency (:mod:`i2x.explanation.consistency`)
 
 
 def claims_of(structure: Structure, coverage: np.ndarray | None = None, cfg: ExplainConfig | None = None) -> list[Claim]:
@@ -209,6 +211,7 @@ def analyse(
     content = content_background(protos.assignment, blank, cfg.background_blank_share, cfg.background_ring_share)
     off = off_object(protos.assignment, y, blank, protos.coverage.argmax(1))
     rigid = rigidity(images, protos.assignment, y, protos.coverage.argmax(1))
+    consistent = shape_consistency(images, protos.assignment, y, protos.coverage.argmax(1), seed=seed)
     doing("class structure and the training-history permutation null")
     structure = build_structure(fits, groups, intens.presence, protos.coverage, y, preds, cfg, dp=intens.dp, dy=intens.dy,
                                 seed=seed if cfg.null_seed < 0 else cfg.null_seed, content=content, alias=alias)
@@ -237,4 +240,4 @@ def analyse(
                                  off_object=cfg.shortcut_off_object)
             timings["copies"] = time.perf_counter() - tick
     return Analysis(maps_t, probs_t, preds, protos, intens, groups, fits, structure, heldout_summary(fits), deletion, road, timings,
-                    transplant, off, rigid, copies)
+                    transplant, off, rigid, copies, consistent)

@@ -71,6 +71,7 @@ def build_document(
     off_object: np.ndarray | None = None,
     rigid: tuple[np.ndarray, list[str | None]] | None = None,
     copies: list[Copy] | None = None,
+    consistent: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Assemble the explanation. ``run`` and ``config`` are copied in as given.
 
@@ -110,7 +111,8 @@ def build_document(
             "where": {"class": name(where.cls), "region": where.region, "share": _r(where.share), "n_images": where.n_images,
                       "off_object": None if off_object is None else _r(off_object[k]),
                       "rigid": None if rigid is None else _r(rigid[0][k]),
-                      "rigid_at": None if rigid is None else rigid[1][k]},
+                      "rigid_at": None if rigid is None else rigid[1][k],
+                      "consistent": None if consistent is None else _r(consistent[k])},
             "coverage": {name(c): _r(protos.coverage[k, c]) for c in range(len(classes))},
             "n_locations": int((protos.assignment == k).sum()),
             "n_samples": int(protos.presence[:, k].sum()),
@@ -303,7 +305,7 @@ def document_of(
                           analysis_index=analysis_index, groups=analysis.groups, fits=analysis.fits, structure=analysis.structure,
                           labels=labels, heldout=analysis.heldout, deletion=analysis.deletion, road=analysis.road,
                           transplant=analysis.transplant, off_object=analysis.off_object,
-                          rigid=analysis.rigid, copies=analysis.copies)
+                          rigid=analysis.rigid, copies=analysis.copies, consistent=analysis.consistent)
 
 
 def _faithfulness_doc(deletion: list[DeletionResult], road: RoadResult | None, name: Any,

@@ -73,12 +73,15 @@ def with_copy(assign: Callable[[torch.Tensor], torch.Tensor], finding: Finding, 
     return wrapped
 
 
-def on_its_copy(finding: Finding, images: torch.Tensor, assignment: torch.Tensor, labels: torch.Tensor) -> Finding:
+def on_its_copy(finding: Finding, images: torch.Tensor, assignment: torch.Tensor, labels: torch.Tensor,
+                min_rigid: float = 0.0) -> Finding:
     """A prototype's finding as the rigid copy its shortcut check is a claim about (the check
     requires one): the pixels of its best core cell, found by those pixels in any image
     (:func:`~i2x.explanation.rigid.rigid_copy`), so that the repair's cells and the i2x groups
     do not hang on which of a mark's prototypes the model assigns a cell to. The finding itself
-    when it is already a copy, or when no cell of the prototype holds one.
+    when it is already a copy, or when no cell of the prototype holds one at least ``min_rigid``
+    rigid (a cue stated by its one shape moves or varies: the repair then acts on the
+    prototype's cells in each image, wherever they are).
 
     Args:
         images: ``(N, C, H, W)`` uint8 training images; assignment: ``(N, h, w)`` their
@@ -87,7 +90,7 @@ def on_its_copy(finding: Finding, images: torch.Tensor, assignment: torch.Tensor
     if finding.copy is not None:
         return finding
     row = rigid_copy(images, np.asarray(assignment), np.asarray(labels), finding.prototype, finding.cls)
-    if row is None:
+    if row is None or row["rigid"] < min_rigid:
         return finding
     y0, x0, y1, x1 = row["box"]
     statement = (f"{finding.statement}; the repair acts on its rigid copy, the {row['pixels']} pixels it holds at rows "
@@ -96,16 +99,17 @@ def on_its_copy(finding: Finding, images: torch.Tensor, assignment: torch.Tensor
 
 
 def acting_on(finding: Finding, images: torch.Tensor, labels: torch.Tensor, assignment: torch.Tensor,
-              plain: Callable[[torch.Tensor], torch.Tensor], tolerance: float,
+              plain: Callable[[torch.Tensor], torch.Tensor], tolerance: float, min_rigid: float = 0.0,
               ) -> tuple[Finding, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
     """What a repair acts on: (the finding, :func:`on_its_copy`; the training images'
     assignment with its cells marked; ``plain`` (images -> prototype ids) wrapped the same way).
 
     Args:
         images / labels: the training split, ``(N, C, H, W)`` uint8 / ``(N,)``; assignment:
-            ``(N, h, w)`` their prototype ids.
+            ``(N, h, w)`` their prototype ids. min_rigid: ``explain.shortcut_rigid`` (see
+            :func:`on_its_copy`).
     """
-    finding = on_its_copy(finding, images, assignment, labels)
+    finding = on_its_copy(finding, images, assignment, labels, min_rigid)
     grid = tuple(assignment.shape[-2:])
     assign = with_copy(plain, finding, grid, tolerance)
     if finding.copy is None:

@@ -83,7 +83,7 @@ def repair_context(tune_ctx: Any, finding: Any, early_state: dict[str, Any]) -> 
         return assign_images(model, tune_ctx.target_layer, x, tune_ctx.protos, config.explain.batch_size, tune_ctx.device)
 
     finding, assignment, assign = acting_on(finding, data.train_x, data.train_y, tune_ctx.assignment, plain,
-                                            config.faithfulness.copy_tolerance)
+                                            config.faithfulness.copy_tolerance, config.explain.shortcut_rigid)
     return RepairContext(config=config, data=data, build=tune_ctx.build, state=tune_ctx.state, early_state=early_state,
                          assignment=assignment, finding=finding, device=tune_ctx.device, test_groups=test_groups,
                          true_train=true_train, assign=assign)

@@ -1,0 +1,147 @@
+"""Shortcuts as they occur (issue 41): planted cues of several kinds, each judged by the shortcut
+check with and without its one-shape route, at several levels.
+
+Each kind is a set of ``plant.*`` overrides on top of bench/power.py's corner mark (7s, the
+bottom-right, the test split marked in half of every class); ``--run`` trains and explains
+through bench/power.py (one results file per kind under ``--out-dir``, documents under
+``--work``, models reused). ``--table`` reads the results and the saved documents and, per kind
+and rho, prints how often the report states a shortcut check on the mark (a check for 7 whose
+prototype holds at least 30% of the mark's grid cells) and how often it states a check
+elsewhere (false), under rules judged from the same
+documents: a rigid copy only (``explain.shortcut_consistent=1``), or a rigid copy or one shape
+at several levels of ``explain.shortcut_consistent``, with exact 95% intervals, the model's reliance on the
+mark (the share of marked other digits it calls 7 beyond unmarked ones, and the worst group),
+and on clean and shuffled-label runs the share with any shortcut check at all.
+
+    python bench/cue_grid.py --run --kinds jitter,small,text --rho 0.95,0.5 --seeds 2
+    python bench/cue_grid.py --table
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.power import doc_path, one  # noqa: E402
+from i2x.reporting.claims import shortcut_checks  # noqa: E402
+from i2x.reporting.power import share_interval  # noqa: E402
+
+KINDS = {
+    "rigid": "",  # the 5-pixel white square, pixel-identical in the corner
+    "jitter": "plant.position=random,plant.region=10,plant.intensity=0.6,plant.noise=0.1",  # moves in a 10-px corner square, 60-100% bright, noise
+    "small": "plant.size=3",  # a 3x3 square
+    "text": "plant.mark=text,plant.size=8,plant.position=random,plant.region=15,plant.intensity=0.8,plant.jpeg=75",  # 'i2x', jittered, JPEG 75
+}
+RULES = {"rigid": 1.0, "shape 0.8": 0.8, "shape 0.9": 0.9, "shape 0.95": 0.95}  # explain.shortcut_consistent (1: the route off)
+
+
+def _checks(doc: dict, level: float) -> list[dict]:
+    judged = copy.deepcopy(doc)
+    judged.setdefault("config", {}).setdefault("explain", {})["shortcut_consistent"] = level
+    return shortcut_checks(judged)
+
+
+def judge(row: dict, doc: dict) -> dict[str, bool]:
+    """Per rule: does the run state a check on the mark (planted runs), and any check that is not
+    on the mark (a false statement; on the controls, any check at all)."""
+    target = doc["classes"][row["target"]]
+    on_mark = {int(k) for k, v in (row.get("mark_shares") or {}).items() if v >= 0.3} if row["rho"] is not None else set()
+    out = {}
+    for rule, level in RULES.items():
+        mine = [r["class"] == target and r["prototype"] in on_mark for r in _checks(doc, level)]
+        out[rule], out[rule + " false"] = any(mine), not all(mine)
+    return out
+
+
+def table(out_dir: Path, work: Path) -> None:
+    runs = []
+    for path in sorted(out_dir.glob("grid-*.jsonl")):
+        kind = path.stem.removeprefix("grid-")
+        for row in map(json.loads, path.read_text().splitlines()):
+            doc_file = doc_path(work, row["dataset"], row["rho"], row["seed"], row["n"], row["permuted"], row.get("explain", ""),
+                                row.get("plant", ""))
+            if "plant" not in row or not doc_file.is_file():
+                continue  # a row from before documents were named by their plant: its document may be another kind's
+            label = kind if row["rho"] is not None else ("shuffled labels" if row["permuted"] else "clean")
+            runs.append({"kind": label, "rho": row["rho"], "seed": row["seed"], "flip": row.get("flip"), "worst": row.get("worst_group"),
+                         **judge(row, json.loads(doc_file.read_text()))})
+    seen = set()
+    print("| cue | rho | runs | " + " | ".join(f"stated: {'rigid copies only' if r == 'rigid' else 'rigid or ' + r}" for r in RULES)
+          + " | reliance: marked others called 7 | worst group |")
+    print("|---|---|---|" + "---|" * len(RULES) + "---|---|")
+    print("| (each cell: runs that state the mark; runs with a check elsewhere, a false statement) |")
+    for r in runs:
+        key = (r["kind"], r["rho"])
+        if key in seen or r["rho"] is None:
+            continue
+        seen.add(key)
+        cell = [x for x in runs if (x["kind"], x["rho"]) == key]
+        print(f"| {r['kind']} | {r['rho']} | {len(cell)} | " + " | ".join(_share(cell, rule) for rule in RULES) + " | "
+              f"{_range([x['flip'] for x in cell], 100, '%')} | {_range([x['worst'] for x in cell], 100, '%')} |")
+    for label in ("clean", "shuffled labels"):
+        cell = [x for x in runs if x["kind"] == label]
+        if cell:
+            print(f"| {label}: any check | - | {len(cell)} | " + " | ".join(_false(cell, rule) for rule in RULES) + " | - | - |")
+
+
+def _share(cell: list[dict], rule: str) -> str:
+    """Runs that state the mark (with the exact 95% interval); runs with a false check."""
+    k, false = sum(x[rule] for x in cell), sum(x[rule + " false"] for x in cell)
+    lo, hi = share_interval(k, len(cell))
+    return f"{k} of {len(cell)} ({100 * lo:.0f}-{100 * hi:.0f}%); false {false}"
+
+
+def _false(cell: list[dict], rule: str) -> str:
+    """Runs with any check (the controls: every check is false), with the exact 95% interval."""
+    k = sum(x[rule + " false"] for x in cell)
+    lo, hi = share_interval(k, len(cell))
+    return f"{k} of {len(cell)} ({100 * lo:.0f}-{100 * hi:.0f}%)"
+
+
+def _range(values: list, scale: float, unit: str) -> str:
+    v = np.array([x for x in values if x is not None], dtype=float) * scale
+    return "-" if not len(v) else (f"{v.min():.1f}{unit}" if len(v) == 1 else f"{v.min():.1f}-{v.max():.1f}{unit}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", action="store_true")
+    ap.add_argument("--table", action="store_true")
+    ap.add_argument("--kinds", default=",".join(KINDS))
+    ap.add_argument("--rho", default="0.95,0.5")
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--controls", type=int, default=3, help="clean and shuffled-label runs (seeds 0..)")
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--work", default="bench/out/grid-work")
+    ap.add_argument("--out-dir", default="bench/out")
+    args = ap.parse_args()
+    out_dir, work = Path(args.out_dir), Path(args.work)
+    if args.run:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for kind in args.kinds.split(","):
+            path = out_dir / f"grid-{kind}.jsonl"
+            done = {(r["rho"], r["seed"], r["permuted"]) for r in map(json.loads, path.read_text().splitlines()) if "plant" in r} \
+                if path.is_file() else set()
+            jobs = [(float(rho), s, False) for s in range(args.seeds) for rho in args.rho.split(",")]
+            if kind == next(iter(args.kinds.split(","))):
+                jobs += [(None, s, p) for s in range(args.controls) for p in (False, True)]
+            for rho, seed, permuted in jobs:
+                if (rho, seed, permuted) in done:
+                    continue
+                row = one("mnist", rho, seed, args.n, work, permuted, 7, "", KINDS[kind])
+                with path.open("a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+                print(f"{kind} rho={rho} seed={seed} permuted={permuted}: flip {row.get('flip')}, checks {row['shortcut_checks']}", flush=True)
+    if args.table or not args.run:
+        table(out_dir, work)
+
+
+if __name__ == "__main__":
+    main()
