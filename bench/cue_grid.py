@@ -11,7 +11,7 @@ elsewhere (false), under rules judged from the same
 documents: a rigid copy only (``explain.shortcut_consistent=1``), or a rigid copy or one shape
 at several levels of ``explain.shortcut_consistent``, with exact 95% intervals, the model's reliance on the
 mark (the share of marked other digits it calls 7 beyond unmarked ones, and the worst group),
-and on clean and shuffled-label runs the share with any shortcut check at all.
+the mark's rank in the report's worth-a-look list when it is no check, and on clean and shuffled-label runs the share with any shortcut check at all.
 
     python bench/cue_grid.py --run --kinds jitter,small,text --rho 0.95,0.5 --seeds 2
     python bench/cue_grid.py --table
@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.power import doc_path, one  # noqa: E402
-from i2x.reporting.claims import shortcut_checks  # noqa: E402
+from i2x.reporting.claims import shortcut_checks, worth_a_look  # noqa: E402
 from i2x.reporting.power import share_interval  # noqa: E402
 
 KINDS = {
@@ -53,10 +53,13 @@ def judge(row: dict, doc: dict) -> dict[str, bool]:
     on the mark (a false statement; on the controls, any check at all)."""
     target = doc["classes"][row["target"]]
     on_mark = {int(k) for k, v in (row.get("mark_shares") or {}).items() if v >= 0.3} if row["rho"] is not None else set()
-    out = {}
+    out: dict = {}
     for rule, level in RULES.items():
         mine = [r["class"] == target and r["prototype"] in on_mark for r in _checks(doc, level)]
         out[rule], out[rule + " false"] = any(mine), not all(mine)
+    judged = copy.deepcopy(doc)
+    judged.setdefault("config", {}).setdefault("explain", {})["shortcut_consistent"] = RULES["rigid"]
+    out["look"] = next((i + 1 for i, r in enumerate(worth_a_look(judged)) if r["class"] == target and r["prototype"] in on_mark), None)
     return out
 
 
@@ -74,8 +77,8 @@ def table(out_dir: Path, work: Path) -> None:
                          **judge(row, json.loads(doc_file.read_text()))})
     seen = set()
     print("| cue | rho | runs | " + " | ".join(f"stated: {'rigid copies only' if r == 'rigid' else 'rigid or ' + r}" for r in RULES)
-          + " | reliance: marked others called 7 | worst group |")
-    print("|---|---|---|" + "---|" * len(RULES) + "---|---|")
+          + " | the mark's rank in worth a look (rigid copies only) | reliance: marked others called 7 | worst group |")
+    print("|---|---|---|" + "---|" * len(RULES) + "---|---|---|")
     print("| (each cell: runs that state the mark; runs with a check elsewhere, a false statement) |")
     for r in runs:
         key = (r["kind"], r["rho"])
@@ -83,12 +86,13 @@ def table(out_dir: Path, work: Path) -> None:
             continue
         seen.add(key)
         cell = [x for x in runs if (x["kind"], x["rho"]) == key]
-        print(f"| {r['kind']} | {r['rho']} | {len(cell)} | " + " | ".join(_share(cell, rule) for rule in RULES) + " | "
+        ranks = ", ".join(str(x["look"]) if x["look"] else "-" for x in cell)
+        print(f"| {r['kind']} | {r['rho']} | {len(cell)} | " + " | ".join(_share(cell, rule) for rule in RULES) + f" | {ranks} | "
               f"{_range([x['flip'] for x in cell], 100, '%')} | {_range([x['worst'] for x in cell], 100, '%')} |")
     for label in ("clean", "shuffled labels"):
         cell = [x for x in runs if x["kind"] == label]
         if cell:
-            print(f"| {label}: any check | - | {len(cell)} | " + " | ".join(_false(cell, rule) for rule in RULES) + " | - | - |")
+            print(f"| {label}: any check | - | {len(cell)} | " + " | ".join(_false(cell, rule) for rule in RULES) + " | - | - | - |")
 
 
 def _share(cell: list[dict], rule: str) -> str:
@@ -110,10 +114,77 @@ def _range(values: list, scale: float, unit: str) -> str:
     return "-" if not len(v) else (f"{v.min():.1f}{unit}" if len(v) == 1 else f"{v.min():.1f}-{v.max():.1f}{unit}")
 
 
+def rescore(out_dir: Path, work: Path) -> None:
+    """Measure ``consistent`` again in every saved document, from its saved model: the final
+    checkpoint's saliency and features, the same prototypes (same seed), then
+    :func:`~i2x.explanation.consistency.shape_consistency` (for documents written before a change
+    to the measure; the rest of each document is kept, and its prototypes' ``rigid`` is
+    measured again too, as a check that the prototypes are the same)."""
+    import torch
+
+    from bench.power import _permuted
+    from i2x.explanation.cam_methods import saliency_pass
+    from i2x.explanation.consistency import shape_consistency
+    from i2x.explanation.prototypes import fit_prototypes
+    from i2x.explanation.rigid import rigidity
+    from i2x.platform.config_io import config_from_dict
+    from i2x.training.checkpoints import (
+        atomic_write_text,
+        list_checkpoints,
+        model_from_checkpoint,
+        read_checkpoint,
+    )
+    from i2x.training.data import load_data
+    from i2x.training.loop import run_folder
+
+    for path in sorted(out_dir.glob("grid-*.jsonl")):
+        for row in map(json.loads, path.read_text().splitlines()):
+            doc_file = doc_path(work, row["dataset"], row["rho"], row["seed"], row["n"], row["permuted"], row.get("explain", ""),
+                                row.get("plant", ""))
+            if "plant" not in row or not doc_file.is_file():
+                continue
+            doc = json.loads(doc_file.read_text())
+            config = config_from_dict(doc["config"])
+            data = load_data(config.data, config.seed, config.plant)
+            data = _permuted(data, row["seed"]) if row["permuted"] else data
+            trained = trained_config(row, work)
+            folder = run_folder(trained) if not row["permuted"] else work / "permuted" / run_folder(trained).name
+            final = list_checkpoints(folder)[-1]
+            payload = read_checkpoint(final)
+            model = model_from_checkpoint(payload, str(final))
+            images, labels = data.train_x[data.analysis_idx], data.train_y[data.analysis_idx]
+            cfg = config.explain
+            out = saliency_pass(model, payload["target_layer"], images, labels, method=cfg.method, target=cfg.target,
+                                normalize=cfg.normalize, batch_size=cfg.batch_size, keep_features=True, device=torch.device("cpu"))
+            protos = fit_prototypes(out.features, labels, len(data.classes), cfg.n_prototypes, cfg.pca_components, cfg.fit_max_locations,
+                                    cfg.n_exemplars, config.seed, tuple(images.shape[-2:]), cfg.kmeans_n_init, saliency=out.maps.numpy())
+            y, classes = labels.numpy(), protos.coverage.argmax(1)
+            rigid = rigidity(images, protos.assignment, y, classes)[0]
+            consistent = shape_consistency(images, protos.assignment, y, classes, seed=config.seed)
+            same = sum(abs(float(p["where"].get("rigid") or 0.0) - float(r)) < 1e-3 for p, r in zip(doc["prototypes"], rigid, strict=True))
+            for p, v in zip(doc["prototypes"], consistent, strict=True):
+                p["where"]["consistent"] = round(float(v), 6)
+            atomic_write_text(doc_file, json.dumps(doc))
+            print(f"{doc_file.name}: rigid the same for {same} of {len(rigid)} prototypes; consistent measured again", flush=True)
+
+
+def trained_config(row: dict, work: Path):  # noqa: ANN201
+    """The config bench/power.py trained the row's model under (its run folder's fingerprint):
+    the document's config is the analysed one, whose analysis size differs."""
+    from bench.power import PLANT, SETTINGS
+    from i2x.platform.config_io import load_config
+
+    name, cut = SETTINGS[row["dataset"]]
+    plant = (f",{PLANT},plant.classes=[{row['target']}],plant.rho={row['rho']}{',' + row['plant'] if row['plant'] else ''}"
+             if row["rho"] is not None else "")
+    return load_config(name, f"work_dir={work},seed={row['seed']},{cut}{plant}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", action="store_true")
     ap.add_argument("--table", action="store_true")
+    ap.add_argument("--rescore", action="store_true", help="measure 'consistent' again in the saved documents (see rescore)")
     ap.add_argument("--kinds", default=",".join(KINDS))
     ap.add_argument("--rho", default="0.95,0.5")
     ap.add_argument("--seeds", type=int, default=2)
@@ -139,7 +210,9 @@ def main() -> None:
                 with path.open("a") as fh:
                     fh.write(json.dumps(row) + "\n")
                 print(f"{kind} rho={rho} seed={seed} permuted={permuted}: flip {row.get('flip')}, checks {row['shortcut_checks']}", flush=True)
-    if args.table or not args.run:
+    if args.rescore:
+        rescore(out_dir, work)
+    if args.table or not (args.run or args.rescore):
         table(out_dir, work)
 
 

@@ -22,10 +22,10 @@ import torch
 FLAT = 1e-3  # a patch whose pixels' standard deviation is below this ([0, 1] units) has no shape
 
 
-def _patches(x: np.ndarray, centres: list[tuple[int, int, int]], half: int, shift: int) -> np.ndarray:
+def _patches(x: np.ndarray, centres: list[tuple[int, int, int]], half: int, shift: int) -> tuple[np.ndarray, np.ndarray]:
     """``(n, (2 * shift + 1) ** 2, C * (2 * half) ** 2)`` zero-mean, unit-norm patches of side
     ``2 * half`` centred on each ``(image, y, x)`` of ``centres`` moved by every shift up to
-    ``shift`` pixels; flat patches are all zeros."""
+    ``shift`` pixels, flat patches all zeros; and ``(n, shifts)`` their standard deviations."""
     pad = half + shift
     padded = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
     out = []
@@ -39,16 +39,17 @@ def _patches(x: np.ndarray, centres: list[tuple[int, int, int]], half: int, shif
     p = np.asarray(out, dtype=np.float32)
     p = p - p.mean(-1, keepdims=True)
     norm = np.linalg.norm(p, axis=-1, keepdims=True)
-    flat = p.std(-1, keepdims=True) < FLAT
-    return np.where(flat, 0.0, p / np.maximum(norm, 1e-12)).astype(np.float32)
+    std = p.std(-1, keepdims=True)
+    return np.where(std < FLAT, 0.0, p / np.maximum(norm, 1e-12)).astype(np.float32), std[..., 0]
 
 
 def shape_consistency(images: torch.Tensor, assignment: np.ndarray, labels: np.ndarray, classes: np.ndarray,
                       max_images: int = 48, seed: int = 0) -> np.ndarray:
     """For each prototype k, in its class's images that hold it (up to ``max_images``, drawn
     with ``seed``): the median over pairs of images of the best normalised cross-correlation of
-    the patches around k's cell (the cell's side plus half a cell each way), over shifts of up
-    to one cell. A square that moves within a corner and varies in intensity scores near 1; the
+    the patches around k's cell (the cell's side plus half a cell each way): one image's patch
+    where it has the most contrast within a cell of k's cell (a prototype often takes in blank
+    cells beside a mark), against the other's at every shift of up to one cell. A square that moves within a corner and varies in intensity scores near 1; the
     strokes of handwritten digits vary in shape and score lower (what separates them is measured,
     not assumed: ``bench/shortcut_rules.py``). 0 where fewer than 2 images hold k.
 
@@ -75,9 +76,9 @@ def shape_consistency(images: torch.Tensor, assignment: np.ndarray, labels: np.n
             cells = np.argwhere(hit[i])
             r, q = min(cells, key=lambda rc: (-freq[rc[0], rc[1]], rc[0], rc[1]))
             centres.append((int(i), int(round((r + 0.5) * ch)), int(round((q + 0.5) * cw))))
-        p = _patches(x, centres, half, shift)
-        still = p[:, (len(p[0]) - 1) // 2]  # each image's patch at no shift
-        best = np.einsum("ad,bsd->abs", still, p).max(-1)  # a's patch against b's at every shift
+        p, std = _patches(x, centres, half, shift)
+        anchor = p[np.arange(len(p)), std.argmax(1)]  # each image's patch on the most contrast within a cell of k's cell
+        best = np.einsum("ad,bsd->abs", anchor, p).max(-1)  # a's anchor against b's patch at every shift
         best = np.maximum(best, best.T)
         pairs = best[np.triu_indices(len(p), 1)]
         out[k] = float(np.median(pairs))
