@@ -39,7 +39,7 @@ from i2x.repair.choice import (  # noqa: E402
 )
 from i2x.repair.context import RepairContext  # noqa: E402
 from i2x.repair.evaluation import RANDOM_TARGET, evaluate, random_target  # noqa: E402
-from i2x.repair.finding import Finding, acting_on, lead_finding  # noqa: E402
+from i2x.repair.finding import Finding, acting_on, copy_floor, lead_finding  # noqa: E402
 from i2x.repair.strategies import I2X_STRATEGIES  # noqa: E402
 from i2x.reporting.claims import copy_checks, shortcut_checks  # noqa: E402
 from i2x.training.checkpoints import list_checkpoints, model_from_checkpoint, read_checkpoint  # noqa: E402
@@ -89,7 +89,7 @@ def prepare(dataset: str, seed: int, rho: float, target: int, lr: float, work: P
     assignment, assign = plain(data.train_x), plain
     if finding is not None:  # as tune acts: on the check's rigid copy
         finding, assignment, assign = acting_on(finding, data.train_x, data.train_y, assignment, plain, config.faithfulness.copy_tolerance,
-                                             config.explain.shortcut_rigid)
+                                             copy_floor(doc, finding, config.explain.shortcut_rigid))
     early = next(p for p, c in zip(payloads, result.checkpoints, strict=True) if c.epoch >= 1.0)
     ctx = RepairContext(config=config, data=data, build=build, state=final["model"], early_state=early["model"],
                         assignment=assignment, finding=finding or Finding(-1, 0, "", "none"), device=device,

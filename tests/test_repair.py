@@ -331,12 +331,12 @@ def test_a_repair_is_chosen_only_if_it_raises_the_worst_group_and_costs_at_most_
 
 
 def test_a_cue_that_moves_is_repaired_on_its_cells_in_each_image_and_a_rigid_mark_on_its_pixels():
-    """Issue 41: the repair acts on a rigid copy's pixels only where the check's prototype is one
-    (``explain.shortcut_rigid``); a square that moves and varies is acted on through the
+    """Issue 41: the repair acts on a rigid copy's pixels only where the explanation measured the
+    prototype one (``explain.shortcut_rigid``); a square that moves is acted on through the
     prototype's cells, wherever they are in each image, not through a few pixels that happen
     to agree. Planted: class 1 carries a white square, fixed or moving by up to 2 pixels, assigned
     to prototype 0."""
-    from i2x.repair.finding import on_its_copy
+    from i2x.repair.finding import copy_floor, on_its_copy
 
     rng = np.random.default_rng(0)
     n = 80
@@ -349,7 +349,8 @@ def test_a_cue_that_moves_is_repaired_on_its_cells_in_each_image_and_a_rigid_mar
             images[i, 0, y:y + 5, x:x + 5] = 255  # a moving square's middle pixels agree in every image: a few-pixel copy
             assignment[i, (y + 2) // 4, (x + 2) // 4] = 0
         lead = Finding(0, 1, "1", "lead")
-        acted = on_its_copy(lead, images, torch.from_numpy(assignment), labels, min_rigid=0.95)
+        doc = {"prototypes": [{"where": {"rigid": 0.3 if moving else 1.0}}]}  # what the explanation measured
+        acted = on_its_copy(lead, images, torch.from_numpy(assignment), labels, min_rigid=copy_floor(doc, lead, 0.95))
         if moving:
             assert acted == lead  # its cells in each image
         else:

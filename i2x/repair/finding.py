@@ -98,6 +98,18 @@ def on_its_copy(finding: Finding, images: torch.Tensor, assignment: torch.Tensor
     return replace(finding, prototype=COPY_ID, statement=statement, copy=row)
 
 
+def copy_floor(doc: dict[str, Any], finding: Finding, shortcut_rigid: float) -> float:
+    """``min_rigid`` for :func:`acting_on`: 0 where the document measured the finding's
+    prototype a rigid copy (its check's condition; or before the measure existed), so the repair
+    acts on its copy's pixels whatever its score on the training images; infinite where it is
+    no rigid copy (a cue the user named, or stated by its shape), so the repair acts on its cells
+    in each image."""
+    if finding.prototype < 0 or finding.prototype >= len(doc.get("prototypes", [])):
+        return 0.0
+    rigid = (doc["prototypes"][finding.prototype].get("where") or {}).get("rigid")
+    return 0.0 if rigid is None or rigid >= shortcut_rigid else float("inf")
+
+
 def acting_on(finding: Finding, images: torch.Tensor, labels: torch.Tensor, assignment: torch.Tensor,
               plain: Callable[[torch.Tensor], torch.Tensor], tolerance: float, min_rigid: float = 0.0,
               ) -> tuple[Finding, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
@@ -106,8 +118,8 @@ def acting_on(finding: Finding, images: torch.Tensor, labels: torch.Tensor, assi
 
     Args:
         images / labels: the training split, ``(N, C, H, W)`` uint8 / ``(N,)``; assignment:
-            ``(N, h, w)`` their prototype ids. min_rigid: ``explain.shortcut_rigid`` (see
-            :func:`on_its_copy`).
+            ``(N, h, w)`` their prototype ids. min_rigid: see :func:`on_its_copy` and
+            :func:`copy_floor`.
     """
     finding = on_its_copy(finding, images, assignment, labels, min_rigid)
     grid = tuple(assignment.shape[-2:])

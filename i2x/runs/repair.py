@@ -64,9 +64,10 @@ def _early_state(train_run_id: str, checkpoints: list[str], scratch: Path) -> di
     return (first or read_checkpoint(tracking.download_artifacts(train_run_id, checkpoints[0], scratch)))["model"]
 
 
-def repair_context(tune_ctx: Any, finding: Any, early_state: dict[str, Any]) -> Any:
+def repair_context(tune_ctx: Any, finding: Any, early_state: dict[str, Any], min_rigid: float = 0.0) -> Any:
     """A :class:`~i2x.repair.context.RepairContext` from the candidate study's context; the
-    truth (a plant's marks, a group file) goes only where marked."""
+    truth (a plant's marks, a group file) goes only where marked; ``min_rigid``:
+    :func:`i2x.repair.finding.copy_floor`."""
     from i2x.repair.context import RepairContext
     from i2x.repair.finding import acting_on
     from i2x.training.groups import groups_of
@@ -83,7 +84,7 @@ def repair_context(tune_ctx: Any, finding: Any, early_state: dict[str, Any]) -> 
         return assign_images(model, tune_ctx.target_layer, x, tune_ctx.protos, config.explain.batch_size, tune_ctx.device)
 
     finding, assignment, assign = acting_on(finding, data.train_x, data.train_y, tune_ctx.assignment, plain,
-                                            config.faithfulness.copy_tolerance, config.explain.shortcut_rigid)
+                                            config.faithfulness.copy_tolerance, min_rigid)
     return RepairContext(config=config, data=data, build=tune_ctx.build, state=tune_ctx.state, early_state=early_state,
                          assignment=assignment, finding=finding, device=tune_ctx.device, test_groups=test_groups,
                          true_train=true_train, assign=assign)
@@ -108,7 +109,7 @@ def track_trials(parent_run_id: str) -> Callable[..., Any]:
 def repair_run(args: argparse.Namespace, inputs: tuple, build_ctx: Callable[[], Any], scratch: Path) -> str:
     """Open the tune run; with no finding, say so and finish; else the repair study, the
     evaluation of every strategy and baseline, the summary, figures and report."""
-    from i2x.repair.finding import lead_finding
+    from i2x.repair.finding import copy_floor, lead_finding
     from i2x.reporting.claims import copy_checks, shortcut_checks
     from i2x.tuning.study import resolve_storage
 
@@ -138,7 +139,8 @@ def repair_run(args: argparse.Namespace, inputs: tuple, build_ctx: Callable[[], 
         from i2x.tuning.comparison import study_record
         from i2x.tuning.study import open_study, run_study
 
-        rctx = repair_context(build_ctx(), finding, _early_state(train_run_id, checkpoints, scratch))
+        rctx = repair_context(build_ctx(), finding, _early_state(train_run_id, checkpoints, scratch),
+                              copy_floor(doc, finding, config.explain.shortcut_rigid))
         print(f"i2x tune: acting on {rctx.finding.statement}", flush=True)
         study = open_study(name, url, config, dict.fromkeys(REPAIR_METRICS, "maximize"))
         study.set_user_attr("explain_run_id", args.run_id)
