@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.power import doc_path, one  # noqa: E402
+from bench.power import doc_path, one, trained_config  # noqa: E402
 from i2x.reporting.claims import shortcut_checks, worth_a_look  # noqa: E402
 from i2x.reporting.power import share_interval  # noqa: E402
 
@@ -147,7 +147,7 @@ def rescore(out_dir: Path, work: Path) -> None:
             config = config_from_dict(doc["config"])
             data = load_data(config.data, config.seed, config.plant)
             data = _permuted(data, row["seed"]) if row["permuted"] else data
-            trained = trained_config(row, work)
+            trained = trained_config(row["dataset"], row["rho"], row["seed"], work, row["target"], row["plant"])
             folder = run_folder(trained) if not row["permuted"] else work / "permuted" / run_folder(trained).name
             final = list_checkpoints(folder)[-1]
             payload = read_checkpoint(final)
@@ -166,18 +166,6 @@ def rescore(out_dir: Path, work: Path) -> None:
                 p["where"]["consistent"] = round(float(v), 6)
             atomic_write_text(doc_file, json.dumps(doc))
             print(f"{doc_file.name}: rigid the same for {same} of {len(rigid)} prototypes; consistent measured again", flush=True)
-
-
-def trained_config(row: dict, work: Path):  # noqa: ANN201
-    """The config bench/power.py trained the row's model under (its run folder's fingerprint):
-    the document's config is the analysed one, whose analysis size differs."""
-    from bench.power import PLANT, SETTINGS
-    from i2x.platform.config_io import load_config
-
-    name, cut = SETTINGS[row["dataset"]]
-    plant = (f",{PLANT},plant.classes=[{row['target']}],plant.rho={row['rho']}{',' + row['plant'] if row['plant'] else ''}"
-             if row["rho"] is not None else "")
-    return load_config(name, f"work_dir={work},seed={row['seed']},{cut}{plant}")
 
 
 def main() -> None:

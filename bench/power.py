@@ -88,25 +88,32 @@ def mark_cell_ids(marks: np.ndarray, assignment: np.ndarray, image_size: int) ->
     return np.asarray(cells, dtype=np.int64)
 
 
-def mark_prototype(doc: dict, data, analysis, share: float = 0.8) -> int | None:
-    """The prototype assigned to at least ``share`` of the mark's grid cells (those at least
-    half covered by the mark) in the marked analysis images, or None."""
-    cells = mark_cell_ids(data.train_marks[data.analysis_idx].numpy(), np.asarray(analysis.protos.assignment), data.image_size)
-    if not len(cells):
-        return None
-    ids, counts = np.unique(cells, return_counts=True)
-    return int(ids[counts.argmax()]) if counts.max() >= share * len(cells) else None
-
-
 def mark_shares(data, analysis) -> dict[str, float]:
     """Each prototype's share of the mark's grid cells (those at least half covered by the
     mark) in the marked analysis images, for those holding at least 10%: a mark that moves or
-    varies is often split over several prototypes, none of which :func:`mark_prototype` names."""
+    varies is often split over several prototypes, none of which :func:`mark_prototype` names.
+    Keys are prototype ids as strings (the results file is JSON)."""
     cells = mark_cell_ids(data.train_marks[data.analysis_idx].numpy(), np.asarray(analysis.protos.assignment), data.image_size)
     if not len(cells):
         return {}
     ids, counts = np.unique(cells, return_counts=True)
-    return {str(int(i)): round(float(c) / len(cells), 3) for i, c in zip(ids, counts, strict=True) if c >= 0.1 * len(cells)}
+    return {str(int(i)): float(c) / len(cells) for i, c in zip(ids, counts, strict=True) if c >= 0.1 * len(cells)}
+
+
+def mark_prototype(shares: dict[str, float], share: float = 0.8) -> int | None:
+    """The prototype assigned to at least ``share`` of the mark's grid cells (those at least
+    half covered by the mark) in the marked analysis images (``shares``: :func:`mark_shares`),
+    or None."""
+    best = max(shares.items(), key=lambda kv: kv[1], default=None)
+    return int(best[0]) if best is not None and best[1] >= share else None
+
+
+def trained_config(dataset: str, rho: float | None, seed: int, work: Path, target: int, plant_with: str = ""):  # noqa: ANN201
+    """The config a run's model is trained under: the data set's cut, and for a planted run the
+    corner mark on ``rho`` of class ``target`` with ``plant_with`` on top."""
+    name, cut = SETTINGS[dataset]
+    plant = f",{PLANT},plant.classes=[{target}],plant.rho={rho}{',' + plant_with if plant_with else ''}" if rho is not None else ""
+    return load_config(name, f"work_dir={work},seed={seed},{cut}{plant}")
 
 
 def judge(doc: dict, target: str, k: int | None) -> dict:
@@ -170,9 +177,7 @@ def _permuted(data, seed: int):
 
 def one(dataset: str, rho: float | None, seed: int, n: int, work: Path, permuted: bool, target: int, explain_with: str = "",
         plant_with: str = "") -> dict:
-    name, cut = SETTINGS[dataset]
-    plant = f",{PLANT},plant.classes=[{target}],plant.rho={rho}{',' + plant_with if plant_with else ''}" if rho is not None else ""
-    config = load_config(name, f"work_dir={work},seed={seed},{cut}{plant}")
+    config = trained_config(dataset, rho, seed, work, target, plant_with)
     data = _permuted(load_data(config.data, config.seed, config.plant), seed) if permuted else load_data(config.data, config.seed, config.plant)
     folder = run_folder(config) if not permuted else work / "permuted" / run_folder(config).name
     t0 = time.perf_counter()
@@ -189,15 +194,15 @@ def one(dataset: str, rho: float | None, seed: int, n: int, work: Path, permuted
     analysis, doc = explain(len(files), lambda t: model_from_checkpoint(payloads[t], str(files[t])), infos, adata, analysed,
                             resolve_device("cpu"), target_layer=payloads[-1]["target_layer"], progress=False)
     t_explain = time.perf_counter() - t0
-    k = mark_prototype(doc, adata, analysis) if rho is not None else None
     shares = mark_shares(adata, analysis) if rho is not None else {}
+    k = mark_prototype(shares) if rho is not None else None
     used = reliance(model_from_checkpoint(payloads[-1], str(files[-1])), data, target) if data.test_marks is not None else {}
     (work / "docs").mkdir(parents=True, exist_ok=True)
     doc_path(work, dataset, rho, seed, n, permuted, explain_with, plant_with).write_text(json.dumps(doc))
     row = {"dataset": dataset, "rho": rho, "seed": seed, "n": n, "permuted": permuted, "target": target, "explain": explain_with,
            "plant": plant_with if rho is not None else "",
            "test_accuracy": result.final_metrics["test_accuracy"], "train_s": round(t_train, 1), "explain_s": round(t_explain, 1), **used,
-           "mark_shares": shares, **judge(doc, data.classes[target], k)}
+           "mark_shares": {p: round(v, 3) for p, v in shares.items()}, **judge(doc, data.classes[target], k)}
     return row
 
 
