@@ -177,12 +177,12 @@ def _enrichment_words(c: dict[str, Any]) -> str:
     return f" (enrichment p {c['enrichment_p']:.2g}, corrected for the scan's {c['scan_tries']:,} tests{how})"
 
 
-def _rigid_words(where: dict[str, Any], rigid: float = 0.95) -> str:
+def _rigid_words(doc: dict[str, Any], where: dict[str, Any]) -> str:
     """The shape condition in words, when the document measured it: a rigid copy, or one shape
     (:func:`one_shape`)."""
     if where.get("rigid") is None:
         return ""
-    if where["rigid"] < rigid and where.get("consistent") is not None:
+    if where["rigid"] < float(_explain_cfg(doc).get("shortcut_rigid", 0.95)) and where.get("consistent") is not None:
         return (f", and it has one shape though its pixels vary: its patches in the class's images correlate "
                 f"{where['consistent']:.2f} (median over pairs) at their best shift, whatever their brightness")
     at = f" in the {where['rigid_at']} of the image" if where.get("rigid_at") else ""

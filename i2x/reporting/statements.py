@@ -40,7 +40,7 @@ def statements(doc: dict[str, Any]) -> dict[str, list[str]]:
             f"{100 * moved['flips']:.0f}% of them into {r['class']} ({100 * moved['control_flips']:.0f}% for the control); "
             f"occluding it lowers the margin by {d['effect']:.2f} against {d['baselines']['foreground']:.2f} for matched cells; "
             f"{100 * where['off_object']:.0f}% of the other classes' images are empty there"
-            f"{_rigid_words(where, float(doc.get('config', {}).get('explain', {}).get('shortcut_rigid', 0.95)))}. "
+            f"{_rigid_words(doc, where)}. "
             f"Check whether this is a shortcut (figures: locations.png, findings.png).")
     out["shortcuts"] += [copy_sentence(c) for c in copy_checks(doc)]
     for r in worth_a_look(doc):
